@@ -1,0 +1,59 @@
+/*
+ * internal.h — what engine.c, encap.c and decap.c share: epoll tags, counting,
+ * delivery and event helpers. Not part of the ABI.
+ */
+#ifndef OVL_INTERNAL_H
+#define OVL_INTERNAL_H
+
+#include "engine.h"
+
+/* epoll data: kind in bits 24..31, port id in 0..23, generation in 32..55. */
+#define OVL_EP_UDP ((uint64_t)1 << 24)
+#define OVL_EP_STOP ((uint64_t)2 << 24)
+#define OVL_EP_PORTK ((uint64_t)3 << 24)
+#define OVL_EP_PORT(id, gen) (OVL_EP_PORTK | (uint64_t)(id) | ((uint64_t)(gen) << 32))
+#define OVL_EP_KIND(d) ((d) & ((uint64_t)0xff << 24))
+#define OVL_EP_ID(d) ((uint32_t)((d) & 0xffffff))
+#define OVL_EP_GEN(d) ((uint32_t)(((d) >> 32) & 0xffffff))
+
+/* A worker's own counter: one writer, relaxed readers. */
+static inline void ovl_count(ovl_worker_t *w, int id, uint64_t n)
+{
+    __atomic_store_n(&w->c[id], w->c[id] + n, __ATOMIC_RELAXED);
+}
+
+/* Network and port counters are shared between workers. */
+static inline void ovl_obj_add(uint64_t *c, int id, uint64_t n)
+{
+    __atomic_fetch_add(&c[id], n, __ATOMIC_RELAXED);
+}
+
+uint64_t ovl_now_ns(void);
+ovl_network_t *ovl_net_lookup(ovl_engine_t *e, uint32_t vni);
+void ovl_event_push(ovl_worker_t *w, const ovl_event_t *ev);
+void ovl_learn_apply(ovl_worker_t *w);
+void *ovl_worker_main(void *arg);
+void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen);
+void ovl_decap_batch(ovl_worker_t *w);
+
+/* Count a drop against the engine, and the port and network when known. */
+static inline void ovl_drop(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, int reason)
+{
+    ovl_count(w, reason, 1);
+    if (p)
+        ovl_obj_add(p->c, OVL_O_DROPS, 1);
+    if (n)
+        ovl_obj_add(n->c, OVL_O_DROPS, 1);
+}
+
+/* Write one frame to port q's TAP; counts success or the drop. */
+void ovl_deliver(ovl_worker_t *w, ovl_port_t *q, ovl_network_t *n, const uint8_t *frame, size_t len);
+
+/* Queue a learned FDB entry, applied after the batch. */
+static inline void ovl_learn_queue(ovl_worker_t *w, const ovl_learn_t *l)
+{
+    if (w->n_learn < OVL_LEARN_MAX)
+        w->learn[w->n_learn++] = *l;
+}
+
+#endif

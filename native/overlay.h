@@ -1,0 +1,253 @@
+/*
+ * overlay.h — the whole ABI of overlay's data plane.
+ *
+ * cffi reads this file unchanged (ffi.cdef), so it holds only what cdef
+ * understands: integer #defines, typedefs, structs and prototypes. No
+ * #include and no include guard: C files include it through "ovl.h", which
+ * brings the standard headers first.
+ *
+ * Conventions. Functions return 0 (or a length, or an id) on success and a
+ * negative errno on failure; wire decoders return the negative id of a drop
+ * reason from counters.def. Addresses are 16 bytes with a family of 4 or 6;
+ * an IPv4 address sits in the first 4 bytes. MACs are 6 bytes.
+ */
+
+/* ---- constants ---- */
+#define OVL_ENCAP_VXLAN 1
+#define OVL_ENCAP_GENEVE 2
+
+#define OVL_VXLAN_PORT 4789
+#define OVL_GENEVE_PORT 6081
+#define OVL_VXLAN_HLEN 8
+#define OVL_GENEVE_HLEN 8
+#define OVL_GENEVE_OPTS_MAX 252
+#define OVL_VNI_MAX 16777215
+
+/* Geneve flags as they sit in ovl_tunnel_t.flags */
+#define OVL_GENEVE_F_OAM 128
+#define OVL_GENEVE_F_CRITICAL 64
+/* the critical bit of a Geneve option type */
+#define OVL_GENEVE_TYPE_CRITICAL 128
+#define OVL_ETH_P_TEB 25944
+
+/* Bytes reserved in front of every frame buffer for the tunnel header, so
+ * encapsulation writes in place: 8 bytes of Geneve + 252 of options, rounded. */
+#define OVL_HEADROOM 320
+
+/* ovl_frame_t.l3 */
+#define OVL_L3_NONE 0
+#define OVL_L3_ARP 1
+#define OVL_L3_IPV4 2
+#define OVL_L3_IPV6 3
+
+/* port flags */
+#define OVL_PORT_NO_SECURITY 1
+#define OVL_PORT_PERSIST 2
+
+/* network flags */
+#define OVL_NET_LEARNING 1
+
+/* event types */
+#define OVL_EVENT_MISS 1
+#define OVL_EVENT_MAC_SEEN 2
+#define OVL_EVENT_LEARNED 3
+
+/* FDB entry kinds */
+#define OVL_FDB_REMOTE 1
+#define OVL_FDB_LOCAL 2
+#define OVL_FDB_LEARNED 3
+
+/* ---- counters (names and help come from counters.def) ---- */
+size_t ovl_counter_count(void);
+const char *ovl_counter_name(size_t id);
+const char *ovl_counter_help(size_t id);
+int ovl_counter_is_drop(size_t id);
+size_t ovl_obj_counter_count(void);
+const char *ovl_obj_counter_name(size_t id);
+const char *ovl_obj_counter_help(size_t id);
+
+/* ---- wire formats (wire.c) ---- */
+
+/* A tunnel header, VXLAN or Geneve, decoded or to encode. */
+typedef struct ovl_tunnel {
+    uint32_t vni;          /* 24 bits */
+    uint16_t protocol;     /* Geneve protocol type (0x6558); VXLAN: 0x6558 */
+    uint8_t flags;         /* Geneve: OVL_GENEVE_F_*; VXLAN: the flags byte */
+    uint8_t opts_len;      /* bytes of Geneve TLV options, multiple of 4, <= 252 */
+    uint8_t opts[252];     /* Geneve TLV options, as on the wire */
+} ovl_tunnel_t;
+
+/* Write t's header into out. Requires cap >= header length; VXLAN ignores the
+ * options. Geneve's C flag is set when any option is critical, whatever
+ * t->flags says. Returns the header length, or -1 (cap too small, opts_len
+ * not a multiple of 4, an option overrunning opts_len, or vni > OVL_VNI_MAX). */
+int ovl_wire_encode(int encap, const ovl_tunnel_t *t, uint8_t *out, size_t cap);
+
+/* Read the header at buf[0..len). Returns the header length (the inner frame
+ * starts there), or -(drop reason id). VXLAN reserved bits are ignored;
+ * Geneve options are only bounds-checked (see ovl_geneve_check_options). */
+int ovl_wire_decode(int encap, const uint8_t *buf, size_t len, ovl_tunnel_t *t);
+
+/* Walk Geneve TLV options. known[] holds (class << 8 | type) keys, type with
+ * its critical bit cleared. Returns 0, or -(drop reason id): an option
+ * overruns the area, or an option with the critical bit is not known. */
+int ovl_geneve_check_options(const uint8_t *opts, size_t len,
+                             const uint32_t *known, size_t n_known);
+
+/* An Ethernet frame parsed as far as forwarding and port security need. */
+typedef struct ovl_frame {
+    uint8_t dst[6];
+    uint8_t src[6];
+    uint8_t has_vlan;
+    uint8_t l3;            /* OVL_L3_* */
+    uint16_t vlan_tci;
+    uint16_t vlan_tpid;    /* the first tag's TPID (0x8100 or 0x88a8), 0 if untagged */
+    uint16_t ethertype;    /* after any 802.1Q tag */
+    uint16_t l3_off;       /* offset of the L3 header in the frame */
+    uint16_t l4_off;       /* offset of the L4 header, 0 if none */
+    uint8_t ip_proto;      /* IPv4 protocol / IPv6 upper-layer next header */
+    uint8_t is_fragment;   /* a non-first fragment: no L4 ports */
+    uint8_t ip_src[16];    /* IPv4 in the first 4 bytes */
+    uint8_t ip_dst[16];
+    uint16_t sport;        /* TCP/UDP/SCTP ports, 0 otherwise */
+    uint16_t dport;
+    uint16_t arp_op;
+    uint8_t arp_sha[6];
+    uint8_t arp_spa[4];
+    uint8_t arp_tha[6];
+    uint8_t arp_tpa[4];
+    uint8_t icmp6_type;    /* 133..137 for neighbour discovery, else 0 */
+    uint8_t nd_has_lladdr;
+    uint8_t nd_lladdr[6];  /* source (NS, RS, RA) or target (NA) link-layer option */
+    uint8_t nd_target[16]; /* NS, NA, redirect */
+} ovl_frame_t;
+
+/* Parse frame[0..len). Returns 0 or -(drop reason id). */
+int ovl_frame_parse(const uint8_t *frame, size_t len, ovl_frame_t *f);
+
+/* The inner flow hash (RFC 7348 section 5): FNV-1a 32 over (ip_proto, src,
+ * dst, sport, dport) for IP, (src mac, dst mac, ethertype) otherwise, then
+ * the murmur3 32-bit finaliser. overlay/wire.py documents the exact bytes. */
+uint32_t ovl_flow_hash(const ovl_frame_t *f);
+
+/* The outer UDP source port for a flow hash: slot = hash % slots, port =
+ * lo + slot * (hi - lo + 1) / slots. slots == 0 means one slot per port. */
+uint16_t ovl_source_port(uint32_t hash, uint16_t lo, uint16_t hi, uint16_t slots);
+
+/* The Internet checksum (RFC 1071) of buf folded into sum; returns the
+ * complemented 16-bit result in host order. */
+uint16_t ovl_csum(const uint8_t *buf, size_t len, uint32_t sum);
+
+/* Build the ARP reply to request req (parsed) saying that req's target
+ * address is at mac. Returns the frame length or -1. */
+int ovl_wire_arp_reply(const ovl_frame_t *req, const uint8_t *mac,
+                       uint8_t *out, size_t cap);
+
+/* Build the neighbour advertisement answering solicitation ns (parsed)
+ * saying that its target is at mac (solicited, override, target link-layer
+ * option, ICMPv6 checksum filled). Returns the frame length or -1. */
+int ovl_wire_nd_advert(const ovl_frame_t *ns, const uint8_t *mac,
+                       uint8_t *out, size_t cap);
+
+/* ---- the engine (engine.c) ---- */
+typedef struct ovl_engine ovl_engine_t;
+
+typedef struct ovl_engine_config {
+    int encap;               /* OVL_ENCAP_* */
+    int family;              /* 4 or 6: the underlay */
+    uint8_t local_addr[16];  /* underlay address to bind */
+    uint16_t udp_port;       /* listen and destination port; 0: the encap's default */
+    uint16_t sport_lo;       /* outer source port range, default 49152..65535 */
+    uint16_t sport_hi;
+    uint16_t sport_slots;    /* sockets (source ports) flows are spread over, default 16 */
+    int udp_csum;            /* 1: outer UDP checksum (default), 0: zero */
+    uint32_t frame_max;      /* largest inner Ethernet frame, bytes; default 1518 */
+    uint32_t batch;          /* frames per read burst, default 64 */
+    uint32_t workers;        /* worker threads, default 1 */
+    uint32_t max_ports;      /* default 1024 */
+    uint32_t max_networks;   /* default 1024 */
+    uint32_t fdb_size;       /* FDB and neighbour capacity each, default 65536 */
+    uint32_t event_ring;     /* events held for the control plane, default 4096 */
+    int netns_fd;            /* create sockets and TAPs in this netns; -1: current */
+} ovl_engine_config_t;
+
+void ovl_engine_config_default(ovl_engine_config_t *c);
+/* Create sockets and tables. Returns 0 and sets *out, or -errno. */
+int ovl_engine_create(const ovl_engine_config_t *c, ovl_engine_t **out);
+/* Start the worker threads; returns 0 or -errno. Idempotent. */
+int ovl_engine_start(ovl_engine_t *e);
+/* Stop and join the workers; tables and ports stay. Idempotent. */
+int ovl_engine_stop(ovl_engine_t *e);
+/* Stop, close every port and socket, free everything. */
+void ovl_engine_destroy(ovl_engine_t *e);
+/* The bound underlay port (useful when udp_port was taken from config). */
+int ovl_engine_udp_port(ovl_engine_t *e);
+
+/* Networks. A VNI may be added once. */
+int ovl_network_add(ovl_engine_t *e, uint32_t vni, uint32_t flags);
+int ovl_network_del(ovl_engine_t *e, uint32_t vni);
+/* Geneve options sent with every packet of the network (TLV bytes). */
+int ovl_network_set_options(ovl_engine_t *e, uint32_t vni, const uint8_t *tlv, size_t len);
+/* Declare a Geneve option (class, type without critical bit) as understood
+ * by this node: packets carrying it with the critical bit are accepted. */
+int ovl_engine_known_option_add(ovl_engine_t *e, uint16_t cls, uint8_t type);
+
+/* Member VTEPs of a network: flood list and accepted sources. port 0 means
+ * the engine's udp_port. */
+int ovl_vtep_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr, uint16_t port);
+int ovl_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr);
+
+/* Ports. ovl_port_add creates a TAP (ifname may be "" for a generated name,
+ * written back to ifname_out, 16 bytes); ovl_port_add_fd adopts an open
+ * packet fd (a TAP opened elsewhere, or a SOCK_SEQPACKET socket in tests).
+ * Both return the port id (>= 0) or -errno. */
+int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname,
+                 const uint8_t *mac, uint32_t flags, char *ifname_out);
+int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd,
+                    const uint8_t *mac, uint32_t flags);
+int ovl_port_add_ip(ovl_engine_t *e, int port_id, int family, const uint8_t *addr);
+int ovl_port_del(ovl_engine_t *e, int port_id);
+int ovl_port_fd(ovl_engine_t *e, int port_id);
+
+/* Remote MACs (FDB) and neighbours (ARP/ND suppression). */
+int ovl_fdb_add(ovl_engine_t *e, uint32_t vni, const uint8_t *mac,
+                int family, const uint8_t *vtep, uint16_t port);
+int ovl_fdb_del(ovl_engine_t *e, uint32_t vni, const uint8_t *mac);
+int ovl_neigh_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip, const uint8_t *mac);
+int ovl_neigh_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip);
+
+typedef struct ovl_fdb_entry {
+    uint32_t vni;
+    uint8_t mac[6];
+    uint8_t kind;            /* OVL_FDB_* */
+    uint8_t family;
+    uint8_t vtep[16];        /* remote and learned entries */
+    uint16_t vtep_port;
+    int32_t port_id;         /* local entries, else -1 */
+    uint64_t updated_ns;     /* CLOCK_MONOTONIC */
+    uint64_t used_ns;        /* 0: never used */
+} ovl_fdb_entry_t;
+
+/* Copy up to n FDB entries into out; returns how many there are in all. */
+int ovl_fdb_dump(ovl_engine_t *e, ovl_fdb_entry_t *out, size_t n);
+
+/* Counters: the engine's (ovl_counter_count() values, summed over workers),
+ * a network's and a port's (ovl_obj_counter_count() values). */
+int ovl_engine_counters(ovl_engine_t *e, uint64_t *out, size_t n);
+int ovl_network_counters(ovl_engine_t *e, uint32_t vni, uint64_t *out, size_t n);
+int ovl_port_counters(ovl_engine_t *e, int port_id, uint64_t *out, size_t n);
+
+/* Events for the control plane: the eventfd becomes readable when events are
+ * queued; ovl_engine_events drains up to n of them and returns the count. */
+typedef struct ovl_event {
+    uint32_t type;           /* OVL_EVENT_* */
+    uint32_t vni;
+    int32_t port_id;         /* the port that sent the frame, or -1 */
+    uint8_t mac[6];          /* MISS: destination; MAC_SEEN, LEARNED: source */
+    uint8_t family;          /* LEARNED: the VTEP's family */
+    uint8_t pad;
+    uint8_t addr[16];        /* LEARNED: the VTEP's address */
+} ovl_event_t;
+
+int ovl_engine_event_fd(ovl_engine_t *e);
+int ovl_engine_events(ovl_engine_t *e, ovl_event_t *out, size_t n);

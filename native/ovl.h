@@ -1,0 +1,44 @@
+/*
+ * ovl.h — what every C file of the data plane includes: the standard headers,
+ * the public ABI (overlay.h) and the counter ids from counters.def.
+ */
+#ifndef OVL_H
+#define OVL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "overlay.h"
+
+#define OVL_STAT 0
+#define OVL_DROP 1
+
+/* Counter ids: OVL_C_<ID>, in counters.def order. */
+enum ovl_counter_id {
+#define OVL_COUNTER(id, name, kind, help) OVL_C_##id,
+#define OVL_OBJ_COUNTER(id, name, help)
+#include "counters.def"
+#undef OVL_COUNTER
+#undef OVL_OBJ_COUNTER
+    OVL_C__COUNT
+};
+
+/* Per-network and per-port counter ids: OVL_O_<ID>. */
+enum ovl_obj_counter_id {
+#define OVL_COUNTER(id, name, kind, help)
+#define OVL_OBJ_COUNTER(id, name, help) OVL_O_##id,
+#include "counters.def"
+#undef OVL_COUNTER
+#undef OVL_OBJ_COUNTER
+    OVL_O__COUNT
+};
+
+#define OVL_UNUSED(x) ((void)(x))
+#define OVL_LIKELY(x) __builtin_expect(!!(x), 1)
+#define OVL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#endif /* OVL_H */

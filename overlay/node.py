@@ -1,0 +1,454 @@
+"""The embedding API: a Node is one VTEP with its networks, ports and peers.
+
+``Node`` owns an ``Engine`` (the C data plane) and keeps a plain-Python view
+of what it was told (networks and their tenants, ports, remote MACs), so that
+every call can be validated completely *before* the data plane is touched:
+a bad argument raises an error naming it and changes nothing.
+
+Netlink work (finding the TAP, moving it into a pod's namespace, addresses,
+MTU, routes) goes through pyroute2; the TAP fd itself is opened in C.
+
+    from overlay import Node, Encap
+    with Node(underlay="198.18.0.1", encap=Encap.VXLAN, netns="node-a") as node:
+        blue = node.add_network(vni=100, tenant="blue")
+        pod = blue.add_port(mac="02:00:00:00:01:02", ips=["10.244.1.2/24"])
+        pod.move_to_netns("/var/run/netns/pod-a", ifname="eth0")
+        blue.add_vtep("198.18.0.2")
+        blue.add_remote(mac="02:00:00:00:02:02", vtep="198.18.0.2", ip="10.244.1.3")
+        node.start()
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from overlay import engine as _engine
+from overlay.engine import Engine, Event, FdbEntry, mac_bytes, mac_str
+from overlay.errors import ConfigError, ConflictError, NotFoundError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class Encap(enum.Enum):
+    """The tunnel encapsulation of a node (one per node, as with the kernel's devices)."""
+
+    VXLAN = _engine.ENCAP_VXLAN
+    GENEVE = _engine.ENCAP_GENEVE
+
+    @property
+    def default_port(self) -> int:
+        return 4789 if self is Encap.VXLAN else 6081
+
+    def overhead(self, family: int, options_len: int = 0) -> int:
+        """Bytes the encapsulation adds on the underlay: outer IP + UDP + tunnel + inner Ethernet."""
+        ip = 20 if family == 4 else 40
+        return ip + 8 + 8 + (options_len if self is Encap.GENEVE else 0) + 14
+
+
+@dataclass(frozen=True)
+class GeneveOption:
+    """A Geneve TLV option (RFC 8926 section 3.5): class, type (bit 7: critical), data."""
+
+    cls: int
+    type: int
+    data: bytes = b""
+
+    @property
+    def critical(self) -> bool:
+        return bool(self.type & 0x80)
+
+    def encode(self) -> bytes:
+        if not 0 <= self.cls <= 0xFFFF:
+            raise ConfigError("geneve_options.cls", self.cls, "0-0xffff")
+        if not 0 <= self.type <= 0xFF:
+            raise ConfigError("geneve_options.type", self.type, "0-0xff (bit 0x80 marks it critical)")
+        if len(self.data) % 4 or len(self.data) > 124:
+            raise ConfigError("geneve_options.data", self.data.hex(),
+                              "a multiple of 4 bytes, at most 124")
+        return (self.cls.to_bytes(2, "big") + bytes([self.type, len(self.data) // 4])
+                + self.data)
+
+
+def _parse_ip(value: object, field: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError:
+        raise ConfigError(field, value, "an IPv4 or IPv6 address") from None
+
+
+def _parse_iface(value: object, field: str) -> IPInterface:
+    try:
+        return ipaddress.ip_interface(str(value))
+    except ValueError:
+        raise ConfigError(field, value, "an address with prefix, like 10.244.1.2/24") from None
+
+
+def _check_unicast_mac(mac: str | bytes, field: str) -> bytes:
+    raw = mac_bytes(mac, field)
+    if raw[0] & 1 or raw == bytes(6):
+        raise ConfigError(field, mac, "a unicast MAC, not multicast or all zeros")
+    return raw
+
+
+def netns_path(netns: str) -> str:
+    """A namespace name (under /var/run/netns) or path -> its path."""
+    return netns if netns.startswith("/") else os.path.join("/var/run/netns", netns)
+
+
+def _iproute(netns: str | None) -> Any:
+    from pyroute2 import IPRoute  # imported lazily: only ports that move need it
+
+    return IPRoute(netns=netns_path(netns)) if netns else IPRoute()
+
+
+class Port:
+    """A pod's interface: a TAP device in a network, with its MAC and addresses."""
+
+    def __init__(self, network: Network, port_id: int, ifname: str, mac: bytes,
+                 ips: list[IPInterface], port_security: bool, persist: bool) -> None:
+        self.network = network
+        self.id = port_id
+        self.ifname = ifname
+        self.mac = mac_str(mac)
+        self.ips = ips
+        self.port_security = port_security
+        self.persist = persist
+        self.netns: str | None = None  # the pod's namespace once moved
+
+    def __repr__(self) -> str:
+        return f"Port({self.ifname!r}, vni={self.network.vni}, mac={self.mac})"
+
+    def move_to_netns(self, netns: str, ifname: str = "eth0", *, mtu: int | None = None,
+                      gateway: str | None = None) -> None:
+        """Move the TAP into a pod's namespace as ``ifname`` and configure it.
+
+        Sets the MAC, the addresses (IPv6 without DAD), the MTU (default: the
+        node's underlay MTU less the encapsulation overhead), brings the link
+        up and, with ``gateway``, adds a default route through it.
+        """
+        if not _IFNAME_RE.match(ifname):
+            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        path = netns_path(netns)
+        if not os.path.exists(path):
+            raise ConfigError("netns", netns, "an existing network namespace (name or path)")
+        node = self.network.node
+        mtu = node.pod_mtu(self.network) if mtu is None else mtu
+        if not 68 <= mtu <= node.frame_max - 14:
+            raise ConfigError("mtu", mtu, f"68-{node.frame_max - 14} bytes")
+        gw = _parse_ip(gateway, "gateway") if gateway is not None else None
+        src = self.netns if self.netns else node.netns
+        with _iproute(src) as ipr:
+            found = ipr.link_lookup(ifname=self.ifname)
+            if not found:
+                raise NotFoundError(f"port {self.ifname!r} is not in namespace {src or 'host'}")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                ipr.link("set", index=found[0], net_ns_fd=fd)
+            finally:
+                os.close(fd)
+        with _iproute(path) as ipr:
+            idx = ipr.link_lookup(ifname=self.ifname)[0]
+            ipr.link("set", index=idx, ifname=ifname, address=self.mac, mtu=mtu)
+            for ip in self.ips:
+                kw: dict[str, Any] = {}
+                if ip.version == 6:
+                    kw["flags"] = 0x02  # IFA_F_NODAD: the overlay guarantees uniqueness
+                ipr.addr("add", index=idx, address=str(ip.ip), prefixlen=ip.network.prefixlen, **kw)
+            ipr.link("set", index=idx, state="up")
+            if gw is not None:
+                dst = "0.0.0.0/0" if gw.version == 4 else "::/0"
+                ipr.route("add", dst=dst, gateway=str(gw), oif=idx)
+        self.ifname = ifname
+        self.netns = path
+
+    def counters(self) -> dict[str, int]:
+        return self.network.node.engine.port_counters(self.id)
+
+    def remove(self) -> None:
+        self.network.remove_port(self)
+
+
+class Network:
+    """One VNI, owned by one tenant. Frames never leave it."""
+
+    def __init__(self, node: Node, vni: int, tenant: str, options: tuple[GeneveOption, ...],
+                 learning: bool) -> None:
+        self.node = node
+        self.vni = vni
+        self.tenant = tenant
+        self.geneve_options = options
+        self.learning = learning
+        self.ports: list[Port] = []
+        self.vteps: set[IPAddress] = set()
+        self.remotes: dict[str, tuple[IPAddress, list[IPAddress]]] = {}
+
+    def __repr__(self) -> str:
+        return f"Network(vni={self.vni}, tenant={self.tenant!r})"
+
+    def _addresses_in_use(self) -> dict[IPAddress, str]:
+        used: dict[IPAddress, str] = {}
+        for p in self.ports:
+            for ip in p.ips:
+                used[ip.ip] = f"port {p.ifname}"
+        for mac, (_, ips) in self.remotes.items():
+            for a in ips:
+                used[a] = f"remote {mac}"
+        return used
+
+    def add_port(self, mac: str, ips: Sequence[str] = (), *, ifname: str | None = None,
+                 port_security: bool = True, persist: bool = False) -> Port:
+        """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoofing)."""
+        raw = _check_unicast_mac(mac, "mac")
+        if isinstance(ips, str):
+            ips = [ips]
+        ifaces = [_parse_iface(ip, "ips") for ip in ips]
+        used = self._addresses_in_use()
+        seen: set[IPAddress] = set()
+        for ip in ifaces:
+            if ip.ip in used or ip.ip in seen:
+                raise ConflictError(
+                    f"ips={str(ip)!r}: address {ip.ip} is in use in vni={self.vni} by "
+                    f"{used.get(ip.ip, 'this request')}; choose a free address")
+            seen.add(ip.ip)
+        key = mac_str(raw)
+        if key in self.remotes or any(p.mac == key for p in self.ports):
+            raise ConflictError(f"mac={mac!r} is in use in vni={self.vni}; choose another MAC")
+        if ifname is not None and not _IFNAME_RE.match(ifname):
+            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        eng = self.node.engine
+        port_id, name = eng.port_add(self.vni, raw, ifname or "", security=port_security,
+                                     persist=persist)
+        try:
+            for ip in ifaces:
+                eng.port_add_ip(port_id, ip.ip)
+        except Exception:
+            eng.port_del(port_id)
+            raise
+        port = Port(self, port_id, name, raw, ifaces, port_security, persist)
+        self.ports.append(port)
+        return port
+
+    def remove_port(self, port: Port) -> None:
+        if port not in self.ports:
+            raise NotFoundError(f"{port!r} is not in vni={self.vni}")
+        self.node.engine.port_del(port.id)
+        self.ports.remove(port)
+
+    def add_vtep(self, address: str, port: int | None = None) -> None:
+        """Make a remote VTEP a member: it gets flooded frames, and its packets are accepted."""
+        addr = _parse_ip(address, "vtep")
+        if addr.version != self.node.family:
+            raise ConfigError("vtep", address, f"an IPv{self.node.family} address like the underlay")
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError("port", port, "a UDP port 1-65535")
+        self.node.engine.vtep_add(self.vni, addr, port or 0)
+        self.vteps.add(addr)
+
+    def remove_vtep(self, address: str) -> None:
+        addr = _parse_ip(address, "vtep")
+        self.node.engine.vtep_del(self.vni, addr)
+        self.vteps.discard(addr)
+
+    def add_remote(self, mac: str, vtep: str, ip: str | Iterable[str] | None = None,
+                   port: int | None = None) -> None:
+        """A pod on another node: FDB (vni, mac) -> vtep, and neighbours for ARP/ND suppression."""
+        raw = _check_unicast_mac(mac, "mac")
+        addr = _parse_ip(vtep, "vtep")
+        if addr.version != self.node.family:
+            raise ConfigError("vtep", vtep, f"an IPv{self.node.family} address like the underlay")
+        ips = [] if ip is None else [ip] if isinstance(ip, str) else list(ip)
+        addrs = [_parse_ip(a, "ip") for a in ips]
+        key = mac_str(raw)
+        if any(p.mac == key for p in self.ports):
+            raise ConflictError(f"mac={mac!r} belongs to a local port in vni={self.vni}")
+        used = self._addresses_in_use()
+        for a in addrs:
+            if a in used and used[a] != f"remote {key}":
+                raise ConflictError(f"ip={str(a)!r} is in use in vni={self.vni} by {used[a]}")
+        eng = self.node.engine
+        old = self.remotes.get(key)
+        eng.fdb_add(self.vni, raw, addr, port or 0)
+        for a in addrs:
+            eng.neigh_add(self.vni, a, raw)
+        if old:
+            for a in old[1]:
+                if a not in addrs:
+                    eng.neigh_del(self.vni, a)
+        self.remotes[key] = (addr, addrs)
+
+    def remove_remote(self, mac: str) -> None:
+        key = mac_str(mac_bytes(mac, "mac"))
+        if key not in self.remotes:
+            raise NotFoundError(f"mac={mac!r} is not a remote of vni={self.vni}")
+        _, ips = self.remotes.pop(key)
+        eng = self.node.engine
+        eng.fdb_del(self.vni, mac_bytes(key))
+        for a in ips:
+            eng.neigh_del(self.vni, a)
+
+    def counters(self) -> dict[str, int]:
+        return self.node.engine.network_counters(self.vni)
+
+
+class Node:
+    """One VTEP: the data plane plus the networks and ports it hosts.
+
+    ``netns`` names the namespace (name or path) whose underlay address the
+    node binds and where its TAPs are born; by default, the caller's.
+    ``mtu`` is the underlay MTU; pods get it less the encapsulation overhead.
+    """
+
+    def __init__(self, underlay: str, encap: Encap = Encap.VXLAN, *, port: int | None = None,
+                 netns: str | None = None, mtu: int = 1500, udp_checksum: bool = True,
+                 source_ports: tuple[int, int] = (49152, 65535), source_port_slots: int = 16,
+                 workers: int = 1, batch: int = 64, max_ports: int = 1024,
+                 fdb_size: int = 65536) -> None:
+        addr = _parse_ip(underlay, "underlay")
+        if not isinstance(encap, Encap):
+            raise ConfigError("encap", encap, "Encap.VXLAN or Encap.GENEVE")
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError("port", port, "a UDP port 1-65535")
+        if not 576 <= mtu <= 65000:
+            raise ConfigError("mtu", mtu, "the underlay MTU, 576-65000 bytes")
+        self.underlay = addr
+        self.family = addr.version
+        self.encap = encap
+        self.mtu = mtu
+        self.netns = netns_path(netns) if netns else None
+        # No inner frame can be larger than the underlay MTU: that bounds buffers.
+        self.frame_max = mtu
+        fd = -1
+        if self.netns:
+            try:
+                fd = os.open(self.netns, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise ConfigError("netns", netns, "an existing network namespace") from None
+        try:
+            self.engine = Engine(
+                encap=encap.value, local=addr, udp_port=port or 0, source_ports=source_ports,
+                source_port_slots=source_port_slots, udp_checksum=udp_checksum,
+                frame_max=mtu, batch=batch, workers=workers, max_ports=max_ports,
+                fdb_size=fdb_size, netns_fd=fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.port = self.engine.udp_port
+        self.networks: dict[int, Network] = {}
+        self._known_options: set[tuple[int, int]] = set()
+
+    def __repr__(self) -> str:
+        return f"Node({str(self.underlay)!r}, {self.encap.name}, port={self.port})"
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pod_mtu(self, network: Network | None = None) -> int:
+        """The MTU a pod gets: the underlay MTU less the encapsulation overhead."""
+        opts = sum(len(o.encode()) for o in network.geneve_options) if network else 0
+        return self.mtu - self.encap.overhead(self.family, opts)
+
+    def add_network(self, vni: int, tenant: str, *,
+                    geneve_options: Iterable[GeneveOption] = (), learning: bool = False) -> Network:
+        """Host a network: one VNI, owned by one tenant."""
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _engine.VNI_MAX:
+            raise ConfigError("vni", vni, f"an integer 0-{_engine.VNI_MAX}")
+        if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+            raise ConfigError("tenant", tenant, "1-63 characters of [A-Za-z0-9_.-]")
+        if vni in self.networks:
+            owner = self.networks[vni].tenant
+            raise ConflictError(f"vni={vni} exists already (tenant {owner!r}); choose another VNI")
+        opts = tuple(geneve_options)
+        tlv = b"".join(o.encode() for o in opts)
+        if opts and self.encap is not Encap.GENEVE:
+            raise ConfigError("geneve_options", opts, "options need a node with Encap.GENEVE")
+        if len(tlv) > 252:
+            raise ConfigError("geneve_options", opts, "at most 252 bytes of options in all")
+        self.engine.network_add(vni, learning=learning)
+        try:
+            if tlv:
+                self.engine.network_set_options(vni, tlv)
+                for o in opts:
+                    self.know_option(o.cls, o.type)
+        except Exception:
+            self.engine.network_del(vni)
+            raise
+        net = Network(self, vni, tenant, opts, learning)
+        self.networks[vni] = net
+        return net
+
+    def network(self, vni: int) -> Network:
+        try:
+            return self.networks[vni]
+        except KeyError:
+            raise NotFoundError(f"vni={vni} is not hosted on this node") from None
+
+    def remove_network(self, vni: int) -> None:
+        net = self.network(vni)
+        for p in list(net.ports):
+            net.remove_port(p)
+        self.engine.network_del(vni)
+        del self.networks[vni]
+
+    def know_option(self, cls: int, type_: int) -> None:
+        """Accept Geneve packets carrying this option even when marked critical."""
+        if (cls, type_ & 0x7F) not in self._known_options:
+            self.engine.known_option_add(cls, type_)
+            self._known_options.add((cls, type_ & 0x7F))
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+    def close(self) -> None:
+        """Stop the workers and release everything; non-persistent TAPs disappear."""
+        self.engine.close()
+
+    def counters(self) -> dict[str, Any]:
+        """Every counter in one dict: engine totals, drops by reason, per network, per port."""
+        totals = self.engine.counters()
+        drops = {k: v for k, v in totals.items() if k in _engine.DROP_REASONS}
+        stats = {k: v for k, v in totals.items() if k not in _engine.DROP_REASONS}
+        return {
+            "node": stats,
+            "drops": drops,
+            "networks": {vni: net.counters() for vni, net in self.networks.items()},
+            "ports": {p.ifname: p.counters() for net in self.networks.values() for p in net.ports},
+        }
+
+    def fdb(self) -> list[FdbEntry]:
+        return self.engine.fdb_dump()
+
+    @property
+    def event_fd(self) -> int:
+        return self.engine.event_fd
+
+    def events(self) -> list[Event]:
+        """Drain queued data-plane events (misses, MACs seen, learned MACs)."""
+        return self.engine.events()
+
+    def watch_events(self, loop: Any, callback: Callable[[Event], None]) -> None:
+        """Call callback for every event from the asyncio loop (stdlib or uvloop)."""
+
+        def _ready() -> None:
+            for ev in self.events():
+                try:
+                    callback(ev)
+                except Exception:  # a callback never breaks the loop
+                    loop.call_exception_handler({"message": "event callback failed", "event": ev})
+
+        loop.add_reader(self.event_fd, _ready)
