@@ -427,7 +427,9 @@ class Node:
             "node": stats,
             "drops": drops,
             "networks": {vni: net.counters() for vni, net in self.networks.items()},
-            "ports": {p.ifname: p.counters() for net in self.networks.values() for p in net.ports},
+            "ports": {p.id: {"vni": net.vni, "ifname": p.ifname, "netns": p.netns, "mac": p.mac,
+                             **p.counters()}
+                      for net in self.networks.values() for p in net.ports},
         }
 
     def fdb(self) -> list[FdbEntry]:
