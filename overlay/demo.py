@@ -1,0 +1,106 @@
+"""``overlay demo``: two nodes, two tenants, one overlay, built and removed in seconds.
+
+It shows the contracts working on real kernel parts: pods of one tenant reach
+each other across nodes, the other tenant's identical addresses are not
+confused with them, a pod of one tenant cannot reach the other tenant at all,
+a TCP transfer is verified byte for byte, and every frame is accounted for in
+the counters. Everything lives in network namespaces with the run's prefix
+and is removed at the end, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from overlay.node import Encap
+
+Say = Callable[[str], None]
+
+
+def _neighbour_mac(ns: object, ip: str) -> str | None:
+    with ns.ipr() as ipr:  # type: ignore[attr-defined]
+        for n in ipr.get_neighbours():
+            if n.get("NDA_DST") == ip:
+                return str(n.get("NDA_LLADDR"))
+    return None
+
+
+def _nonzero(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items() if v) or "-"
+
+
+def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say = print) -> int:
+    """Run the demo; returns 0 when every expectation held, 1 otherwise."""
+    if os.geteuid() != 0:
+        say("overlay demo: needs root (TAP devices and network namespaces): run it with sudo")
+        return 2
+    from overlay.testing.cluster import Cluster, underlay_ip
+    from overlay.testing.netns import Topology
+    from overlay.testing.traffic import ping, tcp_transfer
+
+    ok = True
+    t0 = time.monotonic()
+    say(f"overlay demo: two nodes, two tenants, {encap.name} (port {encap.default_port})\n")
+    with Topology() as topo, Cluster(topo, encap) as c:
+        c.add_network(100, "blue")
+        c.add_network(200, "red")
+        blue_a = c.add_pod(0, 100, "10.244.1.2/24", name="blue-a")
+        blue_b = c.add_pod(1, 100, "10.244.1.3/24", name="blue-b")
+        red_a = c.add_pod(0, 200, "10.244.1.2/24", name="red-a")
+        red_b = c.add_pod(1, 200, "10.244.1.3/24", name="red-b")
+        red_c = c.add_pod(1, 200, "10.244.1.4/24", name="red-c")
+        c.start()
+        say(f"  underlay   node n0 {underlay_ip(0)}  <-- veth -->  node n1 {underlay_ip(1)}")
+        say(f"  blue (VNI 100)  {blue_a.name} {blue_a.ip} @n0   {blue_b.name} {blue_b.ip} @n1")
+        say(f"  red  (VNI 200)  {red_a.name} {red_a.ip} @n0   {red_b.name} {red_b.ip} @n1   "
+            f"{red_c.name} {red_c.ip} @n1")
+        say(f"  pods' MTU {c.nodes[0].pod_mtu()} (underlay 1500 less {encap.name} overhead)\n")
+
+        say("reachability (ping, 3 packets each)")
+        checks = [
+            (blue_a, blue_b.ip, f"{blue_b.name}", True),
+            (red_a, red_b.ip, f"{red_b.name}", True),
+            (red_a, red_c.ip, f"{red_c.name}", True),
+            (blue_a, red_c.ip, "exists only in red", False),
+        ]
+        for src, dst, what, expect in checks:
+            r = ping(src.netns, dst, count=3, interval=0.1, timeout=3 if expect else 2)
+            reached = r.received > 0
+            good = reached == expect
+            ok &= good
+            rtt = f"  rtt {sorted(r.rtts_ms)[len(r.rtts_ms) // 2]:.2f} ms" if r.rtts_ms else ""
+            verdict = ("reached" if reached else "blocked") + ("" if good else "  << UNEXPECTED")
+            say(f"  {src.name:7} -> {dst:11} ({what:18}) {verdict:8} {r.received}/{r.sent}{rtt}")
+
+        macs = {p.mac: p.name for p in c.pods}
+        for pod, ip in ((blue_a, blue_b.ip), (red_a, red_b.ip)):
+            mac = _neighbour_mac(pod.netns, ip)
+            owner = macs.get(mac or "", "?")
+            same = owner.split("-")[0] == pod.name.split("-")[0]
+            ok &= same
+            say(f"  {pod.name} resolved {ip} to {mac} = {owner}" + ("" if same else "  << WRONG TENANT"))
+
+        say(f"\nthroughput (TCP, {transfer_bytes / 1e6:.0f} MB {blue_a.name} -> {blue_b.name})")
+        t = tcp_transfer(blue_a.netns, blue_b.netns, blue_b.ip, transfer_bytes, timeout=60)
+        ok &= t.ok
+        say(f"  {t.mbit_per_s:8.0f} Mbit/s, {t.nbytes} bytes, sha256 "
+            f"{'verified' if t.sha256_match else 'MISMATCH'}" + (f" ({t.error})" if t.error else ""))
+
+        say("\ncounters")
+        for i, node in enumerate(c.nodes):
+            cnt = node.counters()
+            say(f"  n{i} node:  {_nonzero(cnt['node'])}")
+            say(f"  n{i} drops: {_nonzero(cnt['drops'])}")
+            for vni, net in cnt["networks"].items():
+                say(f"  n{i} vni {vni}: {_nonzero(net)}")
+        n_ns = len(topo.namespaces)
+    say(f"\ncleaned up: {n_ns} namespaces and their devices removed")
+    say(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run())
