@@ -251,3 +251,31 @@ typedef struct ovl_event {
 
 int ovl_engine_event_fd(ovl_engine_t *e);
 int ovl_engine_events(ovl_engine_t *e, ovl_event_t *out, size_t n);
+
+/* ---- batch codecs (wirebatch.c): the per-packet work of the engine on a
+ * batch in memory, without I/O; what bench/ measures against pure Python. */
+
+/* Prepend t's header (built once) in front of each frames[i], which must have
+ * OVL_HEADROOM bytes before it, and compute each frame's flow hash into
+ * hashes[i]. Returns the header length, or -1 when t cannot be encoded. */
+int ovl_wire_encap_batch(int encap, const ovl_tunnel_t *t, uint8_t **frames,
+                         const uint32_t *lens, size_t n, uint32_t *hashes);
+
+/* Decode n datagrams and parse each inner frame; out[i] is the inner offset,
+ * or -(drop reason id). Returns how many were accepted. */
+int ovl_wire_decap_batch(int encap, uint8_t **bufs, const uint32_t *lens, size_t n,
+                         const uint32_t *known, size_t n_known, int32_t *out);
+
+/* ---- traffic generator (gen.c): small datagrams at line rate for tests and
+ * benchmarks, where a per-packet Python loop would measure only itself. */
+
+/* Send up to count datagrams of payload[0..len) on the connected socket fd in
+ * sendmmsg batches of batch, for at most duration_ns. Returns the number
+ * sent, or -errno if nothing could be sent. */
+int64_t ovl_gen_send(int fd, const uint8_t *payload, size_t len, uint64_t count,
+                     uint32_t batch, uint64_t duration_ns);
+
+/* Receive datagrams on fd for at most duration_ns, stopping early after
+ * idle_ns without any; writes the counts. Returns 0 or -errno. */
+int ovl_gen_recv(int fd, uint64_t duration_ns, uint64_t idle_ns,
+                 uint64_t *packets, uint64_t *bytes);

@@ -126,3 +126,60 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class KernelPod:
+    name: str
+    netns: Netns
+    node: int
+    mac: str
+    cidr: str
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_interface(self.cidr).ip)
+
+
+@dataclass
+class KernelCluster:
+    """The kernel's twin of a ``Cluster``: the same nodes and underlay, with a Linux
+    VXLAN device per node, bridged to veth pods. The baseline that benchmarks
+    and interop tests compare against (VXLAN only: this kernel has no Geneve)."""
+
+    topo: Topology
+    vni: int = 100
+    n_nodes: int = 2
+    mtu: int = 1500
+    prefix: str = "k"
+    node_ns: list[Netns] = field(default_factory=list)
+    pods: list[KernelPod] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from overlay.testing.netns import kernel_vxlan
+
+        self.node_ns = [self.topo.add_netns(f"{self.prefix}n{i}") for i in range(self.n_nodes)]
+        cidrs = [f"{underlay_ip(i)}/24" for i in range(self.n_nodes)]
+        if self.n_nodes == 2:
+            self.topo.veth(self.node_ns[0], self.node_ns[1], cidrs[0], cidrs[1], mtu=self.mtu)
+        elif self.n_nodes > 2:
+            self.topo.lan(self.node_ns, cidrs, mtu=self.mtu, switch=f"{self.prefix}sw")
+        for i, ns in enumerate(self.node_ns):
+            with ns.ipr() as ipr:
+                ipr.link("add", ifname="br0", kind="bridge")
+            ns.link_set("br0", state="up", mtu=self.mtu - 50)
+            others = [underlay_ip(j) for j in range(self.n_nodes) if j != i]
+            kernel_vxlan(ns, "vx0", vni=self.vni, local=underlay_ip(i), remotes=others)
+            ns.link_set("vx0", master=ns.ifindex("br0"), state="up")
+
+    def add_pod(self, node: int, cidr: str, *, name: str | None = None) -> KernelPod:
+        index = sum(1 for p in self.pods if p.node == node) + 1
+        name = name or f"{self.prefix}p{node}i{index}"
+        ns = self.topo.add_netns(name)
+        host = self.node_ns[node]
+        port = f"kp{len(self.pods)}"
+        self.topo.veth(host, ns, None, cidr, name_a=port, name_b="eth0", mtu=self.mtu - 50)
+        host.link_set(port, master=host.ifindex("br0"), state="up")
+        pod = KernelPod(name, ns, node, ns.link_info("eth0").mac, cidr)
+        self.pods.append(pod)
+        return pod
