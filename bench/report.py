@@ -16,31 +16,42 @@ from typing import Any
 
 
 def summarise(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": data.get("machine_info", {}).get("node"),
-                           "datetime": data.get("datetime"), "end_to_end": {}, "codec": {}}
+    out: dict[str, Any] = {
+        "machine": data.get("machine_info", {}).get("node"),
+        "datetime": data.get("datetime"),
+        "end_to_end": {},
+        "codec": {},
+    }
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
         if "ratio" in info:
-            out["end_to_end"][b["name"]] = {k: info[k] for k in
-                                            ("unit", "rounds", "overlay", "kernel", "ratio",
-                                             "ratio_meaning")}
+            out["end_to_end"][b["name"]] = {
+                k: info[k]
+                for k in ("unit", "rounds", "overlay", "kernel", "ratio", "ratio_meaning")
+            }
         elif "ns_per_packet" in info:
-            out["codec"][b["name"]] = {"ns_per_packet": info["ns_per_packet"],
-                                       "packets_per_call": info.get("packets_per_call")}
+            out["codec"][b["name"]] = {
+                "ns_per_packet": info["ns_per_packet"],
+                "packets_per_call": info.get("packets_per_call"),
+            }
     return out
 
 
 def table(summary: dict[str, Any]) -> str:
     lines = []
     if summary["end_to_end"]:
-        lines.append(f"{'end to end':44} {'unit':>9} {'overlay min/med/max':>28} "
-                     f"{'kernel min/med/max':>28} {'ratio':>6}")
+        lines.append(
+            f"{'end to end':44} {'unit':>9} {'overlay min/med/max':>28} "
+            f"{'kernel min/med/max':>28} {'ratio':>6}"
+        )
         for name, r in summary["end_to_end"].items():
             o, k = r["overlay"], r["kernel"]
             fmt = "{:.3g}/{:.3g}/{:.3g}"
-            lines.append(f"{name:44} {r['unit']:>9} "
-                         f"{fmt.format(o['min'], o['median'], o['max']):>28} "
-                         f"{fmt.format(k['min'], k['median'], k['max']):>28} {r['ratio']:6.2f}")
+            lines.append(
+                f"{name:44} {r['unit']:>9} "
+                f"{fmt.format(o['min'], o['median'], o['max']):>28} "
+                f"{fmt.format(k['min'], k['median'], k['max']):>28} {r['ratio']:6.2f}"
+            )
     if summary["codec"]:
         lines.append("")
         lines.append(f"{'codec':52} {'ns/packet':>10}")

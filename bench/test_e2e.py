@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
 from overlay._native import ffi, lib
+
 from overlay.node import Encap
 from overlay.testing.cluster import Cluster, KernelCluster
 from overlay.testing.netns import Netns, Topology
@@ -72,7 +72,9 @@ def small_udp_pps(side: Side) -> float:
         t = threading.Thread(target=sink)
         t.start()
         payload = b"\x00" * PAYLOAD_BYTES
-        sent = lib.ovl_gen_send(tx.fileno(), payload, len(payload), 10**12, 64, int(PPS_SECONDS * 1e9))
+        sent = lib.ovl_gen_send(
+            tx.fileno(), payload, len(payload), 10**12, 64, int(PPS_SECONDS * 1e9)
+        )
         t.join()
         return got.get("packets", 0) / PPS_SECONDS if sent > 0 else 0.0
     finally:
@@ -93,8 +95,13 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def _compare(benchmark: Any, sides: dict[str, Side], measure: Callable[[Side], float],
-             unit: str, higher_is_better: bool = True) -> None:
+def _compare(
+    benchmark: Any,
+    sides: dict[str, Side],
+    measure: Callable[[Side], float],
+    unit: str,
+    higher_is_better: bool = True,
+) -> None:
     results: dict[str, list[float]] = {"overlay": [], "kernel": []}
 
     def one_round() -> None:
@@ -103,14 +110,24 @@ def _compare(benchmark: Any, sides: dict[str, Side], measure: Callable[[Side], f
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     ours, kern = _summary(results["overlay"]), _summary(results["kernel"])
-    ratio = (ours["median"] / kern["median"] if higher_is_better else kern["median"] / ours["median"]) \
-        if ours["median"] and kern["median"] else float("nan")
-    benchmark.extra_info.update({
-        "unit": unit, "rounds": ROUNDS, "overlay": ours, "kernel": kern,
-        "ratio": ratio, "ratio_meaning": "overlay/kernel" if higher_is_better else "kernel/overlay "
-        "(>1: overlay is faster)",
-        "raw": results,
-    })
+    ratio = (
+        (ours["median"] / kern["median"] if higher_is_better else kern["median"] / ours["median"])
+        if ours["median"] and kern["median"]
+        else float("nan")
+    )
+    benchmark.extra_info.update(
+        {
+            "unit": unit,
+            "rounds": ROUNDS,
+            "overlay": ours,
+            "kernel": kern,
+            "ratio": ratio,
+            "ratio_meaning": "overlay/kernel"
+            if higher_is_better
+            else "kernel/overlay (>1: overlay is faster)",
+            "raw": results,
+        }
+    )
 
 
 def test_tcp_one_stream_vs_kernel_vxlan(benchmark: Any, sides: dict[str, Side]) -> None:

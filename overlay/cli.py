@@ -14,11 +14,22 @@ import sys
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="overlay", description="userspace VXLAN/Geneve overlay")
     sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="build a two-node, two-tenant overlay in namespaces and show it")
-    d.add_argument("--encap", choices=["vxlan", "geneve"], default="vxlan",
-                   help="encapsulation (default vxlan)")
-    d.add_argument("--bytes", type=int, default=50_000_000, dest="nbytes",
-                   help="size of the TCP transfer, bytes (default 50000000)")
+    d = sub.add_parser(
+        "demo", help="build a two-node, two-tenant overlay in namespaces and show it"
+    )
+    d.add_argument(
+        "--encap",
+        choices=["vxlan", "geneve"],
+        default="vxlan",
+        help="encapsulation (default vxlan)",
+    )
+    d.add_argument(
+        "--bytes",
+        type=int,
+        default=50_000_000,
+        dest="nbytes",
+        help="size of the TCP transfer, bytes (default 50000000)",
+    )
     return p
 
 

@@ -55,8 +55,10 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
         c.start()
         say(f"  underlay   node n0 {underlay_ip(0)}  <-- veth -->  node n1 {underlay_ip(1)}")
         say(f"  blue (VNI 100)  {blue_a.name} {blue_a.ip} @n0   {blue_b.name} {blue_b.ip} @n1")
-        say(f"  red  (VNI 200)  {red_a.name} {red_a.ip} @n0   {red_b.name} {red_b.ip} @n1   "
-            f"{red_c.name} {red_c.ip} @n1")
+        say(
+            f"  red  (VNI 200)  {red_a.name} {red_a.ip} @n0   {red_b.name} {red_b.ip} @n1   "
+            f"{red_c.name} {red_c.ip} @n1"
+        )
         say(f"  pods' MTU {c.nodes[0].pod_mtu()} (underlay 1500 less {encap.name} overhead)\n")
 
         say("reachability (ping, 3 packets each)")
@@ -81,13 +83,18 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
             owner = macs.get(mac or "", "?")
             same = owner.split("-")[0] == pod.name.split("-")[0]
             ok &= same
-            say(f"  {pod.name} resolved {ip} to {mac} = {owner}" + ("" if same else "  << WRONG TENANT"))
+            say(
+                f"  {pod.name} resolved {ip} to {mac} = {owner}"
+                + ("" if same else "  << WRONG TENANT")
+            )
 
         say(f"\nthroughput (TCP, {transfer_bytes / 1e6:.0f} MB {blue_a.name} -> {blue_b.name})")
         t = tcp_transfer(blue_a.netns, blue_b.netns, blue_b.ip, transfer_bytes, timeout=60)
         ok &= t.ok
-        say(f"  {t.mbit_per_s:8.0f} Mbit/s, {t.nbytes} bytes, sha256 "
-            f"{'verified' if t.sha256_match else 'MISMATCH'}" + (f" ({t.error})" if t.error else ""))
+        say(
+            f"  {t.mbit_per_s:8.0f} Mbit/s, {t.nbytes} bytes, sha256 "
+            f"{'verified' if t.sha256_match else 'MISMATCH'}" + (f" ({t.error})" if t.error else "")
+        )
 
         say("\ncounters")
         for i, node in enumerate(c.nodes):

@@ -42,8 +42,11 @@ EVENT_MISS: int = lib.OVL_EVENT_MISS
 EVENT_MAC_SEEN: int = lib.OVL_EVENT_MAC_SEEN
 EVENT_LEARNED: int = lib.OVL_EVENT_LEARNED
 _EVENT_NAMES = {EVENT_MISS: "miss", EVENT_MAC_SEEN: "mac_seen", EVENT_LEARNED: "learned"}
-_FDB_KINDS = {lib.OVL_FDB_REMOTE: "remote", lib.OVL_FDB_LOCAL: "local",
-              lib.OVL_FDB_LEARNED: "learned"}
+_FDB_KINDS = {
+    lib.OVL_FDB_REMOTE: "remote",
+    lib.OVL_FDB_LOCAL: "local",
+    lib.OVL_FDB_LEARNED: "learned",
+}
 
 
 def _check(rc: int, what: str) -> int:
@@ -96,18 +99,18 @@ def addr_from(family: int, raw: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
 class Event:
     """Something the data plane wants the control plane to know."""
 
-    kind: str                      # "miss", "mac_seen" or "learned"
+    kind: str  # "miss", "mac_seen" or "learned"
     vni: int
     mac: str
-    port_id: int | None = None     # the port that sent the frame
-    vtep: str | None = None        # learned: where the MAC lives
+    port_id: int | None = None  # the port that sent the frame
+    vtep: str | None = None  # learned: where the MAC lives
 
 
 @dataclass(frozen=True)
 class FdbEntry:
     vni: int
     mac: str
-    kind: str                      # "remote", "local" or "learned"
+    kind: str  # "remote", "local" or "learned"
     vtep: str | None
     vtep_port: int | None
     port_id: int | None
@@ -152,10 +155,15 @@ class Engine:
         cfg.udp_port = udp_port
         lo, hi = source_ports
         if not (1 <= lo <= hi <= 65535):
-            raise ConfigError("source_ports", source_ports, "a range (lo, hi) with 1 <= lo <= hi <= 65535")
+            raise ConfigError(
+                "source_ports", source_ports, "a range (lo, hi) with 1 <= lo <= hi <= 65535"
+            )
         if not 1 <= source_port_slots <= min(1024, hi - lo + 1):
-            raise ConfigError("source_port_slots", source_port_slots,
-                              "1-1024 and no more than the ports in source_ports")
+            raise ConfigError(
+                "source_port_slots",
+                source_port_slots,
+                "1-1024 and no more than the ports in source_ports",
+            )
         cfg.sport_lo, cfg.sport_hi, cfg.sport_slots = lo, hi, source_port_slots
         cfg.udp_csum = 1 if udp_checksum else 0
         if not 60 <= frame_max <= 65535:
@@ -173,10 +181,14 @@ class Engine:
         if rc == -errno.EADDRINUSE:
             raise ConflictError(
                 f"underlay {local} port {udp_port or 'default'} is in use: "
-                "choose another port or stop the other VTEP in this namespace")
+                "choose another port or stop the other VTEP in this namespace"
+            )
         if rc == -errno.EADDRNOTAVAIL:
-            raise ConfigError("underlay", str(local),
-                              "an address configured on an interface of the node's namespace")
+            raise ConfigError(
+                "underlay",
+                str(local),
+                "an address configured on an interface of the node's namespace",
+            )
         _check(rc, "creating the engine")
         self._e = out[0]
         self.family = family
@@ -212,28 +224,46 @@ class Engine:
         _check(lib.ovl_network_del(self._h(), vni), f"removing network vni={vni}")
 
     def network_set_options(self, vni: int, tlv: bytes) -> None:
-        _check(lib.ovl_network_set_options(self._h(), vni, tlv, len(tlv)),
-               f"setting Geneve options of vni={vni}")
+        _check(
+            lib.ovl_network_set_options(self._h(), vni, tlv, len(tlv)),
+            f"setting Geneve options of vni={vni}",
+        )
 
     def known_option_add(self, cls: int, type_: int) -> None:
-        _check(lib.ovl_engine_known_option_add(self._h(), cls, type_ & 0x7F),
-               f"declaring Geneve option class={cls:#x} type={type_:#x}")
+        _check(
+            lib.ovl_engine_known_option_add(self._h(), cls, type_ & 0x7F),
+            f"declaring Geneve option class={cls:#x} type={type_:#x}",
+        )
 
-    def vtep_add(self, vni: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                 port: int = 0) -> None:
+    def vtep_add(
+        self, vni: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int = 0
+    ) -> None:
         family, raw = addr_bytes(addr)
-        _check(lib.ovl_vtep_add(self._h(), vni, family, raw, port), f"adding VTEP {addr} to vni={vni}")
+        _check(
+            lib.ovl_vtep_add(self._h(), vni, family, raw, port), f"adding VTEP {addr} to vni={vni}"
+        )
 
     def vtep_del(self, vni: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         family, raw = addr_bytes(addr)
-        _check(lib.ovl_vtep_del(self._h(), vni, family, raw), f"removing VTEP {addr} from vni={vni}")
+        _check(
+            lib.ovl_vtep_del(self._h(), vni, family, raw), f"removing VTEP {addr} from vni={vni}"
+        )
 
     # -- ports --
-    def port_add(self, vni: int, mac: bytes, ifname: str = "", *, security: bool = True,
-                 persist: bool = False) -> tuple[int, str]:
+    def port_add(
+        self,
+        vni: int,
+        mac: bytes,
+        ifname: str = "",
+        *,
+        security: bool = True,
+        persist: bool = False,
+    ) -> tuple[int, str]:
         if len(ifname.encode()) > 15:
             raise ConfigError("ifname", ifname, "at most 15 bytes")
-        flags = (0 if security else lib.OVL_PORT_NO_SECURITY) | (lib.OVL_PORT_PERSIST if persist else 0)
+        flags = (0 if security else lib.OVL_PORT_NO_SECURITY) | (
+            lib.OVL_PORT_PERSIST if persist else 0
+        )
         out = ffi.new("char[16]")
         rc = lib.ovl_port_add(self._h(), vni, ifname.encode(), mac, flags, out)
         if rc == -errno.EBUSY:
@@ -243,32 +273,54 @@ class Engine:
 
     def port_add_fd(self, vni: int, fd: int, mac: bytes, *, security: bool = True) -> int:
         flags = 0 if security else lib.OVL_PORT_NO_SECURITY
-        return _check(lib.ovl_port_add_fd(self._h(), vni, fd, mac, flags), f"adding fd port to vni={vni}")
+        return _check(
+            lib.ovl_port_add_fd(self._h(), vni, fd, mac, flags), f"adding fd port to vni={vni}"
+        )
 
-    def port_add_ip(self, port_id: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    def port_add_ip(
+        self, port_id: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> None:
         family, raw = addr_bytes(addr)
-        _check(lib.ovl_port_add_ip(self._h(), port_id, family, raw), f"adding {addr} to port {port_id}")
+        _check(
+            lib.ovl_port_add_ip(self._h(), port_id, family, raw), f"adding {addr} to port {port_id}"
+        )
 
     def port_del(self, port_id: int) -> None:
         _check(lib.ovl_port_del(self._h(), port_id), f"removing port {port_id}")
 
     # -- FDB and neighbours --
-    def fdb_add(self, vni: int, mac: bytes, vtep: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                port: int = 0) -> None:
+    def fdb_add(
+        self,
+        vni: int,
+        mac: bytes,
+        vtep: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        port: int = 0,
+    ) -> None:
         family, raw = addr_bytes(vtep)
-        _check(lib.ovl_fdb_add(self._h(), vni, mac, family, raw, port),
-               f"adding FDB entry {mac_str(mac)} -> {vtep} in vni={vni}")
+        _check(
+            lib.ovl_fdb_add(self._h(), vni, mac, family, raw, port),
+            f"adding FDB entry {mac_str(mac)} -> {vtep} in vni={vni}",
+        )
 
     def fdb_del(self, vni: int, mac: bytes) -> None:
-        _check(lib.ovl_fdb_del(self._h(), vni, mac), f"removing FDB entry {mac_str(mac)} in vni={vni}")
+        _check(
+            lib.ovl_fdb_del(self._h(), vni, mac), f"removing FDB entry {mac_str(mac)} in vni={vni}"
+        )
 
-    def neigh_add(self, vni: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, mac: bytes) -> None:
+    def neigh_add(
+        self, vni: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, mac: bytes
+    ) -> None:
         family, raw = addr_bytes(ip)
-        _check(lib.ovl_neigh_add(self._h(), vni, family, raw, mac), f"adding neighbour {ip} in vni={vni}")
+        _check(
+            lib.ovl_neigh_add(self._h(), vni, family, raw, mac),
+            f"adding neighbour {ip} in vni={vni}",
+        )
 
     def neigh_del(self, vni: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         family, raw = addr_bytes(ip)
-        _check(lib.ovl_neigh_del(self._h(), vni, family, raw), f"removing neighbour {ip} in vni={vni}")
+        _check(
+            lib.ovl_neigh_del(self._h(), vni, family, raw), f"removing neighbour {ip} in vni={vni}"
+        )
 
     def fdb_dump(self) -> list[FdbEntry]:
         n = 256
@@ -282,12 +334,18 @@ class Engine:
         for i in range(total):
             e = buf[i]
             remote = e.kind != lib.OVL_FDB_LOCAL
-            out.append(FdbEntry(
-                vni=e.vni, mac=mac_str(bytes(e.mac)), kind=_FDB_KINDS.get(e.kind, str(e.kind)),
-                vtep=str(addr_from(e.family, e.vtep)) if remote else None,
-                vtep_port=e.vtep_port if remote else None,
-                port_id=e.port_id if not remote else None,
-                updated_ns=e.updated_ns, used_ns=e.used_ns))
+            out.append(
+                FdbEntry(
+                    vni=e.vni,
+                    mac=mac_str(bytes(e.mac)),
+                    kind=_FDB_KINDS.get(e.kind, str(e.kind)),
+                    vtep=str(addr_from(e.family, e.vtep)) if remote else None,
+                    vtep_port=e.vtep_port if remote else None,
+                    port_id=e.port_id if not remote else None,
+                    updated_ns=e.updated_ns,
+                    used_ns=e.used_ns,
+                )
+            )
         return out
 
     # -- counters and events --
@@ -302,14 +360,18 @@ class Engine:
 
     def network_counters(self, vni: int) -> dict[str, int]:
         buf = ffi.new("uint64_t[]", len(OBJ_COUNTER_NAMES))
-        rc = _check(lib.ovl_network_counters(self._h(), vni, buf, len(OBJ_COUNTER_NAMES)),
-                    f"counters of vni={vni}")
+        rc = _check(
+            lib.ovl_network_counters(self._h(), vni, buf, len(OBJ_COUNTER_NAMES)),
+            f"counters of vni={vni}",
+        )
         return self._obj(rc, buf)
 
     def port_counters(self, port_id: int) -> dict[str, int]:
         buf = ffi.new("uint64_t[]", len(OBJ_COUNTER_NAMES))
-        rc = _check(lib.ovl_port_counters(self._h(), port_id, buf, len(OBJ_COUNTER_NAMES)),
-                    f"counters of port {port_id}")
+        rc = _check(
+            lib.ovl_port_counters(self._h(), port_id, buf, len(OBJ_COUNTER_NAMES)),
+            f"counters of port {port_id}",
+        )
         return self._obj(rc, buf)
 
     @property
@@ -323,7 +385,13 @@ class Engine:
         for i in range(n):
             ev = buf[i]
             vtep = str(addr_from(ev.family, ev.addr)) if ev.type == EVENT_LEARNED else None
-            out.append(Event(kind=_EVENT_NAMES.get(ev.type, str(ev.type)), vni=ev.vni,
-                             mac=mac_str(bytes(ev.mac)),
-                             port_id=ev.port_id if ev.port_id >= 0 else None, vtep=vtep))
+            out.append(
+                Event(
+                    kind=_EVENT_NAMES.get(ev.type, str(ev.type)),
+                    vni=ev.vni,
+                    mac=mac_str(bytes(ev.mac)),
+                    port_id=ev.port_id if ev.port_id >= 0 else None,
+                    vtep=vtep,
+                )
+            )
         return out

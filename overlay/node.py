@@ -31,6 +31,7 @@ from typing import Any
 from overlay import engine as _engine
 from overlay.engine import Engine, Event, FdbEntry, mac_bytes, mac_str
 from overlay.errors import ConfigError, ConflictError, NotFoundError
+from overlay.nsenter import iproute, netns_path
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -50,7 +51,7 @@ class Encap(enum.Enum):
         return 4789 if self is Encap.VXLAN else 6081
 
     def overhead(self, family: int, options_len: int = 0) -> int:
-        """Bytes the encapsulation adds on the underlay: outer IP + UDP + tunnel + inner Ethernet."""
+        """Bytes encapsulation adds on the underlay: outer IP, UDP, tunnel, inner Ethernet."""
         ip = 20 if family == 4 else 40
         return ip + 8 + 8 + (options_len if self is Encap.GENEVE else 0) + 14
 
@@ -71,12 +72,14 @@ class GeneveOption:
         if not 0 <= self.cls <= 0xFFFF:
             raise ConfigError("geneve_options.cls", self.cls, "0-0xffff")
         if not 0 <= self.type <= 0xFF:
-            raise ConfigError("geneve_options.type", self.type, "0-0xff (bit 0x80 marks it critical)")
+            raise ConfigError(
+                "geneve_options.type", self.type, "0-0xff (bit 0x80 marks it critical)"
+            )
         if len(self.data) % 4 or len(self.data) > 124:
-            raise ConfigError("geneve_options.data", self.data.hex(),
-                              "a multiple of 4 bytes, at most 124")
-        return (self.cls.to_bytes(2, "big") + bytes([self.type, len(self.data) // 4])
-                + self.data)
+            raise ConfigError(
+                "geneve_options.data", self.data.hex(), "a multiple of 4 bytes, at most 124"
+            )
+        return self.cls.to_bytes(2, "big") + bytes([self.type, len(self.data) // 4]) + self.data
 
 
 def _parse_ip(value: object, field: str) -> IPAddress:
@@ -100,22 +103,19 @@ def _check_unicast_mac(mac: str | bytes, field: str) -> bytes:
     return raw
 
 
-def netns_path(netns: str) -> str:
-    """A namespace name (under /var/run/netns) or path -> its path."""
-    return netns if netns.startswith("/") else os.path.join("/var/run/netns", netns)
-
-
-def _iproute(netns: str | None) -> Any:
-    from pyroute2 import IPRoute  # imported lazily: only ports that move need it
-
-    return IPRoute(netns=netns_path(netns)) if netns else IPRoute()
-
-
 class Port:
     """A pod's interface: a TAP device in a network, with its MAC and addresses."""
 
-    def __init__(self, network: Network, port_id: int, ifname: str, mac: bytes,
-                 ips: list[IPInterface], port_security: bool, persist: bool) -> None:
+    def __init__(
+        self,
+        network: Network,
+        port_id: int,
+        ifname: str,
+        mac: bytes,
+        ips: list[IPInterface],
+        port_security: bool,
+        persist: bool,
+    ) -> None:
         self.network = network
         self.id = port_id
         self.ifname = ifname
@@ -128,8 +128,14 @@ class Port:
     def __repr__(self) -> str:
         return f"Port({self.ifname!r}, vni={self.network.vni}, mac={self.mac})"
 
-    def move_to_netns(self, netns: str, ifname: str = "eth0", *, mtu: int | None = None,
-                      gateway: str | None = None) -> None:
+    def move_to_netns(
+        self,
+        netns: str,
+        ifname: str = "eth0",
+        *,
+        mtu: int | None = None,
+        gateway: str | None = None,
+    ) -> None:
         """Move the TAP into a pod's namespace as ``ifname`` and configure it.
 
         Sets the MAC, the addresses (IPv6 without DAD), the MTU (default: the
@@ -147,7 +153,7 @@ class Port:
             raise ConfigError("mtu", mtu, f"68-{node.frame_max - 14} bytes")
         gw = _parse_ip(gateway, "gateway") if gateway is not None else None
         src = self.netns if self.netns else node.netns
-        with _iproute(src) as ipr:
+        with iproute(src) as ipr:
             found = ipr.link_lookup(ifname=self.ifname)
             if not found:
                 raise NotFoundError(f"port {self.ifname!r} is not in namespace {src or 'host'}")
@@ -156,7 +162,7 @@ class Port:
                 ipr.link("set", index=found[0], net_ns_fd=fd)
             finally:
                 os.close(fd)
-        with _iproute(path) as ipr:
+        with iproute(path) as ipr:
             idx = ipr.link_lookup(ifname=self.ifname)[0]
             ipr.link("set", index=idx, ifname=ifname, address=self.mac, mtu=mtu)
             for ip in self.ips:
@@ -181,8 +187,9 @@ class Port:
 class Network:
     """One VNI, owned by one tenant. Frames never leave it."""
 
-    def __init__(self, node: Node, vni: int, tenant: str, options: tuple[GeneveOption, ...],
-                 learning: bool) -> None:
+    def __init__(
+        self, node: Node, vni: int, tenant: str, options: tuple[GeneveOption, ...], learning: bool
+    ) -> None:
         self.node = node
         self.vni = vni
         self.tenant = tenant
@@ -205,9 +212,16 @@ class Network:
                 used[a] = f"remote {mac}"
         return used
 
-    def add_port(self, mac: str, ips: Sequence[str] = (), *, ifname: str | None = None,
-                 port_security: bool = True, persist: bool = False) -> Port:
-        """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoofing)."""
+    def add_port(
+        self,
+        mac: str,
+        ips: Sequence[str] = (),
+        *,
+        ifname: str | None = None,
+        port_security: bool = True,
+        persist: bool = False,
+    ) -> Port:
+        """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoof)."""
         raw = _check_unicast_mac(mac, "mac")
         if isinstance(ips, str):
             ips = [ips]
@@ -218,7 +232,8 @@ class Network:
             if ip.ip in used or ip.ip in seen:
                 raise ConflictError(
                     f"ips={str(ip)!r}: address {ip.ip} is in use in vni={self.vni} by "
-                    f"{used.get(ip.ip, 'this request')}; choose a free address")
+                    f"{used.get(ip.ip, 'this request')}; choose a free address"
+                )
             seen.add(ip.ip)
         key = mac_str(raw)
         if key in self.remotes or any(p.mac == key for p in self.ports):
@@ -226,8 +241,9 @@ class Network:
         if ifname is not None and not _IFNAME_RE.match(ifname):
             raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
         eng = self.node.engine
-        port_id, name = eng.port_add(self.vni, raw, ifname or "", security=port_security,
-                                     persist=persist)
+        port_id, name = eng.port_add(
+            self.vni, raw, ifname or "", security=port_security, persist=persist
+        )
         try:
             for ip in ifaces:
                 eng.port_add_ip(port_id, ip.ip)
@@ -248,7 +264,9 @@ class Network:
         """Make a remote VTEP a member: it gets flooded frames, and its packets are accepted."""
         addr = _parse_ip(address, "vtep")
         if addr.version != self.node.family:
-            raise ConfigError("vtep", address, f"an IPv{self.node.family} address like the underlay")
+            raise ConfigError(
+                "vtep", address, f"an IPv{self.node.family} address like the underlay"
+            )
         if port is not None and not 1 <= port <= 65535:
             raise ConfigError("port", port, "a UDP port 1-65535")
         self.node.engine.vtep_add(self.vni, addr, port or 0)
@@ -259,8 +277,9 @@ class Network:
         self.node.engine.vtep_del(self.vni, addr)
         self.vteps.discard(addr)
 
-    def add_remote(self, mac: str, vtep: str, ip: str | Iterable[str] | None = None,
-                   port: int | None = None) -> None:
+    def add_remote(
+        self, mac: str, vtep: str, ip: str | Iterable[str] | None = None, port: int | None = None
+    ) -> None:
         """A pod on another node: FDB (vni, mac) -> vtep, and neighbours for ARP/ND suppression."""
         raw = _check_unicast_mac(mac, "mac")
         addr = _parse_ip(vtep, "vtep")
@@ -308,11 +327,22 @@ class Node:
     ``mtu`` is the underlay MTU; pods get it less the encapsulation overhead.
     """
 
-    def __init__(self, underlay: str, encap: Encap = Encap.VXLAN, *, port: int | None = None,
-                 netns: str | None = None, mtu: int = 1500, udp_checksum: bool = True,
-                 source_ports: tuple[int, int] = (49152, 65535), source_port_slots: int = 16,
-                 workers: int = 1, batch: int = 64, max_ports: int = 1024,
-                 fdb_size: int = 65536) -> None:
+    def __init__(
+        self,
+        underlay: str,
+        encap: Encap = Encap.VXLAN,
+        *,
+        port: int | None = None,
+        netns: str | None = None,
+        mtu: int = 1500,
+        udp_checksum: bool = True,
+        source_ports: tuple[int, int] = (49152, 65535),
+        source_port_slots: int = 16,
+        workers: int = 1,
+        batch: int = 64,
+        max_ports: int = 1024,
+        fdb_size: int = 65536,
+    ) -> None:
         addr = _parse_ip(underlay, "underlay")
         if not isinstance(encap, Encap):
             raise ConfigError("encap", encap, "Encap.VXLAN or Encap.GENEVE")
@@ -335,10 +365,19 @@ class Node:
                 raise ConfigError("netns", netns, "an existing network namespace") from None
         try:
             self.engine = Engine(
-                encap=encap.value, local=addr, udp_port=port or 0, source_ports=source_ports,
-                source_port_slots=source_port_slots, udp_checksum=udp_checksum,
-                frame_max=mtu, batch=batch, workers=workers, max_ports=max_ports,
-                fdb_size=fdb_size, netns_fd=fd)
+                encap=encap.value,
+                local=addr,
+                udp_port=port or 0,
+                source_ports=source_ports,
+                source_port_slots=source_port_slots,
+                udp_checksum=udp_checksum,
+                frame_max=mtu,
+                batch=batch,
+                workers=workers,
+                max_ports=max_ports,
+                fdb_size=fdb_size,
+                netns_fd=fd,
+            )
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -360,8 +399,14 @@ class Node:
         opts = sum(len(o.encode()) for o in network.geneve_options) if network else 0
         return self.mtu - self.encap.overhead(self.family, opts)
 
-    def add_network(self, vni: int, tenant: str, *,
-                    geneve_options: Iterable[GeneveOption] = (), learning: bool = False) -> Network:
+    def add_network(
+        self,
+        vni: int,
+        tenant: str,
+        *,
+        geneve_options: Iterable[GeneveOption] = (),
+        learning: bool = False,
+    ) -> Network:
         """Host a network: one VNI, owned by one tenant."""
         if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _engine.VNI_MAX:
             raise ConfigError("vni", vni, f"an integer 0-{_engine.VNI_MAX}")
@@ -427,9 +472,17 @@ class Node:
             "node": stats,
             "drops": drops,
             "networks": {vni: net.counters() for vni, net in self.networks.items()},
-            "ports": {p.id: {"vni": net.vni, "ifname": p.ifname, "netns": p.netns, "mac": p.mac,
-                             **p.counters()}
-                      for net in self.networks.values() for p in net.ports},
+            "ports": {
+                p.id: {
+                    "vni": net.vni,
+                    "ifname": p.ifname,
+                    "netns": p.netns,
+                    "mac": p.mac,
+                    **p.counters(),
+                }
+                for net in self.networks.values()
+                for p in net.ports
+            },
         }
 
     def fdb(self) -> list[FdbEntry]:

@@ -50,7 +50,9 @@ def raw_send(ns: Netns, frame: bytes, ifname: str = "eth0") -> None:
 
 
 @pytest.fixture
-def tenants(request: pytest.FixtureRequest, topology: Topology) -> Iterator[tuple[Cluster, dict[str, Pod]]]:
+def tenants(
+    request: pytest.FixtureRequest, topology: Topology
+) -> Iterator[tuple[Cluster, dict[str, Pod]]]:
     """Two nodes, tenants blue (VNI 100) and red (VNI 200) with the same addresses."""
     encap = request.param
     with Cluster(topology, encap) as c:
@@ -91,7 +93,8 @@ def test_broadcast_arp_reaches_only_pods_of_the_same_tenant(tenants) -> None:  #
     before = {name: pod.port.counters()["tx_packets"] for name, pod in p.items()}
     a = p["blue-a"]
     req = Ether(src=a.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
-        op=1, hwsrc=a.mac, psrc=a.ip, pdst="10.244.1.200")
+        op=1, hwsrc=a.mac, psrc=a.ip, pdst="10.244.1.200"
+    )
     for _ in range(5):
         raw_send(a.netns, bytes(req))
     assert wait_for(lambda: p["blue-b"].port.counters()["tx_packets"] >= before["blue-b"] + 5)
@@ -107,9 +110,13 @@ def test_spoofed_frames_from_a_pod_are_dropped_and_counted(tenants) -> None:  # 
     before = b.port.counters()["tx_packets"]
     frames = {
         "spoofed_source_mac": Ether(src="02:de:ad:00:00:01", dst=b.mac)
-        / IP(src=a.ip, dst=b.ip) / UDP(sport=1, dport=9) / Raw(b"x"),
+        / IP(src=a.ip, dst=b.ip)
+        / UDP(sport=1, dport=9)
+        / Raw(b"x"),
         "spoofed_source_ip": Ether(src=a.mac, dst=b.mac)
-        / IP(src="10.244.1.77", dst=b.ip) / UDP(sport=1, dport=9) / Raw(b"x"),
+        / IP(src="10.244.1.77", dst=b.ip)
+        / UDP(sport=1, dport=9)
+        / Raw(b"x"),
         "spoofed_arp": Ether(src=a.mac, dst="ff:ff:ff:ff:ff:ff")
         / ARP(op=2, hwsrc=a.mac, psrc=b.ip, pdst=b.ip),
     }
@@ -127,14 +134,20 @@ def test_underlay_packets_from_strangers_are_dropped_by_reason(tenants) -> None:
     n1 = c.node_ns[1]
     n1.addr_add("ul0", "198.18.0.9/24")
     b = p["blue-a"]  # on node 0
-    inner = bytes(Ether(src=p["blue-b"].mac, dst=b.mac) / IP(src="10.244.1.3", dst=b.ip)
-                  / UDP(sport=1, dport=9) / Raw(b"intruder"))
+    inner = bytes(
+        Ether(src=p["blue-b"].mac, dst=b.mac)
+        / IP(src="10.244.1.3", dst=b.ip)
+        / UDP(sport=1, dport=9)
+        / Raw(b"intruder")
+    )
 
     def tunnel(vni: int, opts: bytes = b"", critical: bool = False) -> bytes:
         if encap is Encap.VXLAN:
             return bytes(VXLAN(vni=vni, flags=0x08) / Raw(inner))
-        return bytes(GENEVE(vni=vni, proto=0x6558, optionlen=len(opts) // 4,
-                            critical=int(critical)) / Raw(opts + inner))
+        return bytes(
+            GENEVE(vni=vni, proto=0x6558, optionlen=len(opts) // 4, critical=int(critical))
+            / Raw(opts + inner)
+        )
 
     def send(src: str, data: bytes) -> None:
         s = n1.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -145,8 +158,8 @@ def test_underlay_packets_from_strangers_are_dropped_by_reason(tenants) -> None:
             s.close()
 
     before = b.port.counters()["tx_packets"]
-    send("198.18.0.9", tunnel(100))        # not a member VTEP of VNI 100
-    send("198.18.0.2", tunnel(999))        # a VNI node 0 does not host
+    send("198.18.0.9", tunnel(100))  # not a member VTEP of VNI 100
+    send("198.18.0.2", tunnel(999))  # a VNI node 0 does not host
     expected = {"vtep_not_member": 1, "unknown_vni": 1}
     if encap is Encap.GENEVE:
         send("198.18.0.2", tunnel(100, b"\x01\x02\x85\x01\xde\xad\xbe\xef", critical=True))
@@ -164,8 +177,9 @@ def test_tshark_dissects_our_vxlan_with_the_vni(topology: Topology, tmp_path: Pa
         c.start()
         with Capture(c.node_ns[1], "ul0", bpf="udp port 4789", path=tmp_path / "vx.pcap") as cap:
             assert ping(a.netns, b.ip, count=3, interval=0.1).ok
-        rows = tshark_fields(cap.path, ["vxlan.vni", "vxlan.flags", "udp.srcport", "udp.checksum",
-                                        "eth.src"])
+        rows = tshark_fields(
+            cap.path, ["vxlan.vni", "vxlan.flags", "udp.srcport", "udp.checksum", "eth.src"]
+        )
     assert len(rows) >= 6
     assert {r["vxlan.vni"] for r in rows} == {"4242"}
     assert {r["vxlan.flags"] for r in rows} == {"0x0800"}
@@ -176,7 +190,9 @@ def test_tshark_dissects_our_vxlan_with_the_vni(topology: Topology, tmp_path: Pa
     assert {a.mac, b.mac} <= inner_macs
 
 
-def test_tshark_dissects_our_geneve_with_vni_and_options(topology: Topology, tmp_path: Path) -> None:
+def test_tshark_dissects_our_geneve_with_vni_and_options(
+    topology: Topology, tmp_path: Path
+) -> None:
     opt = GeneveOption(cls=0x0102, type=0x80, data=bytes.fromhex("00010002"))
     with Cluster(topology, Encap.GENEVE) as c:
         c.add_network(777, "blue", geneve_options=(opt,))
@@ -185,9 +201,18 @@ def test_tshark_dissects_our_geneve_with_vni_and_options(topology: Topology, tmp
         c.start()
         with Capture(c.node_ns[1], "ul0", bpf="udp port 6081", path=tmp_path / "gn.pcap") as cap:
             assert ping(a.netns, b.ip, count=3, interval=0.1).ok
-        rows = tshark_fields(cap.path, ["geneve.vni", "geneve.proto_type", "geneve.flags.critical",
-                                        "geneve.option.class", "geneve.option.type",
-                                        "geneve.option.length", "geneve.option.unknown.data"])
+        rows = tshark_fields(
+            cap.path,
+            [
+                "geneve.vni",
+                "geneve.proto_type",
+                "geneve.flags.critical",
+                "geneve.option.class",
+                "geneve.option.type",
+                "geneve.option.length",
+                "geneve.option.unknown.data",
+            ],
+        )
     assert len(rows) >= 6
     for r in rows:
         assert int(r["geneve.vni"], 0) == 777 and int(r["geneve.proto_type"], 0) == 0x6558

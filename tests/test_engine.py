@@ -73,8 +73,14 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
         yield Pair(a, b)
 
 
-def two_pods(p: Pair, vni: int = 100, mac_a: str = MAC_A, mac_b: str = MAC_B,
-             ip_a: str = IP_A, ip_b: str = IP_B) -> tuple[FakePort, FakePort]:
+def two_pods(
+    p: Pair,
+    vni: int = 100,
+    mac_a: str = MAC_A,
+    mac_b: str = MAC_B,
+    ip_a: str = IP_A,
+    ip_b: str = IP_B,
+) -> tuple[FakePort, FakePort]:
     for eng in (p.a, p.b):
         eng.network_add(vni)
     p.link(vni)
@@ -88,8 +94,12 @@ def two_pods(p: Pair, vni: int = 100, mac_a: str = MAC_A, mac_b: str = MAC_B,
 
 
 def udp_frame(src_mac: str, dst_mac: str, src: str, dst: str, payload: bytes = b"x" * 32) -> bytes:
-    return bytes(Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst) / UDP(sport=4000, dport=5000)
-                 / Raw(payload))
+    return bytes(
+        Ether(src=src_mac, dst=dst_mac)
+        / IP(src=src, dst=dst)
+        / UDP(sport=4000, dport=5000)
+        / Raw(payload)
+    )
 
 
 def send_underlay(eng: Engine, datagram: bytes, src: str = "127.0.0.1") -> None:
@@ -109,6 +119,7 @@ def counters(eng: Engine) -> dict[str, int]:
 
 
 # ---- forwarding ----
+
 
 def test_unicast_crosses_the_underlay_byte_for_byte_both_ways(pair: Pair) -> None:
     pa, pb = two_pods(pair)
@@ -152,8 +163,12 @@ def test_neighbour_solicitation_for_a_known_address_is_answered_locally(pair: Pa
     a6, b6 = "fd00::2", "fd00::3"
     pa, _ = two_pods(pair, ip_a=a6, ip_b=b6)
     solicited = "ff02::1:ff00:3"
-    ns = (Ether(src=MAC_A, dst="33:33:ff:00:00:03") / IPv6(src=a6, dst=solicited, hlim=255)
-          / ICMPv6ND_NS(tgt=b6) / ICMPv6NDOptSrcLLAddr(lladdr=MAC_A))
+    ns = (
+        Ether(src=MAC_A, dst="33:33:ff:00:00:03")
+        / IPv6(src=a6, dst=solicited, hlim=255)
+        / ICMPv6ND_NS(tgt=b6)
+        / ICMPv6NDOptSrcLLAddr(lladdr=MAC_A)
+    )
     pa.send(bytes(ns))
     na = Ether(pa.recv())
     assert na[ICMPv6ND_NA].tgt == b6 and na[IPv6].dst == a6 and na.src == MAC_B
@@ -166,8 +181,10 @@ def test_neighbour_solicitation_for_a_known_address_is_answered_locally(pair: Pa
 def test_broadcast_is_replicated_to_every_member_and_local_port(pair: Pair) -> None:
     pa, pb = two_pods(pair)
     pa2 = FakePort(pair.a, 100, "02:00:00:00:01:03", ("10.244.1.4",))
-    req = bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
-                / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.99"))
+    req = bytes(
+        Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
+        / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.99")
+    )
     pa.send(req)
     assert pb.recv() == req
     assert pa2.recv() == req
@@ -209,6 +226,7 @@ def test_event_fd_becomes_readable_when_events_are_queued(pair: Pair) -> None:
 
 # ---- isolation ----
 
+
 def test_tenants_with_overlapping_addresses_never_see_each_other(pair: Pair) -> None:
     blue_a, blue_b = two_pods(pair, vni=100)
     red_a, red_b = two_pods(pair, vni=200, mac_a="02:00:00:00:11:02", mac_b="02:00:00:00:12:02")
@@ -219,8 +237,10 @@ def test_tenants_with_overlapping_addresses_never_see_each_other(pair: Pair) -> 
     assert blue_b.recv() == f_blue and red_b.recv() == f_red
     # Blue addressing red's MAC: unknown in blue, flooded in blue only, dropped there.
     blue_a.send(udp_frame(MAC_A, "02:00:00:00:12:02", IP_A, IP_B, b"leak?"))
-    bcast = bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
-                  / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.77"))
+    bcast = bytes(
+        Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
+        / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.77")
+    )
     blue_a.send(bcast)
     assert blue_b.recv() == bcast
     assert red_b.drain(0.3) == [] and red_a.drain(0.1) == []
@@ -250,11 +270,14 @@ def test_vtep_removed_from_a_network_is_no_longer_accepted(pair: Pair) -> None:
     assert wait_for(lambda: counters(pair.b)["vtep_not_member"] == 1)
 
 
-@pytest.mark.parametrize("datagram,reason", [
-    (b"\x08\x00\x00", "vxlan_truncated"),
-    (b"\x00\x00\x00\x00\x00\x00\x64\x00" + bytes(60), "vxlan_bad_flags"),
-    (b"\x08\x00\x00\x00\x00\x00\x64\x00" + bytes(5), "frame_too_short"),
-])
+@pytest.mark.parametrize(
+    "datagram,reason",
+    [
+        (b"\x08\x00\x00", "vxlan_truncated"),
+        (b"\x00\x00\x00\x00\x00\x00\x64\x00" + bytes(60), "vxlan_bad_flags"),
+        (b"\x08\x00\x00\x00\x00\x00\x64\x00" + bytes(5), "frame_too_short"),
+    ],
+)
 def test_malformed_vxlan_is_counted_by_reason(datagram: bytes, reason: str) -> None:
     with loopback_engine(ENCAP_VXLAN) as b:
         b.network_add(100)
@@ -265,6 +288,7 @@ def test_malformed_vxlan_is_counted_by_reason(datagram: bytes, reason: str) -> N
 
 
 # ---- Geneve options ----
+
 
 def geneve_opt(cls: int, type_: int, data: bytes) -> bytes:
     return struct.pack("!HBB", cls, type_, len(data) // 4) + data
@@ -320,20 +344,48 @@ def test_geneve_options_on_a_vxlan_engine_are_refused() -> None:
 
 # ---- port security ----
 
-@pytest.mark.parametrize("frame,reason", [
-    (udp_frame("02:00:00:00:01:99", MAC_B, IP_A, IP_B), "spoofed_source_mac"),
-    (udp_frame(MAC_A, MAC_B, "10.244.1.99", IP_B), "spoofed_source_ip"),
-    (bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
-           / ARP(op=1, hwsrc=MAC_A, psrc="10.244.1.99", pdst=IP_B)), "spoofed_arp"),
-    (bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
-           / ARP(op=2, hwsrc="02:00:00:00:01:99", psrc=IP_A, pdst=IP_B)), "spoofed_arp"),
-    (bytes(Ether(src=MAC_A, dst=MAC_B) / IPv6(src="fd00::99", dst="fd00::3")
-           / UDP(sport=1, dport=2)), "spoofed_source_ip"),
-    (bytes(Ether(src=MAC_A, dst="33:33:00:00:00:01") / IPv6(src="fd00::2", dst="ff02::1")
-           / ICMPv6ND_NA(tgt="fd00::3", R=0, S=0, O=1)), "spoofed_nd"),
-    (bytes.fromhex("0200000002020200000001"), "frame_too_short"),
-])
-def test_port_security_drops_spoofed_frames_by_reason(pair: Pair, frame: bytes, reason: str) -> None:
+
+@pytest.mark.parametrize(
+    "frame,reason",
+    [
+        (udp_frame("02:00:00:00:01:99", MAC_B, IP_A, IP_B), "spoofed_source_mac"),
+        (udp_frame(MAC_A, MAC_B, "10.244.1.99", IP_B), "spoofed_source_ip"),
+        (
+            bytes(
+                Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
+                / ARP(op=1, hwsrc=MAC_A, psrc="10.244.1.99", pdst=IP_B)
+            ),
+            "spoofed_arp",
+        ),
+        (
+            bytes(
+                Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
+                / ARP(op=2, hwsrc="02:00:00:00:01:99", psrc=IP_A, pdst=IP_B)
+            ),
+            "spoofed_arp",
+        ),
+        (
+            bytes(
+                Ether(src=MAC_A, dst=MAC_B)
+                / IPv6(src="fd00::99", dst="fd00::3")
+                / UDP(sport=1, dport=2)
+            ),
+            "spoofed_source_ip",
+        ),
+        (
+            bytes(
+                Ether(src=MAC_A, dst="33:33:00:00:00:01")
+                / IPv6(src="fd00::2", dst="ff02::1")
+                / ICMPv6ND_NA(tgt="fd00::3", R=0, S=0, O=1)
+            ),
+            "spoofed_nd",
+        ),
+        (bytes.fromhex("0200000002020200000001"), "frame_too_short"),
+    ],
+)
+def test_port_security_drops_spoofed_frames_by_reason(
+    pair: Pair, frame: bytes, reason: str
+) -> None:
     pair.a.network_add(100)
     pair.b.network_add(100)
     pair.link(100)
@@ -356,8 +408,9 @@ def test_port_without_security_may_send_other_macs_and_they_are_learned(pair: Pa
     f = udp_frame("02:00:00:00:01:99", MAC_B, "10.244.1.99", IP_B)
     pa.send(f)
     assert pb.recv() == f
-    assert wait_for(lambda: any(e.mac == "02:00:00:00:01:99" and e.kind == "local"
-                                for e in pair.a.fdb_dump()))
+    assert wait_for(
+        lambda: any(e.mac == "02:00:00:00:01:99" and e.kind == "local" for e in pair.a.fdb_dump())
+    )
 
 
 def test_learning_network_learns_remote_macs_from_decapsulated_frames(pair: Pair) -> None:
@@ -366,8 +419,10 @@ def test_learning_network_learns_remote_macs_from_decapsulated_frames(pair: Pair
     pair.link(100)
     pa = FakePort(pair.a, 100, MAC_A, (IP_A,))
     FakePort(pair.b, 100, MAC_B, (IP_B,))
-    bcast = bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
-                  / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.50"))
+    bcast = bytes(
+        Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
+        / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.50")
+    )
     pa.send(bcast)
     assert wait_for(lambda: any(e.mac == MAC_A and e.kind == "learned" for e in pair.b.fdb_dump()))
     learned = [e for e in pair.b.events() if e.kind == "learned"]
@@ -394,12 +449,17 @@ def test_oversize_frame_from_a_port_is_dropped() -> None:
 def test_flood_in_a_network_with_no_other_member_is_counted(pair: Pair) -> None:
     pair.a.network_add(100)
     pa = FakePort(pair.a, 100, MAC_A, (IP_A,))
-    pa.send(bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
-                  / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.50")))
+    pa.send(
+        bytes(
+            Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff")
+            / ARP(op=1, hwsrc=MAC_A, psrc=IP_A, pdst="10.244.1.50")
+        )
+    )
     assert wait_for(lambda: counters(pair.a)["no_flood_targets"] == 1)
 
 
 # ---- the control API ----
+
 
 def test_bad_control_calls_raise_and_change_nothing() -> None:
     with loopback_engine(ENCAP_VXLAN) as a:
@@ -461,14 +521,23 @@ def test_network_delete_purges_its_tables() -> None:
 def test_every_counter_has_a_name_and_help_and_the_contract_reasons_exist() -> None:
     assert len(set(COUNTER_NAMES)) == len(COUNTER_NAMES)
     assert all(COUNTER_HELP[n] for n in COUNTER_NAMES)
-    for reason in ("unknown_vni", "vtep_not_member", "spoofed_source_mac", "spoofed_source_ip",
-                   "spoofed_arp", "spoofed_nd", "geneve_unknown_critical_option",
-                   "vxlan_bad_flags", "geneve_bad_version", "frame_too_short"):
+    for reason in (
+        "unknown_vni",
+        "vtep_not_member",
+        "spoofed_source_mac",
+        "spoofed_source_ip",
+        "spoofed_arp",
+        "spoofed_nd",
+        "geneve_unknown_critical_option",
+        "vxlan_bad_flags",
+        "geneve_bad_version",
+        "frame_too_short",
+    ):
         assert reason in DROP_REASONS
 
 
 def test_tables_change_safely_while_workers_forward(pair: Pair) -> None:
-    """Python rewrites the FDB and neighbours while traffic flows: no crash, no loss to the stable MAC."""
+    """Python rewrites FDB and neighbours while traffic flows: no crash, no loss to a stable MAC."""
     pa, pb = two_pods(pair)
     stop = threading.Event()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from overlay.node import Encap, GeneveOption, Network, Node, Port
 from overlay.testing.netns import Netns, Topology
@@ -28,8 +29,10 @@ def underlay_ip(index: int) -> str:
 
 def pod_mac(node: int, vni: int, index: int) -> str:
     """A locally administered unicast MAC that encodes (vni, node, pod)."""
-    return (f"02:{(vni >> 16) & 0xFF:02x}:{(vni >> 8) & 0xFF:02x}:{vni & 0xFF:02x}:"
-            f"{node & 0xFF:02x}:{index & 0xFF:02x}")
+    return (
+        f"02:{(vni >> 16) & 0xFF:02x}:{(vni >> 8) & 0xFF:02x}:{vni & 0xFF:02x}:"
+        f"{node & 0xFF:02x}:{index & 0xFF:02x}"
+    )
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Cluster:
     encap: Encap = Encap.VXLAN
     n_nodes: int = 2
     mtu: int = 1500
-    node_options: dict[str, object] = field(default_factory=dict)
+    node_options: dict[str, Any] = field(default_factory=dict)
     node_ns: list[Netns] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
@@ -71,14 +74,23 @@ class Cluster:
             self.topo.lan(self.node_ns, cidrs, mtu=self.mtu)
         try:
             for i, ns in enumerate(self.node_ns):
-                self.nodes.append(Node(underlay_ip(i), self.encap, netns=ns.path, mtu=self.mtu,
-                                       **self.node_options))  # type: ignore[arg-type]
+                self.nodes.append(
+                    Node(
+                        underlay_ip(i), self.encap, netns=ns.path, mtu=self.mtu, **self.node_options
+                    )
+                )
         except BaseException:
             self.close()
             raise
 
-    def add_network(self, vni: int, tenant: str, *, nodes: list[int] | None = None,
-                    geneve_options: tuple[GeneveOption, ...] = ()) -> list[Network]:
+    def add_network(
+        self,
+        vni: int,
+        tenant: str,
+        *,
+        nodes: list[int] | None = None,
+        geneve_options: tuple[GeneveOption, ...] = (),
+    ) -> list[Network]:
         """Host vni on ``nodes`` (default: all), each with the others as member VTEPs."""
         hosts = list(range(self.n_nodes)) if nodes is None else nodes
         nets = []
@@ -90,8 +102,16 @@ class Cluster:
             nets.append(net)
         return nets
 
-    def add_pod(self, node: int, vni: int, cidr: str, *, name: str | None = None,
-                mac: str | None = None, gateway: str | None = None) -> Pod:
+    def add_pod(
+        self,
+        node: int,
+        vni: int,
+        cidr: str,
+        *,
+        name: str | None = None,
+        mac: str | None = None,
+        gateway: str | None = None,
+    ) -> Pod:
         """A pod namespace on ``node`` in vni, announced to every other node hosting vni."""
         index = sum(1 for p in self.pods if p.node == node and p.vni == vni) + 1
         mac = mac or pod_mac(node, vni, index)
@@ -180,6 +200,6 @@ class KernelCluster:
         port = f"kp{len(self.pods)}"
         self.topo.veth(host, ns, None, cidr, name_a=port, name_b="eth0", mtu=self.mtu - 50)
         host.link_set(port, master=host.ifindex("br0"), state="up")
-        pod = KernelPod(name, ns, node, ns.link_info("eth0").mac, cidr)
+        pod = KernelPod(name, ns, node, ns.link_info("eth0").mac or "", cidr)
         self.pods.append(pod)
         return pod

@@ -29,8 +29,15 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 class FakePort:
     """The pod's end of a fake TAP: send() frames into the engine, recv() what it delivers."""
 
-    def __init__(self, engine: Engine, vni: int, mac: str, ips: tuple[str, ...] = (),
-                 *, security: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        vni: int,
+        mac: str,
+        ips: tuple[str, ...] = (),
+        *,
+        security: bool = True,
+    ) -> None:
         self.pod, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.mac = mac
         self.id = engine.port_add_fd(vni, theirs.detach(), mac_bytes(mac), security=security)
@@ -45,7 +52,7 @@ class FakePort:
         self.pod.settimeout(timeout)
         try:
             return self.pod.recv(70000)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise TimeoutError("no frame delivered to the port") from None
 
     def drain(self, wait: float = 0.3) -> list[bytes]:

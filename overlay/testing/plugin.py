@@ -1,0 +1,119 @@
+"""The ``overlay`` pytest plugin: root-only tests, leftover cleanup, the ``topology`` fixture.
+
+Why this module exists
+----------------------
+Tests that build namespaces need root and ``/dev/net/tun``; elsewhere they must
+skip with a reason that says what is missing, not fail obscurely. A crashed run
+leaves namespaces behind; the next session removes them, but only those of
+runs that are over (``ovt<pid>-`` whose pid is gone) and its own, never another
+live run's. And most tests just want a :class:`~overlay.testing.netns.Topology`
+that is gone after the test, pass or fail: the ``topology`` fixture.
+
+The plugin is registered through the ``pytest11`` entry point, so it loads in
+*every* pytest run where the package is installed. Its import therefore costs
+nothing: no pyroute2, no ``overlay._native``; the netns toolkit is imported
+only when a session actually has something to clean or a test asks for a
+topology. Before the package is installed use ``pytest -p overlay.testing.plugin``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from overlay.testing.netns import Topology
+
+ROOT_MARKER = "root: needs root / CAP_NET_ADMIN (network namespaces, TAP devices)"
+
+_FAMILY_RE = re.compile(r"^ovt(\d+)-")
+
+
+def root_unavailable_reason() -> str | None:
+    """Why ``root`` tests cannot run here, or ``None`` if they can."""
+    if os.geteuid() != 0:
+        return "needs root (CAP_NET_ADMIN) for network namespaces; run as root as CI does"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun (load the tun module or pass the device into the container)"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftover_prefixes() -> list[str]:
+    """Prefixes to clean at session start: this process's own and those of dead runs.
+
+    Uses directory listings only, so a clean machine costs no imports.
+    """
+    names: list[str] = []
+    for directory in ("/var/run/netns", "/sys/class/net"):
+        try:
+            names += os.listdir(directory)
+        except OSError:
+            continue
+    found: set[str] = set()
+    for name in names:
+        m = _FAMILY_RE.match(name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or not _pid_alive(pid):
+            found.add(f"ovt{pid}-")
+    return sorted(found)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", ROOT_MARKER)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if root_unavailable_reason() is not None:
+        return
+    prefixes = _leftover_prefixes()
+    if not prefixes:
+        return
+    from overlay.testing.netns import cleanup_leftovers
+
+    for prefix in prefixes:
+        cleanup_leftovers(prefix)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = root_unavailable_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("root") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    """A :class:`~overlay.testing.netns.Topology` with this run's prefix, removed after the test.
+
+    Skips the test (with the reason) where namespaces cannot be made. A
+    teardown that cannot remove everything fails the test as an error.
+    """
+    reason = root_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from overlay.testing.netns import Topology
+
+    topo = Topology()
+    try:
+        yield topo
+    finally:
+        topo.close()
