@@ -169,23 +169,41 @@ def test_underlay_packets_from_strangers_are_dropped_by_reason(tenants) -> None:
     assert b.port.counters()["tx_packets"] == before
 
 
-def test_tshark_dissects_our_vxlan_with_the_vni(topology: Topology, tmp_path: Path) -> None:
-    with Cluster(topology, Encap.VXLAN) as c:
+@pytest.mark.parametrize("csum", [True, False], ids=["udp-csum", "zero-csum"])
+def test_tshark_dissects_our_vxlan_with_the_vni(
+    topology: Topology, tmp_path: Path, csum: bool
+) -> None:
+    with Cluster(topology, Encap.VXLAN, node_options={"udp_checksum": csum}) as c:
         c.add_network(4242, "blue")
         a = c.add_pod(0, 4242, "10.244.1.2/24")
         b = c.add_pod(1, 4242, "10.244.1.3/24")
         c.start()
         with Capture(c.node_ns[1], "ul0", bpf="udp port 4789", path=tmp_path / "vx.pcap") as cap:
             assert ping(a.netns, b.ip, count=3, interval=0.1).ok
+            assert tcp_transfer(a.netns, b.netns, b.ip, 200_000).ok
         rows = tshark_fields(
-            cap.path, ["vxlan.vni", "vxlan.flags", "udp.srcport", "udp.checksum", "eth.src"]
+            cap.path,
+            [
+                "vxlan.vni",
+                "vxlan.flags",
+                "udp.srcport",
+                "udp.checksum",
+                "eth.src",
+                "udp.checksum.status",
+            ],
+            display_filter="vxlan",
         )
     assert len(rows) >= 6
     assert {r["vxlan.vni"] for r in rows} == {"4242"}
     assert {r["vxlan.flags"] for r in rows} == {"0x0800"}
-    sports = {int(r["udp.srcport"]) for r in rows}
+    sports = {int(r["udp.srcport"].split(",")[0]) for r in rows}
     assert all(49152 <= s <= 65535 for s in sports)
-    assert all(r["udp.checksum"] not in ("", "0x0000") for r in rows)  # outer checksum on
+    outer = [r["udp.checksum"].split(",")[0] for r in rows]
+    if csum:
+        assert "0x0000" not in outer
+        assert all(r["udp.checksum.status"].split(",")[0] != "0" for r in rows)
+    else:
+        assert set(outer) == {"0x0000"}
     inner_macs = {r["eth.src"].split(",")[-1] for r in rows}  # outer first, then inner
     assert {a.mac, b.mac} <= inner_macs
 
@@ -261,3 +279,17 @@ def test_kernel_vxlan_interop_ping_and_tcp_both_ways(kernel_peer) -> None:  # ty
     assert t.ok, t
     drops = c.nodes[0].counters()["drops"]
     assert not any(drops.values()), drops
+
+
+def test_ipv6_pods_ping_and_move_tcp_with_nd_answered_locally(topology: Topology) -> None:
+    with Cluster(topology, Encap.GENEVE) as c:
+        c.add_network(100, "blue")
+        a = c.add_pod(0, 100, "2001:2::2/64")
+        b = c.add_pod(1, 100, "2001:2::3/64")
+        c.start()
+        assert ping(a.netns, b.ip, count=3, interval=0.1).ok
+        t = tcp_transfer(a.netns, b.netns, b.ip, 4_000_000, timeout=30)
+        assert t.ok, t
+        assert c.nodes[0].counters()["node"]["nd_suppressed"] >= 1
+        drops = c.nodes[0].counters()["drops"]
+        assert not drops["spoofed_source_ip"] and not drops["spoofed_nd"], drops

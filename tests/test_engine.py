@@ -564,3 +564,55 @@ def test_tables_change_safely_while_workers_forward(pair: Pair) -> None:
         stop.set()
         t.join()
     assert got == 300
+
+
+def test_outer_source_port_follows_the_inner_flow_hash() -> None:
+    """RFC 7348 section 5: same flow, same port; ports spread over 49152-65535 as wire.py says."""
+    from overlay import wire
+
+    with loopback_engine(ENCAP_VXLAN) as a:
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(2)
+        a.network_add(100)
+        pa = FakePort(a, 100, MAC_A, (IP_A,))
+        a.fdb_add(100, mac_bytes(MAC_B), LOOPBACK, sink.getsockname()[1])
+        a.start()
+        seen: dict[int, set[int]] = {}
+        for sport in range(2000, 2040):
+            f = bytes(
+                Ether(src=MAC_A, dst=MAC_B)
+                / IP(src=IP_A, dst=IP_B)
+                / UDP(sport=sport, dport=53)
+                / Raw(b"q")
+            )
+            for _ in range(2):
+                pa.send(f)
+                _, (_, port) = sink.recvfrom(2048)
+                seen.setdefault(sport, set()).add(port)
+            want = wire.source_port(wire.flow_hash(wire.parse_frame(f)), 49152, 65535, 16)
+            assert seen[sport] == {want}
+        ports = set().union(*seen.values())
+        assert len(ports) >= 8 and all(49152 <= p <= 65535 for p in ports)
+        sink.close()
+
+
+def test_ipv6_underlay_forwards_between_engines() -> None:
+    lo6 = ip("::1")
+    a = Engine(encap=ENCAP_GENEVE, local=lo6, udp_port=free_udp_port("::1"))
+    b = Engine(encap=ENCAP_GENEVE, local=lo6, udp_port=free_udp_port("::1"))
+    try:
+        for me, other in ((a, b), (b, a)):
+            me.network_add(100)
+            me.vtep_add(100, lo6, other.udp_port)
+        pa = FakePort(a, 100, MAC_A, (IP_A,))
+        pb = FakePort(b, 100, MAC_B, (IP_B,))
+        a.fdb_add(100, mac_bytes(MAC_B), lo6, b.udp_port)
+        a.start()
+        b.start()
+        f = udp_frame(MAC_A, MAC_B, IP_A, IP_B, b"over ipv6")
+        pa.send(f)
+        assert pb.recv() == f
+    finally:
+        a.close()
+        b.close()

@@ -21,7 +21,8 @@ LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port that was free a moment ago (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
