@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from overlay._native import ffi, lib
 
+from overlay._native import ffi, lib
 from overlay.node import Encap
 from overlay.testing.cluster import Cluster, KernelCluster
 from overlay.testing.netns import Netns, Topology
