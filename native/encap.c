@@ -2,14 +2,23 @@
  * encap.c — TAP -> underlay: read a burst of frames from one port, apply
  * port security, answer ARP/ND from the neighbour table, switch locally or
  * encapsulate toward the VTEP the FDB names (flooding to the network's
- * members when the destination is broadcast, multicast or unknown), and send
- * the datagrams in sendmmsg batches, one per source-port socket.
+ * members when the destination is broadcast, multicast or unknown).
+ *
+ * Datagrams are queued as iovecs (the tunnel header sits in the frame's
+ * headroom; a TSO super-frame becomes segments whose payload stays where the
+ * TAP read put it) and sent at the end of the burst: one sendmmsg per
+ * source-port socket, where runs of equal-sized datagrams to one VTEP leave
+ * as single UDP GSO sends.
  */
 #include "internal.h"
 
 #include <errno.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
+
+/* ---- the send queue ---- */
 
 static void flush_tx(ovl_worker_t *w)
 {
@@ -17,66 +26,174 @@ static void flush_tx(ovl_worker_t *w)
     uint32_t n = w->n_tx;
     if (!n)
         return;
-    /* Counting sort by source-port slot: one sendmmsg per socket. */
-    uint32_t count[1025] = {0};
+    /* Counting sort by source-port slot (stable: a flow keeps its order). */
+    uint32_t count[1025] = {0}, start[1025];
     uint16_t slots = e->n_slots;
     for (uint32_t i = 0; i < n; i++)
-        count[w->tx_slot[i] + 1]++;
+        count[w->txq[i].slot + 1]++;
     for (uint32_t s = 0; s < slots; s++)
         count[s + 1] += count[s];
-    uint32_t start[1025];
     memcpy(start, count, (slots + 1u) * sizeof *start);
     for (uint32_t i = 0; i < n; i++)
-        w->tx_sorted[start[w->tx_slot[i]]++] = w->tx_msgs[i];
+        w->tx_order[start[w->txq[i].slot]++] = i;
+
+    int gso = (e->offloads & OVL_OFF_UDP_GSO) != 0;
+    uint32_t niov = 0;
     for (uint32_t s = 0; s < slots; s++) {
-        uint32_t off = count[s], todo = count[s + 1] - count[s];
-        while (todo) {
-            int r = sendmmsg(e->tx_fds[s], w->tx_sorted + off, todo, MSG_DONTWAIT);
+        uint32_t i = count[s], end = count[s + 1], nm = 0;
+        /* Build this slot's sends: a run of equal-sized datagrams to one VTEP
+         * (the last may be shorter) becomes one GSO send. */
+        static const uint32_t max_run = OVL_GSO_MAX_SEGS;
+        uint32_t runs[OVL_TX_MSGS];
+        while (i < end) {
+            const ovl_txe_t *first = &w->txq[w->tx_order[i]];
+            uint32_t run = 1, total = first->len;
+            while (gso && i + run < end && run < max_run) {
+                const ovl_txe_t *t = &w->txq[w->tx_order[i + run]];
+                if (t->dst != first->dst || t->len > first->len || total + t->len > OVL_GSO_BYTES_MAX)
+                    break;
+                total += t->len;
+                run++;
+                if (t->len < first->len)
+                    break;
+            }
+            struct mmsghdr *m = &w->tx_mmsg[nm];
+            memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
+            m->msg_hdr.msg_name = (void *)&first->dst->sa;
+            m->msg_hdr.msg_namelen = first->dst->salen;
+            m->msg_hdr.msg_iov = &w->tx_iov2[niov];
+            for (uint32_t k = 0; k < run; k++) {
+                const ovl_txe_t *t = &w->txq[w->tx_order[i + k]];
+                memcpy(&w->tx_iov2[niov], &w->tx_iov[t->iov_off], t->iov_n * sizeof(struct iovec));
+                niov += t->iov_n;
+                m->msg_hdr.msg_iovlen += t->iov_n;
+            }
+            if (run > 1) {
+                uint8_t *ctl = w->tx_ctrl + (size_t)nm * OVL_TX_CTRL;
+                memset(ctl, 0, OVL_TX_CTRL);
+                m->msg_hdr.msg_control = ctl;
+                m->msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+                struct cmsghdr *cm = CMSG_FIRSTHDR(&m->msg_hdr);
+                cm->cmsg_level = SOL_UDP;
+                cm->cmsg_type = UDP_SEGMENT;
+                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+                uint16_t seg = (uint16_t)first->len;
+                memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+            }
+            runs[nm++] = run;
+            i += run;
+        }
+        uint32_t off = 0;
+        while (off < nm) {
+            int r = sendmmsg(e->tx_fds[s], w->tx_mmsg + off, nm - off, MSG_DONTWAIT);
             if (r <= 0) {
                 if (r < 0 && errno == EINTR)
                     continue;
                 /* The rest of this slot is lost: counted, never retried. */
-                for (uint32_t i = 0; i < todo; i++)
-                    ovl_count(w, OVL_C_UDP_SEND_FAILED, 1);
+                for (uint32_t k = off; k < nm; k++)
+                    ovl_count(w, OVL_C_UDP_SEND_FAILED, runs[k]);
                 break;
             }
-            for (int i = 0; i < r; i++) {
-                ovl_count(w, OVL_C_UDP_TX_PACKETS, 1);
-                ovl_count(w, OVL_C_UDP_TX_BYTES, w->tx_sorted[off + (uint32_t)i].msg_len);
+            for (int k = 0; k < r; k++) {
+                ovl_count(w, OVL_C_UDP_TX_PACKETS, runs[off + (uint32_t)k]);
+                ovl_count(w, OVL_C_UDP_TX_BYTES, w->tx_mmsg[off + (uint32_t)k].msg_len);
+                if (runs[off + (uint32_t)k] > 1)
+                    ovl_count(w, OVL_C_UDP_GSO_SENDS, 1);
             }
             off += (uint32_t)r;
-            todo -= (uint32_t)r;
         }
     }
     w->n_tx = 0;
+    w->n_iov = 0;
 }
 
-/* Queue frame (which has OVL_HEADROOM bytes before it) for vtep. */
-static void queue_tx(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, const ovl_addr_t *vtep,
-                     uint8_t *frame, size_t len, uint16_t slot)
+/* Queue one datagram made of k iovecs. */
+static void queue_dgram(ovl_worker_t *w, const ovl_addr_t *dst, const struct iovec *iov,
+                        uint32_t k, uint16_t slot)
 {
-    if (w->n_tx == OVL_TX_MSGS)
+    if (w->n_tx == OVL_TX_MSGS || w->n_iov + k > OVL_TX_IOVS)
         flush_tx(w);
-    uint8_t *hdr = frame - n->hdr_len;
-    memcpy(hdr, n->hdr, n->hdr_len);
-    uint32_t i = w->n_tx++;
-    w->tx_iov[i].iov_base = hdr;
-    w->tx_iov[i].iov_len = n->hdr_len + len;
-    struct msghdr *h = &w->tx_msgs[i].msg_hdr;
-    memset(h, 0, sizeof *h);
-    h->msg_name = (void *)&vtep->sa;
-    h->msg_namelen = vtep->salen;
-    h->msg_iov = &w->tx_iov[i];
-    h->msg_iovlen = 1;
-    w->tx_slot[i] = slot;
-    ovl_obj_add(p->c, OVL_O_ENCAP_PACKETS, 1);
-    ovl_obj_add(p->c, OVL_O_ENCAP_BYTES, len);
-    ovl_obj_add(n->c, OVL_O_ENCAP_PACKETS, 1);
-    ovl_obj_add(n->c, OVL_O_ENCAP_BYTES, len);
+    ovl_txe_t *t = &w->txq[w->n_tx++];
+    t->iov_off = w->n_iov;
+    t->iov_n = (uint16_t)k;
+    t->slot = slot;
+    t->dst = dst;
+    t->len = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        w->tx_iov[w->n_iov++] = iov[i];
+        t->len += (uint32_t)iov[i].iov_len;
+    }
 }
 
-static void flood(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, uint8_t *frame, size_t len,
-                  uint16_t slot)
+/* What goes out for one frame: either the frame itself (headroom in front)
+ * or the segments of a super-frame (headers in seg_hdrs slots). */
+typedef struct out {
+    uint8_t *frame;
+    size_t len;
+    const ovl_vnet_hdr_t *vh;   /* NULL, or the frame's virtio header */
+    int nseg;                   /* 0: the frame as is; else segments in w->segs */
+    uint16_t slot;
+} out_t;
+
+static void count_encap(ovl_port_t *p, ovl_network_t *n, size_t bytes, uint64_t packets)
+{
+    ovl_obj_add(p->c, OVL_O_ENCAP_PACKETS, packets);
+    ovl_obj_add(p->c, OVL_O_ENCAP_BYTES, bytes);
+    ovl_obj_add(n->c, OVL_O_ENCAP_PACKETS, packets);
+    ovl_obj_add(n->c, OVL_O_ENCAP_BYTES, bytes);
+}
+
+static void send_to(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, const ovl_addr_t *vtep,
+                    const out_t *o)
+{
+    size_t hl = n->hdr_len;
+    if (!o->nseg) {
+        uint8_t *hdr = o->frame - hl;
+        memcpy(hdr, n->hdr, hl);
+        struct iovec iov = { .iov_base = hdr, .iov_len = hl + o->len };
+        queue_dgram(w, vtep, &iov, 1, o->slot);
+        count_encap(p, n, o->len, 1);
+        return;
+    }
+    for (int i = 0; i < o->nseg; i++) {
+        ovl_seg_t *sg = &w->segs[i];
+        uint8_t *hdr = sg->hdr - hl;
+        memcpy(hdr, n->hdr, hl);
+        struct iovec iov[2] = {
+            { .iov_base = hdr, .iov_len = hl + sg->hdr_len },
+            { .iov_base = (void *)sg->pay, .iov_len = sg->pay_len },
+        };
+        queue_dgram(w, vtep, iov, sg->pay_len ? 2 : 1, o->slot);
+        count_encap(p, n, sg->hdr_len + sg->pay_len, 1);
+    }
+}
+
+/* Cut a super-frame into w->segs, once, before its first remote copy. */
+static int segment(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, out_t *o, const ovl_frame_t *f)
+{
+    if (o->nseg || !o->vh || o->vh->gso_type == OVL_VNET_GSO_NONE)
+        return 0;
+    size_t need = (o->len + o->vh->gso_size - 1) / (o->vh->gso_size ? o->vh->gso_size : 1) + 1;
+    if (w->n_tx == 0)
+        w->n_seg_hdrs = 0; /* nothing queued refers to the slots */
+    if (w->n_seg_hdrs + need > OVL_SEG_SLOTS) {
+        flush_tx(w);
+        w->n_seg_hdrs = 0;
+    }
+    int k = ovl_gso_segment(o->frame, o->len, o->vh, f,
+                            w->seg_hdrs + (size_t)w->n_seg_hdrs * OVL_SEG_HDR_MAX, w->segs,
+                            OVL_GSO_MAX_SEGS);
+    if (k < 0) {
+        ovl_drop(w, p, n, -k);
+        return -1;
+    }
+    w->n_seg_hdrs += (uint32_t)k;
+    o->nseg = k;
+    ovl_count(w, OVL_C_GSO_SEGMENTS, (uint64_t)k);
+    return 0;
+}
+
+static void flood(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, out_t *o, const ovl_frame_t *f)
 {
     ovl_engine_t *e = w->e;
     uint32_t copies = 0;
@@ -84,11 +201,13 @@ static void flood(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, uint8_t *fra
         ovl_port_t *q = &e->ports[n->ports[i]];
         if (q == p)
             continue;
-        ovl_deliver(w, q, n, frame, len);
+        ovl_deliver(w, q, n, o->frame, o->len, o->vh);
         copies++;
     }
+    if (n->n_vteps && segment(w, p, n, o, f) < 0)
+        return;
     for (uint32_t i = 0; i < n->n_vteps; i++) {
-        queue_tx(w, p, n, &n->vteps[i], frame, len, slot);
+        send_to(w, p, n, &n->vteps[i], o);
         copies++;
     }
     if (!copies) {
@@ -134,11 +253,12 @@ static int suppress(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, const ovl_
     } else {
         return 0;
     }
-    ovl_deliver(w, p, n, w->scratch, (size_t)len);
+    ovl_deliver(w, p, n, w->scratch, (size_t)len, NULL);
     return 1;
 }
 
-static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t *frame, size_t len)
+static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t *frame, size_t len,
+                      ovl_vnet_hdr_t *vh)
 {
     ovl_engine_t *e = w->e;
     ovl_network_t *n = &e->nets[p->net_idx];
@@ -148,14 +268,22 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t 
     ovl_obj_add(p->c, OVL_O_RX_BYTES, len);
     ovl_obj_add(n->c, OVL_O_RX_PACKETS, 1);
     ovl_obj_add(n->c, OVL_O_RX_BYTES, len);
-    if (len > e->cfg.frame_max) {
+    int gso = vh && vh->gso_type != OVL_VNET_GSO_NONE;
+    if (gso) {
+        ovl_count(w, OVL_C_GSO_FRAMES, 1);
+        /* Each segment must fit what the underlay carries. */
+        if ((size_t)vh->hdr_len + vh->gso_size > e->cfg.frame_max || len > OVL_SUPER_MAX) {
+            ovl_drop(w, p, n, OVL_C_FRAME_OVERSIZE);
+            return;
+        }
+    } else if (len > e->cfg.frame_max) {
         ovl_drop(w, p, n, OVL_C_FRAME_OVERSIZE);
         return;
     }
     ovl_frame_t f;
     int rc = ovl_frame_parse(frame, len, &f);
     int secure = !(p->flags & OVL_PORT_NO_SECURITY);
-    if (rc < 0 && (secure || rc == -OVL_C_FRAME_TOO_SHORT)) {
+    if (rc < 0 && (secure || gso || rc == -OVL_C_FRAME_TOO_SHORT)) {
         ovl_drop(w, p, n, -rc);
         return;
     }
@@ -187,12 +315,22 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t 
         memcpy(ev.mac, f.src, 6);
         ovl_event_push(w, &ev);
     }
-    if (rc == 0 && suppress(w, p, n, &f))
+    if (!gso && vh && (vh->flags & OVL_VNET_F_NEEDS_CSUM)) {
+        /* The pod left the checksum to us: finish it before anyone sees it. */
+        if (ovl_csum_complete(frame, len, vh->csum_start, vh->csum_offset) < 0) {
+            ovl_drop(w, p, n, OVL_C_GSO_MALFORMED);
+            return;
+        }
+        vh->flags = 0;
+        ovl_count(w, OVL_C_CSUM_COMPLETED, 1);
+    }
+    if (rc == 0 && !gso && suppress(w, p, n, &f))
         return;
 
-    uint16_t slot = (uint16_t)(rc == 0 ? ovl_flow_hash(&f) % e->n_slots : 0);
+    out_t o = { .frame = frame, .len = len, .vh = vh, .nseg = 0,
+                .slot = (uint16_t)(rc == 0 ? ovl_flow_hash(&f) % e->n_slots : 0) };
     if (f.dst[0] & 1) {
-        flood(w, p, n, frame, len, slot);
+        flood(w, p, n, &o, &f);
         return;
     }
     ovl_fdb_key_t k;
@@ -201,7 +339,7 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t 
     if (!v) {
         ovl_count(w, OVL_C_FDB_MISSES, 1);
         report_miss(w, p, port_id, f.dst);
-        flood(w, p, n, frame, len, slot);
+        flood(w, p, n, &o, &f);
         return;
     }
     __atomic_store_n(&v->used_ns, w->now_ns, __ATOMIC_RELAXED);
@@ -211,10 +349,12 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t 
             return;
         }
         ovl_count(w, OVL_C_LOCAL_SWITCHED, 1);
-        ovl_deliver(w, &e->ports[v->port_id], n, frame, len);
+        ovl_deliver(w, &e->ports[v->port_id], n, frame, len, vh);
         return;
     }
-    queue_tx(w, p, n, &v->vtep, frame, len, slot);
+    if (segment(w, p, n, &o, &f) < 0)
+        return;
+    send_to(w, p, n, &v->vtep, &o);
 }
 
 void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen)
@@ -227,13 +367,24 @@ void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen)
     }
     ovl_port_t *p = &e->ports[port_id];
     w->now_ns = ovl_now_ns();
-    uint32_t want = e->cfg.frame_max + 1; /* one byte more shows an oversize frame */
+    size_t vl = p->vnet ? OVL_VNET_HLEN : 0;
+    /* One byte more than the largest frame shows an oversize one. */
+    size_t want = vl + (p->vnet ? OVL_SUPER_MAX : e->cfg.frame_max) + 1;
+    if (want > w->tap_buf_size - OVL_HEADROOM + vl)
+        want = w->tap_buf_size - OVL_HEADROOM + vl;
     for (uint32_t i = 0; i < e->cfg.batch; i++) {
-        uint8_t *frame = w->tap_bufs + (size_t)i * w->buf_size + OVL_HEADROOM;
-        ssize_t r = read(p->fd, frame, want);
+        uint8_t *frame = w->tap_bufs + (size_t)i * w->tap_buf_size + OVL_HEADROOM;
+        ssize_t r = read(p->fd, frame - vl, want);
         if (r <= 0)
             break;
-        encap_one(w, p, port_id, frame, (size_t)r);
+        if ((size_t)r < vl) {
+            ovl_drop(w, p, &e->nets[p->net_idx], OVL_C_FRAME_TOO_SHORT);
+            continue;
+        }
+        ovl_vnet_hdr_t vh;
+        if (vl)
+            memcpy(&vh, frame - vl, sizeof vh);
+        encap_one(w, p, port_id, frame, (size_t)r - vl, vl ? &vh : NULL);
     }
     flush_tx(w);
     pthread_rwlock_unlock(&e->lock);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <netinet/udp.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -134,6 +135,7 @@ void ovl_engine_config_default(ovl_engine_config_t *c)
     c->fdb_size = 65536;
     c->event_ring = 4096;
     c->netns_fd = -1;
+    c->offloads = OVL_OFF_ALL;
 }
 
 static int check_config(const ovl_engine_config_t *c)
@@ -149,6 +151,8 @@ static int check_config(const ovl_engine_config_t *c)
         return -ERANGE;
     if (c->workers == 0 || c->workers > OVL_MAX_WORKERS)
         return -ERANGE;
+    if (c->offloads & ~(uint32_t)OVL_OFF_ALL)
+        return -EINVAL;
     if (c->max_ports == 0 || c->max_ports > (1u << 20) || c->max_networks == 0 ||
         c->max_networks > (1u << 20) || c->fdb_size == 0 || c->event_ring == 0 ||
         c->event_ring > (1u << 20))
@@ -166,13 +170,17 @@ static void worker_free(ovl_worker_t *w)
         close(w->rx_fd);
     free(w->tap_bufs);
     free(w->rx_bufs);
+    free(w->rx_ctrl);
     free(w->rx_msgs);
     free(w->rx_iov);
     free(w->rx_names);
-    free(w->tx_msgs);
+    free(w->txq);
     free(w->tx_iov);
-    free(w->tx_slot);
-    free(w->tx_sorted);
+    free(w->tx_iov2);
+    free(w->tx_mmsg);
+    free(w->tx_ctrl);
+    free(w->tx_order);
+    free(w->seg_hdrs);
     free(w);
 }
 
@@ -193,28 +201,42 @@ static int worker_make(ovl_engine_t *e, uint32_t idx, ovl_worker_t **out)
     w->idx = idx;
     w->epfd = -1;
     w->rx_fd = -1;
-    w->buf_size = (uint32_t)((OVL_HEADROOM + c->frame_max + 64 + 63) & ~63u);
+    w->gro.port_id = -1;
+    /* With TAP offloads a read may be a 64 KB super-frame; with UDP GRO a
+     * receive may be up to 64 KB of coalesced datagrams. */
+    size_t tap_max = (c->offloads & OVL_OFF_TAP_TSO) ? OVL_SUPER_MAX + OVL_VNET_HLEN : c->frame_max;
+    size_t rx_max = (e->offloads & OVL_OFF_UDP_GRO) ? OVL_SUPER_MAX
+                                                     : OVL_GENEVE_HLEN + OVL_GENEVE_OPTS_MAX + c->frame_max;
+    w->tap_buf_size = (uint32_t)((OVL_HEADROOM + tap_max + 64 + 63) & ~(size_t)63);
+    w->rx_buf_size = (uint32_t)((rx_max + 64 + 63) & ~(size_t)63);
+    w->rx_batch = c->batch;
     size_t b = c->batch;
-    w->tap_bufs = malloc(b * w->buf_size);
-    w->rx_bufs = malloc(b * w->buf_size);
+    w->tap_bufs = malloc(b * w->tap_buf_size);
+    w->rx_bufs = malloc(b * w->rx_buf_size);
+    w->rx_ctrl = calloc(b, OVL_RX_CTRL);
     w->rx_msgs = calloc(b, sizeof *w->rx_msgs);
     w->rx_iov = calloc(b, sizeof *w->rx_iov);
     w->rx_names = calloc(b, sizeof *w->rx_names);
-    w->tx_msgs = calloc(OVL_TX_MSGS, sizeof *w->tx_msgs);
-    w->tx_iov = calloc(OVL_TX_MSGS, sizeof *w->tx_iov);
-    w->tx_slot = calloc(OVL_TX_MSGS, sizeof *w->tx_slot);
-    w->tx_sorted = calloc(OVL_TX_MSGS, sizeof *w->tx_sorted);
-    if (!w->tap_bufs || !w->rx_bufs || !w->rx_msgs || !w->rx_iov || !w->rx_names ||
-        !w->tx_msgs || !w->tx_iov || !w->tx_slot || !w->tx_sorted) {
+    w->txq = calloc(OVL_TX_MSGS, sizeof *w->txq);
+    w->tx_iov = calloc(OVL_TX_IOVS, sizeof *w->tx_iov);
+    w->tx_iov2 = calloc(OVL_TX_IOVS, sizeof *w->tx_iov2);
+    w->tx_mmsg = calloc(OVL_TX_MSGS, sizeof *w->tx_mmsg);
+    w->tx_ctrl = aligned_alloc(64, OVL_TX_MSGS * OVL_TX_CTRL);
+    w->tx_order = calloc(OVL_TX_MSGS, sizeof *w->tx_order);
+    w->seg_hdrs = malloc((size_t)OVL_SEG_SLOTS * OVL_SEG_HDR_MAX);
+    if (!w->tap_bufs || !w->rx_bufs || !w->rx_ctrl || !w->rx_msgs || !w->rx_iov ||
+        !w->rx_names || !w->txq || !w->tx_iov || !w->tx_iov2 || !w->tx_mmsg || !w->tx_ctrl ||
+        !w->tx_order || !w->seg_hdrs) {
         worker_free(w);
         return -ENOMEM;
     }
     for (size_t i = 0; i < b; i++) {
-        w->rx_iov[i].iov_base = w->rx_bufs + i * w->buf_size;
-        w->rx_iov[i].iov_len = w->buf_size;
+        w->rx_iov[i].iov_base = w->rx_bufs + i * w->rx_buf_size;
+        w->rx_iov[i].iov_len = w->rx_buf_size;
         w->rx_msgs[i].msg_hdr.msg_iov = &w->rx_iov[i];
         w->rx_msgs[i].msg_hdr.msg_iovlen = 1;
         w->rx_msgs[i].msg_hdr.msg_name = &w->rx_names[i];
+        w->rx_msgs[i].msg_hdr.msg_control = w->rx_ctrl + i * OVL_RX_CTRL;
     }
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (w->epfd < 0) {
@@ -228,6 +250,11 @@ static int worker_make(ovl_engine_t *e, uint32_t idx, ovl_worker_t **out)
         return fd;
     }
     w->rx_fd = fd;
+    if (e->offloads & OVL_OFF_UDP_GRO) {
+        int one = 1;
+        if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) < 0)
+            e->offloads &= ~(uint32_t)OVL_OFF_UDP_GRO; /* the first worker finds out */
+    }
     int rc = epoll_add(w->epfd, fd, OVL_EP_UDP);
     if (rc == 0)
         rc = epoll_add(w->epfd, e->stop_fd, OVL_EP_STOP);
@@ -339,6 +366,23 @@ int ovl_engine_create(const ovl_engine_config_t *cfg, ovl_engine_t **out)
         else
             e->tx_fds[i] = fd;
     }
+    /* Probe the underlay offloads. UDP GSO needs the outer checksum. */
+    e->offloads = c->offloads;
+    if (rc == 0 && (e->offloads & OVL_OFF_UDP_GSO)) {
+        int v = 1400, z = 0;
+        if (!c->udp_csum || setsockopt(e->tx_fds[0], SOL_UDP, UDP_SEGMENT, &v, sizeof v) < 0)
+            e->offloads &= ~(uint32_t)OVL_OFF_UDP_GSO;
+        else
+            (void)setsockopt(e->tx_fds[0], SOL_UDP, UDP_SEGMENT, &z, sizeof z);
+    }
+    if (rc == 0 && (e->offloads & OVL_OFF_UDP_GRO)) {
+        /* Probe on a scratch socket so that every worker is sized alike. */
+        int s = socket(c->family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0), one = 1;
+        if (s < 0 || setsockopt(s, SOL_UDP, UDP_GRO, &one, sizeof one) < 0)
+            e->offloads &= ~(uint32_t)OVL_OFF_UDP_GRO;
+        if (s >= 0)
+            close(s);
+    }
     e->n_workers = 0;
     for (uint32_t i = 0; i < c->workers && rc == 0; i++) {
         rc = worker_make(e, i, &e->workers[i]);
@@ -358,6 +402,12 @@ fail:
 int ovl_engine_udp_port(ovl_engine_t *e)
 {
     return e->udp_port;
+}
+
+uint32_t ovl_engine_offloads(ovl_engine_t *e)
+{
+    uint32_t tap = OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO;
+    return e->tap_probed ? e->offloads : e->offloads & ~tap;
 }
 
 int ovl_engine_start(ovl_engine_t *e)
@@ -607,7 +657,7 @@ int ovl_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr)
 /* ---- ports ---- */
 
 static int port_attach(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac,
-                       uint32_t flags, const char *ifname)
+                       uint32_t flags, const char *ifname, uint32_t offloads)
 {
     ovl_network_t *n = ovl_net_lookup(e, vni);
     if (!n)
@@ -636,6 +686,8 @@ static int port_attach(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac
     p->vni = vni;
     p->net_idx = (uint32_t)(n - e->nets);
     p->worker = id % e->n_workers;
+    p->offloads = offloads;
+    p->vnet = (offloads & OVL_OFF_TAP_TSO) != 0;
     snprintf(p->ifname, sizeof p->ifname, "%s", ifname ? ifname : "");
     ovl_port_sec_init(&p->sec, mac);
     rc = epoll_add(e->workers[p->worker]->epfd, fd, OVL_EP_PORT(id, p->gen));
@@ -667,12 +719,19 @@ int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, const uint8_
     if (rc < 0)
         return rc;
     char name[16];
-    int fd = ovl_tap_open(ifname, mac, (flags & OVL_PORT_PERSIST) != 0, name);
+    uint32_t off = e->cfg.offloads & (OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO);
+    int fd = ovl_tap_open(ifname, mac, (flags & OVL_PORT_PERSIST) != 0, &off, name);
     netns_leave(saved);
     if (fd < 0)
         return fd;
     WRLOCK(e);
-    rc = port_attach(e, vni, fd, mac, flags, name);
+    rc = port_attach(e, vni, fd, mac, flags, name, off);
+    if (rc >= 0) {
+        uint32_t tap = OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO;
+        uint32_t have = e->tap_probed ? (e->offloads & tap & off) : off;
+        e->offloads = (e->offloads & ~tap) | have;
+        e->tap_probed = 1;
+    }
     UNLOCK(e);
     if (rc < 0) {
         if (flags & OVL_PORT_PERSIST)
@@ -693,7 +752,7 @@ int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, u
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -errno;
     WRLOCK(e);
-    int rc = port_attach(e, vni, fd, mac, flags, NULL);
+    int rc = port_attach(e, vni, fd, mac, flags, NULL, 0);
     UNLOCK(e);
     return rc;
 }

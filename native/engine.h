@@ -21,6 +21,7 @@
 #define OVL_ENGINE_H
 
 #include "fdb.h"
+#include "offload.h"
 #include "policy.h"
 #include "udp.h"
 
@@ -28,7 +29,11 @@
 #include <sys/socket.h>
 
 #define OVL_MAX_WORKERS 16
-#define OVL_TX_MSGS 256          /* datagrams queued before a sendmmsg flush */
+#define OVL_TX_MSGS 512          /* datagrams queued before a sendmmsg flush */
+#define OVL_TX_IOVS (2 * OVL_TX_MSGS)
+#define OVL_SEG_SLOTS OVL_TX_MSGS /* segment header slots (OVL_SEG_HDR_MAX bytes each) */
+#define OVL_GSO_BYTES_MAX 65000  /* a larger UDP GSO send fails with EMSGSIZE */
+#define OVL_SUPER_MAX 65536      /* the largest super-frame or coalesced receive */
 #define OVL_LEARN_MAX 64         /* learned entries queued per batch */
 #define OVL_MISS_CACHE 256       /* recent misses remembered, to rate-limit events */
 #define OVL_MISS_INTERVAL_NS 1000000000ull
@@ -56,6 +61,8 @@ typedef struct ovl_port {
     uint32_t vni;
     uint32_t net_idx;
     uint32_t worker;
+    uint32_t offloads;           /* OVL_OFF_TAP_* in use on this TAP */
+    int vnet;                    /* frames carry a virtio-net header */
     int seen;                    /* the port's own MAC was reported (MAC_SEEN) */
     char ifname[16];
     ovl_port_sec_t sec;
@@ -70,6 +77,15 @@ typedef struct ovl_learn {
     ovl_addr_t vtep;
 } ovl_learn_t;
 
+/* A datagram queued for the underlay: iov_n iovecs from tx_iov[iov_off]. */
+typedef struct ovl_txe {
+    uint32_t iov_off;
+    uint16_t iov_n;
+    uint16_t slot;
+    uint32_t len;
+    const ovl_addr_t *dst;
+} ovl_txe_t;
+
 typedef struct ovl_worker {
     struct ovl_engine *e;
     uint32_t idx;
@@ -78,17 +94,27 @@ typedef struct ovl_worker {
     int epfd;
     int rx_fd;
     uint64_t now_ns;
-    uint32_t buf_size;           /* headroom + frame_max + slack */
-    uint8_t *tap_bufs;           /* batch x buf_size */
-    uint8_t *rx_bufs;            /* batch x buf_size */
+    uint32_t tap_buf_size;       /* headroom + largest frame read from a TAP */
+    uint32_t rx_buf_size;        /* largest (coalesced) receive */
+    uint32_t rx_batch;
+    uint8_t *tap_bufs;           /* batch x tap_buf_size */
+    uint8_t *rx_bufs;            /* rx_batch x rx_buf_size */
+    uint8_t *rx_ctrl;            /* rx_batch x OVL_RX_CTRL */
     struct mmsghdr *rx_msgs;
     struct iovec *rx_iov;
     ovl_sockaddr_t *rx_names;
-    struct mmsghdr *tx_msgs;     /* queued datagrams ... */
-    struct iovec *tx_iov;
-    uint16_t *tx_slot;           /* ... and the source-port slot of each */
-    struct mmsghdr *tx_sorted;
+    ovl_txe_t *txq;              /* datagrams queued for the underlay */
     uint32_t n_tx;
+    struct iovec *tx_iov;        /* their iovecs, in queue order */
+    uint32_t n_iov;
+    struct iovec *tx_iov2;       /* at flush: iovecs of each send, contiguous */
+    struct mmsghdr *tx_mmsg;
+    uint8_t *tx_ctrl;            /* OVL_TX_MSGS x OVL_TX_CTRL: UDP_SEGMENT cmsgs */
+    uint32_t *tx_order;
+    uint8_t *seg_hdrs;           /* OVL_SEG_SLOTS x OVL_SEG_HDR_MAX */
+    uint32_t n_seg_hdrs;
+    ovl_seg_t segs[OVL_GSO_MAX_SEGS];
+    ovl_gro_t gro;
     uint32_t n_learn;
     ovl_learn_t learn[OVL_LEARN_MAX];
     struct { uint64_t key, when_ns; } miss[OVL_MISS_CACHE];
@@ -103,6 +129,8 @@ struct ovl_engine {
     int stop_fd;                 /* eventfd: wakes the workers to stop */
     int running;
     uint16_t udp_port;
+    uint32_t offloads;           /* OVL_OFF_* in use */
+    uint32_t tap_probed;         /* a TAP has been opened: the TAP bits are known */
     uint32_t n_workers;
     ovl_worker_t *workers[OVL_MAX_WORKERS];
     uint16_t n_slots;

@@ -16,6 +16,9 @@
 #define OVL_EP_ID(d) ((uint32_t)((d) & 0xffffff))
 #define OVL_EP_GEN(d) ((uint32_t)(((d) >> 32) & 0xffffff))
 
+#define OVL_RX_CTRL 64           /* control bytes per receive: one UDP_GRO cmsg */
+#define OVL_TX_CTRL 32           /* control bytes per send: CMSG_SPACE(sizeof(uint16_t)) */
+
 /* A worker's own counter: one writer, relaxed readers. */
 static inline void ovl_count(ovl_worker_t *w, int id, uint64_t n)
 {
@@ -46,8 +49,11 @@ static inline void ovl_drop(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, in
         ovl_obj_add(n->c, OVL_O_DROPS, 1);
 }
 
-/* Write one frame to port q's TAP; counts success or the drop. */
-void ovl_deliver(ovl_worker_t *w, ovl_port_t *q, ovl_network_t *n, const uint8_t *frame, size_t len);
+/* Write one frame to port q's TAP (with vh, or a blank virtio-net header, on
+ * a vnet TAP); counts success or the drop. A super-frame (vh GSO) cannot go
+ * to a port without offloads: counted drop. */
+void ovl_deliver(ovl_worker_t *w, ovl_port_t *q, ovl_network_t *n, const uint8_t *frame, size_t len,
+                 const ovl_vnet_hdr_t *vh);
 
 /* Queue a learned FDB entry, applied after the batch. */
 static inline void ovl_learn_queue(ovl_worker_t *w, const ovl_learn_t *l)

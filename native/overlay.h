@@ -44,6 +44,13 @@
 #define OVL_PORT_NO_SECURITY 1
 #define OVL_PORT_PERSIST 2
 
+/* offloads (ovl_engine_config_t.offloads, ovl_engine_offloads) */
+#define OVL_OFF_TAP_TSO 1        /* TAP virtio-net header: checksum offload, TSO in and GSO out */
+#define OVL_OFF_TAP_USO 2        /* TAP UDP segmentation offload (kernel >= 6.2) */
+#define OVL_OFF_UDP_GSO 4        /* underlay sends: several datagrams per send (UDP_SEGMENT) */
+#define OVL_OFF_UDP_GRO 8        /* underlay receives: several datagrams per receive (UDP_GRO) */
+#define OVL_OFF_ALL 15
+
 /* network flags */
 #define OVL_NET_LEARNING 1
 
@@ -169,6 +176,7 @@ typedef struct ovl_engine_config {
     uint32_t fdb_size;       /* FDB and neighbour capacity each, default 65536 */
     uint32_t event_ring;     /* events held for the control plane, default 4096 */
     int netns_fd;            /* create sockets and TAPs in this netns; -1: current */
+    uint32_t offloads;       /* OVL_OFF_* wanted, default OVL_OFF_ALL; each probed */
 } ovl_engine_config_t;
 
 void ovl_engine_config_default(ovl_engine_config_t *c);
@@ -182,6 +190,9 @@ int ovl_engine_stop(ovl_engine_t *e);
 void ovl_engine_destroy(ovl_engine_t *e);
 /* The bound underlay port (useful when udp_port was taken from config). */
 int ovl_engine_udp_port(ovl_engine_t *e);
+/* The offloads in use (OVL_OFF_*): asked for and supported by this kernel.
+ * The TAP ones are known once a TAP port exists. */
+uint32_t ovl_engine_offloads(ovl_engine_t *e);
 
 /* Networks. A VNI may be added once. */
 int ovl_network_add(ovl_engine_t *e, uint32_t vni, uint32_t flags);

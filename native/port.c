@@ -1,8 +1,10 @@
 /*
  * port.c — TAP devices (see port.h).
  *
- * Room is left for the offloads of a later step (IFF_VNET_HDR, TUNSETOFFLOAD,
- * IFF_MULTI_QUEUE): they are flags on the same TUNSETIFF call.
+ * Offloads: IFF_VNET_HDR puts a virtio-net header before every frame, and
+ * TUNSETOFFLOAD tells the kernel which it may leave to us (checksums, TSO,
+ * USO): the pod's stack then hands us super-frames. Room is left for
+ * IFF_MULTI_QUEUE, a flag on the same TUNSETIFF call.
  */
 #include "port.h"
 
@@ -31,7 +33,32 @@ static int set_mac(const char *name, const uint8_t *mac)
     return rc;
 }
 
-int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, char *name_out)
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#define TUN_F_USO6 0x40
+#endif
+
+/* Ask for the TAP offloads in *offloads, falling back to fewer; 0 or -errno. */
+static int tap_offloads(int fd, uint32_t *offloads)
+{
+    if (!(*offloads & OVL_OFF_TAP_TSO)) {
+        *offloads &= ~(uint32_t)OVL_OFF_TAP_USO;
+        return 0;
+    }
+    int hdr = 10;
+    if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0)
+        return -errno;
+    unsigned base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+    if ((*offloads & OVL_OFF_TAP_USO) && ioctl(fd, TUNSETOFFLOAD, base | TUN_F_USO4 | TUN_F_USO6) == 0)
+        return 0;
+    *offloads &= ~(uint32_t)OVL_OFF_TAP_USO;
+    if (ioctl(fd, TUNSETOFFLOAD, base) == 0)
+        return 0;
+    return -errno;
+}
+
+int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, uint32_t *offloads,
+                 char *name_out)
 {
     if (ifname && strlen(ifname) >= IFNAMSIZ)
         return -ENAMETOOLONG;
@@ -40,12 +67,17 @@ int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, char *name
         return -errno;
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | ((*offloads & OVL_OFF_TAP_TSO) ? IFF_VNET_HDR : 0);
     snprintf(ifr.ifr_name, IFNAMSIZ, "%s", (ifname && *ifname) ? ifname : "ovl%d");
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
         int err = -errno;
         close(fd);
         return err;
+    }
+    int orc = tap_offloads(fd, offloads);
+    if (orc < 0) {
+        close(fd);
+        return orc;
     }
     if (persist && ioctl(fd, TUNSETPERSIST, 1) < 0) {
         int err = -errno;

@@ -12,8 +12,13 @@
 
 /* Open /dev/net/tun as a TAP (IFF_TAP | IFF_NO_PI), non-blocking, named
  * ifname ("" for "ovl%d"); the chosen name is written to name_out (16
- * bytes). Sets the device's MAC when mac is not NULL. Returns the fd or -errno. */
-int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, char *name_out);
+ * bytes). Sets the device's MAC when mac is not NULL. With OVL_OFF_TAP_TSO
+ * in *offloads, frames carry a virtio-net header and the TAP takes checksum
+ * and segmentation offloads (USO too with OVL_OFF_TAP_USO, where the kernel
+ * has it); *offloads is reduced to what the kernel accepted. Returns the fd
+ * or -errno. */
+int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, uint32_t *offloads,
+                 char *name_out);
 
 /* Clear persistence so the device goes away when fd closes. */
 void ovl_tap_unpersist(int fd);

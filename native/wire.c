@@ -421,7 +421,7 @@ static int parse_nd(const uint8_t *p, size_t avail, ovl_frame_t *f)
     for (size_t off = fixed; off < avail;) {
         if (avail - off < 2 || p[off + 1] == 0 || (size_t)p[off + 1] * 8 > avail - off)
             return -OVL_C_ND_TRUNCATED;
-        if (p[off] == want && !f->nd_has_lladdr) {
+        if (want && p[off] == want && !f->nd_has_lladdr) {
             f->nd_has_lladdr = 1;
             memcpy(f->nd_lladdr, p + off + 2, 6);
         }

@@ -38,6 +38,14 @@ OBJ_COUNTER_NAMES: tuple[str, ...] = tuple(
     ffi.string(lib.ovl_obj_counter_name(i)).decode() for i in range(lib.ovl_obj_counter_count())
 )
 
+OFFLOADS: dict[str, int] = {
+    "tap_tso": lib.OVL_OFF_TAP_TSO,
+    "tap_uso": lib.OVL_OFF_TAP_USO,
+    "udp_gso": lib.OVL_OFF_UDP_GSO,
+    "udp_gro": lib.OVL_OFF_UDP_GRO,
+}
+"""Offload switches by name: what ``Engine(offloads=...)`` takes and ``Engine.offloads`` reports."""
+
 EVENT_MISS: int = lib.OVL_EVENT_MISS
 EVENT_MAC_SEEN: int = lib.OVL_EVENT_MAC_SEEN
 EVENT_LEARNED: int = lib.OVL_EVENT_LEARNED
@@ -143,6 +151,7 @@ class Engine:
         fdb_size: int = 65536,
         event_ring: int = 4096,
         netns_fd: int = -1,
+        offloads: int = lib.OVL_OFF_ALL,
     ) -> None:
         cfg = ffi.new("ovl_engine_config_t *")
         lib.ovl_engine_config_default(cfg)
@@ -176,6 +185,9 @@ class Engine:
         cfg.max_ports, cfg.max_networks = max_ports, max_networks
         cfg.fdb_size, cfg.event_ring = fdb_size, event_ring
         cfg.netns_fd = netns_fd
+        if offloads & ~lib.OVL_OFF_ALL:
+            raise ConfigError("offloads", offloads, f"a subset of {sorted(OFFLOADS)}")
+        cfg.offloads = offloads
         out = ffi.new("ovl_engine_t **")
         rc = lib.ovl_engine_create(cfg, out)
         if rc == -errno.EADDRINUSE:
@@ -214,6 +226,12 @@ class Engine:
     @property
     def udp_port(self) -> int:
         return int(lib.ovl_engine_udp_port(self._h()))
+
+    @property
+    def offloads(self) -> dict[str, bool]:
+        """The offloads in use: asked for and found in this kernel (TAP ones once a TAP exists)."""
+        active = int(lib.ovl_engine_offloads(self._h()))
+        return {name: bool(active & bit) for name, bit in OFFLOADS.items()}
 
     # -- networks --
     def network_add(self, vni: int, learning: bool = False) -> None:

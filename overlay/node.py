@@ -342,6 +342,7 @@ class Node:
         batch: int = 64,
         max_ports: int = 1024,
         fdb_size: int = 65536,
+        offloads: bool | Iterable[str] = True,
     ) -> None:
         addr = _parse_ip(underlay, "underlay")
         if not isinstance(encap, Encap):
@@ -350,6 +351,18 @@ class Node:
             raise ConfigError("port", port, "a UDP port 1-65535")
         if not 576 <= mtu <= 65000:
             raise ConfigError("mtu", mtu, "the underlay MTU, 576-65000 bytes")
+        if offloads is True:
+            mask = sum(_engine.OFFLOADS.values())
+        elif offloads is False:
+            mask = 0
+        else:
+            names = [offloads] if isinstance(offloads, str) else list(offloads)
+            bad = [n for n in names if n not in _engine.OFFLOADS]
+            if bad:
+                raise ConfigError(
+                    "offloads", bad, f"True, False or names from {sorted(_engine.OFFLOADS)}"
+                )
+            mask = sum(_engine.OFFLOADS[n] for n in set(names))
         self.underlay = addr
         self.family = addr.version
         self.encap = encap
@@ -377,6 +390,7 @@ class Node:
                 max_ports=max_ports,
                 fdb_size=fdb_size,
                 netns_fd=fd,
+                offloads=mask,
             )
         finally:
             if fd >= 0:
@@ -469,6 +483,7 @@ class Node:
         drops = {k: v for k, v in totals.items() if k in _engine.DROP_REASONS}
         stats = {k: v for k, v in totals.items() if k not in _engine.DROP_REASONS}
         return {
+            "offloads": self.engine.offloads,
             "node": stats,
             "drops": drops,
             "networks": {vni: net.counters() for vni, net in self.networks.items()},

@@ -494,7 +494,7 @@ def _parse_nd(p: bytes, f: Frame) -> None:
     while off < len(p):
         if len(p) - off < 2 or p[off + 1] == 0 or p[off + 1] * 8 > len(p) - off:
             raise Drop("nd_truncated")
-        if p[off] == want and not f.nd_has_lladdr:
+        if want and p[off] == want and not f.nd_has_lladdr:
             f.nd_has_lladdr, f.nd_lladdr = True, p[off + 2 : off + 8]
         off += p[off + 1] * 8
 
