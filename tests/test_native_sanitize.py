@@ -36,6 +36,7 @@ class Harness(NamedTuple):
 HARNESSES = [
     Harness("check_wire.c", ("wire.c", "counters.c")),
     Harness("check_fdb.c", ("fdb.c", "counters.c")),
+    Harness("check_offload.c", ("offload.c", "wire.c", "counters.c")),
 ]
 
 
