@@ -2,17 +2,49 @@
 
     python bench/report.py bench/results/bench.json [--out bench/results/summary.json]
 
-End-to-end tests carry their figures in ``extra_info`` (overlay and kernel
-min/median/max and the ratio of medians); codec tests carry ns per packet.
+End-to-end tests carry their figures in ``extra_info`` as written by
+``overlay.testing.throughput.compare``: ``sides`` (min/median/max per side),
+``baseline``, ``primary``, ``ratio`` (primary vs baseline), ``ratios`` (every
+``A_vs_B``) and ``ratio_meaning``; ratios are oriented so that > 1 means the
+first side is better, whether higher (Gbit/s) or lower (ms, CPU s/GB) is
+better. Older files with only ``overlay``/``kernel``/``ratio`` are read too.
+Codec tests carry ns per packet.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
+
+_E2E_KEYS = (
+    "metric",
+    "unit",
+    "rounds",
+    "higher_is_better",
+    "primary",
+    "baseline",
+    "sides",
+    "overlay",
+    "kernel",
+    "ratio",
+    "ratio_meaning",
+    "ratios",
+    "node_options",
+)
+
+
+def _end_to_end(info: dict[str, Any]) -> dict[str, Any]:
+    entry = {k: info[k] for k in _E2E_KEYS if k in info}
+    if "sides" not in entry:  # the older shape: overlay vs kernel only
+        entry["sides"] = {k: info[k] for k in ("overlay", "kernel") if k in info}
+        entry.setdefault("primary", "overlay")
+        entry.setdefault("baseline", "kernel")
+        entry.setdefault("ratios", {"overlay_vs_kernel": info["ratio"]})
+    return entry
 
 
 def summarise(data: dict[str, Any]) -> dict[str, Any]:
@@ -25,10 +57,7 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
         if "ratio" in info:
-            out["end_to_end"][b["name"]] = {
-                k: info[k]
-                for k in ("unit", "rounds", "overlay", "kernel", "ratio", "ratio_meaning")
-            }
+            out["end_to_end"][b["name"]] = _end_to_end(info)
         elif "ns_per_packet" in info:
             out["codec"][b["name"]] = {
                 "ns_per_packet": info["ns_per_packet"],
@@ -37,21 +66,33 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _num(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.3g}"
+
+
 def table(summary: dict[str, Any]) -> str:
     lines = []
-    if summary["end_to_end"]:
+    e2e = summary["end_to_end"]
+    if e2e:
+        labels = {name: f"{name} ({r.get('rounds', '?')} rounds)" for name, r in e2e.items()}
+        w = max(len("end to end"), *(len(x) for x in labels.values()))
         lines.append(
-            f"{'end to end':44} {'unit':>9} {'overlay min/med/max':>28} "
-            f"{'kernel min/med/max':>28} {'ratio':>6}"
+            f"{'end to end':{w}} {'unit':>9} {'side':>12} {'min':>9} {'median':>9} {'max':>9}"
+            f" {'vs base':>8}"
         )
-        for name, r in summary["end_to_end"].items():
-            o, k = r["overlay"], r["kernel"]
-            fmt = "{:.3g}/{:.3g}/{:.3g}"
-            lines.append(
-                f"{name:44} {r['unit']:>9} "
-                f"{fmt.format(o['min'], o['median'], o['max']):>28} "
-                f"{fmt.format(k['min'], k['median'], k['max']):>28} {r['ratio']:6.2f}"
-            )
+        for name, r in e2e.items():
+            base, ratios = r["baseline"], r.get("ratios", {})
+            label, unit = labels[name], r["unit"]
+            for side, s in r["sides"].items():
+                vs = "base" if side == base else _num(ratios.get(f"{side}_vs_{base}"))
+                lines.append(
+                    f"{label:{w}} {unit:>9} {side:>12} {_num(s['min']):>9}"
+                    f" {_num(s['median']):>9} {_num(s['max']):>9} {vs:>8}"
+                )
+                label = unit = ""
+        lines.append("vs base: ratio of medians against the baseline side; > 1: better than it.")
     if summary["codec"]:
         lines.append("")
         lines.append(f"{'codec':52} {'ns/packet':>10}")
@@ -61,7 +102,7 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("json", type=Path)
     p.add_argument("--out", type=Path, help="write the summary JSON here")
     args = p.parse_args(argv)

@@ -1,142 +1,91 @@
-"""End-to-end throughput and latency: our data plane next to the kernel's VXLAN.
+"""End-to-end throughput and latency: our data plane, the kernel's VXLAN and a bare veth.
 
-Both topologies are built in the same run on the same kind of testbed: two
-node namespaces joined by a veth (198.18.0.0/24), one pod on each node
-(10.244.1.2 -> 10.244.1.3). Ours: pods on TAPs of the userspace engine. The
-kernel's: pods on veths bridged to a Linux ``vxlan`` device. Each figure is
-taken over several rounds; ``extra_info`` holds min/median/max per side and
-the ratio of the medians (ours / kernel, or kernel / ours for latency).
+Every test builds, in the same run and with the plugin's fixtures, four test
+beds of one shape, and measures them side by side with
+:func:`overlay.testing.throughput.compare` (sides alternate within each round,
+so drift hits all alike):
+
+* ``overlay``  — two node namespaces running ``Node``, one TAP pod each;
+* ``kernel``   — the same nodes with the Linux VXLAN device and veth pods
+  (the baseline: ratios are against it);
+* ``veth``     — no tunnel: two pods on one veth at the overlay pods' MTU
+  (1450), the ceiling of what any overlay could reach here;
+* ``veth1500`` — the same at 1500, what pods without an overlay would get.
+
+Figures: one TCP stream (iperf3), small UDP datagrams delivered per second
+(18-byte payloads from the C generator), ping RTT, and CPU seconds per GB
+moved (machine-wide busy CPU over a TCP transfer: see
+``throughput.cpu_s_per_gb``). ``extra_info`` holds min/median/max per side and
+ratios of medians; ``bench/report.py`` prints them. Figures are never asserted.
+
+Environment: ``OVERLAY_BENCH_ROUNDS`` (default 5; 1 for a quick run),
+``OVERLAY_BENCH_SECONDS`` (TCP seconds, default 3), ``OVERLAY_BENCH_NODE_OPTIONS``
+(JSON ``Node`` keyword arguments for the overlay, e.g. ``{"workers": 2}``).
 """
 
 from __future__ import annotations
 
-import socket
-import statistics
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from overlay._native import ffi, lib
-from overlay.node import Encap
-from overlay.testing.cluster import Cluster, KernelCluster
-from overlay.testing.netns import Netns, Topology
-from overlay.testing.traffic import iperf3, ping
+from overlay.testing.throughput import (
+    CPU_S_PER_GB,
+    PING_RTT_MS,
+    SMALL_UDP_PPS,
+    TCP_GBPS,
+    KernelNet,
+    Metric,
+    OverlayNet,
+    Side,
+    VethNet,
+    bench_node_options,
+    bench_rounds,
+    bench_seconds,
+    compare,
+    sides_of,
+)
 
 pytestmark = pytest.mark.root
 
-ROUNDS = 5
-TCP_SECONDS = 3
-PPS_SECONDS = 2.0
-PAYLOAD_BYTES = 18
+ROUNDS = bench_rounds(5)
+SECONDS = bench_seconds(3)
+NODE_OPTIONS = bench_node_options()
 
 
-class Side:
-    def __init__(self, name: str, a: Netns, b: Netns, a_ip: str, b_ip: str) -> None:
-        self.name, self.a, self.b, self.a_ip, self.b_ip = name, a, b, a_ip, b_ip
-
-
-@pytest.fixture(scope="module")
-def sides() -> Iterator[dict[str, Side]]:
-    with Topology() as topo:
-        kern = KernelCluster(topo)
-        ka = kern.add_pod(0, "10.244.1.2/24")
-        kb = kern.add_pod(1, "10.244.1.3/24")
-        with Cluster(topo, Encap.VXLAN) as c:
-            c.add_network(100, "bench")
-            oa = c.add_pod(0, 100, "10.244.1.2/24")
-            ob = c.add_pod(1, 100, "10.244.1.3/24")
-            c.start()
-            yield {
-                "overlay": Side("overlay", oa.netns, ob.netns, oa.ip, ob.ip),
-                "kernel": Side("kernel", ka.netns, kb.netns, ka.ip, kb.ip),
-            }
-
-
-def small_udp_pps(side: Side) -> float:
-    """Datagrams per second delivered pod to pod, offered by the C generator."""
-    rx = side.b.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx = side.a.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        rx.bind((side.b_ip, 0))
-        tx.connect((side.b_ip, rx.getsockname()[1]))
-        got: dict[str, int] = {}
-
-        def sink() -> None:
-            p, b = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-            lib.ovl_gen_recv(rx.fileno(), int((PPS_SECONDS + 3) * 1e9), int(0.5e9), p, b)
-            got["packets"] = int(p[0])
-
-        t = threading.Thread(target=sink)
-        t.start()
-        payload = b"\x00" * PAYLOAD_BYTES
-        sent = lib.ovl_gen_send(
-            tx.fileno(), payload, len(payload), 10**12, 64, int(PPS_SECONDS * 1e9)
-        )
-        t.join()
-        return got.get("packets", 0) / PPS_SECONDS if sent > 0 else 0.0
-    finally:
-        rx.close()
-        tx.close()
-
-
-def tcp_gbps(side: Side) -> float:
-    return iperf3(side.a, side.b, side.b_ip, seconds=TCP_SECONDS).bits_per_second / 1e9
-
-
-def ping_rtt_ms(side: Side) -> float:
-    r = ping(side.a, side.b_ip, count=20, interval=0.02, timeout=5)
-    return statistics.median(r.rtts_ms) if r.rtts_ms else float("nan")
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
-def _compare(
-    benchmark: Any,
-    sides: dict[str, Side],
-    measure: Callable[[Side], float],
-    unit: str,
-    higher_is_better: bool = True,
-) -> None:
-    results: dict[str, list[float]] = {"overlay": [], "kernel": []}
-
-    def one_round() -> None:
-        for name in ("kernel", "overlay"):  # alternate, so drift hits both alike
-            results[name].append(measure(sides[name]))
-
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    ours, kern = _summary(results["overlay"]), _summary(results["kernel"])
-    ratio = (
-        (ours["median"] / kern["median"] if higher_is_better else kern["median"] / ours["median"])
-        if ours["median"] and kern["median"]
-        else float("nan")
-    )
-    benchmark.extra_info.update(
+@pytest.fixture
+def sides(
+    overlay_net: Callable[..., OverlayNet],
+    kernel_net: Callable[..., KernelNet],
+    veth_net: Callable[..., VethNet],
+) -> dict[str, Side]:
+    return sides_of(
         {
-            "unit": unit,
-            "rounds": ROUNDS,
-            "overlay": ours,
-            "kernel": kern,
-            "ratio": ratio,
-            "ratio_meaning": "overlay/kernel"
-            if higher_is_better
-            else "kernel/overlay (>1: overlay is faster)",
-            "raw": results,
+            "overlay": overlay_net(node_options=NODE_OPTIONS),
+            "kernel": kernel_net(),
+            "veth": veth_net(mtu=1450),
+            "veth1500": veth_net(mtu=1500),
         }
     )
 
 
-def test_tcp_one_stream_vs_kernel_vxlan(benchmark: Any, sides: dict[str, Side]) -> None:
-    _compare(benchmark, sides, tcp_gbps, "Gbit/s")
+def _run(benchmark: Any, sides: dict[str, Side], metric: Metric) -> None:
+    benchmark.extra_info["node_options"] = NODE_OPTIONS
+    compare(benchmark, sides, metric, ROUNDS, baseline="kernel", primary="overlay")
 
 
-def test_small_udp_packets_vs_kernel_vxlan(benchmark: Any, sides: dict[str, Side]) -> None:
-    _compare(benchmark, sides, small_udp_pps, "packets/s")
+def test_tcp_one_stream(benchmark: Any, sides: dict[str, Side]) -> None:
+    _run(benchmark, sides, TCP_GBPS.with_options(seconds=SECONDS))
 
 
-def test_ping_rtt_vs_kernel_vxlan(benchmark: Any, sides: dict[str, Side]) -> None:
-    _compare(benchmark, sides, ping_rtt_ms, "ms", higher_is_better=False)
+def test_small_udp_packets(benchmark: Any, sides: dict[str, Side]) -> None:
+    _run(benchmark, sides, SMALL_UDP_PPS)
+
+
+def test_ping_rtt(benchmark: Any, sides: dict[str, Side]) -> None:
+    _run(benchmark, sides, PING_RTT_MS)
+
+
+def test_cpu_seconds_per_gb(benchmark: Any, sides: dict[str, Side]) -> None:
+    _run(benchmark, sides, CPU_S_PER_GB.with_options(seconds=SECONDS))

@@ -1,4 +1,4 @@
-"""The ``overlay`` pytest plugin: root-only tests, leftover cleanup, the ``topology`` fixture.
+"""The ``overlay`` pytest plugin: root-only tests, leftover cleanup, test-bed fixtures.
 
 Why this module exists
 ----------------------
@@ -9,6 +9,20 @@ runs that are over (``ovt<pid>-`` whose pid is gone) and its own, never another
 live run's. And most tests just want a :class:`~overlay.testing.netns.Topology`
 that is gone after the test, pass or fail: the ``topology`` fixture.
 
+People who benchmark overlays with pytest-benchmark want ready-made test beds
+of one shape to compare: ``overlay_net`` (our data plane), ``kernel_net`` (the
+kernel's VXLAN twin), ``veth_net`` (no tunnel) and ``pyforwarder_net`` (a
+pure-Python forwarder). Each is a factory fixture (call it, maybe several
+times, with the shape you want); everything it built is removed after the
+test, also when the test fails. The figures and ``compare`` to use with them
+are in :mod:`overlay.testing.throughput`::
+
+    from overlay.testing.throughput import TCP_GBPS, compare
+
+    def test_tcp(benchmark, overlay_net, kernel_net):
+        sides = {"overlay": overlay_net().side(), "kernel": kernel_net().side()}
+        compare(benchmark, sides, TCP_GBPS)
+
 The plugin is registered through the ``pytest11`` entry point, so it loads in
 *every* pytest run where the package is installed. Its import therefore costs
 nothing: no pyroute2, no ``overlay._native``; the netns toolkit is imported
@@ -18,15 +32,23 @@ topology. Before the package is installed use ``pytest -p overlay.testing.plugin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from overlay.testing.netns import Topology
+    from overlay.testing.throughput import (
+        KernelNet,
+        OverlayNet,
+        PyForwarderNet,
+        Testbeds,
+        VethNet,
+    )
 
 ROOT_MARKER = "root: needs root / CAP_NET_ADMIN (network namespaces, TAP devices)"
 
@@ -117,3 +139,59 @@ def topology() -> Iterator[Topology]:
         yield topo
     finally:
         topo.close()
+
+
+@contextlib.contextmanager
+def _testbeds() -> Iterator[Testbeds]:
+    reason = root_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from overlay.testing.throughput import Testbeds
+
+    beds = Testbeds()
+    try:
+        yield beds
+    finally:
+        beds.close()
+
+
+@pytest.fixture
+def overlay_net() -> Iterator[Callable[..., OverlayNet]]:
+    """Factory: ``overlay_net(nodes=2, pods_per_node=1, encap=Encap.VXLAN, mtu=1500,
+    node_options={}, vni=100, cidr="10.244.1.0/24")`` -> a started
+    :class:`~overlay.testing.throughput.OverlayNet` (``.cluster``, ``.pods``,
+    ``.pair()``, ``.side()``). ``node_options`` go to every ``Node`` unchanged.
+    Removed after the test, pass or fail.
+    """
+    with _testbeds() as beds:
+        yield beds.overlay
+
+
+@pytest.fixture
+def kernel_net() -> Iterator[Callable[..., KernelNet]]:
+    """Factory: ``kernel_net(nodes=2, pods_per_node=1, mtu=1500, vni=100,
+    cidr="10.244.1.0/24")`` -> a :class:`~overlay.testing.throughput.KernelNet`:
+    the same shape on the kernel's VXLAN device (VXLAN only). Removed after the test.
+    """
+    with _testbeds() as beds:
+        yield beds.kernel
+
+
+@pytest.fixture
+def veth_net() -> Iterator[Callable[..., VethNet]]:
+    """Factory: ``veth_net(mtu=1450, cidr="10.244.1.0/24")`` -> a
+    :class:`~overlay.testing.throughput.VethNet`: two pods on one plain veth
+    (10.244.1.2 <-> 10.244.1.3), the no-tunnel baseline. Removed after the test.
+    """
+    with _testbeds() as beds:
+        yield beds.veth
+
+
+@pytest.fixture
+def pyforwarder_net() -> Iterator[Callable[..., PyForwarderNet]]:
+    """Factory: ``pyforwarder_net(mtu=1500, vni=100, cidr="10.244.1.0/24",
+    use_uvloop=None)`` -> a started :class:`~overlay.testing.throughput.PyForwarderNet`:
+    two nodes running the pure-Python asyncio forwarder. Removed after the test.
+    """
+    with _testbeds() as beds:
+        yield beds.pyforwarder

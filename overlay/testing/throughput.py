@@ -1,0 +1,830 @@
+"""Throughput runs: test beds, traffic figures and side-by-side comparisons for pytest-benchmark.
+
+Why this module exists
+----------------------
+Anyone who benchmarks an overlay asks the same three questions: how fast is
+it, compared with what, and at what cost. A figure alone ("9 Gbit/s") means
+little on a shared 2-core machine; a ratio against a baseline measured in the
+same run, on the same kind of topology, with the same tools, means a lot.
+This module packages that discipline so benchmark authors get it for free:
+
+* **Test beds of one shape.** :class:`OverlayNet` (our data plane, on
+  :class:`~overlay.testing.cluster.Cluster`), :class:`KernelNet` (the Linux
+  VXLAN device, on :class:`~overlay.testing.cluster.KernelCluster`),
+  :class:`VethNet` (no tunnel at all: two pods on one veth, the ceiling) and
+  :class:`PyForwarderNet` (the pure-Python forwarder of
+  :mod:`overlay.testing.pyforwarder`, the floor). Each has ``pods``,
+  ``pair()`` and ``side()``; the plugin exposes them as the factory fixtures
+  ``overlay_net``, ``kernel_net``, ``veth_net`` and ``pyforwarder_net``, and
+  :class:`Testbeds` removes everything they made, also when a test fails.
+* **Figures measured identically on every side** (a :class:`Side` is a
+  client pod and a server pod): one TCP stream with iperf3, small UDP
+  datagrams per second from the C generator, ping RTT, and CPU seconds per GB
+  moved. Each helper returns its figure and, given the ``benchmark`` fixture,
+  records it in ``benchmark.extra_info``.
+* **Comparisons that resist drift.** :func:`compare` measures every side
+  once per round, rotating which goes first, so slow drift of the machine
+  (other jobs, thermal, page cache) hits all sides alike; it reports
+  min/median/max per side and ratios of medians.
+
+Figures are never asserted: they go to the benchmark JSON, which
+``bench/report.py`` turns into a table.
+
+Addresses follow the test bed's rules: underlay 198.18.0.0/24 and pods in
+10.244.0.0/16 by default, only inside namespaces made here, each with a
+per-run prefix (``ovt<pid>-``) plus a per-test-bed suffix, so several test
+beds coexist in one test and leftovers of a crashed run are found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import json
+import math
+import os
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from overlay.node import Encap
+from overlay.testing.cluster import Cluster, KernelCluster, KernelPod, Pod, pod_mac, underlay_ip
+from overlay.testing.netns import Netns, Topology, run_prefix
+from overlay.testing.traffic import iperf3, ping
+
+__all__ = [
+    "CPU_S_PER_GB",
+    "PING_RTT_MS",
+    "SMALL_UDP_PPS",
+    "TCP_GBPS",
+    "Comparison",
+    "KernelNet",
+    "Metric",
+    "NetPod",
+    "OverlayNet",
+    "PyForwarderNet",
+    "Side",
+    "TcpFigures",
+    "UdpFigures",
+    "Testbeds",
+    "VethNet",
+    "bench_node_options",
+    "bench_rounds",
+    "bench_seconds",
+    "busy_cpu_seconds",
+    "compare",
+    "cpu_s_per_gb",
+    "ping_rtt_ms",
+    "record",
+    "sides_of",
+    "small_udp",
+    "small_udp_pps",
+    "tcp_gbps",
+    "tcp_stream",
+]
+
+DEFAULT_CIDR = "10.244.1.0/24"
+TUNNEL_OVERHEAD_BYTES = 50
+"""VXLAN over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14."""
+
+_ROUNDS_ENV = "OVERLAY_BENCH_ROUNDS"
+_SECONDS_ENV = "OVERLAY_BENCH_SECONDS"
+_NODE_OPTIONS_ENV = "OVERLAY_BENCH_NODE_OPTIONS"
+_MAX_ROUNDS = 1000
+_MAX_SECONDS = 600
+
+_suffixes = itertools.count()
+
+
+# ---- configuration from the environment ------------------------------------
+
+
+def _env_int(name: str, default: int, upper: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: give a whole number 1-{upper}") from None
+    if not 1 <= value <= upper:
+        raise ValueError(f"{name}={raw!r}: give a whole number 1-{upper}")
+    return value
+
+
+def bench_rounds(default: int = 5) -> int:
+    """Rounds per comparison: ``$OVERLAY_BENCH_ROUNDS`` or ``default`` (1 for a quick run)."""
+    return _env_int(_ROUNDS_ENV, default, _MAX_ROUNDS)
+
+
+def bench_seconds(default: int = 3) -> int:
+    """Seconds per TCP/CPU measurement: ``$OVERLAY_BENCH_SECONDS`` or ``default``."""
+    return _env_int(_SECONDS_ENV, default, _MAX_SECONDS)
+
+
+def bench_node_options(default: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``Node`` keyword arguments for benchmarks: ``$OVERLAY_BENCH_NODE_OPTIONS`` (a JSON
+    object, e.g. ``{"workers": 2}``) or ``default``. Lets one bench file measure several
+    engine configurations without editing it."""
+    raw = os.environ.get(_NODE_OPTIONS_ENV)
+    if raw is None or raw.strip() == "":
+        return dict(default or {})
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{_NODE_OPTIONS_ENV}={raw!r}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f'{_NODE_OPTIONS_ENV}={raw!r}: give a JSON object like {{"workers": 2}}')
+    return value
+
+
+# ---- sides and test beds ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    """One thing being measured: traffic goes from ``a`` (client) to ``b_ip`` in ``b``."""
+
+    name: str
+    a: Netns
+    b: Netns
+    a_ip: str
+    b_ip: str
+
+
+@dataclass
+class NetPod:
+    """A pod of a test bed that is not a ``Cluster``: its namespace, address and MAC."""
+
+    name: str
+    netns: Netns
+    node: int
+    mac: str
+    cidr: str
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_interface(self.cidr).ip)
+
+
+def _pod_cidr(cidr: str, index: int) -> str:
+    """The ``index``-th pod address of ``cidr``: .2, .3, ... (.1 is left for a gateway)."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if index < 0 or 2 + index >= net.num_addresses - (1 if net.version == 4 else 0):
+        raise ValueError(f"cidr={cidr!r} has no room for pod #{index + 1}; give a larger network")
+    return f"{net.network_address + 2 + index}/{net.prefixlen}"
+
+
+def _new_topology(kind: str) -> Topology:
+    """A topology with this run's prefix plus a suffix unique in the process."""
+    return Topology(f"{run_prefix()}{kind}{next(_suffixes)}")
+
+
+class _Net:
+    """What every test bed shares: a topology, a close stack, pods and the first pair."""
+
+    kind = "net"
+    pods: list[Any]
+
+    def __init__(self, topology: Topology, stack: contextlib.ExitStack) -> None:
+        self.topology = topology
+        self._stack = stack
+
+    def pair(self) -> tuple[Any, Any]:
+        """The first pod of node 0 and the first pod of node 1."""
+        first: dict[int, Any] = {}
+        for p in self.pods:
+            first.setdefault(p.node, p)
+        if 0 not in first or 1 not in first:
+            raise ValueError(f"{type(self).__name__} needs pods on nodes 0 and 1 for a pair")
+        return first[0], first[1]
+
+    def side(self, name: str | None = None) -> Side:
+        """:meth:`pair` as a :class:`Side` named ``name`` (default: the test bed's kind)."""
+        a, b = self.pair()
+        return Side(name or self.kind, a.netns, b.netns, a.ip, b.ip)
+
+    def close(self) -> None:
+        """Stop what runs and remove every namespace; safe to call again."""
+        self._stack.close()
+
+
+class OverlayNet(_Net):
+    """Our data plane: ``nodes`` nodes running ``Node``, ``pods_per_node`` TAP pods each."""
+
+    kind = "overlay"
+
+    def __init__(
+        self, topology: Topology, stack: contextlib.ExitStack, cluster: Cluster, vni: int
+    ) -> None:
+        super().__init__(topology, stack)
+        self.cluster = cluster
+        self.vni = vni
+        self.pods: list[Pod] = cluster.pods
+
+
+class KernelNet(_Net):
+    """The kernel's twin: a Linux VXLAN device per node, bridged to veth pods."""
+
+    kind = "kernel"
+
+    def __init__(
+        self, topology: Topology, stack: contextlib.ExitStack, cluster: KernelCluster
+    ) -> None:
+        super().__init__(topology, stack)
+        self.cluster = cluster
+        self.vni = cluster.vni
+        self.pods: list[KernelPod] = cluster.pods
+
+
+class VethNet(_Net):
+    """No tunnel: two pod namespaces on one veth (10.244.1.2 <-> 10.244.1.3 by default)."""
+
+    kind = "veth"
+
+    def __init__(
+        self, topology: Topology, stack: contextlib.ExitStack, pods: list[NetPod], mtu: int
+    ) -> None:
+        super().__init__(topology, stack)
+        self.pods: list[NetPod] = pods
+        self.mtu = mtu
+
+
+class PyForwarderNet(_Net):
+    """Two nodes each running the pure-Python forwarder, one TAP pod per node."""
+
+    kind = "pyforwarder"
+
+    def __init__(
+        self,
+        topology: Topology,
+        stack: contextlib.ExitStack,
+        pods: list[NetPod],
+        forwarders: list[Any],
+    ) -> None:
+        super().__init__(topology, stack)
+        self.pods: list[NetPod] = pods
+        self.forwarders = forwarders
+
+
+def _check_shape(nodes: int, pods_per_node: int) -> None:
+    if not 1 <= nodes <= 200:
+        raise ValueError(f"nodes={nodes}: 1-200 nodes")
+    if not 1 <= pods_per_node <= 100:
+        raise ValueError(f"pods_per_node={pods_per_node}: 1-100 pods per node")
+
+
+def build_overlay_net(
+    nodes: int = 2,
+    pods_per_node: int = 1,
+    encap: Encap = Encap.VXLAN,
+    mtu: int = 1500,
+    node_options: Mapping[str, Any] | None = None,
+    vni: int = 100,
+    cidr: str = DEFAULT_CIDR,
+) -> OverlayNet:
+    """Build and start an :class:`OverlayNet`; the caller closes it.
+
+    Pod ``k`` (counting node by node within each pod index: node 0's first,
+    node 1's first, ..., node 0's second, ...) gets the ``k``-th address of
+    ``cidr`` from .2 up. ``node_options`` are passed to every ``Node`` as
+    keyword arguments unchanged (``workers``, ``udp_checksum``, offloads...).
+    """
+    _check_shape(nodes, pods_per_node)
+    with contextlib.ExitStack() as stack:
+        topo = _new_topology("o")
+        stack.callback(topo.close)
+        cluster = Cluster(
+            topo, encap, n_nodes=nodes, mtu=mtu, node_options=dict(node_options or {})
+        )
+        stack.callback(cluster.close)
+        cluster.add_network(vni, "bench")
+        k = 0
+        for _ in range(pods_per_node):
+            for node in range(nodes):
+                cluster.add_pod(node, vni, _pod_cidr(cidr, k))
+                k += 1
+        cluster.start()
+        return OverlayNet(topo, stack.pop_all(), cluster, vni)
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def build_kernel_net(
+    nodes: int = 2,
+    pods_per_node: int = 1,
+    encap: Encap = Encap.VXLAN,
+    mtu: int = 1500,
+    vni: int = 100,
+    cidr: str = DEFAULT_CIDR,
+) -> KernelNet:
+    """Build a :class:`KernelNet` of the same shape as :func:`build_overlay_net` builds."""
+    _check_shape(nodes, pods_per_node)
+    if encap is not Encap.VXLAN:
+        raise ValueError(
+            f"encap={encap!r}: the kernel twin is VXLAN only (this kernel has no Geneve)"
+        )
+    with contextlib.ExitStack() as stack:
+        topo = _new_topology("k")
+        stack.callback(topo.close)
+        cluster = KernelCluster(topo, vni=vni, n_nodes=nodes, mtu=mtu)
+        k = 0
+        for _ in range(pods_per_node):
+            for node in range(nodes):
+                cluster.add_pod(node, _pod_cidr(cidr, k))
+                k += 1
+        return KernelNet(topo, stack.pop_all(), cluster)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def build_veth_net(mtu: int = 1500 - TUNNEL_OVERHEAD_BYTES, cidr: str = DEFAULT_CIDR) -> VethNet:
+    """Build a :class:`VethNet`: pods ``a`` and ``b`` joined by one veth of ``mtu`` bytes."""
+    if not 68 <= mtu <= 65535:
+        raise ValueError(f"mtu={mtu}: 68-65535 bytes")
+    with contextlib.ExitStack() as stack:
+        topo = _new_topology("v")
+        stack.callback(topo.close)
+        a, b = topo.add_netns("a"), topo.add_netns("b")
+        ca, cb = _pod_cidr(cidr, 0), _pod_cidr(cidr, 1)
+        topo.veth(a, b, ca, cb, name_a="eth0", name_b="eth0", mtu=mtu)
+        pods = [
+            NetPod("a", a, 0, a.link_info("eth0").mac or "", ca),
+            NetPod("b", b, 1, b.link_info("eth0").mac or "", cb),
+        ]
+        return VethNet(topo, stack.pop_all(), pods, mtu)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def build_pyforwarder_net(
+    mtu: int = 1500,
+    vni: int = 100,
+    cidr: str = DEFAULT_CIDR,
+    *,
+    use_uvloop: bool | None = None,
+) -> PyForwarderNet:
+    """Build and start a :class:`PyForwarderNet`: two nodes, one pod each, static FDB."""
+    from overlay.testing.pyforwarder import PyForwarder
+
+    with contextlib.ExitStack() as stack:
+        topo = _new_topology("f")
+        stack.callback(topo.close)
+        node_ns = [topo.add_netns(f"n{i}") for i in range(2)]
+        topo.veth(node_ns[0], node_ns[1], f"{underlay_ip(0)}/24", f"{underlay_ip(1)}/24", mtu=mtu)
+        pods = [
+            NetPod(f"p{i}", topo.add_netns(f"p{i}"), i, pod_mac(i, vni, 1), _pod_cidr(cidr, i))
+            for i in range(2)
+        ]
+        forwarders: list[PyForwarder] = []
+        for i in range(2):
+            other = 1 - i
+            fwd = PyForwarder(
+                netns=node_ns[i].path,
+                underlay=underlay_ip(i),
+                vni=vni,
+                peers=[underlay_ip(other)],
+                fdb={pods[other].mac: underlay_ip(other)},
+                use_uvloop=use_uvloop,
+            )
+            stack.callback(fwd.stop)
+            fwd.move_to_netns(
+                pods[i].netns.path,
+                "eth0",
+                mac=pods[i].mac,
+                ips=[pods[i].cidr],
+                mtu=mtu - TUNNEL_OVERHEAD_BYTES,
+            )
+            forwarders.append(fwd)
+        for fwd in forwarders:
+            fwd.start()
+        return PyForwarderNet(topo, stack.pop_all(), pods, forwarders)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Testbeds:
+    """Builds test beds and removes them all at :meth:`close` (the fixtures' engine).
+
+    Every builder makes its own :class:`Topology`, so a test may build several
+    of any kind. :meth:`close` closes them newest first, tries every one even
+    when some fail, and then raises one ``RuntimeError`` naming the failures.
+    """
+
+    __test__ = False  # not a test class, whatever pytest makes of the name
+
+    def __init__(self) -> None:
+        self.nets: list[_Net] = []
+
+    def _keep(self, net: Any) -> Any:
+        self.nets.append(net)
+        return net
+
+    def overlay(
+        self,
+        nodes: int = 2,
+        pods_per_node: int = 1,
+        encap: Encap = Encap.VXLAN,
+        mtu: int = 1500,
+        node_options: Mapping[str, Any] | None = None,
+        vni: int = 100,
+        cidr: str = DEFAULT_CIDR,
+    ) -> OverlayNet:
+        net: OverlayNet = self._keep(
+            build_overlay_net(nodes, pods_per_node, encap, mtu, node_options, vni, cidr)
+        )
+        return net
+
+    def kernel(
+        self,
+        nodes: int = 2,
+        pods_per_node: int = 1,
+        encap: Encap = Encap.VXLAN,
+        mtu: int = 1500,
+        vni: int = 100,
+        cidr: str = DEFAULT_CIDR,
+    ) -> KernelNet:
+        net: KernelNet = self._keep(build_kernel_net(nodes, pods_per_node, encap, mtu, vni, cidr))
+        return net
+
+    def veth(self, mtu: int = 1500 - TUNNEL_OVERHEAD_BYTES, cidr: str = DEFAULT_CIDR) -> VethNet:
+        net: VethNet = self._keep(build_veth_net(mtu, cidr))
+        return net
+
+    def pyforwarder(
+        self,
+        mtu: int = 1500,
+        vni: int = 100,
+        cidr: str = DEFAULT_CIDR,
+        *,
+        use_uvloop: bool | None = None,
+    ) -> PyForwarderNet:
+        net: PyForwarderNet = self._keep(
+            build_pyforwarder_net(mtu, vni, cidr, use_uvloop=use_uvloop)
+        )
+        return net
+
+    def close(self) -> None:
+        failures: list[BaseException] = []
+        while self.nets:
+            net = self.nets.pop()
+            try:
+                net.close()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise RuntimeError(
+                "test bed teardown failed: " + "; ".join(repr(f) for f in failures)
+            ) from failures[0]
+
+    def __enter__(self) -> Testbeds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- figures ----------------------------------------------------------------
+
+
+def record(benchmark: Any | None, metric: str, side: str, value: Any) -> None:
+    """``benchmark.extra_info[metric][side] = value`` (nothing without a benchmark)."""
+    if benchmark is not None:
+        benchmark.extra_info.setdefault(metric, {})[side] = value
+
+
+_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system [idle iowait] irq softirq steal
+
+
+def busy_cpu_seconds() -> float:
+    """Machine-wide busy CPU time since boot, all cores, from the ``cpu`` line of /proc/stat.
+
+    Busy is user + nice + system + irq + softirq + steal (guest time is
+    already inside user); idle and iowait are not busy.
+    """
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu "):
+                ticks = [int(x) for x in line.split()[1:]]
+                return sum(ticks[i] for i in _BUSY_FIELDS if i < len(ticks)) / os.sysconf(
+                    "SC_CLK_TCK"
+                )
+    raise RuntimeError("/proc/stat has no aggregate 'cpu' line")
+
+
+@dataclass(frozen=True)
+class TcpFigures:
+    """One iperf3 TCP stream and the machine's CPU time while it ran."""
+
+    gbit_per_s: float
+    bytes_moved: int
+    busy_cpu_s: float
+    retransmits: int | None
+
+    @property
+    def cpu_s_per_gb(self) -> float:
+        """Busy CPU seconds (all cores) per 10**9 bytes received; NaN if nothing moved."""
+        return self.busy_cpu_s / (self.bytes_moved / 1e9) if self.bytes_moved else math.nan
+
+
+def tcp_stream(side: Side, seconds: int = 3) -> TcpFigures:
+    """One TCP stream with iperf3 for ``seconds`` (whole seconds), with its CPU cost.
+
+    The CPU window is the iperf3 run (server start, ~``seconds`` of transfer,
+    report), the same for every side.
+    """
+    before = busy_cpu_seconds()
+    result = iperf3(side.a, side.b, side.b_ip, seconds=seconds)
+    busy = busy_cpu_seconds() - before
+    moved = int(result.raw["end"]["sum_received"]["bytes"])
+    return TcpFigures(result.bits_per_second / 1e9, moved, busy, result.retransmits)
+
+
+def tcp_gbps(side: Side, seconds: int = 3, *, benchmark: Any | None = None) -> float:
+    """One TCP stream's throughput in Gbit/s (iperf3, receiver side, ``seconds`` whole seconds)."""
+    value = tcp_stream(side, seconds).gbit_per_s
+    record(benchmark, "tcp_gbps", side.name, value)
+    return value
+
+
+def cpu_s_per_gb(side: Side, seconds: int = 3, *, benchmark: Any | None = None) -> float:
+    """CPU seconds per GB moved by one TCP stream, measured machine-wide.
+
+    Busy CPU time of the whole machine (all cores; user + nice + system + irq +
+    softirq + steal from /proc/stat) over the transfer window, divided by the
+    GB (10**9 bytes) the receiver got. Why machine-wide: the sides spend their
+    CPU in different places. Our engine runs threads in the test process
+    (user and system time of this process), the kernel's VXLAN device works in
+    softirq context on whichever core the packet lands, and the pure-Python
+    forwarder adds interpreter time. Per-process accounting would miss the
+    softirq work and flatter the kernel; only the machine-wide total is the
+    same measure for every side. It includes the cost of the endpoints (the
+    iperf3 processes and both pods' TCP stacks), which is the same work on
+    every side, and whatever else runs on the machine: run benchmarks on a
+    quiet machine and read the minimum over rounds as well as the median.
+    """
+    value = tcp_stream(side, seconds).cpu_s_per_gb
+    record(benchmark, "cpu_s_per_gb", side.name, value)
+    return value
+
+
+def _force_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)  # root: past rmem_max/wmem_max
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+@dataclass(frozen=True)
+class UdpFigures:
+    """What :func:`small_udp` saw: delivered and offered datagrams per second."""
+
+    delivered_pps: float
+    """Arrivals per second in the pod during the counting window."""
+    offered_pps: float
+    """What the generator managed to send per second over its whole run (the
+    sending pod's stack and, for the kernel's VXLAN, its encapsulation, pace it)."""
+
+
+def small_udp(
+    side: Side, seconds: float = 2.0, *, payload_bytes: int = 18, warmup_s: float = 0.5
+) -> UdpFigures:
+    """Small UDP datagrams pod to pod, offered as fast as possible (see :func:`small_udp_pps`)."""
+    from overlay._native import ffi, lib  # the generator lives in the C module
+
+    if not 0 < seconds <= _MAX_SECONDS or not 0 <= warmup_s <= 60:
+        raise ValueError(
+            f"seconds={seconds}, warmup_s={warmup_s}: 0 < seconds <= 600, 0-60 warm-up"
+        )
+    if not 1 <= payload_bytes <= 1400:
+        raise ValueError(f"payload_bytes={payload_bytes}: 1-1400")
+    send_s = warmup_s + seconds + 0.3
+    rx = side.b.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = side.a.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        _force_buffer(rx, 33, socket.SO_RCVBUF, 8 << 20)  # 33: SO_RCVBUFFORCE
+        rx.bind((side.b_ip, 0))
+        tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 1, 0))
+        tx.connect((side.b_ip, rx.getsockname()[1]))
+        counted: dict[str, float] = {}
+        forever = int((send_s + 60) * 1e9)  # the idle cut-off is never reached in the window
+
+        def sink() -> None:
+            p, b = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+            if warmup_s > 0:
+                lib.ovl_gen_recv(rx.fileno(), int(warmup_s * 1e9), forever, p, b)
+            t0 = time.monotonic()
+            rc = lib.ovl_gen_recv(rx.fileno(), int(seconds * 1e9), forever, p, b)
+            counted["seconds"] = time.monotonic() - t0
+            counted["packets"] = float(p[0]) if rc == 0 else 0.0
+
+        thread = threading.Thread(target=sink, name="small_udp-sink", daemon=True)
+        thread.start()
+        payload = b"\x00" * payload_bytes
+        t0 = time.monotonic()
+        sent = lib.ovl_gen_send(tx.fileno(), payload, len(payload), 10**12, 64, int(send_s * 1e9))
+        send_time = time.monotonic() - t0
+        thread.join(send_s + 5.0)
+    finally:
+        tx.close()
+        rx.close()
+    delivered = counted["packets"] / counted["seconds"] if counted.get("seconds") else 0.0
+    offered = max(0, int(sent)) / send_time if send_time > 0 else 0.0
+    return UdpFigures(delivered, offered)
+
+
+def small_udp_pps(
+    side: Side,
+    seconds: float = 2.0,
+    *,
+    payload_bytes: int = 18,
+    warmup_s: float = 0.5,
+    benchmark: Any | None = None,
+) -> float:
+    """Small UDP datagrams delivered per second, pod to pod, offered as fast as possible.
+
+    The C generator (``ovl_gen_send``: ``sendmmsg`` batches of 64) floods
+    ``payload_bytes``-byte datagrams from ``a``; the C sink (``ovl_gen_recv``)
+    in ``b`` first lets ``warmup_s`` pass, then counts what arrives during
+    ``seconds`` while the sender is still offering load, so queues filled
+    before the window or drained after it do not count. The sender stops
+    ``warmup_s + seconds + 0.3`` s after it started; a send blocked for a
+    second ends it early (SO_SNDTIMEO), so a stalled path cannot hang the run.
+    With ``benchmark``, the offered rate is recorded too (``small_udp_offered_pps``).
+
+    On a small machine this is a CPU-bound pipeline: the sending pod's UDP
+    stack, the data plane, and the receiving stack share the cores, so the
+    figure is the whole path's, not the data plane's alone.
+    """
+    figures = small_udp(side, seconds, payload_bytes=payload_bytes, warmup_s=warmup_s)
+    record(benchmark, "small_udp_pps", side.name, figures.delivered_pps)
+    record(benchmark, "small_udp_offered_pps", side.name, figures.offered_pps)
+    return figures.delivered_pps
+
+
+def ping_rtt_ms(
+    side: Side, count: int = 20, interval: float = 0.02, *, benchmark: Any | None = None
+) -> float:
+    """Median ping round trip in ms over ``count`` probes (NaN if none came back)."""
+    result = ping(side.a, side.b_ip, count=count, interval=interval, timeout=5.0)
+    value = statistics.median(result.rtts_ms) if result.rtts_ms else math.nan
+    record(benchmark, "ping_rtt_ms", side.name, value)
+    return value
+
+
+# ---- comparisons ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure to compare: ``measure(side, **options)`` gives one value in ``unit``."""
+
+    name: str
+    unit: str
+    measure: Callable[..., float]
+    higher_is_better: bool = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, side: Side) -> float:
+        return self.measure(side, **self.options)
+
+    def with_options(self, **options: Any) -> Metric:
+        """The same metric with keyword arguments for ``measure`` (e.g. ``seconds=1``)."""
+        return replace(self, options={**self.options, **options})
+
+
+TCP_GBPS = Metric("tcp_gbps", "Gbit/s", tcp_gbps)
+SMALL_UDP_PPS = Metric("small_udp_pps", "packets/s", small_udp_pps)
+PING_RTT_MS = Metric("ping_rtt_ms", "ms", ping_rtt_ms, higher_is_better=False)
+CPU_S_PER_GB = Metric("cpu_s_per_gb", "CPU s/GB", cpu_s_per_gb, higher_is_better=False)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    finite = [v for v in values if not math.isnan(v)] or [math.nan]
+    return {"min": min(finite), "median": statistics.median(finite), "max": max(finite)}
+
+
+def _ratio(better: float, worse: float) -> float:
+    if not better or not worse or math.isnan(better) or math.isnan(worse):
+        return math.nan
+    return better / worse
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` measured: every value, the summaries and the ratios."""
+
+    metric: Metric
+    values: dict[str, list[float]]
+    summary: dict[str, dict[str, float]]
+    ratios: dict[str, float]
+    primary: str
+    baseline: str
+
+    @property
+    def ratio(self) -> float:
+        """Primary vs baseline, oriented so that > 1 means the primary is better."""
+        return self.ratios[f"{self.primary}_vs_{self.baseline}"]
+
+
+_RESERVED = {
+    "metric", "unit", "rounds", "higher_is_better", "baseline", "primary", "sides",
+    "ratio", "ratio_meaning", "ratios", "raw",
+}  # fmt: skip
+
+
+def compare(
+    benchmark: Any | None,
+    sides: Mapping[str, Side],
+    metric: Metric,
+    rounds: int = 5,
+    *,
+    baseline: str = "kernel",
+    primary: str = "overlay",
+) -> Comparison:
+    """Measure ``metric`` on every side, ``rounds`` times, and record the comparison.
+
+    Each round measures every side once, starting one later each round (round
+    r starts with side r mod n), so drift hits all sides alike. With a
+    pytest-benchmark ``benchmark``, the rounds run under
+    ``benchmark.pedantic`` (its timings are per round and not the figure; with
+    ``--benchmark-disable`` it runs one round) and ``extra_info`` receives::
+
+        metric, unit, rounds (as run), higher_is_better, primary, baseline,
+        sides   {side: {min, median, max}}
+        overlay, kernel   the same, when those sides exist (bench/report.py)
+        ratio   primary vs baseline, medians, oriented so > 1 means primary is better
+        ratio_meaning
+        ratios  {"A_vs_B": ...}: primary vs every other side, every side vs baseline
+        raw     {side: [value per round]}
+
+    Ratios are ``A/B`` for higher-is-better metrics and ``B/A`` for
+    lower-is-better ones (latency, CPU per GB), NaN when a median is 0 or NaN.
+    """
+    names = list(sides)
+    for role, name in (("baseline", baseline), ("primary", primary)):
+        if name not in sides:
+            raise ValueError(f"{role}={name!r} is not one of the sides {names}")
+    clash = _RESERVED.intersection(names)
+    if clash:
+        raise ValueError(f"side names {sorted(clash)} are reserved keys of extra_info; rename them")
+    if not 1 <= rounds <= _MAX_ROUNDS:
+        raise ValueError(f"rounds={rounds}: 1-{_MAX_ROUNDS}")
+    values: dict[str, list[float]] = {n: [] for n in names}
+    done = [0]
+
+    def one_round() -> None:
+        start = done[0] % len(names)
+        for name in names[start:] + names[:start]:
+            values[name].append(float(metric(sides[name])))
+        done[0] += 1
+
+    if benchmark is None:
+        for _ in range(rounds):
+            one_round()
+    else:
+        benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    summary = {n: _summary(v) for n, v in values.items()}
+
+    def oriented(a: str, b: str) -> float:
+        ma, mb = summary[a]["median"], summary[b]["median"]
+        return _ratio(ma, mb) if metric.higher_is_better else _ratio(mb, ma)
+
+    ratios: dict[str, float] = {}
+    for other in names:
+        if other != primary:
+            ratios[f"{primary}_vs_{other}"] = oriented(primary, other)
+    for name in names:
+        if name not in (baseline, primary):
+            ratios[f"{name}_vs_{baseline}"] = oriented(name, baseline)
+    result = Comparison(metric, values, summary, ratios, primary, baseline)
+    if benchmark is not None:
+        meaning = (
+            f"{primary}/{baseline}" if metric.higher_is_better else f"{baseline}/{primary}"
+        ) + f" of medians (>1: {primary} is better)"
+        info: dict[str, Any] = {
+            "metric": metric.name,
+            "unit": metric.unit,
+            "rounds": done[0],
+            "higher_is_better": metric.higher_is_better,
+            "primary": primary,
+            "baseline": baseline,
+            "sides": summary,
+            "ratio": result.ratio,
+            "ratio_meaning": meaning,
+            "ratios": ratios,
+            "raw": values,
+        }
+        for legacy in ("overlay", "kernel"):
+            if legacy in summary:
+                info[legacy] = summary[legacy]
+        benchmark.extra_info.update(info)
+    return result
+
+
+def sides_of(nets: Mapping[str, _Net] | Iterable[tuple[str, _Net]]) -> dict[str, Side]:
+    """``{"overlay": net.side("overlay"), ...}`` from named test beds, in order."""
+    items = nets.items() if isinstance(nets, Mapping) else nets
+    return {name: net.side(name) for name, net in items}
