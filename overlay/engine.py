@@ -413,3 +413,28 @@ class Engine:
                 )
             )
         return out
+
+
+# -- the traffic generator (native/gen.c): tests and benchmarks --
+
+
+def gen_send(fd: int, payload: bytes, count: int, *, batch: int = 64, seconds: float = 1.0) -> int:
+    """Send up to ``count`` copies of ``payload`` on the connected UDP socket ``fd``
+    in sendmmsg batches, for at most ``seconds``; returns how many were sent."""
+    if not 1 <= batch <= 1024:
+        raise ConfigError("batch", batch, "1-1024")
+    return _check(
+        int(lib.ovl_gen_send(fd, payload, len(payload), count, batch, int(seconds * 1e9))),
+        "sending generated datagrams",
+    )
+
+
+def gen_recv(fd: int, seconds: float, idle_seconds: float) -> tuple[int, int]:
+    """Receive on ``fd`` for at most ``seconds`` (less after ``idle_seconds`` of
+    silence); returns (datagrams, bytes)."""
+    p, b = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+    _check(
+        lib.ovl_gen_recv(fd, int(seconds * 1e9), int(idle_seconds * 1e9), p, b),
+        "receiving generated datagrams",
+    )
+    return int(p[0]), int(b[0])

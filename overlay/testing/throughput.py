@@ -592,7 +592,7 @@ def small_udp(
     side: Side, seconds: float = 2.0, *, payload_bytes: int = 18, warmup_s: float = 0.5
 ) -> UdpFigures:
     """Small UDP datagrams pod to pod, offered as fast as possible (see :func:`small_udp_pps`)."""
-    from overlay._native import ffi, lib  # the generator lives in the C module
+    from overlay.engine import gen_recv, gen_send  # the generator lives in the C module
 
     if not 0 < seconds <= _MAX_SECONDS or not 0 <= warmup_s <= 60:
         raise ValueError(
@@ -612,19 +612,24 @@ def small_udp(
         forever = int((send_s + 60) * 1e9)  # the idle cut-off is never reached in the window
 
         def sink() -> None:
-            p, b = ffi.new("uint64_t *"), ffi.new("uint64_t *")
             if warmup_s > 0:
-                lib.ovl_gen_recv(rx.fileno(), int(warmup_s * 1e9), forever, p, b)
+                gen_recv(rx.fileno(), warmup_s, forever / 1e9)
             t0 = time.monotonic()
-            rc = lib.ovl_gen_recv(rx.fileno(), int(seconds * 1e9), forever, p, b)
+            try:
+                packets, _ = gen_recv(rx.fileno(), seconds, forever / 1e9)
+            except OSError:
+                packets = 0
             counted["seconds"] = time.monotonic() - t0
-            counted["packets"] = float(p[0]) if rc == 0 else 0.0
+            counted["packets"] = float(packets)
 
         thread = threading.Thread(target=sink, name="small_udp-sink", daemon=True)
         thread.start()
         payload = b"\x00" * payload_bytes
         t0 = time.monotonic()
-        sent = lib.ovl_gen_send(tx.fileno(), payload, len(payload), 10**12, 64, int(send_s * 1e9))
+        try:
+            sent = gen_send(tx.fileno(), payload, 10**12, batch=64, seconds=send_s)
+        except OSError:
+            sent = 0
         send_time = time.monotonic() - t0
         thread.join(send_s + 5.0)
     finally:
