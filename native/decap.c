@@ -76,19 +76,21 @@ static void gro_flush(ovl_worker_t *w)
     ovl_obj_add(n->c, OVL_O_TX_BYTES, bytes);
 }
 
-/* Unicast delivery on the receive path: TCP trains to a vnet TAP are
- * coalesced; anything else flushes the train first, so order is kept. */
+/* Unicast delivery on the receive path: TCP trains (and UDP runs, where the
+ * TAP takes USO) to a vnet TAP are coalesced; anything else flushes the train
+ * first, so order is kept. */
 static void deliver_rx(ovl_worker_t *w, int32_t qid, ovl_network_t *n, const uint8_t *frame,
                        size_t len)
 {
     ovl_port_t *q = &w->e->ports[qid];
     if (q->vnet) {
         ovl_frame_t f;
-        if (ovl_frame_parse(frame, len, &f) == 0 && f.ip_proto == 6) {
+        int uso = (q->offloads & OVL_OFF_TAP_USO) != 0;
+        if (ovl_frame_parse(frame, len, &f) == 0 && (f.ip_proto == 6 || (uso && f.ip_proto == 17))) {
             if (w->gro.port_id >= 0 && ovl_gro_append(&w->gro, qid, frame, len, &f))
                 return;
             gro_flush(w);
-            if (ovl_gro_eligible(frame, len, &f)) {
+            if (ovl_gro_eligible(frame, len, &f, uso)) {
                 ovl_gro_start(&w->gro, qid, frame, len, &f);
                 return;
             }

@@ -194,9 +194,10 @@ static size_t tcp_hlen(const uint8_t *frame, const ovl_frame_t *f)
     return (size_t)(frame[f->l4_off + 12] >> 4) * 4;
 }
 
-int ovl_gro_eligible(const uint8_t *frame, size_t len, const ovl_frame_t *f)
+int ovl_gro_eligible(const uint8_t *frame, size_t len, const ovl_frame_t *f, int allow_udp)
 {
-    if (f->ip_proto != 6 || f->is_fragment || !f->l4_off || f->has_vlan)
+    int udp = f->ip_proto == 17;
+    if ((f->ip_proto != 6 && !(udp && allow_udp)) || f->is_fragment || !f->l4_off || f->has_vlan)
         return 0;
     if (f->l3 == OVL_L3_IPV4) {
         if ((frame[f->l3_off] & 0x0f) != 5 || f->l4_off != f->l3_off + 20)
@@ -215,17 +216,34 @@ int ovl_gro_eligible(const uint8_t *frame, size_t len, const ovl_frame_t *f)
     } else {
         return 0;
     }
-    if ((size_t)f->l4_off + 20 > len)
-        return 0;
-    size_t th = tcp_hlen(frame, f);
-    if (th < 20 || f->l4_off + th >= len || f->l4_off + th > 128)
-        return 0; /* no payload, or headers too long to keep */
-    uint8_t flags = frame[f->l4_off + 13];
-    if ((flags & ~(TCP_ACK | TCP_PSH)) || !(flags & TCP_ACK))
-        return 0;
-    uint64_t s = ovl_csum_pseudo(f, 6, (uint32_t)(len - f->l4_off));
+    if (udp) {
+        uint16_t ul, cs;
+        if ((size_t)f->l4_off + 8 >= len)
+            return 0;
+        memcpy(&ul, frame + f->l4_off + 4, 2);
+        memcpy(&cs, frame + f->l4_off + 6, 2);
+        if (f->l4_off + (size_t)ntohs(ul) != len)
+            return 0;
+        if (cs == 0)
+            return f->l3 == OVL_L3_IPV4; /* IPv4 may send no checksum; IPv6 may not */
+    } else {
+        if ((size_t)f->l4_off + 20 > len)
+            return 0;
+        size_t th = tcp_hlen(frame, f);
+        if (th < 20 || f->l4_off + th >= len || f->l4_off + th > 128)
+            return 0; /* no payload, or headers too long to keep */
+        uint8_t flags = frame[f->l4_off + 13];
+        if ((flags & ~(TCP_ACK | TCP_PSH)) || !(flags & TCP_ACK))
+            return 0;
+    }
+    uint64_t s = ovl_csum_pseudo(f, f->ip_proto, (uint32_t)(len - f->l4_off));
     s = ovl_csum_add(frame + f->l4_off, len - f->l4_off, s);
     return ovl_csum_fold(s) == 0xffff;
+}
+
+static size_t l4_hlen(const uint8_t *frame, const ovl_frame_t *f)
+{
+    return f->ip_proto == 17 ? 8 : tcp_hlen(frame, f);
 }
 
 static void gro_key(uint8_t *key, const uint8_t *frame, size_t hlen, const ovl_frame_t *f)
@@ -237,6 +255,10 @@ static void gro_key(uint8_t *key, const uint8_t *frame, size_t hlen, const ovl_f
     } else {
         memset(key + f->l3_off + 4, 0, 2);  /* payload length */
     }
+    if (f->ip_proto == 17) {
+        memset(key + f->l4_off + 4, 0, 4);  /* length, checksum */
+        return;
+    }
     memset(key + f->l4_off + 4, 0, 4);      /* sequence */
     key[f->l4_off + 13] &= (uint8_t)~TCP_PSH;
     memset(key + f->l4_off + 16, 0, 2);     /* checksum */
@@ -245,19 +267,25 @@ static void gro_key(uint8_t *key, const uint8_t *frame, size_t hlen, const ovl_f
 void ovl_gro_start(ovl_gro_t *g, int32_t port_id, const uint8_t *frame, size_t len,
                    const ovl_frame_t *f)
 {
-    size_t hlen = f->l4_off + tcp_hlen(frame, f);
+    size_t hlen = f->l4_off + l4_hlen(frame, f);
     g->port_id = port_id;
     g->ipv6 = f->l3 == OVL_L3_IPV6;
+    g->udp = f->ip_proto == 17;
     g->l3_off = f->l3_off;
     g->l4_off = f->l4_off;
     g->hdr_len = (uint16_t)hlen;
     g->mss = (uint16_t)(len - hlen);
-    uint32_t seq;
-    memcpy(&seq, frame + f->l4_off + 4, 4);
-    g->next_seq = ntohl(seq) + g->mss;
     g->pay_total = g->mss;
     g->n_seg = 1;
-    g->closed = (frame[f->l4_off + 13] & TCP_PSH) != 0;
+    if (g->udp) {
+        g->next_seq = 0;
+        g->closed = 0;
+    } else {
+        uint32_t seq;
+        memcpy(&seq, frame + f->l4_off + 4, 4);
+        g->next_seq = ntohl(seq) + g->mss;
+        g->closed = (frame[f->l4_off + 13] & TCP_PSH) != 0;
+    }
     memcpy(g->hdr + OVL_VNET_HLEN, frame, hlen);
     gro_key(g->key, frame, hlen, f);
     g->iov[0].iov_base = g->hdr;
@@ -271,16 +299,18 @@ int ovl_gro_append(ovl_gro_t *g, int32_t port_id, const uint8_t *frame, size_t l
 {
     if (g->port_id != port_id || g->closed || g->n_seg >= OVL_GSO_MAX_SEGS)
         return 0;
-    if (f->l3_off != g->l3_off || f->l4_off != g->l4_off)
+    if (f->l3_off != g->l3_off || f->l4_off != g->l4_off || (f->ip_proto == 17) != g->udp)
         return 0;
-    size_t hlen = f->l4_off + tcp_hlen(frame, f);
+    size_t hlen = f->l4_off + l4_hlen(frame, f);
     size_t plen = len - hlen;
-    if (hlen != g->hdr_len || plen > g->mss || g->pay_total + plen + hlen > 65535 - 64)
+    if (hlen != g->hdr_len || plen > g->mss || plen == 0 || g->pay_total + plen + hlen > 65535 - 64)
         return 0;
-    uint32_t seq;
-    memcpy(&seq, frame + f->l4_off + 4, 4);
-    if (ntohl(seq) != g->next_seq)
-        return 0;
+    if (!g->udp) {
+        uint32_t seq;
+        memcpy(&seq, frame + f->l4_off + 4, 4);
+        if (ntohl(seq) != g->next_seq)
+            return 0;
+    }
     uint8_t key[128];
     gro_key(key, frame, hlen, f);
     if (memcmp(key, g->key, hlen) != 0)
@@ -290,6 +320,10 @@ int ovl_gro_append(ovl_gro_t *g, int32_t port_id, const uint8_t *frame, size_t l
     g->n_seg++;
     g->pay_total += (uint32_t)plen;
     g->next_seq += (uint32_t)plen;
+    if (g->udp) {
+        g->closed = plen < g->mss;
+        return 1;
+    }
     if (plen < g->mss || (frame[f->l4_off + 13] & TCP_PSH)) {
         g->closed = 1;
         g->hdr[OVL_VNET_HLEN + f->l4_off + 13] |= frame[f->l4_off + 13] & TCP_PSH;
@@ -322,14 +356,21 @@ int ovl_gro_finish(ovl_gro_t *g, size_t *bytes)
             memcpy(pf.ip_dst, fr + g->l3_off + 16, 4);
         }
         /* CHECKSUM_PARTIAL: the field holds the pseudo-header sum. */
-        v = ovl_csum_fold(ovl_csum_pseudo(&pf, 6, (uint32_t)l4_len));
-        memcpy(fr + g->l4_off + 16, &v, 2);
+        uint8_t proto = g->udp ? 17 : 6;
+        uint16_t csum_off = g->udp ? 6 : 16;
+        if (g->udp) {
+            v = htons((uint16_t)l4_len);
+            memcpy(fr + g->l4_off + 4, &v, 2);
+        }
+        v = ovl_csum_fold(ovl_csum_pseudo(&pf, proto, (uint32_t)l4_len));
+        memcpy(fr + g->l4_off + csum_off, &v, 2);
         vh.flags = OVL_VNET_F_NEEDS_CSUM;
-        vh.gso_type = g->ipv6 ? OVL_VNET_GSO_TCPV6 : OVL_VNET_GSO_TCPV4;
+        vh.gso_type = g->udp ? OVL_VNET_GSO_UDP_L4
+                             : (g->ipv6 ? OVL_VNET_GSO_TCPV6 : OVL_VNET_GSO_TCPV4);
         vh.hdr_len = g->hdr_len;
         vh.gso_size = g->mss;
         vh.csum_start = g->l4_off;
-        vh.csum_offset = 16;
+        vh.csum_offset = csum_off;
     }
     memcpy(g->hdr, &vh, OVL_VNET_HLEN);
     *bytes = OVL_VNET_HLEN + g->hdr_len + g->pay_total;

@@ -12,7 +12,9 @@
  * On the way in, UDP GRO hands us many datagrams per receive; consecutive
  * in-order TCP segments of one flow to one port are coalesced back into a
  * single super-frame (writev of header + payload slices) with a virtio-net
- * GSO header, so the pod's stack sees one packet where the wire saw forty.
+ * GSO header, so the pod's stack sees one packet where the wire saw forty;
+ * runs of equal-sized UDP datagrams of one flow become one USO super-frame
+ * where the TAP takes USO (one write instead of one per datagram).
  * Each coalesced segment's TCP checksum is verified first: a corrupt segment
  * is never laundered into a trusted super-frame.
  */
@@ -77,6 +79,7 @@ int ovl_gso_segment(const uint8_t *frame, size_t len, const ovl_vnet_hdr_t *vh,
 typedef struct ovl_gro {
     int32_t port_id;              /* -1: nothing pending */
     uint8_t ipv6;
+    uint8_t udp;                  /* a UDP train (USO), else TCP */
     uint8_t closed;               /* a short or PSH segment ended the train */
     uint16_t l3_off, l4_off, hdr_len, mss;
     uint32_t next_seq;
@@ -87,8 +90,9 @@ typedef struct ovl_gro {
     struct iovec iov[OVL_GSO_MAX_SEGS + 1];
 } ovl_gro_t;
 
-/* Can frame (parsed f) start a coalesced train? Requires a verified TCP checksum. */
-int ovl_gro_eligible(const uint8_t *frame, size_t len, const ovl_frame_t *f);
+/* Can frame (parsed f) start a coalesced train? TCP always; UDP only with
+ * allow_udp (the TAP takes USO). Requires a verified L4 checksum. */
+int ovl_gro_eligible(const uint8_t *frame, size_t len, const ovl_frame_t *f, int allow_udp);
 /* Start a train for port_id with frame (eligible). */
 void ovl_gro_start(ovl_gro_t *g, int32_t port_id, const uint8_t *frame, size_t len,
                    const ovl_frame_t *f);

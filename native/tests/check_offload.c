@@ -5,7 +5,7 @@
  * options) and UDP ones: cut them with ovl_gso_segment, check every segment
  * independently (lengths, sequence numbers, flags, IP and L4 checksums with
  * wire.c's ovl_csum, not offload.c's), then coalesce the TCP segments with
- * ovl_gro_* and check that the result is the original payload with headers
+ * ovl_gro_* (UDP ones too, as USO) and check that the result is the original payload with headers
  * a receiver accepts. Also: a corrupted segment is not eligible, a gap in
  * sequence numbers is not appended, and a super-frame whose virtio header
  * does not match its contents is refused.
@@ -172,7 +172,7 @@ static int one_case(int v6, int tcp)
     }
     if (got != pay)
         FAIL("payload %zu of %zu", got, pay);
-    if (tcp) {
+    {
         ovl_gro_t g;
         g.port_id = -1;
         for (int i = 0; i < n; i++) {
@@ -182,7 +182,7 @@ static int one_case(int v6, int tcp)
                 continue;
             if (g.port_id >= 0)
                 FAIL("segment %d of an in-order train was not appended", i);
-            if (!ovl_gro_eligible(segbuf[i], seglen[i], &sf))
+            if (!ovl_gro_eligible(segbuf[i], seglen[i], &sf, !tcp))
                 FAIL("segment %d not eligible", i);
             ovl_gro_start(&g, 7, segbuf[i], seglen[i], &sf);
         }
@@ -215,12 +215,12 @@ static int one_case(int v6, int tcp)
         free(out);
 
         /* A corrupt segment is never eligible; a gap is never appended. */
-        if (n >= 3) {
+        if (tcp && n >= 3) {
             ovl_frame_t s0, s2;
             ovl_frame_parse(segbuf[0], seglen[0], &s0);
             ovl_frame_parse(segbuf[2], seglen[2], &s2);
             segbuf[0][seglen[0] - 1] ^= 0x5a;
-            if (ovl_gro_eligible(segbuf[0], seglen[0], &s0))
+            if (ovl_gro_eligible(segbuf[0], seglen[0], &s0, 0))
                 FAIL("corrupt segment eligible");
             segbuf[0][seglen[0] - 1] ^= 0x5a;
             ovl_gro_start(&g, 7, segbuf[0], seglen[0], &s0);
