@@ -22,7 +22,7 @@ void ovl_deliver(ovl_worker_t *w, ovl_port_t *q, ovl_network_t *n, const uint8_t
             { .iov_base = (void *)(vh ? vh : &blank), .iov_len = OVL_VNET_HLEN },
             { .iov_base = (void *)frame, .iov_len = len },
         };
-        r = writev(q->fd, iov, 2);
+        r = writev(ovl_port_wfd(w, q), iov, 2);
         if (r > 0)
             r -= OVL_VNET_HLEN;
     } else {
@@ -30,7 +30,7 @@ void ovl_deliver(ovl_worker_t *w, ovl_port_t *q, ovl_network_t *n, const uint8_t
             ovl_drop(w, q, n, OVL_C_GSO_TO_PLAIN_PORT);
             return;
         }
-        r = write(q->fd, frame, len);
+        r = write(ovl_port_wfd(w, q), frame, len);
     }
     if (OVL_LIKELY(r == (ssize_t)len)) {
         ovl_count(w, OVL_C_TAP_TX_FRAMES, 1);
@@ -56,7 +56,7 @@ static void gro_flush(ovl_worker_t *w)
     uint32_t segs = g->n_seg;
     size_t bytes;
     int k = ovl_gro_finish(g, &bytes);
-    ssize_t r = writev(q->fd, g->iov, k);
+    ssize_t r = writev(ovl_port_wfd(w, q), g->iov, k);
     if (OVL_UNLIKELY(r != (ssize_t)bytes)) {
         ovl_count(w, r < 0 && errno == EIO ? OVL_C_TAP_LINK_DOWN : OVL_C_TAP_WRITE_FAILED, segs);
         ovl_obj_add(q->c, OVL_O_DROPS, segs);

@@ -357,11 +357,12 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t 
     send_to(w, p, n, &v->vtep, &o);
 }
 
-void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen)
+void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen, uint32_t queue)
 {
     ovl_engine_t *e = w->e;
     pthread_rwlock_rdlock(&e->lock);
-    if (port_id >= e->cfg.max_ports || !e->ports[port_id].used || e->ports[port_id].gen != gen) {
+    if (port_id >= e->cfg.max_ports || !e->ports[port_id].used || e->ports[port_id].gen != gen ||
+        queue >= e->ports[port_id].n_fds) {
         pthread_rwlock_unlock(&e->lock);
         return; /* the port went away after epoll reported it */
     }
@@ -374,7 +375,7 @@ void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen)
         want = w->tap_buf_size - OVL_HEADROOM + vl;
     for (uint32_t i = 0; i < e->cfg.batch; i++) {
         uint8_t *frame = w->tap_bufs + (size_t)i * w->tap_buf_size + OVL_HEADROOM;
-        ssize_t r = read(p->fd, frame - vl, want);
+        ssize_t r = read(p->fds[queue], frame - vl, want);
         if (r <= 0)
             break;
         if ((size_t)r < vl) {

@@ -153,6 +153,8 @@ static int check_config(const ovl_engine_config_t *c)
         return -ERANGE;
     if (c->offloads & ~(uint32_t)OVL_OFF_ALL)
         return -EINVAL;
+    if (c->busy_poll_us > 1000000)
+        return -ERANGE;
     if (c->max_ports == 0 || c->max_ports > (1u << 20) || c->max_networks == 0 ||
         c->max_networks > (1u << 20) || c->fdb_size == 0 || c->event_ring == 0 ||
         c->event_ring > (1u << 20))
@@ -273,7 +275,8 @@ void ovl_engine_destroy(ovl_engine_t *e)
     ovl_engine_stop(e);
     for (uint32_t i = 0; e->ports && i < e->cfg.max_ports; i++)
         if (e->ports[i].used)
-            close(e->ports[i].fd); /* persistent TAPs outlive us on purpose */
+            for (uint32_t q = 0; q < e->ports[i].n_fds; q++)
+                close(e->ports[i].fds[q]); /* persistent TAPs outlive us on purpose */
     for (uint32_t i = 0; e->nets && i < e->cfg.max_networks; i++) {
         free(e->nets[i].vteps);
         free(e->nets[i].ports);
@@ -656,8 +659,8 @@ int ovl_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr)
 
 /* ---- ports ---- */
 
-static int port_attach(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac,
-                       uint32_t flags, const char *ifname, uint32_t offloads)
+static int port_attach(ovl_engine_t *e, uint32_t vni, const int *fds, uint32_t n_fds,
+                       const uint8_t *mac, uint32_t flags, const char *ifname, uint32_t offloads)
 {
     ovl_network_t *n = ovl_net_lookup(e, vni);
     if (!n)
@@ -681,7 +684,9 @@ static int port_attach(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac
     uint32_t gen = p->gen + 1;
     memset(p, 0, sizeof *p);
     p->gen = gen & 0xffffff;
-    p->fd = fd;
+    p->fd = fds[0];
+    p->n_fds = n_fds;
+    memcpy(p->fds, fds, n_fds * sizeof *fds);
     p->flags = flags;
     p->vni = vni;
     p->net_idx = (uint32_t)(n - e->nets);
@@ -690,10 +695,17 @@ static int port_attach(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac
     p->vnet = (offloads & OVL_OFF_TAP_TSO) != 0;
     snprintf(p->ifname, sizeof p->ifname, "%s", ifname ? ifname : "");
     ovl_port_sec_init(&p->sec, mac);
-    rc = epoll_add(e->workers[p->worker]->epfd, fd, OVL_EP_PORT(id, p->gen));
-    if (rc < 0) {
-        ovl_map_del(&e->fdb, &k);
-        return rc;
+    for (uint32_t q = 0; q < n_fds; q++) {
+        /* One queue per worker; a single-queue port goes to worker id % n. */
+        uint32_t wi = n_fds > 1 ? q % e->n_workers : p->worker;
+        rc = epoll_add(e->workers[wi]->epfd, fds[q], OVL_EP_PORT(id, p->gen, q));
+        if (rc < 0) {
+            for (uint32_t j = 0; j < q; j++)
+                epoll_ctl(e->workers[n_fds > 1 ? j % e->n_workers : p->worker]->epfd,
+                          EPOLL_CTL_DEL, fds[j], NULL);
+            ovl_map_del(&e->fdb, &k);
+            return rc;
+        }
     }
     v->kind = OVL_FDB_LOCAL;
     v->port_id = (int32_t)id;
@@ -720,12 +732,30 @@ int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, const uint8_
         return rc;
     char name[16];
     uint32_t off = e->cfg.offloads & (OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO);
-    int fd = ovl_tap_open(ifname, mac, (flags & OVL_PORT_PERSIST) != 0, &off, name);
+    int mq = e->n_workers > 1;
+    int fds[OVL_MAX_WORKERS];
+    uint32_t nq = 0;
+    int fd = ovl_tap_open(ifname, mac, (flags & OVL_PORT_PERSIST) != 0, &off, mq, name);
+    if (fd >= 0)
+        fds[nq++] = fd;
+    while (fd >= 0 && mq && nq < e->n_workers) {
+        int qfd = ovl_tap_open_queue(name, off);
+        if (qfd < 0) {
+            for (uint32_t q = 0; q < nq; q++) {
+                if (q == 0 && (flags & OVL_PORT_PERSIST))
+                    ovl_tap_unpersist(fds[0]);
+                close(fds[q]);
+            }
+            fd = qfd;
+            break;
+        }
+        fds[nq++] = qfd;
+    }
     netns_leave(saved);
     if (fd < 0)
         return fd;
     WRLOCK(e);
-    rc = port_attach(e, vni, fd, mac, flags, name, off);
+    rc = port_attach(e, vni, fds, nq, mac, flags, name, off);
     if (rc >= 0) {
         uint32_t tap = OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO;
         uint32_t have = e->tap_probed ? (e->offloads & tap & off) : off;
@@ -736,7 +766,8 @@ int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, const uint8_
     if (rc < 0) {
         if (flags & OVL_PORT_PERSIST)
             ovl_tap_unpersist(fd);
-        close(fd);
+        for (uint32_t q = 0; q < nq; q++)
+            close(fds[q]);
         return rc;
     }
     if (ifname_out)
@@ -752,7 +783,7 @@ int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, u
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -errno;
     WRLOCK(e);
-    int rc = port_attach(e, vni, fd, mac, flags, NULL, 0);
+    int rc = port_attach(e, vni, &fd, 1, mac, flags, NULL, 0);
     UNLOCK(e);
     return rc;
 }
@@ -832,10 +863,13 @@ int ovl_port_del(ovl_engine_t *e, int port_id)
         ovl_neigh_key_make(&k, p->vni, 6, p->sec.ip6[i]);
         ovl_map_del(&e->neigh, &k);
     }
-    epoll_ctl(e->workers[p->worker]->epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    for (uint32_t q = 0; q < p->n_fds; q++)
+        epoll_ctl(e->workers[p->n_fds > 1 ? q % e->n_workers : p->worker]->epfd, EPOLL_CTL_DEL,
+                  p->fds[q], NULL);
     if (p->flags & OVL_PORT_PERSIST)
         ovl_tap_unpersist(p->fd);
-    close(p->fd);
+    for (uint32_t q = 0; q < p->n_fds; q++)
+        close(p->fds[q]);
     p->used = 0;
     UNLOCK(e);
     return 0;
@@ -1055,13 +1089,21 @@ void *ovl_worker_main(void *arg)
 {
     ovl_worker_t *w = arg;
     struct epoll_event evs[64];
+    uint64_t busy_ns = (uint64_t)w->e->cfg.busy_poll_us * 1000u, last = 0;
     for (;;) {
-        int n = epoll_wait(w->epfd, evs, 64, -1);
+        /* Busy polling: after activity, poll without sleeping for busy_ns, so
+         * the next packet does not pay for a wake-up. */
+        int timeout = busy_ns && ovl_now_ns() - last < busy_ns ? 0 : -1;
+        int n = epoll_wait(w->epfd, evs, 64, timeout);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
+        if (n == 0)
+            continue;
+        if (busy_ns)
+            last = ovl_now_ns();
         ovl_count(w, OVL_C_WAKEUPS, 1);
         for (int i = 0; i < n; i++) {
             uint64_t d = evs[i].data.u64;
@@ -1072,7 +1114,7 @@ void *ovl_worker_main(void *arg)
                 ovl_decap_batch(w);
                 break;
             default:
-                ovl_encap_batch(w, OVL_EP_ID(d), OVL_EP_GEN(d));
+                ovl_encap_batch(w, OVL_EP_ID(d), OVL_EP_GEN(d), OVL_EP_QUEUE(d));
                 break;
             }
         }

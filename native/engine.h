@@ -56,7 +56,9 @@ typedef struct ovl_network {
 typedef struct ovl_port {
     int used;
     uint32_t gen;                /* bumped on reuse: stale epoll events are ignored */
-    int fd;
+    int fd;                      /* queue 0 */
+    int fds[OVL_MAX_WORKERS];    /* one queue per worker (multi-queue TAP), or just fd */
+    uint32_t n_fds;
     uint32_t flags;              /* OVL_PORT_* */
     uint32_t vni;
     uint32_t net_idx;

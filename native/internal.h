@@ -7,11 +7,13 @@
 
 #include "engine.h"
 
-/* epoll data: kind in bits 24..31, port id in 0..23, generation in 32..55. */
+/* epoll data: kind in bits 24..31, port id in 0..23, generation in 32..55,
+ * TAP queue in 56..63. */
 #define OVL_EP_UDP ((uint64_t)1 << 24)
 #define OVL_EP_STOP ((uint64_t)2 << 24)
 #define OVL_EP_PORTK ((uint64_t)3 << 24)
-#define OVL_EP_PORT(id, gen) (OVL_EP_PORTK | (uint64_t)(id) | ((uint64_t)(gen) << 32))
+#define OVL_EP_PORT(id, gen, q) (OVL_EP_PORTK | (uint64_t)(id) | ((uint64_t)(gen) << 32) | ((uint64_t)(q) << 56))
+#define OVL_EP_QUEUE(d) ((uint32_t)((d) >> 56))
 #define OVL_EP_KIND(d) ((d) & ((uint64_t)0xff << 24))
 #define OVL_EP_ID(d) ((uint32_t)((d) & 0xffffff))
 #define OVL_EP_GEN(d) ((uint32_t)(((d) >> 32) & 0xffffff))
@@ -36,7 +38,13 @@ ovl_network_t *ovl_net_lookup(ovl_engine_t *e, uint32_t vni);
 void ovl_event_push(ovl_worker_t *w, const ovl_event_t *ev);
 void ovl_learn_apply(ovl_worker_t *w);
 void *ovl_worker_main(void *arg);
-void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen);
+void ovl_encap_batch(ovl_worker_t *w, uint32_t port_id, uint32_t gen, uint32_t queue);
+
+/* The fd a worker writes port q's frames to: its own queue where there is one. */
+static inline int ovl_port_wfd(const ovl_worker_t *w, const ovl_port_t *q)
+{
+    return q->fds[w->idx % q->n_fds];
+}
 void ovl_decap_batch(ovl_worker_t *w);
 
 /* Count a drop against the engine, and the port and network when known. */

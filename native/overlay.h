@@ -177,6 +177,8 @@ typedef struct ovl_engine_config {
     uint32_t event_ring;     /* events held for the control plane, default 4096 */
     int netns_fd;            /* create sockets and TAPs in this netns; -1: current */
     uint32_t offloads;       /* OVL_OFF_* wanted, default OVL_OFF_ALL; each probed */
+    uint32_t busy_poll_us;   /* keep polling this long after the last packet before
+                              * sleeping: lower latency for CPU; default 0 (off) */
 } ovl_engine_config_t;
 
 void ovl_engine_config_default(ovl_engine_config_t *c);

@@ -3,8 +3,10 @@
  *
  * Offloads: IFF_VNET_HDR puts a virtio-net header before every frame, and
  * TUNSETOFFLOAD tells the kernel which it may leave to us (checksums, TSO,
- * USO): the pod's stack then hands us super-frames. Room is left for
- * IFF_MULTI_QUEUE, a flag on the same TUNSETIFF call.
+ * USO): the pod's stack then hands us super-frames. With several workers a
+ * TAP is multi-queue (IFF_MULTI_QUEUE), one queue per worker: the kernel
+ * picks a pod's transmit queue by flow hash, so a flow stays on one queue
+ * and one worker and is never reordered.
  */
 #include "port.h"
 
@@ -57,8 +59,26 @@ static int tap_offloads(int fd, uint32_t *offloads)
     return -errno;
 }
 
+int ovl_tap_open_queue(const char *name, uint32_t offloads)
+{
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | ((offloads & OVL_OFF_TAP_TSO) ? IFF_VNET_HDR : 0);
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+    uint32_t off = offloads;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0 || tap_offloads(fd, &off) < 0) {
+        int err = -errno;
+        close(fd);
+        return err ? err : -EIO;
+    }
+    return fd;
+}
+
 int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, uint32_t *offloads,
-                 char *name_out)
+                 int multi_queue, char *name_out)
 {
     if (ifname && strlen(ifname) >= IFNAMSIZ)
         return -ENAMETOOLONG;
@@ -67,7 +87,8 @@ int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, uint32_t *
         return -errno;
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | ((*offloads & OVL_OFF_TAP_TSO) ? IFF_VNET_HDR : 0);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | ((*offloads & OVL_OFF_TAP_TSO) ? IFF_VNET_HDR : 0) |
+                    (multi_queue ? IFF_MULTI_QUEUE : 0);
     snprintf(ifr.ifr_name, IFNAMSIZ, "%s", (ifname && *ifname) ? ifname : "ovl%d");
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
         int err = -errno;

@@ -18,7 +18,11 @@
  * has it); *offloads is reduced to what the kernel accepted. Returns the fd
  * or -errno. */
 int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, uint32_t *offloads,
-                 char *name_out);
+                 int multi_queue, char *name_out);
+
+/* Open one more queue of the multi-queue TAP name (opened by ovl_tap_open
+ * with multi_queue), with the same offloads. Returns the fd or -errno. */
+int ovl_tap_open_queue(const char *name, uint32_t offloads);
 
 /* Clear persistence so the device goes away when fd closes. */
 void ovl_tap_unpersist(int fd);

@@ -152,6 +152,7 @@ class Engine:
         event_ring: int = 4096,
         netns_fd: int = -1,
         offloads: int = lib.OVL_OFF_ALL,
+        busy_poll_us: int = 0,
     ) -> None:
         cfg = ffi.new("ovl_engine_config_t *")
         lib.ovl_engine_config_default(cfg)
@@ -188,6 +189,9 @@ class Engine:
         if offloads & ~lib.OVL_OFF_ALL:
             raise ConfigError("offloads", offloads, f"a subset of {sorted(OFFLOADS)}")
         cfg.offloads = offloads
+        if not 0 <= busy_poll_us <= 1_000_000:
+            raise ConfigError("busy_poll_us", busy_poll_us, "0 (off) to 1000000 microseconds")
+        cfg.busy_poll_us = busy_poll_us
         out = ffi.new("ovl_engine_t **")
         rc = lib.ovl_engine_create(cfg, out)
         if rc == -errno.EADDRINUSE:

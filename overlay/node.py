@@ -343,6 +343,7 @@ class Node:
         max_ports: int = 1024,
         fdb_size: int = 65536,
         offloads: bool | Iterable[str] = True,
+        busy_poll_us: int = 0,
     ) -> None:
         addr = _parse_ip(underlay, "underlay")
         if not isinstance(encap, Encap):
@@ -391,6 +392,7 @@ class Node:
                 fdb_size=fdb_size,
                 netns_fd=fd,
                 offloads=mask,
+                busy_poll_us=busy_poll_us,
             )
         finally:
             if fd >= 0:

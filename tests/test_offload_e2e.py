@@ -115,3 +115,39 @@ def test_udp_segmentation_from_a_pod_arrives_as_separate_datagrams(topology: Top
         assert c.nodes[0].counters()["node"]["gso_frames"] >= 1
         rx.close()
         tx.close()
+
+
+def test_several_workers_keep_every_flow_in_order(topology: Topology) -> None:
+    """Multi-queue TAPs and one receive socket per worker: a flow stays on one
+    queue and one worker, so numbered datagrams of each flow arrive in order."""
+    with Cluster(topology, Encap.VXLAN, node_options={"workers": 2}) as c:
+        c.add_network(100, "blue")
+        a = c.add_pod(0, 100, "10.244.1.2/24")
+        b = c.add_pod(1, 100, "10.244.1.3/24")
+        c.start()
+        assert ping(a.netns, b.ip, count=1).ok
+        rx = b.netns.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        rx.bind((b.ip, 0))
+        rx.settimeout(1)
+        flows = [a.netns.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+        per_flow = 300
+        for i in range(per_flow):
+            for f, s in enumerate(flows):
+                s.sendto(struct.pack("!HI", f, i), (b.ip, rx.getsockname()[1]))
+        seen: dict[int, list[int]] = {}
+        try:
+            while sum(len(v) for v in seen.values()) < per_flow * len(flows):
+                f, i = struct.unpack("!HI", rx.recv(64))
+                seen.setdefault(f, []).append(i)
+        except TimeoutError:
+            pass
+        for s in flows:
+            s.close()
+        rx.close()
+        assert len(seen) == len(flows)
+        for f, got in seen.items():
+            assert got == sorted(got), f"flow {f} reordered"
+            assert len(got) >= per_flow * 0.9, f"flow {f}: {len(got)} of {per_flow}"
+        t = tcp_transfer(a.netns, b.netns, b.ip, 50_000_000, timeout=60)
+        assert t.ok, t
