@@ -7,24 +7,29 @@
 
 uint64_t ovl_csum_add(const uint8_t *p, size_t n, uint64_t s)
 {
-    /* Native-order 64-bit words with end-around carry; folding later gives the
-     * one's complement sum of the 16-bit words in native order (RFC 1071). */
-    while (n >= 32) {
-        uint64_t a, b, c, d;
-        memcpy(&a, p, 8);
-        memcpy(&b, p + 8, 8);
-        memcpy(&c, p + 16, 8);
-        memcpy(&d, p + 24, 8);
-        s += a;
-        s += (s < a);
-        s += b;
-        s += (s < b);
-        s += c;
-        s += (s < c);
-        s += d;
-        s += (s < d);
-        p += 32;
-        n -= 32;
+    /* Native-order words with end-around carry; folding later gives the one's
+     * complement sum of the 16-bit words in native order (RFC 1071). The bulk
+     * goes through four 64-bit lanes of 32-bit words: no carries to chase, so
+     * the compiler keeps it in registers (about twice the speed of a carry
+     * chain here). A lane cannot overflow within 2^30 bytes. */
+    while (n >= 64) {
+        size_t chunk = n < ((size_t)1 << 30) ? n & ~(size_t)15 : (size_t)1 << 30;
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i < chunk; i += 16) {
+            uint32_t x[4];
+            memcpy(x, p + i, 16);
+            a += x[0];
+            b += x[1];
+            c += x[2];
+            d += x[3];
+        }
+        uint64_t t = a + b; /* each < 2^62: no overflow */
+        uint64_t u = c + d;
+        t = (t & 0xffffffffu) + (t >> 32) + (u & 0xffffffffu) + (u >> 32);
+        s += t;
+        s += (s < t);
+        p += chunk;
+        n -= chunk;
     }
     while (n >= 8) {
         uint64_t a;
