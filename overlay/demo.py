@@ -59,7 +59,9 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
             f"  red  (VNI 200)  {red_a.name} {red_a.ip} @n0   {red_b.name} {red_b.ip} @n1   "
             f"{red_c.name} {red_c.ip} @n1"
         )
-        say(f"  pods' MTU {c.nodes[0].pod_mtu()} (underlay 1500 less {encap.name} overhead)\n")
+        say(f"  pods' MTU {c.nodes[0].pod_mtu()} (underlay 1500 less {encap.name} overhead)")
+        active = [k for k, v in c.nodes[0].engine.offloads.items() if v]
+        say(f"  offloads in use: {', '.join(active) or 'none'}\n")
 
         say("reachability (ping, 3 packets each)")
         checks = [

@@ -31,7 +31,7 @@ from typing import Any
 from overlay import engine as _engine
 from overlay.engine import Engine, Event, FdbEntry, mac_bytes, mac_str
 from overlay.errors import ConfigError, ConflictError, NotFoundError
-from overlay.nsenter import iproute, netns_path
+from overlay.nsenter import move_link, netns_path
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -153,27 +153,19 @@ class Port:
             raise ConfigError("mtu", mtu, f"68-{node.frame_max - 14} bytes")
         gw = _parse_ip(gateway, "gateway") if gateway is not None else None
         src = self.netns if self.netns else node.netns
-        with iproute(src) as ipr:
-            found = ipr.link_lookup(ifname=self.ifname)
-            if not found:
-                raise NotFoundError(f"port {self.ifname!r} is not in namespace {src or 'host'}")
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                ipr.link("set", index=found[0], net_ns_fd=fd)
-            finally:
-                os.close(fd)
-        with iproute(path) as ipr:
-            idx = ipr.link_lookup(ifname=self.ifname)[0]
-            ipr.link("set", index=idx, ifname=ifname, address=self.mac, mtu=mtu)
-            for ip in self.ips:
-                kw: dict[str, Any] = {}
-                if ip.version == 6:
-                    kw["flags"] = 0x02  # IFA_F_NODAD: the overlay guarantees uniqueness
-                ipr.addr("add", index=idx, address=str(ip.ip), prefixlen=ip.network.prefixlen, **kw)
-            ipr.link("set", index=idx, state="up")
-            if gw is not None:
-                dst = "0.0.0.0/0" if gw.version == 4 else "::/0"
-                ipr.route("add", dst=dst, gateway=str(gw), oif=idx)
+        try:
+            move_link(
+                self.ifname,
+                src,
+                path,
+                new_name=ifname,
+                mac=self.mac,
+                mtu=mtu,
+                addresses=self.ips,
+                gateway=gw,
+            )
+        except LookupError as exc:
+            raise NotFoundError(f"port {self.ifname!r}: {exc}") from None
         self.ifname = ifname
         self.netns = path
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -101,3 +102,39 @@ def iproute(path: str | None = None) -> Iterator[Any]:
     finally:
         ipr.close()
         sock.close()
+
+
+def move_link(
+    ifname: str,
+    src: str | None,
+    dst: str,
+    *,
+    new_name: str,
+    mac: str,
+    mtu: int,
+    addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = (),
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+) -> None:
+    """Move link ``ifname`` from namespace ``src`` (None: ours) into ``dst`` and set it up
+    there as ``new_name`` with ``mac``, ``mtu``, ``addresses`` (IPv6 ones without
+    duplicate address detection: the overlay guarantees uniqueness) and, with
+    ``gateway``, a default route. LookupError when ``ifname`` is not in ``src``."""
+    with iproute(src) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LookupError(f"link {ifname!r} is not in namespace {src or 'host'}")
+        fd = os.open(dst, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("set", index=found[0], net_ns_fd=fd)
+        finally:
+            os.close(fd)
+    with iproute(dst) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=idx, ifname=new_name, address=mac, mtu=mtu)
+        for ip in addresses:
+            kw: dict[str, Any] = {"flags": 0x02} if ip.version == 6 else {}  # IFA_F_NODAD
+            ipr.addr("add", index=idx, address=str(ip.ip), prefixlen=ip.network.prefixlen, **kw)
+        ipr.link("set", index=idx, state="up")
+        if gateway is not None:
+            default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
+            ipr.route("add", dst=default, gateway=str(gateway), oif=idx)

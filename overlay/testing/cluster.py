@@ -149,7 +149,9 @@ class Cluster:
 
 
 @dataclass
-class KernelPod:
+class NetPod:
+    """A pod that is a namespace with a veth or TAP of its own: name, node, MAC, address."""
+
     name: str
     netns: Netns
     node: int
@@ -173,7 +175,7 @@ class KernelCluster:
     mtu: int = 1500
     prefix: str = "k"
     node_ns: list[Netns] = field(default_factory=list)
-    pods: list[KernelPod] = field(default_factory=list)
+    pods: list[NetPod] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from overlay.testing.netns import kernel_vxlan
@@ -192,7 +194,7 @@ class KernelCluster:
             kernel_vxlan(ns, "vx0", vni=self.vni, local=underlay_ip(i), remotes=others)
             ns.link_set("vx0", master=ns.ifindex("br0"), state="up")
 
-    def add_pod(self, node: int, cidr: str, *, name: str | None = None) -> KernelPod:
+    def add_pod(self, node: int, cidr: str, *, name: str | None = None) -> NetPod:
         index = sum(1 for p in self.pods if p.node == node) + 1
         name = name or f"{self.prefix}p{node}i{index}"
         ns = self.topo.add_netns(name)
@@ -200,6 +202,6 @@ class KernelCluster:
         port = f"kp{len(self.pods)}"
         self.topo.veth(host, ns, None, cidr, name_a=port, name_b="eth0", mtu=self.mtu - 50)
         host.link_set(port, master=host.ifindex("br0"), state="up")
-        pod = KernelPod(name, ns, node, ns.link_info("eth0").mac or "", cidr)
+        pod = NetPod(name, ns, node, ns.link_info("eth0").mac or "", cidr)
         self.pods.append(pod)
         return pod

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from overlay import wire
-from overlay.nsenter import call_in, iproute, netns_path
+from overlay.nsenter import call_in, move_link, netns_path
 
 __all__ = ["PyForwarder", "open_tap"]
 
@@ -210,22 +210,15 @@ class PyForwarder:
         """Move the TAP into a pod's namespace as ``ifname``: MAC, addresses, MTU, up."""
         path = netns_path(netns)
         src = self.pod_netns or self.netns
-        with iproute(src) as ipr:
-            found = ipr.link_lookup(ifname=self.ifname)
-            if not found:
-                raise LookupError(f"TAP {self.ifname!r} is not in namespace {src}")
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                ipr.link("set", index=found[0], net_ns_fd=fd)
-            finally:
-                os.close(fd)
-        with iproute(path) as ipr:
-            idx = ipr.link_lookup(ifname=self.ifname)[0]
-            ipr.link("set", index=idx, ifname=ifname, address=mac, mtu=mtu)
-            for cidr in ips:
-                iface = ipaddress.ip_interface(cidr)
-                ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-            ipr.link("set", index=idx, state="up")
+        move_link(
+            self.ifname,
+            src,
+            path,
+            new_name=ifname,
+            mac=mac,
+            mtu=mtu,
+            addresses=[ipaddress.ip_interface(c) for c in ips],
+        )
         self.ifname = ifname
         self.pod_netns = path
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from overlay.node import Encap
-from overlay.testing.cluster import Cluster, KernelCluster, KernelPod, Pod, pod_mac, underlay_ip
+from overlay.testing.cluster import Cluster, KernelCluster, NetPod, Pod, pod_mac, underlay_ip
 from overlay.testing.netns import Netns, Topology, run_prefix
 from overlay.testing.traffic import iperf3, ping
 
@@ -158,21 +158,6 @@ class Side:
     b_ip: str
 
 
-@dataclass
-class NetPod:
-    """A pod of a test bed that is not a ``Cluster``: its namespace, address and MAC."""
-
-    name: str
-    netns: Netns
-    node: int
-    mac: str
-    cidr: str
-
-    @property
-    def ip(self) -> str:
-        return str(ipaddress.ip_interface(self.cidr).ip)
-
-
 def _pod_cidr(cidr: str, index: int) -> str:
     """The ``index``-th pod address of ``cidr``: .2, .3, ... (.1 is left for a gateway)."""
     net = ipaddress.ip_network(cidr, strict=False)
@@ -240,7 +225,7 @@ class KernelNet(_Net):
         super().__init__(topology, stack)
         self.cluster = cluster
         self.vni = cluster.vni
-        self.pods: list[KernelPod] = cluster.pods
+        self.pods: list[NetPod] = cluster.pods
 
 
 class VethNet(_Net):
