@@ -53,11 +53,25 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         "datetime": data.get("datetime"),
         "end_to_end": {},
         "codec": {},
+        "convergence": {},
     }
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
         if "ratio" in info:
             out["end_to_end"][b["name"]] = _end_to_end(info)
+        elif "per_node_ms" in info:
+            out["convergence"][b["name"]] = {
+                k: info[k]
+                for k in (
+                    "store",
+                    "nodes",
+                    "trials",
+                    "per_node_ms",
+                    "all_nodes_ms",
+                    "store_keys_per_node",
+                    "store_bytes_per_node",
+                )
+            }
         elif "ns_per_packet" in info:
             out["codec"][b["name"]] = {
                 "ns_per_packet": info["ns_per_packet"],
@@ -98,6 +112,19 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(f"{'codec':52} {'ns/packet':>10}")
         for name, r in summary["codec"].items():
             lines.append(f"{name:52} {r['ns_per_packet']:10.1f}")
+    if summary.get("convergence"):
+        lines.append("")
+        lines.append(
+            f"{'convergence':8} {'nodes':>6} {'per-node p50':>13} {'p99 ms':>8}"
+            f" {'all-nodes p50':>14} {'p99 ms':>8} {'keys/node':>10} {'bytes/node':>11}"
+        )
+        for r in summary["convergence"].values():
+            lines.append(
+                f"{r['store']:11} {r['nodes']:>6} {_num(r['per_node_ms']['p50']):>13}"
+                f" {_num(r['per_node_ms']['p99']):>8} {_num(r['all_nodes_ms']['p50']):>14}"
+                f" {_num(r['all_nodes_ms']['p99']):>8} {_num(r['store_keys_per_node']):>10}"
+                f" {_num(r['store_bytes_per_node']):>11}"
+            )
     return "\n".join(lines)
 
 

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.nbytes <= 0:
             print("overlay demo: --bytes must be a positive number of bytes", file=sys.stderr)
             return 2
-        return demo.run(Encap[args.encap.upper()], args.nbytes)
+        encap = Encap[args.encap.upper()]
+        rc = demo.run(encap, args.nbytes)
+        return rc or demo.run_discovery(encap)
     return 2
 
 

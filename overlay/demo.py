@@ -111,5 +111,116 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
     return 0 if ok else 1
 
 
+def run_discovery(encap: Encap = Encap.VXLAN, say: Say = print, ttl: float = 2.0) -> int:
+    """Three nodes find each other through the store (the embedded MemoryStore):
+    a pod added on each is reached from the others, then a node goes away and
+    its entries leave the others' tables within the lease TTL."""
+    if os.geteuid() != 0:
+        say("overlay demo: needs root (TAP devices and network namespaces): run it with sudo")
+        return 2
+    import asyncio
+    import functools
+    import ipaddress
+
+    from overlay.control import keys
+    from overlay.control.agent import Agent
+    from overlay.control.store import MemoryStore
+    from overlay.model import NetworkSpec, to_json
+    from overlay.node import Node
+    from overlay.testing.cluster import underlay_ip
+    from overlay.testing.netns import Topology
+    from overlay.testing.traffic import ping
+
+    ok = True
+    t0 = time.monotonic()
+    say(f"\noverlay demo, part 2: three nodes find each other through the store ({encap.name})\n")
+    with Topology() as topo:
+        # Namespaces first: netlink work runs outside the event loop.
+        node_ns = [topo.add_netns(f"d{i}") for i in range(3)]
+        pod_ns = [topo.add_netns(f"dpod{i}") for i in range(3)]
+        topo.lan(node_ns, [f"{underlay_ip(i)}/24" for i in range(3)], switch="dsw")
+        nodes = [Node(underlay_ip(i), encap, netns=ns.path) for i, ns in enumerate(node_ns)]
+        store = MemoryStore()
+
+        def table(i: int) -> str:
+            net = nodes[i].networks.get(100)
+            if net is None:
+                return "-"
+            peers = ", ".join(sorted(str(v) for v in net.vteps)) or "none"
+            return f"VTEPs [{peers}], {len(net.remotes)} remote pods"
+
+        async def main() -> bool:
+            good = True
+            loop = asyncio.get_running_loop()
+            await store.put(keys.network(100), to_json(NetworkSpec(vni=100, tenant="blue")))
+            agents = [
+                Agent(n, store, f"node{i}", networks=(100,), ttl=ttl) for i, n in enumerate(nodes)
+            ]
+            tasks = [asyncio.create_task(a.run()) for a in agents]
+            try:
+                for n in nodes:
+                    n.start()
+                ips = []
+                for i, a in enumerate(agents):
+                    ep, port = await a.add_endpoint(100, name=f"pod{i}")
+                    port.move_to_netns(pod_ns[i].path, "eth0")
+                    ip = str(ipaddress.ip_interface(ep.ips[0]).ip)
+                    ips.append(ip)
+                    say(f"  node{i} {underlay_ip(i)} leased {a.subnets[100]}; pod{i} got {ip}")
+                end = loop.time() + 10
+                while loop.time() < end and not all(
+                    len(n.networks[100].remotes) == 2 for n in nodes
+                ):
+                    await asyncio.sleep(0.05)
+                for i in range(3):
+                    say(f"  node{i} programmed: {table(i)}")
+                for i in range(3):
+                    for j in range(3):
+                        if i != j:
+                            job = functools.partial(
+                                ping, pod_ns[i], ips[j], count=2, interval=0.1, timeout=3
+                            )
+                            r = await loop.run_in_executor(None, job)
+                            good &= r.ok
+                            say(
+                                f"  pod{i} -> pod{j} {ips[j]:12} "
+                                f"{'reached' if r.ok else 'FAILED'} {r.received}/{r.sent}"
+                            )
+                say(f"\n  node2 goes away (its agent stops renewing a {ttl:g} s lease)")
+                gone = loop.time()
+                tasks[2].cancel()
+                await asyncio.gather(tasks[2], return_exceptions=True)
+                await agents[2].stop(deregister=False)
+                nodes[2].stop()
+                end = loop.time() + ttl + 5
+                while loop.time() < end and not all(
+                    len(nodes[i].networks[100].remotes) == 1 for i in (0, 1)
+                ):
+                    await asyncio.sleep(0.05)
+                took = loop.time() - gone
+                removed = all(len(nodes[i].networks[100].vteps) == 1 for i in (0, 1))
+                good &= removed
+                for i in (0, 1):
+                    say(f"  node{i} programmed: {table(i)}")
+                say(f"  node2's entries {'gone' if removed else 'STILL THERE'} after {took:.1f} s")
+            finally:
+                for a, t in zip(agents, tasks, strict=True):
+                    await a.stop()
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await store.close()
+            return good
+
+        try:
+            ok = asyncio.run(main())
+        finally:
+            for n in nodes:
+                n.close()
+        n_ns = len(topo.namespaces)
+    say(f"\ncleaned up: {n_ns} namespaces and their devices removed")
+    say(f"part 2 {'passed' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s")
+    return 0 if ok else 1
+
+
 if __name__ == "__main__":
     sys.exit(run())

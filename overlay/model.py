@@ -29,6 +29,12 @@ def _name(value: object, field: str) -> str:
     return value
 
 
+def _vni(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= VNI_MAX:
+        raise ConfigError(field, value, f"an integer 0-{VNI_MAX}")
+    return value
+
+
 def _mac(value: object, field: str) -> str:
     if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
         raise ConfigError(field, value, "a MAC like 02:00:00:00:01:02")
@@ -57,8 +63,7 @@ class NetworkSpec:
     learning: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.vni, bool) or not isinstance(self.vni, int) or not 0 <= self.vni <= VNI_MAX:
-            raise ConfigError("network.vni", self.vni, f"an integer 0-{VNI_MAX}")
+        _vni(self.vni, "network.vni")
         _name(self.tenant, "network.tenant")
         try:
             net = ipaddress.ip_network(self.cidr)
@@ -96,8 +101,8 @@ class NodeSpec:
             ipaddress.ip_address(self.underlay)
         except ValueError:
             raise ConfigError("node.underlay", self.underlay, "an IPv4 or IPv6 address") from None
-        if not all(isinstance(v, int) and 0 <= v <= VNI_MAX for v in self.networks):
-            raise ConfigError("node.networks", self.networks, f"VNIs 0-{VNI_MAX}")
+        for v in self.networks:
+            _vni(v, "node.networks")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError("node.port", self.port, "0-65535")
         object.__setattr__(self, "networks", tuple(self.networks))
@@ -115,8 +120,7 @@ class Endpoint:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.vni, bool) or not isinstance(self.vni, int) or not 0 <= self.vni <= VNI_MAX:
-            raise ConfigError("endpoint.vni", self.vni, f"an integer 0-{VNI_MAX}")
+        _vni(self.vni, "endpoint.vni")
         object.__setattr__(self, "mac", _mac(self.mac, "endpoint.mac"))
         for ip in self.ips:
             try:

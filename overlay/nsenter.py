@@ -11,6 +11,7 @@ default, creates the namespace again if it has just been removed.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import ipaddress
@@ -104,6 +105,30 @@ def iproute(path: str | None = None) -> Iterator[Any]:
         sock.close()
 
 
+def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` here, or in a short-lived thread when this thread runs an asyncio
+    loop: pyroute2 0.9 drives its own event loop and cannot run inside another."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the caller
+            error.append(exc)
+
+    t = threading.Thread(target=target, name="netlink")
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
 def move_link(
     ifname: str,
     src: str | None,
@@ -118,7 +143,21 @@ def move_link(
     """Move link ``ifname`` from namespace ``src`` (None: ours) into ``dst`` and set it up
     there as ``new_name`` with ``mac``, ``mtu``, ``addresses`` (IPv6 ones without
     duplicate address detection: the overlay guarantees uniqueness) and, with
-    ``gateway``, a default route. LookupError when ``ifname`` is not in ``src``."""
+    ``gateway``, a default route. LookupError when ``ifname`` is not in ``src``.
+    Safe to call from a coroutine (see ``off_loop``)."""
+    off_loop(_move_link, ifname, src, dst, new_name, mac, mtu, list(addresses), gateway)
+
+
+def _move_link(
+    ifname: str,
+    src: str | None,
+    dst: str,
+    new_name: str,
+    mac: str,
+    mtu: int,
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+) -> None:
     with iproute(src) as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found:

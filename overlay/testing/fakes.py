@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from overlay.engine import Engine, mac_bytes
 
@@ -77,3 +78,53 @@ def loopback_engine(encap: int, **kw: object) -> Iterator[Engine]:
         yield eng
     finally:
         eng.close()
+
+
+class RecordingNetwork:
+    """The network half of ``Node``'s API as plain Python: what an agent programs."""
+
+    def __init__(self, vni: int, tenant: str) -> None:
+        self.vni = vni
+        self.tenant = tenant
+        self.ports: list[Any] = []
+        self.vteps: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+        self.remotes: dict[str, tuple[Any, list[Any]]] = {}
+        self.changes = 0  # every add or remove, to see flapping
+
+    def add_vtep(self, address: str, port: int | None = None) -> None:
+        self.vteps.add(ipaddress.ip_address(address))
+        self.changes += 1
+
+    def remove_vtep(self, address: str) -> None:
+        self.vteps.discard(ipaddress.ip_address(address))
+        self.changes += 1
+
+    def add_remote(self, mac: str, vtep: str, ip: Any = None, port: int | None = None) -> None:
+        ips = [] if ip is None else [ip] if isinstance(ip, str) else list(ip)
+        self.remotes[mac.lower()] = (
+            ipaddress.ip_address(vtep),
+            [ipaddress.ip_address(a) for a in ips],
+        )
+        self.changes += 1
+
+    def remove_remote(self, mac: str) -> None:
+        del self.remotes[mac.lower()]
+        self.changes += 1
+
+
+class RecordingNode:
+    """A node without a data plane, for control-plane tests and scale runs with
+    hundreds of agents in one process (``overlay.Node`` has the same API)."""
+
+    def __init__(self, underlay: str, port: int = 0) -> None:
+        self.underlay = ipaddress.ip_address(underlay)
+        self.port = port
+        self.networks: dict[int, RecordingNetwork] = {}
+
+    def add_network(self, vni: int, tenant: str, *, learning: bool = False) -> RecordingNetwork:
+        net = RecordingNetwork(vni, tenant)
+        self.networks[vni] = net
+        return net
+
+    def network(self, vni: int) -> RecordingNetwork:
+        return self.networks[vni]

@@ -23,11 +23,18 @@ are in :mod:`overlay.testing.throughput`::
         sides = {"overlay": overlay_net().side(), "kernel": kernel_net().side()}
         compare(benchmark, sides, TCP_GBPS)
 
+Control-plane tests want a real etcd (Debian's ``etcd-server``): ``etcd`` is
+a fresh one per test (empty, at revision 1; kill and restart it at will) and
+``etcd_session`` one shared by the whole session (faster; keep to your own
+key prefix and leave it running). Both skip where there is no etcd binary and
+are stopped by PID after use, pass or fail.
+
 The plugin is registered through the ``pytest11`` entry point, so it loads in
 *every* pytest run where the package is installed. Its import therefore costs
 nothing: no pyroute2, no ``overlay._native``; the netns toolkit is imported
 only when a session actually has something to clean or a test asks for a
-topology. Before the package is installed use ``pytest -p overlay.testing.plugin``.
+topology, and aetcd never (the etcd fixtures use plain HTTP). Before the
+package is installed use ``pytest -p overlay.testing.plugin``.
 """
 
 from __future__ import annotations
@@ -36,11 +43,13 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from overlay.testing.etcd import EtcdServer
     from overlay.testing.netns import Topology
     from overlay.testing.throughput import (
         KernelNet,
@@ -195,3 +204,37 @@ def pyforwarder_net() -> Iterator[Callable[..., PyForwarderNet]]:
     """
     with _testbeds() as beds:
         yield beds.pyforwarder
+
+
+def _etcd_server(directory: Path) -> Iterator[EtcdServer]:
+    from overlay.testing.etcd import EtcdServer, etcd_unavailable_reason
+
+    reason = etcd_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = EtcdServer(directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A fresh :class:`~overlay.testing.etcd.EtcdServer` for this test (empty, revision 1).
+
+    ``.endpoint`` is its client URL; ``.kill()`` and ``.start()`` take it away
+    and bring it back on the same ports and data. Stopped after the test.
+    """
+    yield from _etcd_server(tmp_path / "etcd")
+
+
+@pytest.fixture(scope="session")
+def etcd_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One :class:`~overlay.testing.etcd.EtcdServer` for the whole session.
+
+    Shared: use keys under a prefix of your own test, do not assume absolute
+    revisions, and do not kill, restart or compact it (use ``etcd`` for that).
+    """
+    yield from _etcd_server(tmp_path_factory.mktemp("etcd"))

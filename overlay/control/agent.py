@@ -1,0 +1,513 @@
+"""The agent: registers a node in the store and reconciles desired state into it.
+
+Design notes.
+- **Level-triggered.** The agent keeps the desired state it read from the store
+  (nodes, networks, endpoints of the networks it hosts) and, after every batch
+  of changes, makes the node's tables equal to it: member VTEPs (flood list and
+  accepted sources), remote endpoints (FDB) and their addresses (neighbours,
+  for ARP/ND suppression). It compares against what the node *has*, not what
+  the agent remembers doing, so a restarted agent adopts the entries already
+  programmed — nothing is removed and re-added, traffic between existing pods
+  keeps flowing — and anything stale is removed.
+- **Tenant-scoped.** The agent reads endpoints only of the networks its node
+  hosts (one watch per network); nodes and network definitions are global and
+  small.
+- **Liveness by lease.** The node's key, its subnet leases, addresses and
+  endpoints live under one lease kept alive every ttl/3. A node that stops
+  renewing disappears from the store with everything it published, and every
+  peer removes its VTEP and endpoints within the TTL.
+- **The store may go away.** The data plane keeps forwarding on its last
+  state. The agent retries with exponential backoff, says so once (not per
+  attempt), and when the store is back it resynchronises from the revision it
+  last saw (a full read when that revision is compacted), re-publishing its
+  own keys if its lease expired meanwhile.
+- **Bad data is skipped.** A malformed key or value written by hand is logged
+  once with its key and ignored; the agent keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from overlay.control import keys
+from overlay.control.ipam import AddressAllocator, lease_subnet
+from overlay.control.store import (
+    Compacted,
+    Event,
+    KeyValue,
+    LeaseNotFound,
+    Store,
+    StoreUnavailable,
+)
+from overlay.errors import ConfigError, OverlayError
+from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
+
+log = logging.getLogger("overlay.agent")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Agent:
+    """Program ``node`` from ``store`` as node ``name``, hosting ``networks`` (VNIs).
+
+    ``node`` is an ``overlay.Node`` (or anything with the same network API:
+    ``networks``, ``add_network``, ``network(vni)`` with ``vteps``,
+    ``remotes``, ``add_vtep``, ``remove_vtep``, ``add_remote``,
+    ``remove_remote``, ``add_port``).
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        store: Store,
+        name: str,
+        *,
+        networks: Iterable[int] = (),
+        ttl: float = 10.0,
+        backoff: tuple[float, float] = (0.1, 5.0),
+    ) -> None:
+        hosted = tuple(sorted(set(networks) | set(getattr(node, "networks", {}))))
+        self.spec = NodeSpec(
+            name=name, underlay=str(node.underlay), networks=hosted, port=int(node.port or 0)
+        )
+        if not 1.0 <= ttl <= 3600:
+            raise ConfigError("ttl", ttl, "1-3600 seconds")
+        self.node = node
+        self.store = store
+        self.name = name
+        self.ttl = ttl
+        self.backoff = backoff
+        self.lease = 0
+        self.nodes: dict[str, NodeSpec] = {}
+        self.specs: dict[int, NetworkSpec] = {}
+        self.endpoints: dict[int, dict[str, Endpoint]] = {vni: {} for vni in hosted}
+        self.published: dict[bytes, bytes] = {}  # our own keys under the lease
+        self.revisions: dict[bytes, int] = {}  # watched prefix -> last revision seen
+        self.reconciles = 0
+        self.synced = asyncio.Event()
+        self._bad: set[tuple[bytes, int]] = set()
+        self._down = False
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.subnets: dict[int, str] = {}  # vni -> the subnet this node leases
+        self.local: dict[tuple[int, str], Endpoint] = {}  # our endpoints (vni, mac)
+        self._macs = 0
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Register, keep the lease alive and reconcile until ``stop()``."""
+        self._stopping = False
+        keepalive = asyncio.create_task(self._keepalive(), name=f"agent-{self.name}-keepalive")
+        self._tasks.append(keepalive)
+        try:
+            await self._sync_forever()
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+
+    async def stop(self, *, deregister: bool = True) -> None:
+        """Stop reconciling; with ``deregister``, revoke the lease (peers forget us now)."""
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        if deregister and self.lease:
+            with contextlib.suppress(OverlayError, OSError):
+                await self.store.lease_revoke(self.lease)
+            self.lease = 0
+
+    # -- publishing our own keys ---------------------------------------------
+
+    async def _register(self) -> None:
+        self.lease = await self.store.lease_grant(self.ttl)
+        await self.store.put(keys.node(self.name), to_json(self.spec), self.lease)
+        # After a lease loss our subnets and addresses are free again: take them
+        # back (the same ones where nobody took them meanwhile).
+        for vni, cidr in list(self.subnets.items()):
+            spec = self.specs.get(vni)
+            if spec is not None:
+                self.subnets[vni] = await lease_subnet(
+                    self.store, spec, self.name, self.lease, prefer=cidr
+                )
+        for (vni, mac), ep in self.local.items():
+            spec = self.specs.get(vni)
+            if spec is not None and vni in self.subnets and ep.ips:
+                got = await self._allocator(vni).allocate(mac, want=ep.ips[0])
+                if got != ep.ips[0]:
+                    log.error(
+                        "agent %s: %s lost its address %s (now %s)", self.name, mac, ep.ips[0], got
+                    )
+        for key, value in self.published.items():
+            await self.store.put(key, value, self.lease)
+
+    async def publish(self, key: bytes, value: bytes) -> None:
+        """Write one of our keys under the node's lease; re-published after a lease loss."""
+        self.published[key] = value
+        if self.lease:
+            try:
+                await self.store.put(key, value, self.lease)
+            except LeaseNotFound:
+                await self._register()  # writes every published key again
+
+    async def unpublish(self, key: bytes) -> None:
+        self.published.pop(key, None)
+        await self.store.delete(key)
+
+    async def publish_endpoint(self, ep: Endpoint) -> None:
+        """Announce a local endpoint (a port of this node) to the cluster."""
+        if ep.node != self.name:
+            raise ConfigError("endpoint.node", ep.node, f"this agent's node, {self.name!r}")
+        await self.publish(keys.endpoint(ep.vni, ep.mac), to_json(ep))
+
+    async def withdraw_endpoint(self, vni: int, mac: str) -> None:
+        await self.unpublish(keys.endpoint(vni, mac.lower()))
+
+    async def _adopt(self) -> None:
+        """On the first sync, take over the endpoints the store says are ours: a
+        restarted agent keeps its pods (and their subnet and addresses) under its
+        new lease; an endpoint whose port is gone from the node is withdrawn."""
+        for vni, eps in self.endpoints.items():
+            for mac, ep in list(eps.items()):
+                key = keys.endpoint(vni, mac)
+                if ep.node != self.name or (vni, mac) in self.local or key in self.published:
+                    continue
+                net = self.node.networks.get(vni)
+                if net is None or not any(p.mac == mac for p in net.ports):
+                    log.info(
+                        "agent %s: withdrawing %s of vni %d: no port here", self.name, mac, vni
+                    )
+                    await self.store.delete(key)
+                    continue
+                self.local[(vni, mac)] = ep
+                await self.publish(key, to_json(ep))
+                if vni in self.specs:
+                    if vni not in self.subnets:
+                        self.subnets[vni] = await lease_subnet(
+                            self.store, self.specs[vni], self.name, self.lease
+                        )
+                    for ip in ep.ips:
+                        await self._allocator(vni).allocate(mac, want=ip)
+
+    def _allocator(self, vni: int) -> AddressAllocator:
+        return AddressAllocator(
+            self.store, self.specs[vni], self.name, self.subnets[vni], self.lease
+        )
+
+    async def add_endpoint(
+        self,
+        vni: int,
+        *,
+        mac: str | None = None,
+        name: str = "",
+        labels: dict[str, str] | None = None,
+        ifname: str | None = None,
+        port_security: bool = True,
+    ) -> tuple[Endpoint, Any]:
+        """A new pod on this node: an address from the node's subnet lease of the
+        network (leased on first use), a port (TAP) on the node, and the endpoint
+        announced to the cluster. Returns (endpoint, port)."""
+        if vni not in self.spec.networks:
+            raise ConfigError(
+                "vni", vni, f"one of the networks this node hosts: {self.spec.networks}"
+            )
+        await asyncio.wait_for(self.synced.wait(), self.ttl * 3)
+        if vni not in self.specs:
+            raise ConfigError("vni", vni, "a network defined in the store (networks/<vni>)")
+        if vni not in self.subnets:
+            self.subnets[vni] = await lease_subnet(
+                self.store, self.specs[vni], self.name, self.lease
+            )
+        if mac is None:
+            self._macs += 1
+            h = int.from_bytes(self.name.encode()[-3:].rjust(3, b"\0"), "big")
+            mac = (
+                f"02:{(h >> 16) & 255:02x}:{(h >> 8) & 255:02x}:{h & 255:02x}:"
+                f"{(self._macs >> 8) & 255:02x}:{self._macs & 255:02x}"
+            )
+        alloc = self._allocator(vni)
+        ip = await alloc.allocate(mac)
+        try:
+            self.reconcile([vni])  # the network exists on the node before its port
+            port = self.node.network(vni).add_port(
+                mac, [ip], ifname=ifname, port_security=port_security
+            )
+        except Exception:
+            await alloc.release(ip)
+            raise
+        ep = Endpoint(
+            vni=vni, mac=mac, ips=(ip,), node=self.name, name=name, labels=dict(labels or {})
+        )
+        self.local[(vni, ep.mac)] = ep
+        await self.publish_endpoint(ep)
+        return ep, port
+
+    async def remove_endpoint(self, vni: int, mac: str) -> None:
+        """Withdraw a pod of this node: endpoint, port and address."""
+        mac = mac.lower()
+        ep = self.local.pop((vni, mac), None)
+        await self.withdraw_endpoint(vni, mac)
+        net = self.node.networks.get(vni)
+        for p in list(net.ports) if net else []:
+            if p.mac == mac:
+                net.remove_port(p)
+        if ep and vni in self.subnets:
+            for ip in ep.ips:
+                await self._allocator(vni).release(ip)
+
+    async def _keepalive(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.ttl / 3)
+            if not self.lease:
+                continue
+            try:
+                alive = await self.store.lease_keepalive(self.lease)
+                if not alive:
+                    log.warning("agent %s: lease expired; registering again", self.name)
+                    await self._register()
+            except LeaseNotFound:
+                await self._register()
+            except StoreUnavailable:
+                self._went_down()
+            except Exception:  # keep renewing whatever happens
+                log.exception("agent %s: keepalive failed", self.name)
+
+    # -- reading desired state -------------------------------------------------
+
+    def _prefixes(self) -> list[bytes]:
+        return [keys.NODES, keys.NETWORKS] + [keys.endpoints(v) for v in self.spec.networks]
+
+    def _went_down(self) -> None:
+        if not self._down:
+            log.warning(
+                "agent %s: store unavailable; forwarding on last state, retrying", self.name
+            )
+            self._down = True
+
+    async def _sync_forever(self) -> None:
+        delay = self.backoff[0]
+        while not self._stopping:
+            try:
+                if not self.lease:
+                    await self._register()
+                await self._sync_once()
+            except StoreUnavailable:
+                self._went_down()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            except Compacted as exc:
+                log.info("agent %s: %s; reading everything again", self.name, exc)
+                self.revisions.clear()
+                continue
+            except asyncio.CancelledError:
+                raise
+            delay = self.backoff[0]
+
+    async def _sync_once(self) -> None:
+        """Read (or resume) every prefix, then watch them all until something fails."""
+        queue: asyncio.Queue[list[Event] | BaseException] = asyncio.Queue()
+        watchers: list[asyncio.Task[None]] = []
+        try:
+            if self._down:
+                await self.store.get(keys.VERSION_KEY)  # raises while it is still down
+            for prefix in self._prefixes():
+                start = self.revisions.get(prefix)
+                if start is None:
+                    kvs, rev = await self.store.get_prefix(prefix)
+                    self._load(prefix, kvs)
+                    self.revisions[prefix] = rev
+                    start = rev
+                watchers.append(asyncio.create_task(self._watch(prefix, start + 1, queue)))
+            if self._down:
+                log.warning("agent %s: store back; resynchronised", self.name)
+                self._down = False
+            if not self.synced.is_set():
+                await self._adopt()
+            self.reconcile()
+            self.synced.set()
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                dirty = self._apply(item)
+                while not queue.empty():  # take every batch already waiting
+                    more = queue.get_nowait()
+                    if isinstance(more, BaseException):
+                        raise more
+                    dirty |= self._apply(more)
+                self.reconcile(dirty)
+        finally:
+            for w in watchers:
+                w.cancel()
+            for w in watchers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await w
+
+    async def _watch(
+        self, prefix: bytes, start: int, queue: asyncio.Queue[list[Event] | BaseException]
+    ) -> None:
+        watch = self.store.watch(prefix, start)
+        try:
+            async for events in watch:
+                if events:
+                    self.revisions[prefix] = max(e.mod_revision for e in events)
+                queue.put_nowait(events)
+            queue.put_nowait(StoreUnavailable(f"watch of {prefix!r} ended"))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            queue.put_nowait(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await watch.aclose()
+
+    def _decode(self, kind: type[Any], key: bytes, value: bytes, revision: int) -> Any | None:
+        try:
+            obj = from_json(kind, value)
+        except ConfigError as exc:
+            if (key, revision) not in self._bad:
+                self._bad.add((key, revision))
+                log.warning("agent %s: skipping %r: %s", self.name, key, exc)
+            return None
+        return obj
+
+    def _load(self, prefix: bytes, kvs: list[KeyValue]) -> None:
+        """Replace what is known under prefix with a full read."""
+        if prefix == keys.NODES:
+            self.nodes.clear()
+        elif prefix == keys.NETWORKS:
+            self.specs.clear()
+        else:
+            self.endpoints[int(prefix.rstrip(b"/").rsplit(b"/", 1)[-1])] = {}
+        for kv in kvs:
+            self._apply([Event("put", kv.key, kv.value, kv.mod_revision)])
+
+    def _apply(self, events: list[Event]) -> set[int]:
+        """Fold events into the desired state; returns the VNIs to reconcile."""
+        dirty: set[int] = set()
+        for ev in events:
+            k = ev.key
+            if k.startswith(keys.NODES):
+                name = keys.last(k)
+                if name == self.name:
+                    continue
+                if ev.kind == "delete":
+                    if self.nodes.pop(name, None) is not None:
+                        dirty |= set(self.spec.networks)
+                    continue
+                spec = self._decode(NodeSpec, k, ev.value, ev.mod_revision)
+                if spec is None or spec.name != name:
+                    if spec is not None:
+                        self._decode_error(k, ev.mod_revision, "node name differs from its key")
+                    continue
+                self.nodes[name] = spec
+                dirty |= set(self.spec.networks)
+            elif k.startswith(keys.NETWORKS):
+                try:
+                    vni = int(keys.last(k))
+                except ValueError:
+                    self._decode_error(k, ev.mod_revision, "key is not a VNI")
+                    continue
+                if ev.kind == "delete":
+                    self.specs.pop(vni, None)
+                else:
+                    net = self._decode(NetworkSpec, k, ev.value, ev.mod_revision)
+                    if net is None or net.vni != vni:
+                        if net is not None:
+                            self._decode_error(k, ev.mod_revision, "VNI differs from its key")
+                        continue
+                    self.specs[vni] = net
+                dirty.add(vni)
+            elif k.startswith(keys.ENDPOINTS):
+                parts = k[len(keys.ENDPOINTS) :].split(b"/")
+                try:
+                    vni = int(parts[0])
+                except ValueError:
+                    self._decode_error(k, ev.mod_revision, "key has no VNI")
+                    continue
+                if vni not in self.endpoints:
+                    continue  # a network we do not host
+                mac = keys.last(k)
+                if ev.kind == "delete":
+                    self.endpoints[vni].pop(mac, None)
+                else:
+                    ep = self._decode(Endpoint, k, ev.value, ev.mod_revision)
+                    if ep is None or ep.vni != vni or ep.mac != mac:
+                        if ep is not None:
+                            self._decode_error(k, ev.mod_revision, "VNI or MAC differs from key")
+                        continue
+                    self.endpoints[vni][mac] = ep
+                dirty.add(vni)
+        return dirty
+
+    def _decode_error(self, key: bytes, revision: int, why: str) -> None:
+        if (key, revision) not in self._bad:
+            self._bad.add((key, revision))
+            log.warning("agent %s: skipping %r: %s", self.name, key, why)
+
+    # -- programming the node --------------------------------------------------
+
+    def reconcile(self, vnis: Iterable[int] | None = None) -> None:
+        """Make the node's tables for ``vnis`` (default: all hosted) match the desired state."""
+        for vni in self.spec.networks if vnis is None else vnis:
+            if vni not in self.endpoints:
+                continue
+            try:
+                self._reconcile_network(vni)
+            except OverlayError as exc:
+                log.error("agent %s: vni %d: %s", self.name, vni, exc)
+        self.reconciles += 1
+
+    def _reconcile_network(self, vni: int) -> None:
+        spec = self.specs.get(vni)
+        if spec is None:
+            return  # not defined yet: wait for networks/<vni>
+        if vni not in self.node.networks:
+            self.node.add_network(vni, spec.tenant, learning=spec.learning)
+        net = self.node.network(vni)
+        if net.tenant != spec.tenant:
+            log.error(
+                "agent %s: vni %d belongs to tenant %r here but %r in the store; not touching it",
+                self.name,
+                vni,
+                net.tenant,
+                spec.tenant,
+            )
+            return
+        members = {n.name: n for n in self.nodes.values() if vni in n.networks}
+        want_vteps = {ipaddress.ip_address(n.underlay): n.port for n in members.values()}
+        for addr in set(net.vteps) - set(want_vteps):
+            net.remove_vtep(str(addr))
+        for addr, port in want_vteps.items():
+            if addr not in net.vteps:
+                net.add_vtep(str(addr), port or None)
+        want: dict[str, tuple[IPAddress, list[IPAddress], int]] = {}
+        for mac, ep in self.endpoints[vni].items():
+            owner = members.get(ep.node)
+            if owner is None:
+                continue  # its node is gone or not (yet) known
+            ips = [ipaddress.ip_interface(ip).ip for ip in ep.ips]
+            want[mac] = (ipaddress.ip_address(owner.underlay), ips, owner.port)
+        for mac in set(net.remotes) - set(want):
+            net.remove_remote(mac)
+        local = {p.mac for p in net.ports}
+        for mac, (vtep, ips, port) in want.items():
+            have = net.remotes.get(mac)
+            if have is not None and have[0] == vtep and list(have[1]) == ips:
+                continue  # already right: never flap it
+            if mac in local:
+                log.error(
+                    "agent %s: vni %d: %s is a local port here; ignoring its remote copy",
+                    self.name,
+                    vni,
+                    mac,
+                )
+                continue
+            net.add_remote(mac, str(vtep), [str(i) for i in ips], port or None)
