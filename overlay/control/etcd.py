@@ -36,11 +36,16 @@ Design notes.
   the store to the next one for the following calls.
 * Every call is bounded by ``timeout`` (gRPC deadline, and ``asyncio.wait_for``
   over the whole call including connecting). Watches wait for events for as
-  long as it takes, but gRPC keepalive pings (every 10 s while a watch is
-  open, answered within ``timeout``) end a watch whose etcd went silent.
+  long as it takes, but gRPC pings (keepalive every 10 s while a stream is
+  open; any ping unanswered within ``timeout`` drops the connection) end a
+  watch whose etcd went silent — frozen or cut off, with no TCP reset — in
+  at most ~10 s + ``timeout``. (gRPC's ``keepalive_timeout`` alone does not:
+  an unanswered ping waits for ``http2.ping_timeout``, one minute by default.)
 * The gRPC channel belongs to the event loop that first used the store
   (stdlib asyncio or uvloop); using the store from another loop raises
-  ``StoreError``. Make one store per loop.
+  ``StoreError``. Make one store per loop, and ``close()`` it before its
+  loop ends: gRPC finishes cancelled streams a moment after the cancel, and
+  ``close()`` (like a watch's ``aclose()``) waits for that (see ``_Stream``).
 * etcd lease TTLs are whole seconds: ``lease_grant(0.3)`` asks for 1 s, and
   etcd raises a TTL below its minimum (1.5 election timeouts: 1.5 s with the
   default ``--election-timeout=1000``). Expired leases are revoked by etcd's
@@ -54,6 +59,7 @@ import asyncio
 import contextlib
 import math
 import urllib.parse
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -128,16 +134,72 @@ def _key_value(kv: Any) -> KeyValue:
     )
 
 
-async def _end_call(call: Any, timeout: float) -> None:
-    """Cancel a streaming call (if still running) and wait until gRPC has finished it.
+class _Stream:
+    """A gRPC streaming call and gRPC's own status task for it, so it can be ended cleanly.
 
-    gRPC completes a call's outstanding operations on the loop that started
-    it; if that loop is closed first, gRPC logs "Event loop is closed"
-    errors on whatever loop runs next.
+    grpc.aio runs one internal task per streaming call that waits for the
+    call's final status. A local ``cancel()`` sets the status at once, but
+    that task finishes only when gRPC's core reports the cancellation a
+    moment later; if the loop is closed first, gRPC delivers the completion
+    to the closed loop and logs "Event loop is closed" on whichever loop runs
+    next. So ``end()`` waits for that task.
+
+    Cython's coroutines carry nothing that links the task to its call, so it
+    is recognised as the status task that appeared while the stream opened
+    (gRPC creates it before the first ``write`` returns). Streams therefore
+    open one at a time per event loop — across every ``EtcdStore`` on it —
+    or two watches opening together (several agents sharing a loop) would
+    take each other's task, and ``aclose()`` would wait for a stream that is
+    still open. The lock is held from the call's creation to its first
+    write: microseconds, unless etcd does not take the write.
     """
-    call.cancel()
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.wait_for(call.code(), timeout)
+
+    def __init__(self, make_call: Callable[[], Any]) -> None:
+        self._make_call = make_call
+        self.call: Any = None
+        self._status_tasks: list[asyncio.Task[Any]] = []
+
+    async def open(self, first_message: Any, timeout: float) -> None:
+        """Start the call and send its first message."""
+        async with _open_lock():
+            before = set(_grpc_status_tasks())
+            self.call = self._make_call()
+            try:
+                await asyncio.wait_for(self.call.write(first_message), timeout)
+            finally:
+                self._status_tasks = [t for t in _grpc_status_tasks() if t not in before]
+
+    async def end(self, timeout: float) -> None:
+        """Cancel the call (if still running) and wait until gRPC is done with it."""
+        if self.call is None:
+            return
+        self.call.cancel()
+        pending = [t for t in self._status_tasks if not t.done()]
+        if pending:
+            # Core reports a cancel within microseconds; the bound is for safety.
+            await asyncio.wait(pending, timeout=min(timeout, 1.0))
+
+
+_open_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _open_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _open_locks.get(loop)
+    if lock is None:
+        lock = _open_locks[loop] = asyncio.Lock()
+    return lock
+
+
+def _grpc_status_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done()
+        and getattr(t.get_coro(), "__qualname__", "") == "_AioCall._handle_status_once_received"
+    ]
 
 
 def _grpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
@@ -251,16 +313,18 @@ class EtcdStore:
             # and drained: aetcd's refresh_lease leaves it open, and gRPC then
             # completes its operations after the caller may have closed its loop.
             await c.connect()
-            call = c.leasestub.LeaseKeepAlive(timeout=self._timeout, metadata=c.metadata)
+            stream = _Stream(
+                lambda: c.leasestub.LeaseKeepAlive(timeout=self._timeout, metadata=c.metadata)
+            )
             try:
-                await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
-                await call.done_writing()
-                reply = await call.read()
-                while (await call.read()) is not grpc.aio.EOF:
+                await stream.open(rpc.LeaseKeepAliveRequest(ID=lease), self._timeout)
+                await stream.call.done_writing()
+                reply = await stream.call.read()
+                while (await stream.call.read()) is not grpc.aio.EOF:
                     pass
                 return reply
             finally:
-                await _end_call(call, self._timeout)
+                await stream.end(self._timeout)
 
         reply = await self._call(keepalive)
         return reply is not grpc.aio.EOF and reply.TTL > 0
@@ -333,6 +397,9 @@ class EtcdStore:
                 "grpc.max_reconnect_backoff_ms": 1000,
                 "grpc.keepalive_time_ms": _KEEPALIVE_MS,
                 "grpc.keepalive_timeout_ms": max(1000, int(self._timeout * 1000)),
+                # What actually bounds an unanswered ping in gRPC 1.5x+ (default
+                # 60 s); without it a watch on a frozen etcd hangs for a minute.
+                "grpc.http2.ping_timeout_ms": max(1000, int(self._timeout * 1000)),
                 "grpc.http2.max_pings_without_data": 0,
                 "grpc.max_receive_message_length": _MAX_MESSAGE_BYTES,
             }
@@ -389,7 +456,7 @@ class _EtcdWatch:
         self._next = start_revision  # the first revision not yet delivered
         self._queue: asyncio.Queue[list[Event] | BaseException | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._call: Any = None  # the gRPC stream, once open
+        self._stream: _Stream | None = None  # once open
         self._done = False
 
     def __aiter__(self) -> _EtcdWatch:
@@ -419,8 +486,8 @@ class _EtcdWatch:
         self._done = True
         task, queue = self._task, self._queue
         if task is not None and not task.done():
-            if self._call is not None:
-                self._call.cancel()  # the pump's read ends, and the pump returns
+            if self._stream is not None and self._stream.call is not None:
+                self._stream.call.cancel()  # the pump's read ends, and the pump returns
             else:
                 task.cancel()  # still connecting
             _drain(queue)  # unblocks a pump waiting to put
@@ -444,11 +511,12 @@ class _EtcdWatch:
             client = await store._client_for_call()
             await asyncio.wait_for(client.connect(), store.timeout)
             start, end = _prefix_range(self._prefix)
-            call = self._call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
-            create = rpc.WatchCreateRequest(key=start, range_end=end, start_revision=self._next)
-            await asyncio.wait_for(
-                call.write(rpc.WatchRequest(create_request=create)), store.timeout
+            stream = self._stream = _Stream(
+                lambda: rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
             )
+            create = rpc.WatchCreateRequest(key=start, range_end=end, start_revision=self._next)
+            await stream.open(rpc.WatchRequest(create_request=create), store.timeout)
+            call = stream.call
             created = await asyncio.wait_for(call.read(), store.timeout)
             if created is grpc.aio.EOF or not created.created or created.canceled:
                 raise StoreUnavailable(f"etcd at {store.endpoint} did not create the watch")
@@ -483,8 +551,8 @@ class _EtcdWatch:
             if not self._done:
                 await queue.put(self._error(e))
         finally:
-            if self._call is not None:
-                await _end_call(self._call, store.timeout)
+            if self._stream is not None:
+                await self._stream.end(store.timeout)
 
     def _error(self, exc: Exception) -> StoreError:
         """What the consumer sees for exc (a watch ends with an error, never hangs)."""

@@ -264,6 +264,8 @@ class MemoryStore:
     async def cas(
         self, key: bytes, expect_mod_revision: int, value: bytes, lease: int = 0
     ) -> int | None:
+        if expect_mod_revision < 0:
+            raise ConfigError("expect_mod_revision", expect_mod_revision, "a revision >= 0")
         self._enter()
         current = self._kv.get(key)
         if (current.mod_revision if current is not None else 0) != expect_mod_revision:
@@ -290,7 +292,7 @@ class MemoryStore:
         return _MemoryWatch(self, prefix, start_revision)
 
     async def lease_grant(self, ttl: float) -> int:
-        if not ttl > 0:
+        if not (ttl > 0 and math.isfinite(ttl)):
             raise ConfigError("ttl", ttl, "seconds > 0")
         self._enter()
         lease = self._next_lease
