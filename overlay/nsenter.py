@@ -41,6 +41,48 @@ def setns(fd: int) -> None:
         raise OSError(err, f"setns(CLONE_NEWNET) failed: {os.strerror(err)}")
 
 
+def in_thread(fn: Callable[..., T], *args: Any, thread_name_: str = "overlay", **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` in a new thread, wait for it, return its result
+    or raise its exception here."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the caller
+            error.append(exc)
+
+    t = threading.Thread(target=target, name=thread_name_)
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _entered(path: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """In this thread: enter namespace ``path``, run fn, come back."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT, f"network namespace {path} does not exist", path
+            ) from None
+        try:
+            setns(fd)
+        finally:
+            os.close(fd)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            setns(own)
+    finally:
+        os.close(own)
+
+
 def call_in(path: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn(*args, **kwargs)`` in a new thread inside namespace ``path``; return its result.
 
@@ -49,38 +91,9 @@ def call_in(path: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -
     """
     if path is None:
         return fn(*args, **kwargs)
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    raise FileNotFoundError(
-                        errno.ENOENT, f"network namespace {path} does not exist", path
-                    ) from None
-                try:
-                    setns(fd)
-                finally:
-                    os.close(fd)
-                try:
-                    result.append(fn(*args, **kwargs))
-                finally:
-                    setns(own)
-            finally:
-                os.close(own)
-        except BaseException as exc:  # handed to the caller
-            error.append(exc)
-
-    t = threading.Thread(target=target, name=f"netns:{os.path.basename(path)}")
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
+    return in_thread(
+        _entered, path, fn, *args, thread_name_=f"netns:{os.path.basename(path)}", **kwargs
+    )
 
 
 @contextmanager
@@ -112,21 +125,7 @@ def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         return fn(*args, **kwargs)
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to the caller
-            error.append(exc)
-
-    t = threading.Thread(target=target, name="netlink")
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
+    return in_thread(fn, *args, thread_name_="netlink", **kwargs)
 
 
 def move_link(
