@@ -64,10 +64,13 @@ def run(loop_kind: str, main: Callable[[], Awaitable[None]]) -> None:
         loop = uvloop.new_event_loop()
     else:
         loop = asyncio.new_event_loop()
+    errors: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(str(ctx.get("message"))))
     try:
         loop.run_until_complete(asyncio.wait_for(main(), 60))
     finally:
         loop.close()
+    assert not errors, f"the loop reported unhandled errors: {errors}"
 
 
 async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
