@@ -1,0 +1,266 @@
+"""CNI spec 1.1.0 as Python types: the environment, the network configuration,
+results and errors — for the bundled ``overlay-cni`` plugin and for people
+writing their own plugin on top of overlay.
+
+Design notes. A CNI plugin is a thin, stateless dispatcher: read the
+environment and stdin once into typed values (``CniEnv``, ``NetConf``), act,
+and print a ``Result`` or a ``CniError`` as JSON. Every input problem becomes
+a ``CniError`` with the spec's code and a message that names the variable or
+field and the fix: 1 incompatible version, 2 unsupported field, 4 bad
+environment, 6 decoding failure, 7 invalid configuration. Versions: this
+plugin speaks 0.3.0 through 1.1.0; results are printed in the version the
+configuration asked for (1.0.0 and 1.1.0 share a format), so chaining with
+1.0.0 plugins such as Debian's host-local works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+VERBS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
+
+# Error codes of the spec (section "Error"), plus the plugin's own from 100.
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
+PLUGIN_NOT_AVAILABLE = 50  # STATUS: cannot serve ADD
+PLUGIN_DEGRADED = 51  # STATUS: existing attachments may be affected
+
+_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class CniError(Exception):
+    """A CNI error result: code, message naming the fix, details."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+    def to_json(self, cni_version: str = "1.1.0") -> str:
+        body: dict[str, Any] = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
+        if self.details:
+            body["details"] = self.details
+        return json.dumps(body)
+
+
+@dataclasses.dataclass(frozen=True)
+class CniEnv:
+    """The CNI_* environment of one invocation."""
+
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: dict[str, str] = dataclasses.field(default_factory=dict)
+    path: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> CniEnv:
+        """Parse and check the environment for the verb; CniError code 4 naming the variable."""
+        command = environ.get("CNI_COMMAND", "")
+        if command not in VERBS:
+            raise CniError(
+                INVALID_ENV,
+                f"CNI_COMMAND={command!r}: expected one of {', '.join(VERBS)}",
+            )
+        cid = environ.get("CNI_CONTAINERID", "")
+        netns = environ.get("CNI_NETNS", "")
+        ifname = environ.get("CNI_IFNAME", "")
+        required = {
+            "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+            "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+            "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+        }.get(command, ())
+        for var in required:
+            if not environ.get(var):
+                raise CniError(INVALID_ENV, f"{var} is required for {command}: set it")
+        if cid and not _CONTAINER_ID_RE.match(cid):
+            raise CniError(
+                INVALID_ENV,
+                f"CNI_CONTAINERID={cid!r}: must start alphanumeric, then [A-Za-z0-9_.-]",
+            )
+        if ifname and not _IFNAME_RE.match(ifname):
+            raise CniError(
+                INVALID_ENV, f"CNI_IFNAME={ifname!r}: 1-15 characters, no '/', ':' or spaces"
+            )
+        args: dict[str, str] = {}
+        raw_args = environ.get("CNI_ARGS", "")
+        for pair in filter(None, raw_args.split(";")):
+            key, eq, value = pair.partition("=")
+            if not eq or not key:
+                raise CniError(
+                    INVALID_ENV, f"CNI_ARGS={raw_args!r}: expected K=V pairs joined by ';'"
+                )
+            args[key] = value
+        path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
+        return cls(command, cid, netns, ifname, args, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConf:
+    """A network configuration as a plugin receives it on stdin."""
+
+    cni_version: str
+    name: str
+    type: str
+    ipam: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dns: dict[str, Any] = dataclasses.field(default_factory=dict)
+    prev_result: dict[str, Any] | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> NetConf:
+        """Decode stdin: code 6 for bad JSON, 1 for an unsupported version, 7 for bad fields."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CniError(DECODE_FAILURE, f"network configuration is not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise CniError(DECODE_FAILURE, "network configuration must be a JSON object")
+        version = raw.get("cniVersion")
+        if not isinstance(version, str):
+            raise CniError(INVALID_CONFIG, 'cniVersion is missing: set it, e.g. "1.1.0"')
+        if version not in SUPPORTED_VERSIONS:
+            raise CniError(
+                INCOMPATIBLE_VERSION,
+                f"cniVersion={version!r} is not supported: use one of "
+                f"{', '.join(SUPPORTED_VERSIONS)}",
+            )
+        name, typ = raw.get("name"), raw.get("type")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise CniError(INVALID_CONFIG, f"name={name!r}: a network name of [A-Za-z0-9_.-]")
+        if not isinstance(typ, str) or not typ:
+            raise CniError(INVALID_CONFIG, f"type={typ!r}: the plugin's executable name")
+        for field in ("ipam", "dns"):
+            if field in raw and not isinstance(raw[field], dict):
+                raise CniError(INVALID_CONFIG, f"{field} must be a JSON object")
+        prev = raw.get("prevResult")
+        if prev is not None and not isinstance(prev, dict):
+            raise CniError(INVALID_CONFIG, "prevResult must be a JSON object")
+        return cls(
+            version, name, typ, dict(raw.get("ipam", {})), dict(raw.get("dns", {})), prev, raw
+        )
+
+
+@dataclasses.dataclass
+class Interface:
+    name: str
+    mac: str = ""
+    mtu: int = 0
+    sandbox: str = ""
+
+
+@dataclasses.dataclass
+class IPConfig:
+    address: str  # CIDR, e.g. 10.244.1.2/16
+    gateway: str = ""
+    interface: int | None = None  # index into Result.interfaces
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_interface(self.address)
+            if self.gateway:
+                ipaddress.ip_address(self.gateway)
+        except ValueError as exc:
+            raise CniError(INVALID_CONFIG, f"ips: {exc}") from None
+
+
+@dataclasses.dataclass
+class Route:
+    dst: str
+    gw: str = ""
+    mtu: int = 0
+    advmss: int = 0
+    priority: int = 0
+    table: int = 0
+    scope: int = 0
+
+
+@dataclasses.dataclass
+class Result:
+    """An ADD result: interfaces, IPs, routes, DNS."""
+
+    cni_version: str = "1.1.0"
+    interfaces: list[Interface] = dataclasses.field(default_factory=list)
+    ips: list[IPConfig] = dataclasses.field(default_factory=list)
+    routes: list[Route] = dataclasses.field(default_factory=list)
+    dns: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cniVersion": self.cni_version}
+        out["interfaces"] = [
+            {k: v for k, v in dataclasses.asdict(i).items() if v not in ("", 0)}
+            for i in self.interfaces
+        ]
+        out["ips"] = [
+            {k: v for k, v in dataclasses.asdict(ip).items() if v not in ("", None)}
+            for ip in self.ips
+        ]
+        if self.cni_version in ("0.3.0", "0.3.1"):
+            for ip in out["ips"]:
+                ip["version"] = str(ipaddress.ip_interface(ip["address"]).version)
+        out["routes"] = [
+            {k: v for k, v in dataclasses.asdict(r).items() if v not in ("", 0)}
+            for r in self.routes
+        ]
+        if self.dns:
+            out["dns"] = self.dns
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Result:
+        """Read a result (an IPAM plugin's output, or prevResult); code 6 naming the field."""
+        try:
+            return cls(
+                cni_version=str(raw.get("cniVersion", "1.1.0")),
+                interfaces=[
+                    Interface(
+                        **{k: v for k, v in i.items() if k in ("name", "mac", "mtu", "sandbox")}
+                    )
+                    for i in raw.get("interfaces", [])
+                ],
+                ips=[
+                    IPConfig(
+                        address=i["address"],
+                        gateway=i.get("gateway", ""),
+                        interface=i.get("interface"),
+                    )
+                    for i in raw.get("ips", [])
+                ],
+                routes=[
+                    Route(
+                        **{
+                            k: v
+                            for k, v in r.items()
+                            if k in ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
+                        }
+                    )
+                    for r in raw.get("routes", [])
+                ],
+                dns=dict(raw.get("dns", {})),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CniError(DECODE_FAILURE, f"result: missing or bad field ({exc!r})") from None
+
+
+def version_result(cni_version: str = "1.1.0") -> str:
+    """The VERSION verb's answer."""
+    return json.dumps({"cniVersion": cni_version, "supportedVersions": list(SUPPORTED_VERSIONS)})
