@@ -418,7 +418,7 @@ class EtcdStore:
         client = await self._client_for_call()
         try:
             return await asyncio.wait_for(op(client), self._timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._failed = True
             raise StoreUnavailable(
                 f"etcd at {self.endpoint} did not answer within {self._timeout} s"

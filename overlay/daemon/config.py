@@ -1,0 +1,248 @@
+"""overlayd's configuration file (TOML): parsed and checked in full before anything starts.
+
+Design notes. The daemon must never start half-configured, and a reload
+(SIGHUP) must leave running state untouched when the new file is bad. So the
+whole file is turned into one immutable ``DaemonConfig`` first; every problem
+raises ``ConfigError`` naming the key (dotted path), the bad value and what is
+expected — the first problem found, in file order.
+
+    [node]
+    name = "node-a"
+    underlay = "198.18.0.1"        # or: interface = "eth1" (its first address)
+    encap = "vxlan"                # or "geneve"
+    port = 4789                    # optional: the encapsulation's default
+    mtu = 1500                     # the underlay MTU
+    workers = 1
+
+    [store]
+    kind = "memory"                # or "etcd"
+    endpoints = ["http://127.0.0.1:2379"]   # etcd only
+    ttl = 10
+
+    [[store.peers]]                # memory only: static peers
+    name = "node-b"
+    underlay = "198.18.0.2"
+    networks = [100]
+
+    [api]
+    socket = "/run/overlay/overlayd.sock"
+
+    [metrics]
+    address = "127.0.0.1:9469"     # "" turns the endpoint off
+
+    [log]
+    level = "info"
+
+    [[networks]]
+    vni = 100
+    tenant = "blue"
+    cidr = "10.244.0.0/16"
+    subnet_prefix = 24
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from overlay.errors import ConfigError
+from overlay.model import NetworkSpec, NodeSpec
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    underlay: str | None
+    interface: str | None
+    encap: str
+    port: int
+    mtu: int
+    workers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    kind: str
+    endpoints: tuple[str, ...]
+    ttl: float
+    peers: tuple[NodeSpec, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonConfig:
+    node: NodeConfig
+    store: StoreConfig
+    networks: tuple[NetworkSpec, ...]
+    api_socket: str
+    metrics_address: str
+    log_level: str
+
+
+_SECTIONS = {"node", "store", "api", "metrics", "log", "networks"}
+
+
+def _table(raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}{key}", value, "a table")
+    return value
+
+
+def _unknown(table: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    for k in table:
+        if k not in allowed:
+            raise ConfigError(f"{path}{k}", table[k], f"no such key; known: {sorted(allowed)}")
+
+
+def _get(
+    table: Mapping[str, Any],
+    key: str,
+    path: str,
+    kind: type | tuple[type, ...],
+    expected: str,
+    default: Any = dataclasses.MISSING,
+) -> Any:
+    if key not in table:
+        if default is dataclasses.MISSING:
+            raise ConfigError(f"{path}{key}", None, f"required: {expected}")
+        return default
+    value = table[key]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ConfigError(f"{path}{key}", value, expected)
+    return value
+
+
+def parse(text: str) -> DaemonConfig:
+    """The configuration in ``text`` (TOML), checked in full."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("file", str(exc), "valid TOML") from None
+    _unknown(raw, _SECTIONS, "")
+
+    n = _table(raw, "node", "")
+    _unknown(n, {"name", "underlay", "interface", "encap", "port", "mtu", "workers"}, "node.")
+    name = _get(n, "name", "node.", str, 'the node\'s name, e.g. "node-a"')
+    underlay = _get(n, "underlay", "node.", str, "an IP address", None)
+    interface = _get(n, "interface", "node.", str, "an interface name", None)
+    if (underlay is None) == (interface is None):
+        raise ConfigError(
+            "node.underlay", underlay, "exactly one of node.underlay or node.interface"
+        )
+    if underlay is not None:
+        try:
+            ipaddress.ip_address(underlay)
+        except ValueError:
+            raise ConfigError("node.underlay", underlay, "an IPv4 or IPv6 address") from None
+    encap = _get(n, "encap", "node.", str, '"vxlan" or "geneve"', "vxlan")
+    if encap not in ("vxlan", "geneve"):
+        raise ConfigError("node.encap", encap, '"vxlan" or "geneve"')
+    port = _get(n, "port", "node.", int, "a UDP port 1-65535", 4789 if encap == "vxlan" else 6081)
+    if not 1 <= port <= 65535:
+        raise ConfigError("node.port", port, "a UDP port 1-65535")
+    mtu = _get(n, "mtu", "node.", int, "the underlay MTU, 576-65000", 1500)
+    if not 576 <= mtu <= 65000:
+        raise ConfigError("node.mtu", mtu, "the underlay MTU, 576-65000")
+    workers = _get(n, "workers", "node.", int, "1-16 worker threads", 1)
+    if not 1 <= workers <= 16:
+        raise ConfigError("node.workers", workers, "1-16 worker threads")
+    node = NodeConfig(name, underlay, interface, encap, port, mtu, workers)
+    NodeSpec(name=name, underlay=underlay or "0.0.0.0")  # checks the name
+
+    s = _table(raw, "store", "")
+    _unknown(s, {"kind", "endpoints", "ttl", "peers"}, "store.")
+    kind = _get(s, "kind", "store.", str, '"memory" or "etcd"', "memory")
+    if kind not in ("memory", "etcd"):
+        raise ConfigError("store.kind", kind, '"memory" or "etcd"')
+    endpoints = _get(
+        s, "endpoints", "store.", list, 'a list of URLs like "http://127.0.0.1:2379"', []
+    )
+    for i, url in enumerate(endpoints):
+        if not isinstance(url, str) or not url.startswith("http://"):
+            raise ConfigError(f"store.endpoints[{i}]", url, 'a URL like "http://127.0.0.1:2379"')
+    if kind == "etcd" and not endpoints:
+        raise ConfigError("store.endpoints", endpoints, 'at least one etcd URL for kind = "etcd"')
+    if kind == "memory" and endpoints:
+        raise ConfigError("store.endpoints", endpoints, 'nothing for kind = "memory"')
+    ttl = _get(s, "ttl", "store.", (int, float), "a lease TTL of 1-3600 seconds", 10)
+    if not 1 <= ttl <= 3600:
+        raise ConfigError("store.ttl", ttl, "a lease TTL of 1-3600 seconds")
+    peers = []
+    for i, p in enumerate(_get(s, "peers", "store.", list, "a list of peer tables", [])):
+        where = f"store.peers[{i}]."
+        if not isinstance(p, Mapping):
+            raise ConfigError(where[:-1], p, "a table with name, underlay, networks")
+        if kind != "memory":
+            raise ConfigError(where[:-1], p, 'static peers only with kind = "memory"')
+        _unknown(p, {"name", "underlay", "networks", "port"}, where)
+        try:
+            peers.append(
+                NodeSpec(
+                    name=_get(p, "name", where, str, "the peer's name"),
+                    underlay=_get(p, "underlay", where, str, "an IP address"),
+                    networks=tuple(_get(p, "networks", where, list, "a list of VNIs", [])),
+                    port=_get(p, "port", where, int, "0-65535", 0),
+                )
+            )
+        except ConfigError as exc:
+            raise ConfigError(where + exc.field.split(".")[-1], exc.value, exc.expected) from None
+    store = StoreConfig(kind, tuple(endpoints), float(ttl), tuple(peers))
+
+    a = _table(raw, "api", "")
+    _unknown(a, {"socket"}, "api.")
+    socket_path = _get(a, "socket", "api.", str, "an absolute path", "/run/overlay/overlayd.sock")
+    if not socket_path.startswith("/"):
+        raise ConfigError("api.socket", socket_path, "an absolute path")
+    m = _table(raw, "metrics", "")
+    _unknown(m, {"address"}, "metrics.")
+    metrics = _get(m, "address", "metrics.", str, '"host:port" or ""', "127.0.0.1:9469")
+    if metrics:
+        host, _, mport = metrics.rpartition(":")
+        if not host or not mport.isdigit() or not 1 <= int(mport) <= 65535:
+            raise ConfigError("metrics.address", metrics, '"host:port", or "" for none')
+    lg = _table(raw, "log", "")
+    _unknown(lg, {"level"}, "log.")
+    level = _get(lg, "level", "log.", str, f"one of {LOG_LEVELS}", "info")
+    if level not in LOG_LEVELS:
+        raise ConfigError("log.level", level, f"one of {LOG_LEVELS}")
+
+    nets = []
+    seen: set[int] = set()
+    for i, t in enumerate(_get(raw, "networks", "", list, "a list of [[networks]] tables", [])):
+        where = f"networks[{i}]."
+        if not isinstance(t, Mapping):
+            raise ConfigError(where[:-1], t, "a table with vni, tenant, cidr")
+        _unknown(t, {"vni", "tenant", "cidr", "subnet_prefix", "learning"}, where)
+        try:
+            spec = NetworkSpec(
+                vni=_get(t, "vni", where, int, "a VNI 0-16777215"),
+                tenant=_get(t, "tenant", where, str, "the owning tenant's name"),
+                cidr=_get(t, "cidr", where, str, "a CIDR", "10.244.0.0/16"),
+                encap=encap,
+                subnet_prefix=_get(t, "subnet_prefix", where, int, "a prefix", 24),
+                learning=_get(t, "learning", where, bool, "true or false", False),
+            )
+        except ConfigError as exc:
+            if exc.field.startswith(where):
+                raise
+            raise ConfigError(where + exc.field.split(".")[-1], exc.value, exc.expected) from None
+        if spec.vni in seen:
+            raise ConfigError(where + "vni", spec.vni, "a VNI not used by another [[networks]]")
+        seen.add(spec.vni)
+        nets.append(spec)
+    return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level)
+
+
+def load(path: str) -> DaemonConfig:
+    """Read and parse a configuration file; ConfigError naming the file when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("--config", path, f"a readable file ({exc.strerror})") from None
+    return parse(text)
