@@ -34,6 +34,17 @@ def netns_path(netns: str) -> str:
     return netns if netns.startswith("/") else os.path.join(NETNS_RUN_DIR, netns)
 
 
+def pid_alive(pid: int) -> bool:
+    """Does process ``pid`` exist (ours or another user's)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def setns(fd: int) -> None:
     """Move the calling thread into the network namespace behind ``fd``."""
     if _libc.setns(fd, _CLONE_NEWNET) != 0:

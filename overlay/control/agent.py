@@ -368,13 +368,22 @@ class Agent:
             with contextlib.suppress(Exception):
                 await watch.aclose()
 
-    def _decode(self, kind: type[Any], key: bytes, value: bytes, revision: int) -> Any | None:
+    def _decode(
+        self,
+        kind: type[Any],
+        ev: Event,
+        mismatch: str,
+        **expect: Any,
+    ) -> Any | None:
+        """The event's value as ``kind`` when it decodes and its fields equal ``expect``
+        (what its key says), else None (logged once per key and revision)."""
         try:
-            obj = from_json(kind, value)
+            obj = from_json(kind, ev.value)
         except ConfigError as exc:
-            if (key, revision) not in self._bad:
-                self._bad.add((key, revision))
-                log.warning("agent %s: skipping %r: %s", self.name, key, exc)
+            self._decode_error(ev.key, ev.mod_revision, str(exc))
+            return None
+        if any(getattr(obj, k) != v for k, v in expect.items()):
+            self._decode_error(ev.key, ev.mod_revision, mismatch)
             return None
         return obj
 
@@ -402,10 +411,8 @@ class Agent:
                     if self.nodes.pop(name, None) is not None:
                         dirty |= set(self.spec.networks)
                     continue
-                spec = self._decode(NodeSpec, k, ev.value, ev.mod_revision)
-                if spec is None or spec.name != name:
-                    if spec is not None:
-                        self._decode_error(k, ev.mod_revision, "node name differs from its key")
+                spec = self._decode(NodeSpec, ev, "node name differs from its key", name=name)
+                if spec is None:
                     continue
                 self.nodes[name] = spec
                 dirty |= set(self.spec.networks)
@@ -418,10 +425,8 @@ class Agent:
                 if ev.kind == "delete":
                     self.specs.pop(vni, None)
                 else:
-                    net = self._decode(NetworkSpec, k, ev.value, ev.mod_revision)
-                    if net is None or net.vni != vni:
-                        if net is not None:
-                            self._decode_error(k, ev.mod_revision, "VNI differs from its key")
+                    net = self._decode(NetworkSpec, ev, "VNI differs from its key", vni=vni)
+                    if net is None:
                         continue
                     self.specs[vni] = net
                 dirty.add(vni)
@@ -438,10 +443,8 @@ class Agent:
                 if ev.kind == "delete":
                     self.endpoints[vni].pop(mac, None)
                 else:
-                    ep = self._decode(Endpoint, k, ev.value, ev.mod_revision)
-                    if ep is None or ep.vni != vni or ep.mac != mac:
-                        if ep is not None:
-                            self._decode_error(k, ev.mod_revision, "VNI or MAC differs from key")
+                    ep = self._decode(Endpoint, ev, "VNI or MAC differs from key", vni=vni, mac=mac)
+                    if ep is None:
                         continue
                     self.endpoints[vni][mac] = ep
                 dirty.add(vni)

@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overlay.nsenter import NETNS_RUN_DIR, call_in, iproute, setns
+from overlay.nsenter import NETNS_RUN_DIR, call_in, iproute, pid_alive, setns
 
 __all__ = [
     "ALLOWED_NETWORKS",
@@ -143,16 +143,6 @@ def _check_prefix(prefix: str) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _host_ifnames() -> list[str]:
     try:
         return os.listdir("/sys/class/net")
@@ -170,7 +160,7 @@ def stale_prefixes(family: str = PREFIX_FAMILY) -> list[str]:
     found: set[str] = set()
     for name in pyroute2_netns.listnetns() + _host_ifnames():
         m = pattern.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             found.add(f"{family}{m.group(1)}-")
     return sorted(found)
 

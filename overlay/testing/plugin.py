@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from overlay.nsenter import pid_alive
+
 if TYPE_CHECKING:
     from overlay.testing.etcd import EtcdServer
     from overlay.testing.netns import Topology
@@ -73,16 +75,6 @@ def root_unavailable_reason() -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _leftover_prefixes() -> list[str]:
     """Prefixes to clean at session start: this process's own and those of dead runs.
 
@@ -100,7 +92,7 @@ def _leftover_prefixes() -> list[str]:
         if m is None:
             continue
         pid = int(m.group(1))
-        if pid == os.getpid() or not _pid_alive(pid):
+        if pid == os.getpid() or not pid_alive(pid):
             found.add(f"ovt{pid}-")
     return sorted(found)
 
