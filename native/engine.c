@@ -36,16 +36,17 @@ static int addr_len(int family)
 #define WRLOCK(e) pthread_rwlock_wrlock(&(e)->lock)
 #define UNLOCK(e) pthread_rwlock_unlock(&(e)->lock)
 
-/* Enter the engine's network namespace for this thread; *saved restores it. */
-static int netns_enter(ovl_engine_t *e, int *saved)
+/* Enter the network namespace behind netns_fd (-1: stay) for this thread;
+ * *saved restores it (netns_leave). */
+static int netns_enter(int netns_fd, int *saved)
 {
     *saved = -1;
-    if (e->netns_fd < 0)
+    if (netns_fd < 0)
         return 0;
     int fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    if (setns(e->netns_fd, CLONE_NEWNET) < 0) {
+    if (setns(netns_fd, CLONE_NEWNET) < 0) {
         int err = -errno;
         close(fd);
         return err;
@@ -355,7 +356,7 @@ int ovl_engine_create(const ovl_engine_config_t *cfg, ovl_engine_t **out)
         }
     }
     int saved;
-    if ((rc = netns_enter(e, &saved)) < 0)
+    if ((rc = netns_enter(e->netns_fd, &saved)) < 0)
         goto fail;
     /* The source-port pool: slot i is bound to the first free port from the
      * one ovl_source_port gives for slot i. */
@@ -722,30 +723,55 @@ static int check_mac(const uint8_t *mac)
     return (mac[0] & 1) || memcmp(mac, zero, 6) == 0 ? -EINVAL : 0;
 }
 
-int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, const uint8_t *mac,
-                 uint32_t flags, char *ifname_out)
+/* Close the queues fds[0..n) of a TAP; with unpersist, the device goes too. */
+static void tap_close(const int *fds, uint32_t n, int unpersist)
+{
+    if (n && unpersist)
+        ovl_tap_unpersist(fds[0]);
+    for (uint32_t q = 0; q < n; q++)
+        close(fds[q]);
+}
+
+/* The one body of ovl_port_add (attach 0: create the TAP) and ovl_port_attach
+ * (attach 1: open the existing one): inside namespace netns_fd (-1: the
+ * caller's), open queue 0 and, with several workers, one more queue per
+ * worker; then make it a port. On failure a device we created is removed and
+ * an attached one is left as found (still persistent). */
+static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
+                        int attach, const uint8_t *mac, uint32_t flags, char *ifname_out)
 {
     if (check_mac(mac) < 0 || (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_PERSIST)))
         return -EINVAL;
-    int saved, rc = netns_enter(e, &saved);
+    /* Refuse what port_attach would refuse before touching any device. */
+    pthread_rwlock_rdlock(&e->lock);
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, vni, mac);
+    int rc = !ovl_net_lookup(e, vni) ? -ENOENT : ovl_map_get(&e->fdb, &k) ? -EADDRINUSE : 0;
+    UNLOCK(e);
     if (rc < 0)
+        return rc;
+    int saved;
+    if ((rc = netns_enter(netns_fd, &saved)) < 0)
         return rc;
     char name[16];
     uint32_t off = e->cfg.offloads & (OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO);
     int mq = e->n_workers > 1;
+    int unpersist = !attach && (flags & OVL_PORT_PERSIST);
     int fds[OVL_MAX_WORKERS];
     uint32_t nq = 0;
-    int fd = ovl_tap_open(ifname, mac, (flags & OVL_PORT_PERSIST) != 0, &off, mq, name);
+    int fd;
+    if (attach) {
+        fd = ovl_tap_attach(ifname, mac, &off, mq);
+        snprintf(name, sizeof name, "%s", ifname);
+    } else {
+        fd = ovl_tap_open(ifname, mac, (flags & OVL_PORT_PERSIST) != 0, &off, mq, name);
+    }
     if (fd >= 0)
         fds[nq++] = fd;
     while (fd >= 0 && mq && nq < e->n_workers) {
         int qfd = ovl_tap_open_queue(name, off);
         if (qfd < 0) {
-            for (uint32_t q = 0; q < nq; q++) {
-                if (q == 0 && (flags & OVL_PORT_PERSIST))
-                    ovl_tap_unpersist(fds[0]);
-                close(fds[q]);
-            }
+            tap_close(fds, nq, unpersist);
             fd = qfd;
             break;
         }
@@ -764,15 +790,29 @@ int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, const uint8_
     }
     UNLOCK(e);
     if (rc < 0) {
-        if (flags & OVL_PORT_PERSIST)
-            ovl_tap_unpersist(fd);
-        for (uint32_t q = 0; q < nq; q++)
-            close(fds[q]);
+        tap_close(fds, nq, unpersist);
         return rc;
     }
     if (ifname_out)
         snprintf(ifname_out, 16, "%s", name);
     return rc;
+}
+
+int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, const uint8_t *mac,
+                 uint32_t flags, char *ifname_out)
+{
+    return port_add_tap(e, vni, ifname, e->netns_fd, 0, mac, flags, ifname_out);
+}
+
+int ovl_port_attach(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
+                    const uint8_t *mac, uint32_t flags)
+{
+    if (!ifname || !*ifname || strlen(ifname) >= 16)
+        return -EINVAL;
+    /* The device is persistent (no process held it), and so is the port:
+     * ovl_port_del removes the device, ovl_engine_destroy leaves it. */
+    return port_add_tap(e, vni, ifname, netns_fd >= 0 ? netns_fd : e->netns_fd, 1, mac,
+                        flags | OVL_PORT_PERSIST, NULL);
 }
 
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, uint32_t flags)
@@ -827,7 +867,8 @@ out:
     return rc;
 }
 
-int ovl_port_del(ovl_engine_t *e, int port_id)
+/* The body of ovl_port_del (unpersist 1) and ovl_port_detach (unpersist 0). */
+static int port_remove(ovl_engine_t *e, int port_id, int unpersist)
 {
     WRLOCK(e);
     ovl_port_t *p = port_get(e, port_id);
@@ -866,13 +907,20 @@ int ovl_port_del(ovl_engine_t *e, int port_id)
     for (uint32_t q = 0; q < p->n_fds; q++)
         epoll_ctl(e->workers[p->n_fds > 1 ? q % e->n_workers : p->worker]->epfd, EPOLL_CTL_DEL,
                   p->fds[q], NULL);
-    if (p->flags & OVL_PORT_PERSIST)
-        ovl_tap_unpersist(p->fd);
-    for (uint32_t q = 0; q < p->n_fds; q++)
-        close(p->fds[q]);
+    tap_close(p->fds, p->n_fds, unpersist && (p->flags & OVL_PORT_PERSIST));
     p->used = 0;
     UNLOCK(e);
     return 0;
+}
+
+int ovl_port_del(ovl_engine_t *e, int port_id)
+{
+    return port_remove(e, port_id, 1);
+}
+
+int ovl_port_detach(ovl_engine_t *e, int port_id)
+{
+    return port_remove(e, port_id, 0);
 }
 
 int ovl_port_fd(ovl_engine_t *e, int port_id)

@@ -218,8 +218,25 @@ int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname,
                  const uint8_t *mac, uint32_t flags, char *ifname_out);
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd,
                     const uint8_t *mac, uint32_t flags);
+/* Re-attach: make a port of the existing TAP ifname in the network namespace
+ * netns_fd (-1: the engine's), typically a persistent TAP a previous engine
+ * created and the control plane moved into a pod's namespace and renamed. It
+ * is opened from inside that namespace, with every queue when the engine has
+ * several workers, and keeps its ifindex, addresses and routes; its MAC is set
+ * only where it differs from mac. Never creates a device. The port is
+ * persistent (OVL_PORT_PERSIST implied): ovl_port_del removes the device,
+ * ovl_engine_destroy leaves it for the next engine. Returns the port id or
+ * -errno: -ENODEV no interface ifname there, -EMEDIUMTYPE it is not a TAP,
+ * -ECHRNG its queue mode differs (multi-queue exactly when workers > 1),
+ * -EBUSY another process holds it; on failure the device is left as found. */
+int ovl_port_attach(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
+                    const uint8_t *mac, uint32_t flags);
 int ovl_port_add_ip(ovl_engine_t *e, int port_id, int family, const uint8_t *addr);
+/* ovl_port_del removes a port and closes its TAP (a persistent one is deleted
+ * too); ovl_port_detach removes it but leaves a persistent TAP in place, as
+ * ovl_engine_destroy does. Both return 0 or -ENOENT. */
 int ovl_port_del(ovl_engine_t *e, int port_id);
+int ovl_port_detach(ovl_engine_t *e, int port_id);
 int ovl_port_fd(ovl_engine_t *e, int port_id);
 
 /* Remote MACs (FDB) and neighbours (ARP/ND suppression). */

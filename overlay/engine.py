@@ -209,6 +209,7 @@ class Engine:
         self._e = out[0]
         self.family = family
         self.encap = encap
+        self.workers = workers
 
     # -- life cycle --
     def close(self) -> None:
@@ -293,6 +294,52 @@ class Engine:
         pid = _check(rc, f"adding a port to vni={vni}")
         return pid, ffi.string(out).decode()
 
+    def port_attach(
+        self,
+        vni: int,
+        mac: bytes,
+        ifname: str,
+        netns_fd: int = -1,
+        *,
+        security: bool = True,
+        netns: str | None = None,
+    ) -> int:
+        """Re-attach the existing (persistent) TAP ``ifname`` of the namespace behind
+        ``netns_fd`` (-1: the engine's) as a port; returns the port id.
+
+        ``netns`` names that namespace in error messages. The port is persistent:
+        ``port_del`` removes the device, ``close`` leaves it. Nothing is created
+        when the interface is missing.
+        """
+        if not ifname or len(ifname.encode()) > 15:
+            raise ConfigError("ifname", ifname, "the interface's name, 1-15 bytes")
+        where = f"network namespace {netns}" if netns else "the node's network namespace"
+        flags = 0 if security else lib.OVL_PORT_NO_SECURITY
+        rc = lib.ovl_port_attach(self._h(), vni, ifname.encode(), netns_fd, mac, flags)
+        if rc == -errno.ENODEV:
+            raise NotFoundError(
+                f"interface {ifname!r} does not exist in {where}: nothing to re-attach "
+                "(create the port with add_port instead)"
+            )
+        if rc == -errno.EBUSY:
+            raise ConflictError(
+                f"interface {ifname!r} in {where}: the TAP is held by another process "
+                "(is another overlayd running?)"
+            )
+        if rc == -errno.EINVAL and netns_fd >= 0:  # setns refused the file
+            raise ConfigError("netns", netns, "a network namespace, like /var/run/netns/NAME")
+        if rc == -errno.EMEDIUMTYPE:
+            raise ConfigError("ifname", ifname, f"a TAP device in {where}, not another kind")
+        if rc == -errno.ECHRNG:
+            raise ConfigError(
+                "workers",
+                self.workers,
+                f"the TAP {ifname!r} in {where} was created "
+                f"{'single' if self.workers > 1 else 'multi'}-queue: re-attach with "
+                f"{'workers=1' if self.workers > 1 else 'workers > 1'}, as when it was created",
+            )
+        return _check(rc, f"re-attaching {ifname!r} in {where} to vni={vni}")
+
     def port_add_fd(self, vni: int, fd: int, mac: bytes, *, security: bool = True) -> int:
         flags = 0 if security else lib.OVL_PORT_NO_SECURITY
         return _check(
@@ -308,7 +355,12 @@ class Engine:
         )
 
     def port_del(self, port_id: int) -> None:
+        """Remove a port and close its TAP; a persistent TAP is deleted too."""
         _check(lib.ovl_port_del(self._h(), port_id), f"removing port {port_id}")
+
+    def port_detach(self, port_id: int) -> None:
+        """Remove a port but leave a persistent TAP in place (as ``close`` does)."""
+        _check(lib.ovl_port_detach(self._h(), port_id), f"detaching port {port_id}")
 
     # -- FDB and neighbours --
     def fdb_add(

@@ -16,6 +16,13 @@ MTU, routes) goes through pyroute2; the TAP fd itself is opened in C.
         blue.add_vtep("198.18.0.2")
         blue.add_remote(mac="02:00:00:00:02:02", vtep="198.18.0.2", ip="10.244.1.3")
         node.start()
+
+A pod's TAP made with ``add_port(..., persist=True)`` outlives its node. After
+a restart a new node takes it back where it now lives, and the pod never
+loses its interface:
+
+    pod = blue.attach_port(mac="02:00:00:00:01:02", ips=["10.244.1.2/24"],
+                           ifname="eth0", netns="/var/run/netns/pod-a")
 """
 
 from __future__ import annotations
@@ -204,16 +211,11 @@ class Network:
                 used[a] = f"remote {mac}"
         return used
 
-    def add_port(
-        self,
-        mac: str,
-        ips: Sequence[str] = (),
-        *,
-        ifname: str | None = None,
-        port_security: bool = True,
-        persist: bool = False,
-    ) -> Port:
-        """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoof)."""
+    def _check_port(
+        self, mac: str, ips: Sequence[str], ifname: str | None
+    ) -> tuple[bytes, list[IPInterface]]:
+        """The checks every new port passes before the data plane is touched:
+        its MAC and addresses are valid and free in this network, its name valid."""
         raw = _check_unicast_mac(mac, "mac")
         if isinstance(ips, str):
             ips = [ips]
@@ -232,21 +234,116 @@ class Network:
             raise ConflictError(f"mac={mac!r} is in use in vni={self.vni}; choose another MAC")
         if ifname is not None and not _IFNAME_RE.match(ifname):
             raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        return raw, ifaces
+
+    def _program_port(
+        self,
+        port_id: int,
+        name: str,
+        raw: bytes,
+        ifaces: list[IPInterface],
+        port_security: bool,
+        persist: bool,
+        netns: str | None = None,
+    ) -> Port:
+        """Give the data plane's new port its addresses and record it. On failure
+        the port is removed again: a TAP made for it goes too, a re-attached one
+        (``netns`` given) stays as it was found."""
         eng = self.node.engine
-        port_id, name = eng.port_add(
-            self.vni, raw, ifname or "", security=port_security, persist=persist
-        )
         try:
             for ip in ifaces:
                 eng.port_add_ip(port_id, ip.ip)
         except Exception:
-            eng.port_del(port_id)
+            if netns is None:
+                eng.port_del(port_id)
+            else:
+                eng.port_detach(port_id)
             raise
         port = Port(self, port_id, name, raw, ifaces, port_security, persist)
+        port.netns = netns
         self.ports.append(port)
         return port
 
+    def add_port(
+        self,
+        mac: str,
+        ips: Sequence[str] = (),
+        *,
+        ifname: str | None = None,
+        port_security: bool = True,
+        persist: bool = False,
+    ) -> Port:
+        """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoof).
+
+        The TAP is born in the node's namespace; ``ifname`` must not exist there.
+        With ``persist`` it outlives the node (``close``) so that a restarted
+        node can take it back with ``attach_port``; ``remove_port`` deletes it.
+        """
+        raw, ifaces = self._check_port(mac, ips, ifname)
+        port_id, name = self.node.engine.port_add(
+            self.vni, raw, ifname or "", security=port_security, persist=persist
+        )
+        return self._program_port(port_id, name, raw, ifaces, port_security, persist)
+
+    def attach_port(
+        self,
+        mac: str,
+        ips: Sequence[str] = (),
+        *,
+        ifname: str,
+        netns: str,
+        port_security: bool = True,
+    ) -> Port:
+        """Take back a pod's persistent TAP after a restart, where it lives now.
+
+        ``netns`` (name or path) and ``ifname`` say where: typically the pod's
+        namespace and ``eth0``, after ``add_port(..., persist=True)`` and
+        ``move_to_netns`` by an earlier node. The TAP is opened from inside that
+        namespace; the pod keeps its interface (same ifindex), addresses, MTU and
+        routes, and traffic resumes once the remote side is programmed again.
+        ``mac`` and ``ips`` are the port's as before (the MAC is set only if the
+        device's differs). Nothing is created: a missing interface (or
+        namespace) is a NotFoundError. A TAP another process still holds
+        (another node) is a ConflictError. The node's ``workers`` must again be
+        1, or again more than 1, as when the TAP was created (single- or
+        multi-queue), else ConfigError.
+
+        The returned port has ``netns`` set, ``ifname`` the name inside it and
+        ``persist`` True: ``close`` leaves the device, ``remove_port`` deletes it.
+        """
+        if not isinstance(ifname, str):
+            raise ConfigError("ifname", ifname, "the interface's name in netns, like 'eth0'")
+        if not isinstance(netns, str) or not netns:
+            raise ConfigError("netns", netns, "a network namespace (name or path)")
+        path = netns_path(netns)
+        for net in self.node.networks.values():
+            for p in net.ports:
+                if p.netns == path and p.ifname == ifname:
+                    raise ConflictError(
+                        f"ifname={ifname!r} in {path} is already {p!r} of this node"
+                    )
+        raw, ifaces = self._check_port(mac, ips, ifname)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"network namespace {path} does not exist: no {ifname!r} to re-attach"
+            ) from None
+        except OSError as exc:
+            raise ConfigError("netns", netns, f"a network namespace ({exc.strerror})") from None
+        try:
+            port_id = self.node.engine.port_attach(
+                self.vni, raw, ifname, fd, security=port_security, netns=path
+            )
+        finally:
+            os.close(fd)
+        return self._program_port(
+            port_id, ifname, raw, ifaces, port_security, persist=True, netns=path
+        )
+
     def remove_port(self, port: Port) -> None:
+        """Remove a port from the data plane and delete its TAP, persistent or not
+        (in whichever namespace it lives now)."""
         if port not in self.ports:
             raise NotFoundError(f"{port!r} is not in vni={self.vni}")
         self.node.engine.port_del(port.id)

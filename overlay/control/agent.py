@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from overlay.control import keys
@@ -49,6 +51,11 @@ from overlay.errors import ConfigError, OverlayError
 from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
 
 log = logging.getLogger("overlay.agent")
+
+
+class _Resync(Exception):
+    """Internal: the set of watched prefixes changed; start watching again."""
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -98,6 +105,36 @@ class Agent:
         self.subnets: dict[int, str] = {}  # vni -> the subnet this node leases
         self.local: dict[tuple[int, str], Endpoint] = {}  # our endpoints (vni, mac)
         self._macs = 0
+        self._delegated: set[tuple[int, str]] = set()  # endpoints whose IPs we did not lease
+        self._queue: asyncio.Queue[list[Event] | BaseException] | None = None
+        # Called with the seconds from a batch of store changes arriving to the
+        # node being programmed (overlayd's reconcile-latency metric).
+        self.on_reconcile: Callable[[float], None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the store answers (and the agent has synchronised once)."""
+        return self.synced.is_set() and not self._down
+
+    async def set_networks(self, networks: Iterable[int]) -> None:
+        """Host exactly ``networks`` from now on: re-announce the node and read the
+        endpoints of new networks; networks dropped are no longer reconciled (their
+        tables stay on the node until the caller removes the network)."""
+        hosted = tuple(sorted(set(networks)))
+        if hosted == self.spec.networks:
+            return
+        self.spec = dataclasses.replace(self.spec, networks=hosted)
+        for vni in hosted:
+            self.endpoints.setdefault(vni, {})
+        for vni in list(self.endpoints):
+            if vni not in hosted:
+                del self.endpoints[vni]
+                self.revisions.pop(keys.endpoints(vni), None)
+        if self.lease:
+            with contextlib.suppress(StoreUnavailable, LeaseNotFound):
+                await self.store.put(keys.node(self.name), to_json(self.spec), self.lease)
+        if self._queue is not None:
+            self._queue.put_nowait(_Resync())  # watch the new set of prefixes
 
     # -- life cycle -----------------------------------------------------------
 
@@ -209,10 +246,13 @@ class Agent:
         labels: dict[str, str] | None = None,
         ifname: str | None = None,
         port_security: bool = True,
+        ips: Sequence[str] | None = None,
+        persist: bool = False,
     ) -> tuple[Endpoint, Any]:
         """A new pod on this node: an address from the node's subnet lease of the
-        network (leased on first use), a port (TAP) on the node, and the endpoint
-        announced to the cluster. Returns (endpoint, port)."""
+        network (leased on first use) — or ``ips`` given by the caller (a delegated
+        IPAM owns those) — a port (TAP, ``persist`` to outlive the process) on the
+        node, and the endpoint announced to the cluster. Returns (endpoint, port)."""
         if vni not in self.spec.networks:
             raise ConfigError(
                 "vni", vni, f"one of the networks this node hosts: {self.spec.networks}"
@@ -220,33 +260,86 @@ class Agent:
         await asyncio.wait_for(self.synced.wait(), self.ttl * 3)
         if vni not in self.specs:
             raise ConfigError("vni", vni, "a network defined in the store (networks/<vni>)")
-        if vni not in self.subnets:
-            self.subnets[vni] = await lease_subnet(
-                self.store, self.specs[vni], self.name, self.lease
-            )
-        if mac is None:
-            self._macs += 1
-            h = int.from_bytes(self.name.encode()[-3:].rjust(3, b"\0"), "big")
-            mac = (
-                f"02:{(h >> 16) & 255:02x}:{(h >> 8) & 255:02x}:{h & 255:02x}:"
-                f"{(self._macs >> 8) & 255:02x}:{self._macs & 255:02x}"
-            )
-        alloc = self._allocator(vni)
-        ip = await alloc.allocate(mac)
+        mac = self._new_mac(vni) if mac is None else mac.lower()
+        if ips is not None:
+            addrs = [str(ip) for ip in ips]
+            self._delegated.add((vni, mac.lower()))
+        else:
+            if vni not in self.subnets:
+                self.subnets[vni] = await lease_subnet(
+                    self.store, self.specs[vni], self.name, self.lease
+                )
+            addrs = [await self._allocator(vni).allocate(mac)]
         try:
             self.reconcile([vni])  # the network exists on the node before its port
             port = self.node.network(vni).add_port(
-                mac, [ip], ifname=ifname, port_security=port_security
+                mac, addrs, ifname=ifname, port_security=port_security, persist=persist
             )
         except Exception:
-            await alloc.release(ip)
+            await self._release(vni, mac, addrs)
             raise
         ep = Endpoint(
-            vni=vni, mac=mac, ips=(ip,), node=self.name, name=name, labels=dict(labels or {})
+            vni=vni,
+            mac=mac,
+            ips=tuple(str(p) for p in port.ips),
+            node=self.name,
+            name=name,
+            labels=dict(labels or {}),
         )
         self.local[(vni, ep.mac)] = ep
         await self.publish_endpoint(ep)
         return ep, port
+
+    async def register_endpoint(self, ep: Endpoint, *, delegated: bool = False) -> None:
+        """Announce an endpoint whose port the node already has (a restarted daemon
+        re-attached it): its address is taken again from the node's subnet lease
+        unless a delegated IPAM owns it."""
+        await asyncio.wait_for(self.synced.wait(), self.ttl * 3)
+        if delegated:
+            self._delegated.add((ep.vni, ep.mac))
+        elif ep.vni in self.specs:
+            if ep.vni not in self.subnets:
+                size = self.specs[ep.vni].subnet_prefix
+                prefer = (
+                    str(
+                        ipaddress.ip_interface(
+                            f"{ipaddress.ip_interface(ep.ips[0]).ip}/{size}"
+                        ).network
+                    )
+                    if ep.ips
+                    else None
+                )
+                self.subnets[ep.vni] = await lease_subnet(
+                    self.store, self.specs[ep.vni], self.name, self.lease, prefer=prefer
+                )
+            for ip in ep.ips:
+                await self._allocator(ep.vni).allocate(ep.mac, want=ip)
+        self.local[(ep.vni, ep.mac)] = ep
+        await self.publish_endpoint(ep)
+
+    def _new_mac(self, vni: int) -> str:
+        """A locally administered MAC from the node's name and a counter, skipping any
+        in use in the network (a restarted daemon starts counting again)."""
+        net = self.node.networks.get(vni)
+        used = {p.mac for p in net.ports} | set(net.remotes) if net is not None else set()
+        used |= {mac for (v, mac) in self.local if v == vni}
+        h = int.from_bytes(self.name.encode()[-3:].rjust(3, b"\0"), "big")
+        while True:
+            self._macs += 1
+            mac = (
+                f"02:{(h >> 16) & 255:02x}:{(h >> 8) & 255:02x}:{h & 255:02x}:"
+                f"{(self._macs >> 8) & 255:02x}:{self._macs & 255:02x}"
+            )
+            if mac not in used:
+                return mac
+
+    async def _release(self, vni: int, mac: str, ips: Iterable[str]) -> None:
+        if (vni, mac) in self._delegated:
+            self._delegated.discard((vni, mac))
+            return  # the delegated IPAM owns these addresses
+        if vni in self.subnets and vni in self.specs:
+            for ip in ips:
+                await self._allocator(vni).release(ip)
 
     async def remove_endpoint(self, vni: int, mac: str) -> None:
         """Withdraw a pod of this node: endpoint, port and address."""
@@ -257,9 +350,8 @@ class Agent:
         for p in list(net.ports) if net else []:
             if p.mac == mac:
                 net.remove_port(p)
-        if ep and vni in self.subnets:
-            for ip in ep.ips:
-                await self._allocator(vni).release(ip)
+        if ep:
+            await self._release(vni, mac, ep.ips)
 
     async def _keepalive(self) -> None:
         while not self._stopping:
@@ -306,6 +398,8 @@ class Agent:
                 log.info("agent %s: %s; reading everything again", self.name, exc)
                 self.revisions.clear()
                 continue
+            except _Resync:
+                continue
             except asyncio.CancelledError:
                 raise
             delay = self.backoff[0]
@@ -313,6 +407,7 @@ class Agent:
     async def _sync_once(self) -> None:
         """Read (or resume) every prefix, then watch them all until something fails."""
         queue: asyncio.Queue[list[Event] | BaseException] = asyncio.Queue()
+        self._queue = queue
         watchers: list[asyncio.Task[None]] = []
         try:
             if self._down:
@@ -334,16 +429,27 @@ class Agent:
             self.synced.set()
             while True:
                 item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                dirty = self._apply(item)
-                while not queue.empty():  # take every batch already waiting
-                    more = queue.get_nowait()
-                    if isinstance(more, BaseException):
-                        raise more
-                    dirty |= self._apply(more)
+                began = time.monotonic()
+                # Every batch already waiting is applied, also when a failure (or
+                # a change of watched prefixes) is among them: its revision is
+                # recorded as seen, so it must not be dropped.
+                failure: BaseException | None = None
+                dirty: set[int] = set()
+                while True:
+                    if isinstance(item, BaseException):
+                        failure = failure or item
+                    else:
+                        dirty |= self._apply(item)
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
                 self.reconcile(dirty)
+                if failure is not None:
+                    raise failure
+                if self.on_reconcile is not None:
+                    self.on_reconcile(time.monotonic() - began)
         finally:
+            self._queue = None
             for w in watchers:
                 w.cancel()
             for w in watchers:

@@ -13,6 +13,8 @@ expected — the first problem found, in file order.
     port = 4789                    # optional: the encapsulation's default
     mtu = 1500                     # the underlay MTU
     workers = 1
+    netns = ""                     # optional: the namespace holding the underlay (name or path)
+    state_dir = "/var/lib/overlay" # attachments, kept across restarts
 
     [store]
     kind = "memory"                # or "etcd"
@@ -32,6 +34,11 @@ expected — the first problem found, in file order.
 
     [log]
     level = "info"
+
+    [health]
+    enabled = true                 # probe every peer through the overlay
+    vni = 16777215                 # the probes' own network (reserved: no [[networks]] may use it)
+    interval = 1.0                 # seconds between probes
 
     [[networks]]
     vni = 100
@@ -63,6 +70,15 @@ class NodeConfig:
     port: int
     mtu: int
     workers: int
+    netns: str = ""
+    state_dir: str = "/var/lib/overlay"
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = True
+    vni: int = 16777215
+    interval: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +97,10 @@ class DaemonConfig:
     api_socket: str
     metrics_address: str
     log_level: str
+    health: HealthConfig = HealthConfig()
 
 
-_SECTIONS = {"node", "store", "api", "metrics", "log", "networks"}
+_SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks"}
 
 
 def _table(raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -126,7 +143,11 @@ def parse(text: str) -> DaemonConfig:
     _unknown(raw, _SECTIONS, "")
 
     n = _table(raw, "node", "")
-    _unknown(n, {"name", "underlay", "interface", "encap", "port", "mtu", "workers"}, "node.")
+    _unknown(
+        n,
+        {"name", "underlay", "interface", "encap", "port", "mtu", "workers", "netns", "state_dir"},
+        "node.",
+    )
     name = _get(n, "name", "node.", str, 'the node\'s name, e.g. "node-a"')
     underlay = _get(n, "underlay", "node.", str, "an IP address", None)
     interface = _get(n, "interface", "node.", str, "an interface name", None)
@@ -151,7 +172,13 @@ def parse(text: str) -> DaemonConfig:
     workers = _get(n, "workers", "node.", int, "1-16 worker threads", 1)
     if not 1 <= workers <= 16:
         raise ConfigError("node.workers", workers, "1-16 worker threads")
-    node = NodeConfig(name, underlay, interface, encap, port, mtu, workers)
+    netns = _get(n, "netns", "node.", str, 'a namespace name or path, or ""', "")
+    if netns and ("/" in netns and not netns.startswith("/") or netns in (".", "..")):
+        raise ConfigError("node.netns", netns, "a namespace name or an absolute path")
+    state_dir = _get(n, "state_dir", "node.", str, "an absolute path", "/var/lib/overlay")
+    if not state_dir.startswith("/"):
+        raise ConfigError("node.state_dir", state_dir, "an absolute path")
+    node = NodeConfig(name, underlay, interface, encap, port, mtu, workers, netns, state_dir)
     NodeSpec(name=name, underlay=underlay or "0.0.0.0")  # checks the name
 
     s = _table(raw, "store", "")
@@ -211,6 +238,18 @@ def parse(text: str) -> DaemonConfig:
     if level not in LOG_LEVELS:
         raise ConfigError("log.level", level, f"one of {LOG_LEVELS}")
 
+    h = _table(raw, "health", "")
+    _unknown(h, {"enabled", "vni", "interval"}, "health.")
+    health = HealthConfig(
+        enabled=_get(h, "enabled", "health.", bool, "true or false", True),
+        vni=_get(h, "vni", "health.", int, "a VNI 1-16777215", 16777215),
+        interval=float(_get(h, "interval", "health.", (int, float), "0.1-60 seconds", 1.0)),
+    )
+    if not 1 <= health.vni <= 16777215:
+        raise ConfigError("health.vni", health.vni, "a VNI 1-16777215")
+    if not 0.1 <= health.interval <= 60:
+        raise ConfigError("health.interval", health.interval, "0.1-60 seconds")
+
     nets = []
     seen: set[int] = set()
     for i, t in enumerate(_get(raw, "networks", "", list, "a list of [[networks]] tables", [])):
@@ -231,11 +270,15 @@ def parse(text: str) -> DaemonConfig:
             if exc.field.startswith(where):
                 raise
             raise ConfigError(where + exc.field.split(".")[-1], exc.value, exc.expected) from None
+        if health.enabled and spec.vni == health.vni:
+            raise ConfigError(
+                where + "vni", spec.vni, f"not {health.vni}: health.vni reserves it for probes"
+            )
         if spec.vni in seen:
             raise ConfigError(where + "vni", spec.vni, "a VNI not used by another [[networks]]")
         seen.add(spec.vni)
         nets.append(spec)
-    return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level)
+    return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level, health)
 
 
 def load(path: str) -> DaemonConfig:

@@ -44,13 +44,14 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from overlay.nsenter import pid_alive
 
 if TYPE_CHECKING:
+    from overlay.testing.daemon import DaemonCluster
     from overlay.testing.etcd import EtcdServer
     from overlay.testing.netns import Topology
     from overlay.testing.throughput import (
@@ -140,6 +141,28 @@ def topology() -> Iterator[Topology]:
         yield topo
     finally:
         topo.close()
+
+
+@pytest.fixture
+def overlayd_cluster(topology: Topology, tmp_path: Path) -> Iterator[Callable[..., DaemonCluster]]:
+    """Factory: ``overlayd_cluster(n_nodes=2, store="memory" | etcd URL, networks=[...])``
+    builds node namespaces running real ``overlayd`` processes (not yet started:
+    call ``.start()``). Daemons are stopped by PID after the test, then the
+    namespaces are removed."""
+    from overlay.testing.daemon import DaemonCluster
+
+    made: list[DaemonCluster] = []
+
+    def make(**kw: Any) -> DaemonCluster:
+        c = DaemonCluster(topology, tmp_path / f"cluster{len(made)}", **kw)
+        made.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
 
 
 @contextlib.contextmanager

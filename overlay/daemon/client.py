@@ -1,0 +1,150 @@
+"""A small synchronous client of overlayd's local API (HTTP/1.1 + JSON on a Unix socket).
+
+The ``overlay`` CLI and the ``overlay-cni`` plugin use it; so can scripts.
+
+The API, version 1 (every body is JSON; errors are
+``{"error": {"kind", "message", "field", "value", "expected"}}`` with an HTTP
+status: 400 config, 404 not_found, 409 conflict, 507 capacity,
+503 unavailable, 500 internal):
+
+    GET    /v1/status                      node, store, counts, readiness
+    GET    /v1/health                      readiness and the peers' probe results
+    GET    /v1/networks                    the networks this node hosts
+    GET    /v1/endpoints[?vni=N]           endpoints (local and remote) of hosted networks
+    POST   /v1/endpoints                   attach a pod (CNI ADD); body: AttachRequest
+    GET    /v1/attachments                 local attachments (container_id, ifname, ...)
+    GET    /v1/attachments/<cid>/<ifname>  one attachment (CNI CHECK)
+    DELETE /v1/attachments/<cid>/<ifname>  detach (CNI DEL); idempotent
+    POST   /v1/gc                          {"valid": [{"container_id","ifname"}]} -> removed
+    GET    /v1/peers                       other nodes: underlay, networks, liveness, RTT
+    GET    /v1/fdb[?vni=N]                 the data plane's forwarding table
+    GET    /v1/counters                    node.counters()
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any
+from urllib.parse import quote
+
+DEFAULT_SOCKET = "/run/overlay/overlayd.sock"
+
+
+class ApiError(Exception):
+    """An error answer of the daemon: ``status`` (HTTP), ``kind``, ``message``, ``field``."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        self.status = status
+        self.kind = str(err.get("kind", "internal"))
+        self.message = str(err.get("message", f"HTTP {status}"))
+        self.field = err.get("field")
+        self.value = err.get("value")
+        self.expected = err.get("expected")
+        super().__init__(self.message)
+
+
+class DaemonUnavailable(Exception):
+    """No daemon answers on the socket (not running, wrong path, or no permission)."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+class Client:
+    """``Client(socket_path)``: one request per connection; methods return decoded JSON."""
+
+    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def request(self, method: str, url: str, body: Any = None) -> Any:
+        conn = _UnixConnection(self.path, self.timeout)
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            conn.request(method, url, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except FileNotFoundError:
+            raise DaemonUnavailable(
+                f"overlayd is not running: no socket at {self.path} "
+                "(start it with `overlayd --config FILE`, or pass --socket)"
+            ) from None
+        except ConnectionRefusedError:
+            raise DaemonUnavailable(
+                f"overlayd is not running: {self.path} refuses connections "
+                "(a stale socket; start the daemon)"
+            ) from None
+        except PermissionError:
+            raise DaemonUnavailable(
+                f"no permission to use {self.path}: run as root or as the socket's group"
+            ) from None
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            raise DaemonUnavailable(f"overlayd at {self.path} did not answer: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            decoded = json.loads(raw) if raw else None
+        except ValueError:
+            raise DaemonUnavailable(f"overlayd at {self.path} sent a non-JSON answer") from None
+        if resp.status >= 400:
+            raise ApiError(resp.status, decoded if isinstance(decoded, dict) else {})
+        return decoded
+
+    # -- the API ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/status")
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/health")
+
+    def networks(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/networks")
+
+    def endpoints(self, vni: int | None = None) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/endpoints" + (f"?vni={vni}" if vni is not None else ""))
+
+    def attach(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Attach a pod; ``request`` is an AttachRequest (see ``overlay.daemon.service``)."""
+        return self.request("POST", "/v1/endpoints", request)
+
+    def attachments(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/attachments")
+
+    def attachment(self, container_id: str, ifname: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/attachments/{quote(container_id)}/{quote(ifname)}")
+
+    def detach(self, container_id: str, ifname: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/attachments/{quote(container_id)}/{quote(ifname)}")
+
+    def gc(self, valid: list[dict[str, str]], vni: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"valid": valid}
+        if vni is not None:
+            body["vni"] = vni
+        return self.request("POST", "/v1/gc", body)
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/peers")
+
+    def fdb(self, vni: int | None = None) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/fdb" + (f"?vni={vni}" if vni is not None else ""))
+
+    def counters(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/counters")

@@ -1,0 +1,919 @@
+"""overlayd's core: one node, its agent, its pods, its API — and how they start,
+reload and stop.
+
+Design notes.
+- **All or nothing at start.** The configuration is checked in full before
+  anything is made; then the node (sockets bound), the store, the API socket
+  and the metrics endpoint are brought up in order, and a failure at any step
+  tears down the steps before it and exits with a message naming the key.
+- **Pods outlive the daemon.** A pod's TAP is persistent and lives in the
+  pod's namespace; ``<state_dir>/attachments.json`` remembers which TAP is
+  whose. A restarted daemon re-opens each TAP where it is (in the pod's
+  namespace), re-announces the endpoint, and traffic resumes: the pod keeps
+  its interface, addresses and routes, and sees only a short gap. SIGTERM
+  therefore does not withdraw anything from the store: the node's lease
+  keeps its keys for a TTL, so peers keep forwarding to a daemon that comes
+  straight back; one that does not is forgotten when the lease expires.
+- **Reload is a diff.** SIGHUP (or ``POST /v1/reload``) reads the file again;
+  a bad file changes nothing. Networks and static peers are applied as a
+  difference — unchanged networks are not touched, so their traffic never
+  stops; a network with pods attached cannot be removed or redefined (the
+  reload is refused naming it). Keys that need a restart (node, store, API
+  socket) refuse the reload too, naming the key.
+- **One writer.** Attach, detach, GC and reload take one lock; requests for
+  different containers are safe to send at once and are served in turn (each
+  takes milliseconds).
+- **Static peers.** With ``store.kind = "memory"`` nodes share no store: the
+  peers listed in the file are written into the daemon's own store (so the
+  agent makes them VTEPs of the networks they share), and those networks
+  use flood-and-learn, since no peer can announce its pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from overlay import __version__
+from overlay.control import keys
+from overlay.control.agent import Agent
+from overlay.control.ipam import lease_subnet
+from overlay.control.store import MemoryStore, Store, StoreUnavailable
+from overlay.daemon import config as cfgmod
+from overlay.daemon.api import ApiServer, Router, Unavailable
+from overlay.daemon.config import DaemonConfig
+from overlay.daemon.health import HEALTH_TENANT, HealthProber
+from overlay.daemon.state import Attachment, StateFile
+from overlay.errors import ConfigError, ConflictError, NotFoundError, OverlayError
+from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
+from overlay.node import Encap, Node, Port
+from overlay.nsenter import iproute, netns_path
+
+log = logging.getLogger("overlay.daemon")
+
+_CID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+
+def resolve_underlay(node: cfgmod.NodeConfig) -> str:
+    """The underlay address: ``node.underlay``, or the first address of ``node.interface``
+    (IPv4 first) in the node's namespace."""
+    if node.underlay:
+        return node.underlay
+    path = netns_path(node.netns) if node.netns else None
+
+    def lookup() -> str:
+        with iproute(path) as ipr:
+            idx = ipr.link_lookup(ifname=node.interface)
+            if not idx:
+                raise ConfigError("node.interface", node.interface, "an existing interface")
+            addrs = [
+                (a["family"], a.get_attr("IFA_ADDRESS"))
+                for a in ipr.get_addr(index=idx[0])
+                if a["scope"] == 0
+            ]
+        for _fam, a in sorted(addrs, key=lambda x: x[0]):
+            return str(a)
+        raise ConfigError(
+            "node.interface", node.interface, "an interface with a global IPv4 or IPv6 address"
+        )
+
+    return _in_thread(lookup)
+
+
+def _in_thread(fn: Any, *args: Any) -> Any:
+    from overlay.nsenter import off_loop
+
+    return off_loop(fn, *args)
+
+
+@dataclasses.dataclass
+class AttachRequest:
+    """The body of ``POST /v1/endpoints`` (what the CNI plugin sends on ADD)."""
+
+    container_id: str
+    ifname: str
+    netns: str
+    vni: int
+    ips: list[str] | None = None  # given by a delegated IPAM; None: the node allocates
+    gateway: str = ""
+    routes: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    mtu: int = 0  # 0: the node's underlay MTU less the encapsulation overhead
+    mac: str | None = None
+    name: str = ""
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, body: Any) -> AttachRequest:
+        if not isinstance(body, dict):
+            raise ConfigError("body", body, "a JSON object with container_id, ifname, netns, vni")
+        known = {f.name for f in dataclasses.fields(cls)} | {"gateways"}
+        for k in body:
+            if k not in known:
+                raise ConfigError(k, body[k], f"no such field; known: {sorted(known)}")
+
+        def get(key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
+            v = body.get(key, default)
+            if v is dataclasses.MISSING:
+                raise ConfigError(key, None, f"required: {expected}")
+            if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
+                raise ConfigError(key, v, expected)
+            return v
+
+        cid = get("container_id", str, "the container ID", dataclasses.MISSING)
+        if not _CID_RE.match(cid):
+            raise ConfigError("container_id", cid, "alphanumeric first, then [A-Za-z0-9_.-]")
+        ifname = get("ifname", str, "an interface name", dataclasses.MISSING)
+        if not _IFNAME_RE.match(ifname):
+            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        netns = get("netns", str, "the pod's namespace path", dataclasses.MISSING)
+        if not netns.startswith("/") or not os.path.exists(netns):
+            raise ConfigError("netns", netns, "the path of an existing network namespace")
+        vni = get("vni", int, "a VNI this node hosts", dataclasses.MISSING)
+        ips = get("ips", (list, type(None)), "a list of CIDR addresses", None)
+        if ips is not None:
+            if not ips:
+                raise ConfigError("ips", ips, "at least one address, or no ips field")
+            for ip in ips:
+                try:
+                    ipaddress.ip_interface(ip)
+                except (ValueError, TypeError):
+                    raise ConfigError("ips", ip, "addresses like 10.244.1.2/24") from None
+        gateway = get("gateway", str, "an IP address", "")
+        gws = get("gateways", dict, "a mapping of address to gateway", {})
+        if not gateway and gws:
+            gateway = str(next(iter(gws.values())))
+        if gateway:
+            try:
+                ipaddress.ip_address(gateway)
+            except ValueError:
+                raise ConfigError("gateway", gateway, "an IP address") from None
+        routes = get("routes", list, 'a list of {"dst": CIDR, "gw": IP}', [])
+        for r in routes:
+            if not isinstance(r, dict) or "dst" not in r:
+                raise ConfigError("routes", r, '{"dst": CIDR, "gw": IP (optional)}')
+            try:
+                ipaddress.ip_network(r["dst"], strict=False)
+                if r.get("gw"):
+                    ipaddress.ip_address(r["gw"])
+            except (ValueError, TypeError):
+                raise ConfigError("routes", r, '{"dst": CIDR, "gw": IP (optional)}') from None
+        mtu = get("mtu", int, "an MTU 68-65535, or 0 for the computed one", 0)
+        mac = get("mac", (str, type(None)), "a unicast MAC like 02:00:00:00:00:01", None)
+        name = get("name", str, "a name", "")
+        labels = get("labels", dict, "a mapping of strings to strings", {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise ConfigError("labels", labels, "a mapping of strings to strings")
+        return cls(
+            cid,
+            ifname,
+            netns,
+            vni,
+            list(ips) if ips is not None else None,
+            gateway,
+            [{k: str(v) for k, v in r.items() if k in ("dst", "gw")} for r in routes],
+            mtu,
+            mac,
+            name,
+            dict(labels),
+        )
+
+
+class Daemon:
+    """overlayd: ``await Daemon(config, path).start()``, then ``await wait_stopped()``."""
+
+    def __init__(self, config: DaemonConfig, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.node: Node | None = None
+        self.store: Store | None = None
+        self.agent: Agent | None = None
+        self.prober: Any = None
+        self.metrics: Any = None
+        self.api: ApiServer | None = None
+        self.state = StateFile(config.node.state_dir)
+        self.attachments: dict[tuple[str, str], Attachment] = {}
+        self.ports: dict[tuple[str, str], Port] = {}
+        self.ready = False
+        self.started = time.monotonic()
+        self.reloads = 0
+        self.failed = False  # start-up failed after the API came up: exit non-zero
+        # Attachments from the state file that could not be re-attached for a
+        # reason other than the pod being gone: kept (and saved) for DEL and GC.
+        self.orphans: dict[tuple[str, str], Attachment] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event()
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up, or nothing: on failure what was started is stopped."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._teardown()
+            raise
+
+    async def _start(self) -> None:
+        c = self.config
+        loop = asyncio.get_running_loop()
+        underlay = resolve_underlay(c.node)
+        try:
+            self.node = Node(
+                underlay,
+                Encap[c.node.encap.upper()],
+                port=c.node.port,
+                netns=c.node.netns or None,
+                mtu=c.node.mtu,
+                workers=c.node.workers,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"node.{exc.field}", exc.value, exc.expected) from None
+        except OverlayError as exc:
+            raise ConfigError(
+                "node", f"{underlay}:{c.node.port}", f"a usable VTEP ({exc})"
+            ) from exc
+        self.node.start()
+        if c.store.kind == "etcd":
+            from overlay.control.etcd import EtcdStore
+
+            self.store = EtcdStore(list(c.store.endpoints))
+        else:
+            self.store = MemoryStore()
+        self.agent = Agent(
+            self.node,
+            self.store,
+            c.node.name,
+            networks=[n.vni for n in c.networks],
+            ttl=c.store.ttl,
+        )
+        if self.metrics is None and c.metrics_address:
+            from overlay.daemon.metrics import Metrics
+
+            metrics = Metrics(self.snapshot)
+            await metrics.serve(c.metrics_address)  # scrapes run on this loop: no locking
+            self.metrics = metrics
+        if self.metrics is not None:
+            self.agent.on_reconcile = self.metrics.observe_reconcile
+        self.api = ApiServer(self._router(), c.api_socket)
+        await self.api.start()
+        if c.health.enabled:
+            self.prober = HealthProber(
+                self.node, c.node.name, vni=c.health.vni, interval=c.health.interval
+            )
+            await self.prober.start(loop)
+        self._tasks.append(asyncio.create_task(self._bootstrap(), name="overlayd-bootstrap"))
+        log.info(
+            "overlayd %s: node %s, underlay %s:%d (%s), store %s, API %s",
+            __version__,
+            c.node.name,
+            underlay,
+            self.node.port,
+            c.node.encap,
+            c.store.kind,
+            c.api_socket,
+        )
+
+    async def _bootstrap(self) -> None:
+        """Define networks and peers in the store, run the agent, re-attach pods."""
+        try:
+            await self._bootstrap_steps()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("overlayd: start-up failed; stopping")
+            self.failed = True
+            asyncio.get_running_loop().create_task(self.stop())
+
+    async def _bootstrap_steps(self) -> None:
+        assert self.agent is not None
+        await self._retry(self._define, self.config.networks, self.config.store.peers, ())
+        self._tasks.append(asyncio.create_task(self.agent.run(), name="overlayd-agent"))
+        self._tasks.append(asyncio.create_task(self._peer_loop(), name="overlayd-peers"))
+        await self.agent.synced.wait()
+        await self._retry(self._reattach)
+        self.ready = True
+        log.info("overlayd: ready (%d attachments)", len(self.attachments))
+
+    async def _retry(self, fn: Any, *args: Any) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await fn(*args)
+                return
+            except StoreUnavailable as exc:
+                log.warning("overlayd: store unavailable (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Stop serving. Pods keep their (persistent) interfaces and the node's keys
+        stay in the store until its lease expires, so a restart is seamless."""
+        if self._stopped.is_set():
+            return
+        log.info("overlayd: stopping")
+        await self._teardown()
+        self._stopped.set()
+
+    async def _teardown(self) -> None:
+        self.ready = False
+        if self.api is not None:
+            await self.api.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.prober is not None:
+            with contextlib.suppress(Exception):
+                await self.prober.stop()
+        if self.agent is not None:
+            with contextlib.suppress(Exception):
+                await self.agent.stop(deregister=False)
+        if self.metrics is not None:
+            with contextlib.suppress(Exception):
+                await self.metrics.close()
+            self.metrics = None
+        if self.node is not None:
+            self.node.close()  # persistent TAPs stay, in the pods' namespaces
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
+
+    # -- desired state in the store --------------------------------------------
+
+    def _static(self) -> bool:
+        return self.config.store.kind == "memory"
+
+    def _spec(self, spec: NetworkSpec) -> NetworkSpec:
+        if self._static() and self.config.store.peers and not spec.learning:
+            return dataclasses.replace(spec, learning=True)
+        return spec
+
+    async def _define(
+        self,
+        networks: tuple[NetworkSpec, ...],
+        peers: tuple[NodeSpec, ...],
+        gone_peers: tuple[str, ...],
+    ) -> None:
+        """Write network definitions (etcd: only where absent — the store is the
+        cluster's truth) and static peers."""
+        assert self.store is not None
+        for spec in networks:
+            spec = self._spec(spec)
+            key = keys.network(spec.vni)
+            if self._static():
+                await self.store.put(key, to_json(spec))
+                continue
+            have = await self.store.get(key)
+            if have is None:
+                if await self.store.cas(key, 0, to_json(spec)) is not None:
+                    continue
+                have = await self.store.get(key)
+            if have is not None and have.value != to_json(spec):
+                try:
+                    theirs = from_json(NetworkSpec, have.value)
+                except ConfigError:
+                    theirs = have.value
+                log.warning(
+                    "overlayd: network %d in the store differs from the file (%r); "
+                    "the store's definition is used",
+                    spec.vni,
+                    theirs,
+                )
+        for peer in peers:
+            await self.store.put(keys.node(peer.name), to_json(peer))
+        for name in gone_peers:
+            await self.store.delete(keys.node(name))
+        if self._static():
+            # No shared store to lease subnets from: every node computes the same
+            # assignment (names in sorted order, each taking its first free
+            # subnet), so static peers never hand out the same pod address.
+            names = sorted(
+                {self.config.node.name}
+                | {p.name for p in self.config.store.peers}
+                | {p.name for p in peers}
+            )
+            for spec in networks:
+                for name in names:
+                    await lease_subnet(self.store, self._spec(spec), name, 0)
+
+    async def _peer_loop(self) -> None:
+        """Keep the health prober's peers equal to the nodes the agent knows."""
+        while True:
+            if self.prober is not None and self.agent is not None:
+                try:
+                    self.prober.set_peers(
+                        {n.name: (n.underlay, n.port) for n in self.agent.nodes.values()}
+                    )
+                except Exception:
+                    log.exception("overlayd: updating health peers failed")
+            await asyncio.sleep(min(1.0, self.config.health.interval))
+
+    # -- attachments --------------------------------------------------------------
+
+    def _save(self) -> None:
+        self.state.save(list(self.attachments.values()) + list(self.orphans.values()))
+
+    async def _reattach(self) -> None:
+        """Re-open the TAPs of the pods attached before a restart, where they are."""
+        assert self.agent is not None and self.node is not None
+        for rec in self.state.load():
+            if rec.key in self.attachments:
+                continue
+            if not os.path.exists(rec.netns):
+                log.info("overlayd: %s/%s: namespace gone; forgetting it", *rec.key)
+                continue
+            if rec.vni not in self.agent.spec.networks:
+                log.error(
+                    "overlayd: %s/%s: vni %d is no longer hosted; kept for DEL", *rec.key, rec.vni
+                )
+                self.orphans[rec.key] = rec
+                continue
+            try:
+                await self._reattach_one(rec)
+            except NotFoundError as exc:
+                log.info("overlayd: %s/%s: interface gone (%s); forgetting it", *rec.key, exc)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                log.error("overlayd: %s/%s: cannot re-attach (%s); kept for DEL", *rec.key, exc)
+                self.orphans[rec.key] = rec
+        self._save()
+
+    async def _reattach_one(self, rec: Attachment) -> None:
+        assert self.agent is not None and self.node is not None
+        self.agent.reconcile([rec.vni])  # the network exists before its port
+        net = self.node.network(rec.vni)
+        if not any(p.mac == rec.mac for p in net.ports):
+            port = await asyncio.to_thread(
+                net.attach_port, rec.mac, rec.ips, ifname=rec.ifname, netns=rec.netns
+            )
+            self.ports[rec.key] = port
+        ep = Endpoint(
+            vni=rec.vni,
+            mac=rec.mac,
+            ips=tuple(rec.ips),
+            node=self.config.node.name,
+            name=rec.name,
+            labels=dict(rec.labels),
+        )
+        await self.agent.register_endpoint(ep, delegated=rec.ipam == "delegated")
+        self.attachments[rec.key] = rec
+        log.info("overlayd: re-attached %s/%s (%s in vni %d)", *rec.key, rec.mac, rec.vni)
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable("overlayd is starting (waiting for the store); try again shortly")
+
+    async def attach(self, body: Any) -> dict[str, Any]:
+        req = AttachRequest.parse(body)
+        self._check_ready()
+        assert self.agent is not None and self.node is not None
+        async with self._lock:
+            key = (req.container_id, req.ifname)
+            if key in self.attachments:
+                raise ConflictError(
+                    f"attachment {req.container_id}/{req.ifname} exists already; DEL it first"
+                )
+            if req.vni not in self.agent.spec.networks:
+                raise ConfigError(
+                    "vni", req.vni, f"a network this node hosts: {list(self.agent.spec.networks)}"
+                )
+            for rec in self.attachments.values():
+                if rec.netns == req.netns and rec.ifname == req.ifname:
+                    raise ConflictError(
+                        f"{req.netns} already has {req.ifname} from container "
+                        f"{rec.container_id}; choose another ifname"
+                    )
+            ep, port = await self.agent.add_endpoint(
+                req.vni,
+                mac=req.mac,
+                name=req.name,
+                labels=req.labels,
+                ips=req.ips,
+                persist=True,
+            )
+            net = self.node.network(req.vni)
+            mtu = req.mtu or self.node.pod_mtu(net)
+            try:
+                await asyncio.to_thread(port.move_to_netns, req.netns, req.ifname, mtu=mtu)
+                if req.routes:
+                    await asyncio.to_thread(_add_routes, req.netns, req.ifname, req.routes)
+            except BaseException:
+                await self.agent.remove_endpoint(req.vni, ep.mac)
+                raise
+            rec = Attachment(
+                container_id=req.container_id,
+                ifname=req.ifname,
+                netns=req.netns,
+                vni=req.vni,
+                tenant=net.tenant,
+                mac=ep.mac,
+                ips=list(ep.ips),
+                mtu=mtu,
+                ipam="delegated" if req.ips is not None else "node",
+                gateway=req.gateway,
+                routes=req.routes,
+                name=req.name,
+                labels=req.labels,
+            )
+            self.attachments[key] = rec
+            self.ports[key] = port
+            self._save()
+            log.info("overlayd: attached %s/%s: %s %s", *key, ep.mac, ",".join(ep.ips))
+            return rec.to_dict()
+
+    def _attachment(self, container_id: str, ifname: str) -> Attachment:
+        key = (container_id, ifname)
+        rec = self.attachments.get(key) or self.orphans.get(key)
+        if rec is None:
+            raise NotFoundError(f"no attachment {container_id}/{ifname} on this node")
+        return rec
+
+    async def detach(self, container_id: str, ifname: str) -> dict[str, Any]:
+        assert self.agent is not None
+        async with self._lock:
+            rec = self._attachment(container_id, ifname)
+            if self.orphans.pop(rec.key, None) is not None:
+                await asyncio.to_thread(_delete_link, rec.netns, rec.ifname)
+                self._save()
+                return rec.to_dict()
+            await self.agent.remove_endpoint(rec.vni, rec.mac)  # the TAP goes with its port
+            del self.attachments[rec.key]
+            self.ports.pop(rec.key, None)
+            self._save()
+            log.info("overlayd: detached %s/%s", container_id, ifname)
+            return rec.to_dict()
+
+    async def gc(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("valid"), list):
+            raise ConfigError("valid", body, 'a list of {"container_id", "ifname"}')
+        valid = set()
+        for v in body["valid"]:
+            if not isinstance(v, dict) or not isinstance(v.get("container_id"), str):
+                raise ConfigError("valid", v, '{"container_id": ..., "ifname": ...}')
+            valid.add((v["container_id"], str(v.get("ifname", ""))))
+        vni = body.get("vni")
+        if vni is not None and (isinstance(vni, bool) or not isinstance(vni, int)):
+            raise ConfigError("vni", vni, "a VNI, or no vni field for every network")
+        self._check_ready()
+        removed = []
+        for rec in list(self.attachments.values()) + list(self.orphans.values()):
+            if rec.key in valid or (vni is not None and rec.vni != vni):
+                continue
+            with contextlib.suppress(NotFoundError):
+                removed.append(await self.detach(*rec.key))
+        return {"removed": removed}
+
+    # -- reload -------------------------------------------------------------------
+
+    async def reload(self, new: DaemonConfig | None = None) -> dict[str, Any]:
+        """Apply the file again: networks and static peers as a difference; a bad file,
+        a key that needs a restart or a network in use refuses it, changing nothing."""
+        if new is None:
+            if self.config_path is None:
+                raise ConfigError("--config", None, "a file to reload from")
+            new = cfgmod.load(self.config_path)
+        old = self.config
+        for key in (
+            "node",
+            "store.kind",
+            "store.endpoints",
+            "store.ttl",
+            "api_socket",
+            "metrics_address",
+            "health",
+        ):
+            a, b = old, new
+            for part in key.split("."):
+                a, b = getattr(a, part), getattr(b, part)
+            if a != b:
+                raise ConfigError(
+                    key.replace("_", "."), b, f"unchanged ({a!r}): restart overlayd to change it"
+                )
+        self._check_ready()
+        assert self.agent is not None and self.node is not None
+        async with self._lock:
+            before = {n.vni: n for n in old.networks}
+            after = {n.vni: n for n in new.networks}
+            in_use = {rec.vni for rec in self.attachments.values()}
+            gone = [v for v in before if v not in after]
+            changed = [v for v in before if v in after and before[v] != after[v]]
+            for vni in gone + changed:
+                if vni in in_use:
+                    what = "removed" if vni in gone else "changed"
+                    raise ConflictError(
+                        f"networks: vni {vni} would be {what} but pods are attached to it; "
+                        "detach them first"
+                    )
+            added = [after[v] for v in after if v not in before]
+            old_peers = {p.name: p for p in old.store.peers}
+            new_peers = {p.name: p for p in new.store.peers}
+            for name in old_peers.keys() & new_peers.keys():
+                if old_peers[name] != new_peers[name]:
+                    continue
+            put_peers = tuple(p for n, p in new_peers.items() if old_peers.get(n) != p)
+            gone_peers = tuple(n for n in old_peers if n not in new_peers)
+            for vni in gone + changed:
+                if vni in self.node.networks:
+                    self.node.remove_network(vni)
+                if self._static():
+                    await self.store.delete(keys.network(vni))  # type: ignore[union-attr]
+            await self.agent.set_networks(after)
+            await self._define(
+                tuple(added) + tuple(after[v] for v in changed), put_peers, gone_peers
+            )
+            # Answer once the agent has read the new definitions: a pod may be
+            # attached to a new network as soon as the reload returns.
+            want = {a.vni for a in added} | set(changed)
+            for _ in range(100):
+                if all(v in self.agent.specs and v in self.node.networks for v in want):
+                    break
+                await asyncio.sleep(0.05)
+            if self.config.log_level != new.log_level:
+                logging.getLogger("overlay").setLevel(new.log_level.upper())
+            self.config = new
+            self.reloads += 1
+            summary = {
+                "networks_added": sorted(a.vni for a in added),
+                "networks_removed": sorted(gone),
+                "networks_changed": sorted(changed),
+                "peers_added_or_changed": sorted(p.name for p in put_peers),
+                "peers_removed": sorted(gone_peers),
+            }
+            log.info("overlayd: reloaded: %s", summary)
+            return summary
+
+    # -- views ----------------------------------------------------------------------
+
+    def _peer_results(self) -> dict[str, dict[str, Any]]:
+        if self.prober is None:
+            return {}
+        return {r["name"]: r for r in self.prober.results()}
+
+    def status(self) -> dict[str, Any]:
+        c = self.config
+        agent = self.agent
+        peers = self.peers()
+        return {
+            "node": c.node.name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "ready": self.ready,
+            "underlay": str(self.node.underlay) if self.node else None,
+            "encap": c.node.encap,
+            "port": self.node.port if self.node else c.node.port,
+            "mtu": c.node.mtu,
+            "store": {
+                "kind": c.store.kind,
+                "endpoints": list(c.store.endpoints),
+                "connected": bool(agent and agent.connected),
+            },
+            "networks": len(agent.spec.networks) if agent else 0,
+            "attachments": len(self.attachments),
+            "endpoints": sum(len(e) for e in agent.endpoints.values()) if agent else 0,
+            "peers": len(peers),
+            "peers_reachable": sum(1 for p in peers if p.get("reachable")),
+            "reloads": self.reloads,
+        }
+
+    def networks(self) -> list[dict[str, Any]]:
+        agent, node = self.agent, self.node
+        if agent is None or node is None:
+            return []
+        out = []
+        for vni in agent.spec.networks:
+            spec = agent.specs.get(vni)
+            net = node.networks.get(vni)
+            eps = agent.endpoints.get(vni, {})
+            local = sum(1 for e in eps.values() if e.node == self.config.node.name)
+            out.append(
+                {
+                    "vni": vni,
+                    "tenant": spec.tenant if spec else None,
+                    "cidr": spec.cidr if spec else None,
+                    "learning": spec.learning if spec else None,
+                    "subnet": agent.subnets.get(vni),
+                    "pod_mtu": node.pod_mtu(net) if net else None,
+                    "vteps": sorted(str(v) for v in net.vteps) if net else [],
+                    "local_endpoints": local,
+                    "remote_endpoints": len(eps) - local,
+                    "defined": spec is not None,
+                }
+            )
+        return out
+
+    def endpoints(self, vni: int | None = None) -> list[dict[str, Any]]:
+        agent = self.agent
+        if agent is None:
+            return []
+        by_mac = {(r.vni, r.mac): r for r in self.attachments.values()}
+        out = []
+        for v, eps in sorted(agent.endpoints.items()):
+            if vni is not None and v != vni:
+                continue
+            for ep in sorted(eps.values(), key=lambda e: e.mac):
+                d = dataclasses.asdict(ep)
+                d["local"] = ep.node == self.config.node.name
+                rec = by_mac.get((v, ep.mac))
+                if rec is not None:
+                    d.update(container_id=rec.container_id, ifname=rec.ifname, netns=rec.netns)
+                out.append(d)
+        return out
+
+    def peers(self) -> list[dict[str, Any]]:
+        agent = self.agent
+        if agent is None:
+            return []
+        health = self._peer_results()
+        hosted = set(agent.spec.networks)
+        out = []
+        for n in sorted(agent.nodes.values(), key=lambda n: n.name):
+            h = health.get(n.name, {})
+            out.append(
+                {
+                    "name": n.name,
+                    "underlay": n.underlay,
+                    "port": n.port or (self.node.port if self.node else 0),
+                    "networks": sorted(set(n.networks) & hosted),
+                    "reachable": h.get("reachable"),
+                    "rtt_ms": h.get("rtt_ms"),
+                    "rtt_avg_ms": h.get("rtt_avg_ms"),
+                    "last_reply_age_s": h.get("last_reply_age_s"),
+                    "probes_sent": h.get("sent"),
+                    "probes_received": h.get("received"),
+                }
+            )
+        return out
+
+    def fdb(self, vni: int | None = None) -> list[dict[str, Any]]:
+        if self.node is None:
+            return []
+        now = time.monotonic_ns()
+        out = []
+        for e in self.node.fdb():
+            if vni is not None and e.vni != vni:
+                continue
+            d = dataclasses.asdict(e)
+            d["age_s"] = round(max(0, now - e.updated_ns) / 1e9, 3) if e.updated_ns else None
+            out.append(d)
+        return sorted(out, key=lambda d: (d["vni"], d["mac"]))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "store_connected": bool(self.agent and self.agent.connected),
+            "probing": self.prober is not None,
+            "peers": self.peers(),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the metrics collector reads."""
+        agent = self.agent
+        eps = []
+        for v, group in agent.endpoints.items() if agent else []:
+            local = sum(1 for e in group.values() if e.node == self.config.node.name)
+            eps.append({"vni": v, "local": local, "remote": len(group) - local})
+        return {
+            "node": self.config.node.name,
+            "counters": self.node.counters() if self.node else {},
+            "networks": [{"vni": n["vni"], "tenant": n["tenant"]} for n in self.networks()]
+            + (
+                [{"vni": self.config.health.vni, "tenant": HEALTH_TENANT}]
+                if self.prober is not None
+                else []
+            ),
+            "endpoints": eps,
+            "peers": [
+                {
+                    "name": p["name"],
+                    "underlay": p["underlay"],
+                    "reachable": p["reachable"],
+                    "rtt_ms": p["rtt_ms"],
+                }
+                for p in self.peers()
+            ],
+            "store": {"kind": self.config.store.kind, "connected": bool(agent and agent.connected)},
+        }
+
+    # -- the API ----------------------------------------------------------------------
+
+    def _router(self) -> Router:
+        r = Router()
+
+        def view(fn: Any, with_vni: bool = False) -> Any:
+            async def handler(query: dict[str, str], body: Any) -> Any:
+                if with_vni:
+                    return fn(_query_vni(query))
+                return fn()
+
+            return handler
+
+        async def attach(query: dict[str, str], body: Any) -> Any:
+            return await self.attach(body)
+
+        async def attachments(query: dict[str, str], body: Any) -> Any:
+            return [
+                {**a.to_dict(), "attached": a.key in self.attachments}
+                for a in list(self.attachments.values()) + list(self.orphans.values())
+            ]
+
+        async def attachment(query: dict[str, str], body: Any, cid: str, ifname: str) -> Any:
+            rec = self._attachment(cid, ifname)
+            d = rec.to_dict()
+            d["attached"] = rec.key in self.attachments
+            d["interface"] = await asyncio.to_thread(_link_state, rec.netns, rec.ifname)
+            return d
+
+        async def detach(query: dict[str, str], body: Any, cid: str, ifname: str) -> Any:
+            return await self.detach(cid, ifname)
+
+        async def gc(query: dict[str, str], body: Any) -> Any:
+            return await self.gc(body)
+
+        async def reload(query: dict[str, str], body: Any) -> Any:
+            return await self.reload()
+
+        async def counters(query: dict[str, str], body: Any) -> Any:
+            return self.node.counters() if self.node else {}
+
+        r.add("GET", "/v1/status", view(self.status))
+        r.add("GET", "/v1/health", view(self.health))
+        r.add("GET", "/v1/networks", view(self.networks))
+        r.add("GET", "/v1/endpoints", view(self.endpoints, True))
+        r.add("POST", "/v1/endpoints", attach)
+        r.add("GET", "/v1/attachments", attachments)
+        r.add("GET", "/v1/attachments/<cid>/<ifname>", attachment)
+        r.add("DELETE", "/v1/attachments/<cid>/<ifname>", detach)
+        r.add("POST", "/v1/gc", gc)
+        r.add("POST", "/v1/reload", reload)
+        r.add("GET", "/v1/peers", view(self.peers))
+        r.add("GET", "/v1/fdb", view(self.fdb, True))
+        r.add("GET", "/v1/counters", counters)
+        return r
+
+
+def _query_vni(query: dict[str, str]) -> int | None:
+    v = query.get("vni")
+    if v is None:
+        return None
+    if not v.isdigit():
+        raise ConfigError("vni", v, "a VNI (a number)")
+    return int(v)
+
+
+def _add_routes(netns: str, ifname: str, routes: list[dict[str, str]]) -> None:
+    with iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        for r in routes:
+            kw: dict[str, Any] = {"dst": r["dst"], "oif": idx}
+            if r.get("gw"):
+                kw["gateway"] = r["gw"]
+            ipr.route("replace", **kw)
+
+
+def _delete_link(netns: str, ifname: str) -> None:
+    if not os.path.exists(netns):
+        return
+    with iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if idx:
+            ipr.link("del", index=idx[0])
+
+
+def _link_state(netns: str, ifname: str) -> dict[str, Any]:
+    """The pod interface as the kernel sees it (CNI CHECK compares it)."""
+    if not os.path.exists(netns):
+        return {"exists": False}
+    with iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return {"exists": False}
+        link = ipr.get_links(idx[0])[0]
+        addrs = [
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(index=idx[0])
+            if a["scope"] == 0
+        ]
+        return {
+            "exists": True,
+            "index": idx[0],
+            "mac": link.get_attr("IFLA_ADDRESS"),
+            "mtu": link.get_attr("IFLA_MTU"),
+            "up": bool(link["flags"] & 1),
+            "addresses": addrs,
+        }

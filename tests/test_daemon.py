@@ -1,0 +1,330 @@
+"""overlayd end to end: real daemon processes on namespaced nodes, driven through
+their Unix-socket API: attach pods, traffic across nodes, every view, reload
+(SIGHUP), restart without losing a pod's interface, and start-up errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlay.daemon.client import ApiError, Client, DaemonUnavailable
+from overlay.testing.daemon import DaemonCluster, Overlayd, to_toml
+from overlay.testing.netns import Netns, Topology
+from overlay.testing.traffic import ping, tcp_transfer
+
+pytestmark = [pytest.mark.root]
+
+
+def _pod(topo: Topology, name: str) -> Netns:
+    return topo.add_netns(name)
+
+
+def _attach(c: Client, cid: str, ns: Netns, vni: int = 100, **kw: Any) -> dict[str, Any]:
+    return c.attach({"container_id": cid, "ifname": "eth0", "netns": ns.path, "vni": vni, **kw})
+
+
+def _ip(rec: dict[str, Any]) -> str:
+    return rec["ips"][0].split("/")[0]
+
+
+def _wait(cond: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _two_pods(topology: Topology, cl: DaemonCluster) -> tuple[Netns, Netns, dict, dict]:
+    pa, pb = _pod(topology, "pa"), _pod(topology, "pb")
+    a = _attach(cl.daemons[0].client, "ca", pa, name="pod-a")
+    b = _attach(cl.daemons[1].client, "cb", pb, name="pod-b")
+    return pa, pb, a, b
+
+
+@pytest.mark.parametrize("store", ["memory", "etcd"])
+def test_two_nodes_pods_talk_and_every_view_answers(
+    topology: Topology, overlayd_cluster: Any, store: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("etcd").endpoint if store == "etcd" else "memory"
+    cl = overlayd_cluster(store=url)
+    cl.start()
+    pa, pb, a, b = _two_pods(topology, cl)
+    assert a["mtu"] == 1450 and a["ipam"] == "node" and a["tenant"] == "blue"
+    assert ping(pa, _ip(b), count=3).received == 3
+    tr = tcp_transfer(pa, pb, _ip(b), 2_000_000)
+    assert tr.ok, tr
+
+    c0 = cl.daemons[0].client
+    st = c0.status()
+    assert st["ready"] and st["node"] == "node0" and st["store"]["connected"]
+    assert st["attachments"] == 1 and st["peers"] == 1
+    nets = c0.networks()
+    assert [n["vni"] for n in nets] == [100] and nets[0]["vteps"] == ["198.18.0.2"]
+    eps = c0.endpoints()
+    mine = [e for e in eps if e["local"]]
+    assert mine and mine[0]["container_id"] == "ca" and mine[0]["name"] == "pod-a"
+    if store == "etcd":  # with a shared store, the peer's pod is known by name
+        assert any(e["mac"] == b["mac"] and not e["local"] for e in eps)
+    fdb = c0.fdb(vni=100)
+    assert {e["mac"] for e in fdb} >= {a["mac"], b["mac"]}
+    assert c0.attachments()[0]["container_id"] == "ca"
+    one = c0.attachment("ca", "eth0")
+    assert one["interface"]["exists"] and one["interface"]["mac"] == a["mac"]
+    ctr = c0.counters()
+    assert ctr["node"]["udp_tx_packets"] > 0 and ctr["node"]["tap_rx_frames"] > 0
+    # Health probes cross the overlay both ways.
+    peers = _wait(
+        lambda: [p for p in c0.peers() if p["reachable"]], what="node1 reachable by probes"
+    )
+    assert peers[0]["name"] == "node1" and peers[0]["rtt_ms"] > 0
+    assert c0.health()["ready"]
+
+    # Detach: the pod's interface is gone, and a second DEL says not found.
+    c0.detach("ca", "eth0")
+    assert "eth0" not in pa.links()
+    with pytest.raises(ApiError) as err:
+        c0.detach("ca", "eth0")
+    assert err.value.status == 404 and err.value.kind == "not_found"
+
+
+def test_api_errors_name_the_field_and_change_nothing(
+    topology: Topology, overlayd_cluster: Any
+) -> None:
+    cl = overlayd_cluster(n_nodes=1)
+    cl.start()
+    c = cl.daemons[0].client
+    pa = _pod(topology, "pa")
+    base = {"container_id": "x", "ifname": "eth0", "netns": pa.path, "vni": 100}
+    cases = [
+        ({k: v for k, v in base.items() if k != "vni"}, "vni"),
+        ({**base, "vni": 7}, "vni"),
+        ({**base, "netns": "/nope"}, "netns"),
+        ({**base, "container_id": "-x"}, "container_id"),
+        ({**base, "ifname": "a/b"}, "ifname"),
+        ({**base, "ips": ["x"]}, "ips"),
+        ({**base, "bogus": 1}, "bogus"),
+    ]
+    for body, field in cases:
+        with pytest.raises(ApiError) as err:
+            c.attach(body)
+        assert err.value.status == 400 and err.value.field == field, (body, err.value)
+    with pytest.raises(ApiError) as err:
+        c.request("GET", "/v1/nothing")
+    assert err.value.status == 404
+    with pytest.raises(ApiError) as err:
+        c.request("PUT", "/v1/status")
+    assert err.value.status == 405
+    assert c.attachments() == [] and pa.links() == ["lo"]
+    # A duplicate attachment is a conflict, and the first one is untouched.
+    first = _attach(c, "x", pa)
+    with pytest.raises(ApiError) as err:
+        _attach(c, "x", pa)
+    assert err.value.status == 409 and "DEL it first" in err.value.message
+    assert c.attachment("x", "eth0")["mac"] == first["mac"]
+    # Delegated addresses are taken as given.
+    pb = _pod(topology, "pb")
+    got = _attach(c, "y", pb, ips=["10.244.200.9/24"], routes=[{"dst": "10.245.0.0/16"}])
+    assert got["ips"] == ["10.244.200.9/24"] and got["ipam"] == "delegated"
+    routes = pb.run(["ip", "-4", "route"]).stdout
+    assert "10.245.0.0/16 dev eth0" in routes
+
+
+def test_concurrent_attaches_are_all_served(topology: Topology, overlayd_cluster: Any) -> None:
+    cl = overlayd_cluster(n_nodes=1)
+    cl.start()
+    c = cl.daemons[0].client
+    pods = [_pod(topology, f"p{i}") for i in range(8)]
+    results: dict[int, Any] = {}
+
+    def go(i: int) -> None:
+        try:
+            results[i] = _attach(c, f"c{i}", pods[i])
+        except Exception as exc:  # reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, dict) for r in results.values()), results
+    assert len({r["mac"] for r in results.values()}) == 8
+    assert len({r["ips"][0] for r in results.values()}) == 8
+    assert ping(pods[0], _ip(results[7]), count=2).received == 2
+
+
+def _pinger(ns: Netns, dst: str, seconds: float) -> subprocess.Popen[str]:
+    return ns.popen(
+        ["ping", "-n", "-i", "0.05", "-w", f"{seconds:g}", dst],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _ping_stats(proc: subprocess.Popen[str]) -> tuple[int, int]:
+    out, _ = proc.communicate(timeout=60)
+    import re
+
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("how", ["sigterm", "crash"])
+def test_restart_keeps_pods_talking(topology: Topology, overlayd_cluster: Any, how: str) -> None:
+    cl = overlayd_cluster()
+    cl.start()
+    pa, pb, a, b = _two_pods(topology, cl)
+    assert ping(pa, _ip(b), count=2).received == 2
+    before = pa.link_info("eth0")
+    pinger = _pinger(pa, _ip(b), 8)
+    time.sleep(1.0)
+    d0 = cl.daemons[0]
+    if how == "sigterm":
+        assert d0.stop() == 0
+    else:
+        d0.kill()
+    assert "eth0" in pa.links()  # the pod keeps its interface while no daemon runs
+    d0.start()
+    sent, received = _ping_stats(pinger)
+    after = pa.link_info("eth0")
+    assert after.index == before.index and after.mac == before.mac
+    assert received > sent * 0.5, (sent, received)  # a short gap only
+    assert ping(pa, _ip(b), count=3).received == 3
+    tr = tcp_transfer(pa, pb, _ip(b), 1_000_000)
+    assert tr.ok, tr
+    c0 = d0.client
+    assert c0.attachment("ca", "eth0")["mac"] == a["mac"]
+    # The restarted daemon still owns the pod: DEL removes its interface.
+    c0.detach("ca", "eth0")
+    assert "eth0" not in pa.links()
+
+
+def test_reload_adds_and_removes_networks_without_disturbing_others(
+    topology: Topology, overlayd_cluster: Any
+) -> None:
+    cl = overlayd_cluster()
+    cl.start()
+    pa, pb, a, b = _two_pods(topology, cl)
+    d0, d1 = cl.daemons
+    green = {"vni": 200, "tenant": "green", "cidr": "10.245.0.0/16"}
+    for i, d in enumerate(cl.daemons):
+        cfg = cl.config(i)
+        cfg["networks"].append(green)
+        for p in cfg["store"]["peers"]:
+            p["networks"] = [100, 200]
+        d.write_config(cfg)
+    pinger = _pinger(pa, _ip(b), 3)
+    time.sleep(0.5)
+    for d in cl.daemons:
+        d.reload()
+    for d in cl.daemons:
+        _wait(lambda d=d: d.client.status()["reloads"] == 1, what="reload done")
+    assert {n["vni"] for n in d0.client.networks()} == {100, 200}
+    sent, received = _ping_stats(pinger)
+    assert received == sent, (sent, received)  # vni 100 never stopped
+    pg, ph = _pod(topology, "pg"), _pod(topology, "ph")
+    g = _attach(d0.client, "cg", pg, vni=200)
+    h = _attach(d1.client, "ch", ph, vni=200)
+    assert ping(pg, _ip(h), count=2).received == 2
+    # Removing a network with pods is refused, naming it; nothing changes.
+    cfg = cl.config(0)
+    d0.write_config(cfg)
+    with pytest.raises(ApiError) as err:
+        d0.client.request("POST", "/v1/reload")
+    assert err.value.status == 409 and "vni 200" in err.value.message
+    assert {n["vni"] for n in d0.client.networks()} == {100, 200}
+    # A bad file is refused too (SIGHUP: logged; the API call: the error).
+    d0.config_path.write_text(to_toml(cfg).replace('tenant = "blue"', "tenant = 5"))
+    with pytest.raises(ApiError) as err:
+        d0.client.request("POST", "/v1/reload")
+    assert err.value.status == 400 and err.value.field == "networks[0].tenant"
+    d0.reload()
+    _wait(lambda: "reload refused" in d0.log(), what="refusal logged")
+    assert d0.client.status()["ready"] and ping(pa, _ip(b), count=1).received == 1
+    # With the pod gone, the network can go.
+    d0.client.detach("cg", "eth0")
+    d0.write_config(cfg)
+    summary = d0.client.request("POST", "/v1/reload")
+    assert summary["networks_removed"] == [200]
+    assert {n["vni"] for n in d0.client.networks()} == {100}
+    assert g["vni"] == 200
+
+
+def test_start_errors_exit_with_the_key(tmp_path: Path, topology: Topology) -> None:
+    ns = topology.add_netns("n0")
+    run = [sys.executable, "-m", "overlay.daemon.main", "--config"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[node]\nname = "n"\nunderlay = "198.18.0.1"\nencap = "gre"\n')
+    done = subprocess.run(run + [str(bad)], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "node.encap" in done.stderr and "geneve" in done.stderr
+    done = subprocess.run(run + [str(bad), "--check"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    missing = subprocess.run(
+        run + [str(tmp_path / "none.toml")], capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 2 and "--config" in missing.stderr
+    # An underlay address the namespace does not have: exit 1, nothing left behind.
+    cfg = {
+        "node": {
+            "name": "n0",
+            "underlay": "198.18.0.9",
+            "netns": ns.path,
+            "state_dir": str(tmp_path / "st"),
+        },
+        "api": {"socket": str(tmp_path / "s.sock")},
+        "metrics": {"address": ""},
+        "networks": [{"vni": 100, "tenant": "blue", "cidr": "10.244.0.0/16"}],
+    }
+    d = Overlayd(tmp_path / "d", cfg)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(20) != 0
+    assert "198.18.0.9" in d.log()
+    assert not os.path.exists(tmp_path / "s.sock")
+    with pytest.raises(DaemonUnavailable) as err:
+        d.client.status()
+    assert "not running" in str(err.value)
+
+
+def test_second_daemon_on_one_socket_is_refused(
+    topology: Topology, overlayd_cluster: Any, tmp_path: Path
+) -> None:
+    cl = overlayd_cluster(n_nodes=1)
+    cl.start()
+    d0 = cl.daemons[0]
+    cfg = cl.config(0)
+    cfg["node"]["state_dir"] = str(tmp_path / "other")
+    twin = Overlayd(tmp_path / "twin", cfg)
+    twin.start(wait=False)
+    assert twin.proc is not None and twin.proc.wait(20) != 0
+    assert "another overlayd" in twin.log() or "in use" in twin.log()
+    assert d0.client.status()["ready"]  # the first one is untouched
+
+
+def test_sigterm_is_clean(overlayd_cluster: Any) -> None:
+    cl = overlayd_cluster(n_nodes=1)
+    cl.start()
+    d0 = cl.daemons[0]
+    assert d0.proc is not None
+    d0.proc.send_signal(signal.SIGTERM)
+    assert d0.proc.wait(10) == 0
+    assert not os.path.exists(d0.socket)
+    assert "stopped" in d0.log()
+    s = socket.socket(socket.AF_UNIX)
+    with pytest.raises(OSError):
+        s.connect(d0.socket)
+    s.close()
