@@ -198,6 +198,33 @@ def test_a_node_learns_only_the_networks_it_hosts(loop_kind: str, backend: Backe
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
+def test_hosting_a_network_later_reads_it_without_losing_changes(
+    loop_kind: str, backend: Backend
+) -> None:
+    """set_networks: a network defined right after the node starts hosting it is
+    seen (no change is lost while the watches are rebuilt), and peers learn of it."""
+
+    async def main() -> None:
+        async with Cluster(backend.store()) as c:
+            await c.define(100)
+            a = c.start("a", 1, (100,))
+            b = c.start("b", 2, (100, 200))
+            await until(lambda: a.synced.is_set() and b.synced.is_set())
+            await a.set_networks([100, 200])
+            await c.define(200, "green")  # right away: must not be lost
+            await c.endpoint("b", 200, 7)
+            await until(lambda: len(tables(a, 200)[1]) == 1)
+            assert a.node.networks[200].tenant == "green"
+            assert tables(a, 200)[0] == {"198.18.0.2"}
+            await until(lambda: tables(b, 200)[0] == {"198.18.0.1"})  # b sees a host 200
+            await a.set_networks([100])
+            await until(lambda: tables(b, 200)[0] == set())
+            assert set(a.endpoints) == {100}
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_node_that_stops_renewing_is_removed_within_its_ttl(
     loop_kind: str, backend: Backend
 ) -> None:

@@ -100,6 +100,28 @@ class DaemonConfig:
     health: HealthConfig = HealthConfig()
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """'host:port' (IPv6 as '[::1]:port') -> (host, port); ConfigError naming metrics.address.
+
+    Port 0 asks the kernel for a free port (see ``Metrics.bound``).
+    """
+    expected = 'host:port, like "127.0.0.1:9469" (IPv6 as "[::1]:9469"); "" turns metrics off'
+    if not isinstance(address, str):
+        raise ConfigError("metrics.address", address, expected)
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError("metrics.address", address, expected) from None
+    elif ":" in host:
+        raise ConfigError("metrics.address", address, expected)
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError("metrics.address", address, expected)
+    return host, int(port_text)
+
+
 _SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks"}
 
 
@@ -229,9 +251,7 @@ def parse(text: str) -> DaemonConfig:
     _unknown(m, {"address"}, "metrics.")
     metrics = _get(m, "address", "metrics.", str, '"host:port" or ""', "127.0.0.1:9469")
     if metrics:
-        host, _, mport = metrics.rpartition(":")
-        if not host or not mport.isdigit() or not 1 <= int(mport) <= 65535:
-            raise ConfigError("metrics.address", metrics, '"host:port", or "" for none')
+        parse_address(metrics)
     lg = _table(raw, "log", "")
     _unknown(lg, {"level"}, "log.")
     level = _get(lg, "level", "log.", str, f"one of {LOG_LEVELS}", "info")

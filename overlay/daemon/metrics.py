@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import re
 import threading
@@ -55,6 +54,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest, start_
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from overlay.daemon.config import parse_address
 from overlay.errors import ConfigError
 
 try:  # the engine's help texts; the collector works on plain dicts without them
@@ -73,28 +73,6 @@ _FIELD = "metrics.address"
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _REQUEST_TIMEOUT = 10.0  # seconds a scraper may take to send its request
 _HEADERS_MAX = 100
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """'host:port' (IPv6 as '[::1]:port') -> (host, port); ConfigError naming metrics.address.
-
-    Port 0 asks the kernel for a free port (see ``Metrics.bound``).
-    """
-    expected = 'host:port, like "127.0.0.1:9469" (IPv6 as "[::1]:9469"); "" turns metrics off'
-    if not isinstance(address, str):
-        raise ConfigError(_FIELD, address, expected)
-    host, sep, port_text = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(_FIELD, address, expected) from None
-    elif ":" in host:
-        raise ConfigError(_FIELD, address, expected)
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(_FIELD, address, expected)
-    return host, int(port_text)
 
 
 def _bind_error(address: str, exc: OSError) -> ConfigError:

@@ -1,0 +1,112 @@
+"""The ``overlay`` CLI against a real overlayd: tables, --json, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlay.testing.netns import Topology
+from overlay.testing.traffic import ping
+
+pytestmark = [pytest.mark.root]
+
+
+def overlay(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "overlay.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_every_subcommand_as_table_and_json(topology: Topology, overlayd_cluster: Any) -> None:
+    cl = overlayd_cluster(extra={"metrics": {"address": "127.0.0.1:0"}})
+    cl.start()
+    pa, pb = topology.add_netns("pa"), topology.add_netns("pb")
+    c0, c1 = cl.daemons[0].client, cl.daemons[1].client
+    a = c0.attach({"container_id": "ca", "ifname": "eth0", "netns": pa.path, "vni": 100})
+    b = c1.attach({"container_id": "cb", "ifname": "eth0", "netns": pb.path, "vni": 100})
+    assert ping(pa, b["ips"][0].split("/")[0], count=2).received == 2
+    sock = ["--socket", cl.daemons[0].socket]
+    deadline = time.monotonic() + 10
+    while not all(p["reachable"] for p in c0.peers()):
+        assert time.monotonic() < deadline, "peer never reachable"
+        time.sleep(0.1)
+
+    out = overlay(*sock, "status")
+    assert out.returncode == 0, out.stderr
+    assert "node0" in out.stdout and "ready       yes" in out.stdout
+    assert "1 reachable" in out.stdout
+
+    out = overlay(*sock, "networks")
+    assert out.stdout.splitlines()[0].split()[:3] == ["VNI", "TENANT", "CIDR"]
+    assert "blue" in out.stdout and "198.18.0.2" in out.stdout
+
+    out = overlay(*sock, "endpoints", "--vni", "100")
+    assert a["mac"] in out.stdout and "ca" in out.stdout
+
+    out = overlay(*sock, "peers")
+    row = [ln for ln in out.stdout.splitlines() if ln.startswith("node1")]
+    assert row and "198.18.0.2" in row[0] and "yes" in row[0]
+
+    out = overlay(*sock, "fdb")
+    assert a["mac"] in out.stdout and "local" in out.stdout
+
+    out = overlay(*sock, "counters")
+    assert "tap_rx_frames" in out.stdout and "drops:" in out.stdout
+
+    out = overlay(*sock, "health")
+    assert out.stdout.startswith("ready: yes") and "node1" in out.stdout
+
+    for cmd in ("status", "networks", "endpoints", "peers", "fdb", "counters", "health"):
+        out = overlay(*sock, "--json", cmd)
+        assert out.returncode == 0, (cmd, out.stderr)
+        json.loads(out.stdout)
+    data = json.loads(overlay(*sock, "--json", "peers").stdout)
+    assert data[0]["name"] == "node1" and data[0]["reachable"] is True
+
+    # The daemon's metrics: drops by reason, per-network traffic, peers, store state.
+    status = c0.status()
+    assert status["ready"]
+    log = cl.daemons[0].log()
+    addr = _metrics_address(log)
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'overlay_peer_up{peer="node1",underlay="198.18.0.2"} 1.0' in text
+    assert 'overlay_store_connected{kind="memory"} 1.0' in text
+    assert "overlay_drops_total{" in text and "overlay_network_packets_total{" in text
+    assert 'overlay_endpoints{location="local",vni="100"} 1.0' in text
+    assert "overlay_reconcile_seconds_bucket" in text
+
+
+def _metrics_address(log: str) -> str:
+    for line in log.splitlines():
+        if "metrics on http://" in line:
+            return line.split("metrics on http://", 1)[1].split("/", 1)[0]
+    raise AssertionError(f"no metrics address in the log:\n{log[-2000:]}")
+
+
+def test_no_daemon_is_a_clear_error(tmp_path: Path) -> None:
+    out = overlay("--socket", str(tmp_path / "none.sock"), "status")
+    assert out.returncode == 1
+    assert "overlayd is not running" in out.stderr and "--socket" in out.stderr
+    stale = tmp_path / "stale.sock"
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    out = overlay("--socket", str(stale), "peers")
+    assert out.returncode == 1 and "refuses connections" in out.stderr
+
+
+def test_bad_arguments_exit_2() -> None:
+    out = overlay("endpoints", "--vni", "blue")
+    assert out.returncode == 2 and "--vni" in out.stderr
+    out = overlay("frobnicate")
+    assert out.returncode == 2
