@@ -135,3 +135,13 @@ def test_an_unreadable_file_names_the_option(tmp_path: Path) -> None:
     p = tmp_path / "overlayd.toml"
     p.write_text(GOOD)
     assert load(str(p)).node.name == "node-a"
+
+
+def test_the_example_configuration_is_valid() -> None:
+    from pathlib import Path
+
+    from overlay.daemon.config import load
+
+    cfg = load(str(Path(__file__).parent.parent / "examples" / "overlayd.toml"))
+    assert cfg.node.name == "node-a" and cfg.store.kind == "etcd"
+    assert [n.vni for n in cfg.networks] == [100]

@@ -11,16 +11,28 @@ environment, 6 decoding failure, 7 invalid configuration. Versions: this
 plugin speaks 0.3.0 through 1.1.0; results are printed in the version the
 configuration asked for (1.0.0 and 1.1.0 share a format), so chaining with
 1.0.0 plugins such as Debian's host-local works.
+
+``run(handlers)`` is that dispatcher, shared by the bundled plugin and by
+plugin authors: it parses once, gates verbs by version (CHECK needs 0.4.0,
+STATUS and GC need 1.1.0), calls the one handler for ``CNI_COMMAND``, prints
+the result (ADD only; the other verbs print nothing on success) and turns any
+``CniError`` into the spec's error JSON on stdout with exit status 1. An
+exception that is not a ``CniError`` is a bug: its traceback goes to stderr
+and the runtime still gets well-formed error JSON (code 999).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
+import os
 import re
-from collections.abc import Mapping
-from typing import Any
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 VERBS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
@@ -36,6 +48,32 @@ INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
 PLUGIN_NOT_AVAILABLE = 50  # STATUS: cannot serve ADD
 PLUGIN_DEGRADED = 51  # STATUS: existing attachments may be affected
+# Not in the spec: the code CNI implementations conventionally use for an
+# unexpected failure (a bug, or a sub-plugin that died without an error JSON).
+PLUGIN_INTERNAL = 999
+
+# Top-level keys the spec (or a runtime following it) may put in a plugin's
+# configuration; anything else is the plugin's own. The valid-attachments list
+# of GC is sent under both names: the spec was published with one and runtimes
+# set the other as well.
+STANDARD_KEYS = frozenset(
+    {
+        "cniVersion",
+        "name",
+        "type",
+        "args",
+        "ipMasq",
+        "networkScaling",
+        "ipam",
+        "dns",
+        "capabilities",
+        "runtimeConfig",
+        "prevResult",
+        "cni.dev/valid-attachments",
+        "cni.dev/attachments",
+    }
+)
+VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
@@ -203,10 +241,11 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"cniVersion": self.cni_version}
-        out["interfaces"] = [
-            {k: v for k, v in dataclasses.asdict(i).items() if v not in ("", 0)}
-            for i in self.interfaces
-        ]
+        if self.interfaces:  # an IPAM plugin's result has none, and leaves the key out
+            out["interfaces"] = [
+                {k: v for k, v in dataclasses.asdict(i).items() if v not in ("", 0)}
+                for i in self.interfaces
+            ]
         out["ips"] = [
             {k: v for k, v in dataclasses.asdict(ip).items() if v not in ("", None)}
             for ip in self.ips
@@ -264,3 +303,165 @@ class Result:
 def version_result(cni_version: str = "1.1.0") -> str:
     """The VERSION verb's answer."""
     return json.dumps({"cniVersion": cni_version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+
+
+def version_at_least(version: str, minimum: str) -> bool:
+    """``version >= minimum`` for CNI's x.y.z versions (False for anything unparsable)."""
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in v.split("."))
+
+    try:
+        return key(version) >= key(minimum)
+    except ValueError:
+        return False
+
+
+def check_keys(raw: Mapping[str, Any], own: Iterable[str], plugin: str) -> None:
+    """Code 7 for a top-level key that is neither the spec's nor one of the plugin's ``own``."""
+    known = set(own)
+    for key in raw:
+        if key not in STANDARD_KEYS and key not in known:
+            close = difflib.get_close_matches(key, sorted(known | STANDARD_KEYS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise CniError(
+                INVALID_CONFIG,
+                f"unknown key {key!r} in the {plugin} configuration: {hint}remove it or fix "
+                f"its spelling ({plugin} accepts {', '.join(sorted(known))} besides the "
+                "spec's keys)",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    """One (container, interface) pair, as GC lists the valid ones."""
+
+    container_id: str
+    ifname: str
+
+
+def valid_attachments(conf: NetConf) -> list[Attachment]:
+    """GC's list of attachments still in use; code 7 when it is missing or malformed."""
+    key = next((k for k in VALID_ATTACHMENTS_KEYS if k in conf.raw), None)
+    if key is None:
+        raise CniError(
+            INVALID_CONFIG,
+            f"GC needs {VALID_ATTACHMENTS_KEYS[0]} (the attachments still in use) in the "
+            "configuration: the runtime sets it; an empty list means none is in use",
+        )
+    items = conf.raw[key]
+    if not isinstance(items, list):
+        raise CniError(INVALID_CONFIG, f"{key} must be a list of {{containerID, ifname}} objects")
+    out = []
+    for i, item in enumerate(items):
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("containerID"), str)
+            and isinstance(item.get("ifname"), str)
+            and item["containerID"]
+            and item["ifname"]
+        ):
+            raise CniError(
+                INVALID_CONFIG,
+                f'{key}[{i}]={item!r}: expected {{"containerID": str, "ifname": str}}',
+            )
+        out.append(Attachment(item["containerID"], item["ifname"]))
+    return out
+
+
+def chain_result(prev: Result | None, own: Result) -> Result:
+    """``own`` appended to a chain's ``prev`` result: interfaces, IPs (their interface
+    index shifted past prev's interfaces), routes and DNS (own's when it has any).
+
+    The spec requires a plugin that gets a ``prevResult`` on ADD to pass it on,
+    change it or drop it deliberately; an interface-creating plugin adds to it.
+    """
+    if prev is None:
+        return own
+    shift = len(prev.interfaces)
+    ips = [
+        dataclasses.replace(ip, interface=None if ip.interface is None else ip.interface + shift)
+        for ip in own.ips
+    ]
+    return Result(
+        cni_version=own.cni_version,
+        interfaces=[*prev.interfaces, *own.interfaces],
+        ips=[*prev.ips, *ips],
+        routes=[*prev.routes, *(r for r in own.routes if r not in prev.routes)],
+        dns=own.dns or prev.dns,
+    )
+
+
+Handler = Callable[[CniEnv, NetConf], Result | None]
+
+# The lowest configuration version that may ask for each verb.
+_VERB_SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
+
+
+def run(
+    handlers: Mapping[str, Handler],
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[str] | None = None,
+) -> int:
+    """Serve one CNI invocation; return the process exit status (0, or 1 after an error).
+
+    ``handlers`` maps verbs (ADD, DEL, CHECK, STATUS, GC) to functions of
+    ``(env, conf)``; ADD's returns the ``Result`` (printed in the configuration's
+    cniVersion), the others return None. VERSION is answered here. A verb with
+    no handler: STATUS and GC succeed (a plugin that holds nothing has nothing
+    to report or collect), ADD, DEL and CHECK are code 4. The defaults are
+    the process's environment, stdin and stdout.
+    """
+    environ = os.environ if environ is None else environ
+    stdin = sys.stdin.buffer if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    version = SUPPORTED_VERSIONS[-1]
+    try:
+        env = CniEnv.from_environ(environ)
+        data = stdin.read()
+        if env.command == "VERSION":
+            stdout.write(version_result(_requested_version(data)) + "\n")
+            return 0
+        conf = NetConf.parse(data)
+        version = conf.cni_version
+        since = _VERB_SINCE.get(env.command)
+        if since and not version_at_least(version, since):
+            raise CniError(
+                INCOMPATIBLE_VERSION,
+                f"CNI_COMMAND={env.command} needs cniVersion {since} or later and the "
+                f"configuration has {version}: raise cniVersion",
+            )
+        handler = handlers.get(env.command)
+        if handler is None:
+            if env.command in ("STATUS", "GC"):
+                return 0
+            raise CniError(INVALID_ENV, f"CNI_COMMAND={env.command}: this plugin does not do it")
+        result = handler(env, conf)
+        if env.command == "ADD":
+            if not isinstance(result, Result):
+                raise TypeError(f"the ADD handler returned {result!r}, not a Result")
+            stdout.write(dataclasses.replace(result, cni_version=version).to_json() + "\n")
+        return 0
+    except CniError as exc:
+        stdout.write(exc.to_json(version) + "\n")
+        return 1
+    except Exception as exc:  # a bug: the runtime still gets an error it can read
+        traceback.print_exc(file=sys.stderr)
+        err = CniError(
+            PLUGIN_INTERNAL,
+            f"internal error: {exc!r}; this is a bug in the plugin: report it with its stderr",
+        )
+        stdout.write(err.to_json(version) + "\n")
+        return 1
+
+
+def _requested_version(data: bytes) -> str:
+    """VERSION's stdin names the version the caller speaks; answer in it when we can."""
+    try:
+        raw = json.loads(data) if data.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        raw = {}
+    version = raw.get("cniVersion") if isinstance(raw, dict) else None
+    return version if version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]

@@ -1,0 +1,595 @@
+"""``overlay-cni``: the CNI plugin (spec 1.1.0) that attaches pods through overlayd.
+
+Design notes. The plugin is a thin, stateless dispatcher over overlayd's
+local API (``overlay.daemon.client``): each verb is one function that parses
+the configuration into ``OverlayConf``, makes one or two API calls, and turns
+the answer into a CNI result or error. It keeps no file and takes no lock:
+the daemon owns every attachment and serialises what must be serialised, so
+concurrent ADDs for different containers never wait on each other here.
+
+    ADD    [ipam delegate ADD] -> POST /v1/endpoints -> Result (in the config's cniVersion)
+    DEL    DELETE /v1/attachments/<cid>/<ifname> (404 is success) -> [ipam delegate DEL]
+    CHECK  GET /v1/attachments/<cid>/<ifname> vs prevResult, and the pod's netns as it is
+    STATUS GET /v1/status (+ /v1/networks): can overlayd serve ADD for this VNI?
+    GC     POST /v1/gc with the runtime's valid attachments -> [ipam delegate GC]
+
+Addresses come from the daemon (the node's subnet lease) unless the
+configuration names an ``ipam`` plugin; then that plugin runs first
+(``overlay.cni.delegate``) and the daemon is told which addresses to use.
+If the daemon then refuses or is unreachable, the addresses are released
+before the error is returned, so a failed ADD leaks nothing.
+
+DEL with the daemon unreachable is code 11 (try again later), and the
+delegated IPAM lease is deliberately *kept*. The daemon holds state that only
+it can remove: the attachment, its port in the data plane and its endpoint in
+the cluster store, all still claiming the pod's address. Releasing the lease
+now would let the IPAM plugin hand that address to a new pod while the old
+endpoint still announces it; keeping it means the address has one owner
+until the daemon has detached. The runtime retries a failed DEL, and the
+retry, with the daemon back, detaches and then releases. (Returning success
+instead would make the runtime forget the container and leave the daemon's
+attachment behind for good on runtimes without GC.) An ADD that failed for
+the same reason has already released its lease, so nothing is held then.
+
+GC forwards to a delegate that speaks 1.1.0. One that stops at 1.0.0, like
+host-local, has no GC verb; instead each attachment the daemon reports
+removed gets a delegate DEL, which releases its lease.
+
+The configuration, besides the spec's keys (see ``OverlayConf``)::
+
+    {"cniVersion": "1.1.0", "name": "blue", "type": "overlay-cni",
+     "vni": 100,                                  # required, hosted by overlayd
+     "socket": "/run/overlay/overlayd.sock",      # optional
+     "mtu": 1400,                                 # optional, the pod's MTU
+     "ipam": {"type": "host-local", ...},         # optional, else the daemon allocates
+     "routes": [{"dst": "0.0.0.0/0"}]}            # optional, extra pod routes
+
+Error codes: the spec's (1, 2, 3, 4, 6, 7, 11, 50), a delegate's own code
+passed through, and the plugin's own below (100-103).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from overlay.cni.delegate import Delegate
+from overlay.cni.spec import (
+    INVALID_CONFIG,
+    INVALID_ENV,
+    PLUGIN_NOT_AVAILABLE,
+    TRY_AGAIN_LATER,
+    UNKNOWN_CONTAINER,
+    UNSUPPORTED_FIELD,
+    CniEnv,
+    CniError,
+    Interface,
+    IPConfig,
+    NetConf,
+    Result,
+    Route,
+    chain_result,
+    check_keys,
+    run,
+    valid_attachments,
+)
+from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
+
+PLUGIN = "overlay-cni"
+OWN_KEYS = ("vni", "socket", "mtu", "routes")
+VNI_MAX = 0xFFFFFF
+MTU_MIN, MTU_MAX = 68, 65535
+
+# The plugin's own error codes (the spec leaves 100 and up to plugins).
+ATTACHMENT_CONFLICT = 100  # overlayd: the attachment (or its address/MAC) exists already
+NO_CAPACITY = 101  # overlayd: a table or the address pool is full
+DAEMON_INTERNAL = 102  # overlayd failed inside, or answered something unreadable
+CHECK_MISMATCH = 103  # CHECK: the attachment is not what prevResult or the netns says
+
+# CNI_ARGS keys this plugin reads; others need IgnoreUnknown=1 (the CNI convention).
+KNOWN_ARGS = (
+    "IgnoreUnknown",
+    "K8S_POD_NAME",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_UID",
+    "K8S_POD_INFRA_CONTAINER_ID",
+)
+
+# The client's messages name the daemon's fix; in a CNI configuration the
+# socket's path is the "socket" key.
+_SOCKET_HINT = ' (this network\'s "socket" key names the path)'
+
+_API_CODES = {
+    "config": INVALID_CONFIG,
+    "conflict": ATTACHMENT_CONFLICT,
+    "capacity": NO_CAPACITY,
+    "unavailable": TRY_AGAIN_LATER,
+    "internal": DAEMON_INTERNAL,
+}
+
+
+# -- configuration -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OverlayConf:
+    """The plugin's configuration: the spec's ``NetConf`` plus overlay's keys, checked."""
+
+    net: NetConf
+    vni: int
+    socket: str = DEFAULT_SOCKET
+    mtu: int | None = None
+    routes: tuple[Route, ...] = ()
+    ipam_type: str = ""  # "" when overlayd allocates the addresses
+
+    @classmethod
+    def parse(cls, net: NetConf) -> OverlayConf:
+        """Check overlay's keys; code 7 (2 for ipMasq) naming the key and the fix."""
+        raw = net.raw
+        check_keys(raw, OWN_KEYS, PLUGIN)
+        vni = raw.get("vni")
+        if "vni" not in raw:
+            raise CniError(
+                INVALID_CONFIG,
+                'vni is missing: set "vni" to the overlay network\'s VNI (a network overlayd '
+                "hosts, see `overlay networks`)",
+            )
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= VNI_MAX:
+            raise CniError(INVALID_CONFIG, f"vni={vni!r}: an integer 0-{VNI_MAX}")
+        sock = raw.get("socket", DEFAULT_SOCKET)
+        if not isinstance(sock, str) or not sock.startswith("/"):
+            raise CniError(
+                INVALID_CONFIG,
+                f"socket={sock!r}: the absolute path of overlayd's API socket "
+                f"(default {DEFAULT_SOCKET})",
+            )
+        mtu = raw.get("mtu")
+        if mtu is not None and (
+            isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX
+        ):
+            raise CniError(
+                INVALID_CONFIG,
+                f"mtu={mtu!r}: an integer {MTU_MIN}-{MTU_MAX}, or leave it out to use the "
+                "MTU overlayd computes from the underlay",
+            )
+        if raw.get("ipMasq"):
+            raise CniError(
+                UNSUPPORTED_FIELD,
+                f"ipMasq=true: {PLUGIN} does not masquerade; remove it and chain a plugin "
+                "that does, or route the overlay's CIDR",
+            )
+        for key in ("runtimeConfig", "capabilities"):
+            if key in raw and not isinstance(raw[key], dict):
+                raise CniError(INVALID_CONFIG, f"{key} must be a JSON object")
+        ipam_type = ""
+        if net.ipam:
+            ipam_type = net.ipam.get("type", "")
+            if not isinstance(ipam_type, str) or not ipam_type:
+                raise CniError(
+                    INVALID_CONFIG,
+                    f"ipam.type={ipam_type!r}: name the IPAM plugin (e.g. host-local), or "
+                    "remove ipam to let overlayd allocate from the node's subnet",
+                )
+        return cls(net, vni, sock, mtu, _parse_routes(raw.get("routes", [])), ipam_type)
+
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    def delegate(self, env: CniEnv) -> Delegate | None:
+        """The IPAM delegate, or None when the daemon allocates."""
+        if not self.ipam_type:
+            return None
+        return Delegate(self.ipam_type, self.net.raw, env.path, os.environ)
+
+
+def _parse_routes(raw: object) -> tuple[Route, ...]:
+    if not isinstance(raw, list):
+        raise CniError(INVALID_CONFIG, 'routes must be a list like [{"dst": "0.0.0.0/0"}]')
+    out = []
+    for i, item in enumerate(raw):
+        where = f"routes[{i}]"
+        if not isinstance(item, dict) or "dst" not in item:
+            raise CniError(INVALID_CONFIG, f'{where}={item!r}: expected {{"dst": CIDR, "gw": IP}}')
+        extra = sorted(set(item) - {"dst", "gw"})
+        if extra:
+            raise CniError(
+                INVALID_CONFIG, f"{where}.{extra[0]}: unknown; a route has only dst and gw"
+            )
+        try:
+            dst = ipaddress.ip_network(item["dst"], strict=False)
+        except (TypeError, ValueError):
+            raise CniError(
+                INVALID_CONFIG, f"{where}.dst={item['dst']!r}: a CIDR like 10.96.0.0/12"
+            ) from None
+        gw = item.get("gw", "")
+        if gw:
+            try:
+                gw_ip = ipaddress.ip_address(gw)
+            except (TypeError, ValueError):
+                raise CniError(
+                    INVALID_CONFIG, f"{where}.gw={gw!r}: an IP address, or leave it out"
+                ) from None
+            if gw_ip.version != dst.version:
+                raise CniError(
+                    INVALID_CONFIG, f"{where}: gw {gw} is not of the same family as dst {dst}"
+                )
+        out.append(Route(dst=str(dst), gw=str(gw)))
+    return tuple(out)
+
+
+def endpoint_identity(env: CniEnv, net: NetConf) -> tuple[str, dict[str, str]]:
+    """The endpoint's name and labels: the Kubernetes pod from CNI_ARGS, plus the
+    ``args.cni.labels`` the runtime may pass; the container ID when there is no pod.
+
+    Unknown CNI_ARGS keys are code 4 unless IgnoreUnknown=1 (the CNI convention).
+    """
+    ignore = env.args.get("IgnoreUnknown", "").lower() in ("1", "true")
+    if not ignore:
+        for key in env.args:
+            if key not in KNOWN_ARGS:
+                raise CniError(
+                    INVALID_ENV,
+                    f"CNI_ARGS has {key}, which {PLUGIN} does not know: remove it, or add "
+                    "IgnoreUnknown=1 to CNI_ARGS",
+                )
+    labels: dict[str, str] = {}
+    args = net.raw.get("args")
+    cni_args = args.get("cni") if isinstance(args, dict) else None
+    # The spec says plugins ignore ``args`` they do not understand: malformed
+    # entries are skipped, not refused.
+    for item in cni_args.get("labels", []) if isinstance(cni_args, dict) else []:
+        if isinstance(item, dict):
+            label, value = item.get("key"), item.get("value")
+            if isinstance(label, str) and isinstance(value, str) and label:
+                labels[label] = value
+    pod = env.args.get("K8S_POD_NAME", "")
+    namespace = env.args.get("K8S_POD_NAMESPACE", "")
+    uid = env.args.get("K8S_POD_UID", "")
+    for label, value in (
+        ("io.kubernetes.pod.name", pod),
+        ("io.kubernetes.pod.namespace", namespace),
+        ("io.kubernetes.pod.uid", uid),
+    ):
+        if value:
+            labels[label] = value
+    name = f"{namespace}/{pod}" if pod and namespace else pod or env.container_id
+    return name, labels
+
+
+# -- the daemon's answers ------------------------------------------------------
+
+
+def daemon_error(exc: ApiError | DaemonUnavailable, verb: str) -> CniError:
+    """An API failure as a CNI error (see the table in examples/README.md)."""
+    if isinstance(exc, DaemonUnavailable):
+        return CniError(TRY_AGAIN_LATER, f"{verb}: {exc}{_SOCKET_HINT}")
+    if exc.kind == "not_found":
+        # Not found means an unknown container only where the verb names one
+        # that should exist; for ADD and GC it is the network (a config error).
+        code = UNKNOWN_CONTAINER if verb == "CHECK" else INVALID_CONFIG
+    else:
+        code = _API_CODES.get(exc.kind, DAEMON_INTERNAL)
+    field = f" (field {exc.field})" if exc.field else ""
+    return CniError(code, f"{verb}: overlayd answered {exc.kind}{field}: {exc.message}")
+
+
+def result_from_record(record: Mapping[str, Any], dns: Mapping[str, Any]) -> Result:
+    """The CNI result of an attachment record of the daemon."""
+    try:
+        gateway = str(record.get("gateway") or "")
+        gw_version = ipaddress.ip_address(gateway).version if gateway else 0
+        ips = []
+        for address in record["ips"]:
+            version = ipaddress.ip_interface(address).version
+            ips.append(IPConfig(address, gateway if version == gw_version else "", 0))
+        return Result(
+            interfaces=[
+                Interface(
+                    name=record["ifname"],
+                    mac=record["mac"],
+                    mtu=int(record.get("mtu") or 0),
+                    sandbox=record["netns"],
+                )
+            ],
+            ips=ips,
+            routes=[Route(dst=r["dst"], gw=r.get("gw") or "") for r in record.get("routes", [])],
+            dns=dict(dns),
+        )
+    except (KeyError, TypeError, ValueError, CniError) as exc:
+        raise CniError(
+            DAEMON_INTERNAL,
+            f"overlayd returned an attachment this plugin cannot read ({exc!r}): "
+            "update overlayd and overlay-cni to the same release",
+        ) from None
+
+
+# -- the verbs -----------------------------------------------------------------
+
+
+def cmd_add(env: CniEnv, net: NetConf) -> Result:
+    conf = OverlayConf.parse(net)
+    name, labels = endpoint_identity(env, net)
+    request: dict[str, Any] = {
+        "container_id": env.container_id,
+        "ifname": env.ifname,
+        "netns": env.netns,
+        "vni": conf.vni,
+        "name": name,
+        "labels": labels,
+    }
+    routes = list(conf.routes)
+    dns: Mapping[str, Any] = net.dns
+    delegate = conf.delegate(env)
+    if delegate is not None:
+        ipam = delegate.add()
+        if not ipam.ips:
+            _release(delegate)
+            raise CniError(
+                INVALID_CONFIG,
+                f"ipam.type={delegate.type!r} returned no addresses: check its configuration",
+            )
+        request["ips"] = [ip.address for ip in ipam.ips]
+        gateways = {ip.address: ip.gateway for ip in ipam.ips if ip.gateway}
+        if gateways:
+            request["gateways"] = gateways
+        routes = [*ipam.routes, *(r for r in routes if r not in ipam.routes)]
+        dns = ipam.dns or dns
+    if routes:
+        request["routes"] = [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in routes]
+    if conf.mtu is not None:
+        request["mtu"] = conf.mtu
+    try:
+        record = conf.client().attach(request)
+    except (ApiError, DaemonUnavailable) as exc:
+        error = daemon_error(exc, "ADD")
+        if delegate is not None:
+            _release(delegate, error)
+        raise error from None
+    own = result_from_record(record, dns)
+    prev = Result.from_dict(net.prev_result) if net.prev_result is not None else None
+    return chain_result(prev, own)
+
+
+def _release(delegate: Delegate, error: CniError | None = None) -> None:
+    """Give back the delegate's addresses after a failed ADD; a failure to do so is
+    added to ``error`` (the runtime's DEL after a failed ADD will try again)."""
+    try:
+        delegate.delete()
+    except CniError as exc:
+        if error is None:
+            raise
+        error.msg = (
+            f"{error.msg} (and releasing the address with {delegate.type} failed too: "
+            f"{exc.msg}; it is released by the DEL the runtime sends next)"
+        )
+        error.args = (error.msg,)
+
+
+def cmd_del(env: CniEnv, net: NetConf) -> None:
+    conf = OverlayConf.parse(net)
+    try:
+        conf.client().detach(env.container_id, env.ifname)
+    except DaemonUnavailable as exc:
+        # Keep the IPAM lease: see "DEL with the daemon unreachable" above.
+        raise CniError(
+            TRY_AGAIN_LATER,
+            f"DEL: {exc}{_SOCKET_HINT}; attachment {env.container_id}/{env.ifname} and "
+            "its address stay reserved until a DEL reaches overlayd",
+        ) from None
+    except ApiError as exc:
+        if exc.kind != "not_found":  # gone already: DEL is idempotent
+            raise daemon_error(exc, "DEL") from None
+    delegate = conf.delegate(env)
+    if delegate is not None:
+        delegate.delete()
+
+
+def cmd_check(env: CniEnv, net: NetConf) -> None:
+    conf = OverlayConf.parse(net)
+    if net.prev_result is None:
+        raise CniError(
+            INVALID_CONFIG,
+            "CHECK needs prevResult (the result of the ADD being checked): the runtime "
+            "must pass it in the configuration",
+        )
+    prev = Result.from_dict(net.prev_result)
+    try:
+        record = conf.client().attachment(env.container_id, env.ifname)
+    except (ApiError, DaemonUnavailable) as exc:
+        error = daemon_error(exc, "CHECK")
+        if error.code == UNKNOWN_CONTAINER:
+            error.msg = (
+                f"CHECK: overlayd has no attachment {env.container_id}/{env.ifname} "
+                f"({error.msg}): ADD it again"
+            )
+            error.args = (error.msg,)
+        raise error from None
+    problems = compare_prev_result(prev, record, env.ifname)
+    if record.get("attached") is False:
+        # Kept from before a daemon restart, but its TAP could not be re-opened.
+        problems.append("overlayd holds the attachment but it is not attached (no data path)")
+    problems += inspect_netns(env.netns, env.ifname, record)
+    if problems:
+        raise CniError(
+            CHECK_MISMATCH,
+            f"CHECK {env.container_id}/{env.ifname}: {'; '.join(problems)}: "
+            "DEL and ADD the container again to repair it",
+        )
+    delegate = conf.delegate(env)
+    if delegate is not None and delegate.speaks("CHECK"):
+        delegate.check()
+
+
+def cmd_status(env: CniEnv, net: NetConf) -> None:
+    conf = OverlayConf.parse(net)
+    client = conf.client()
+    try:
+        status = client.status()
+        networks = client.networks() if isinstance(status, dict) and status.get("ready") else []
+    except DaemonUnavailable as exc:
+        raise CniError(PLUGIN_NOT_AVAILABLE, f"STATUS: {exc}{_SOCKET_HINT}") from None
+    except ApiError as exc:
+        raise CniError(
+            PLUGIN_NOT_AVAILABLE,
+            f"STATUS: overlayd at {conf.socket} answered {exc.kind}: {exc.message}",
+        ) from None
+    if not isinstance(status, dict) or not status.get("ready"):
+        reason = status.get("reason") if isinstance(status, dict) else None
+        raise CniError(
+            PLUGIN_NOT_AVAILABLE,
+            f"STATUS: overlayd at {conf.socket} is running but not ready"
+            f"{f' ({reason})' if isinstance(reason, str) and reason else ''}: wait for it, "
+            "and see `overlay status` for what it waits on",
+        )
+    hosted = [n.get("vni") for n in networks if isinstance(n, dict) and "vni" in n]
+    if hosted and len(hosted) == len(networks) and conf.vni not in hosted:
+        raise CniError(
+            PLUGIN_NOT_AVAILABLE,
+            f"STATUS: overlayd at {conf.socket} does not host vni {conf.vni} (it hosts "
+            f"{', '.join(map(str, hosted))}): add a [[networks]] entry with vni = {conf.vni} "
+            "to its configuration, or fix vni here",
+        )
+    delegate = conf.delegate(env)
+    if delegate is not None and delegate.speaks("STATUS"):
+        delegate.status()
+
+
+def cmd_gc(env: CniEnv, net: NetConf) -> None:
+    """Remove what no valid attachment uses; keep going past errors, report them all."""
+    conf = OverlayConf.parse(net)
+    valid = [{"container_id": a.container_id, "ifname": a.ifname} for a in valid_attachments(net)]
+    errors: list[CniError] = []
+    removed: list[Mapping[str, Any]] = []
+    try:
+        answer = conf.client().gc(valid, vni=conf.vni)
+        items = answer.get("removed", []) if isinstance(answer, dict) else []
+        removed = [r for r in items if isinstance(r, dict)]
+    except (ApiError, DaemonUnavailable) as exc:
+        errors.append(daemon_error(exc, "GC"))
+    try:
+        delegate = conf.delegate(env)
+        if delegate is not None and delegate.speaks("GC"):
+            delegate.gc()
+        elif delegate is not None:
+            errors += _release_removed(delegate, removed)
+    except CniError as exc:
+        errors.append(exc)
+    if errors:
+        messages = (e.msg.removeprefix("GC: ") for e in errors)
+        raise CniError(errors[0].code, "GC: " + "; ".join(messages))
+
+
+def _release_removed(delegate: Delegate, removed: list[Mapping[str, Any]]) -> list[CniError]:
+    """For a delegate without GC (spec <= 1.0.0): DEL each attachment overlayd has just
+    removed that had its addresses from the delegate, releasing the leases. Errors are
+    returned, not raised, so one failure does not keep the others' leases."""
+    errors = []
+    for item in removed:
+        cid, ifname = item.get("container_id"), item.get("ifname")
+        if isinstance(cid, str) and isinstance(ifname, str) and item.get("ipam") != "node":
+            try:
+                delegate.delete(cid, ifname)
+            except CniError as exc:
+                errors.append(exc)
+    return errors
+
+
+# -- CHECK: what the pod really has --------------------------------------------
+
+
+def _norm_route(dst: str, gw: str) -> tuple[str, str]:
+    return str(ipaddress.ip_network(dst, strict=False)), str(gw or "")
+
+
+def compare_prev_result(prev: Result, record: Mapping[str, Any], ifname: str) -> list[str]:
+    """How the daemon's attachment differs from the runtime's prevResult (empty: it doesn't)."""
+    index = next((i for i, itf in enumerate(prev.interfaces) if itf.name == ifname), None)
+    if index is None:
+        return [f"prevResult has no interface {ifname}"]
+    problems = []
+    mac = str(record.get("mac", "")).lower()
+    if prev.interfaces[index].mac and prev.interfaces[index].mac.lower() != mac:
+        problems.append(f"MAC is {mac}, prevResult says {prev.interfaces[index].mac}")
+    have = {str(ipaddress.ip_interface(a)) for a in record.get("ips", [])}
+    said = {str(ipaddress.ip_interface(ip.address)) for ip in prev.ips if ip.interface == index}
+    if have != said:
+        problems.append(
+            f"addresses are {', '.join(sorted(have)) or 'none'}, prevResult says "
+            f"{', '.join(sorted(said)) or 'none'}"
+        )
+    prev_routes = {_norm_route(r.dst, r.gw) for r in prev.routes}
+    for r in record.get("routes", []):
+        dst, gw = _norm_route(r["dst"], r.get("gw", ""))
+        if (dst, gw) not in prev_routes:
+            problems.append(f"route {dst}{f' via {gw}' if gw else ''} is not in prevResult")
+    return problems
+
+
+_IFF_UP = 0x1
+
+
+def inspect_netns(netns: str, ifname: str, record: Mapping[str, Any]) -> list[str]:
+    """How the pod's interface in ``netns`` differs from the daemon's attachment record:
+    its existence, MAC, MTU, state, addresses and routes (empty: it doesn't)."""
+    from overlay.nsenter import iproute  # pyroute2: only CHECK pays for it
+
+    try:
+        with iproute(netns) as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                return [f"no interface {ifname} in {netns}"]
+            index = found[0]
+            link = ipr.get_links(index)[0]
+            addrs = {
+                f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                for a in ipr.get_addr(index=index)
+            }
+            families = {
+                ipaddress.ip_network(r["dst"], strict=False).version
+                for r in record.get("routes", [])
+            }
+            routes: set[tuple[str, str]] = set()
+            for version in sorted(families):
+                family = socket.AF_INET if version == 4 else socket.AF_INET6
+                for rt in ipr.get_routes(family=family):
+                    if rt.get_attr("RTA_OIF") != index:
+                        continue
+                    dst = rt.get_attr("RTA_DST") or ("0.0.0.0" if version == 4 else "::")
+                    routes.add(
+                        _norm_route(f"{dst}/{rt['dst_len']}", rt.get_attr("RTA_GATEWAY") or "")
+                    )
+    except FileNotFoundError:
+        return [f"network namespace {netns} does not exist"]
+    problems = []
+    mac = str(link.get_attr("IFLA_ADDRESS") or "").lower()
+    if mac != str(record.get("mac", "")).lower():
+        problems.append(f"{ifname} has MAC {mac}, overlayd has {record.get('mac')}")
+    mtu = record.get("mtu")
+    if mtu and link.get_attr("IFLA_MTU") != mtu:
+        problems.append(f"{ifname} has MTU {link.get_attr('IFLA_MTU')}, overlayd has {mtu}")
+    if not link["flags"] & _IFF_UP:
+        problems.append(f"{ifname} is down")
+    for address in record.get("ips", []):
+        if str(ipaddress.ip_interface(address)) not in addrs:
+            problems.append(f"{ifname} lacks address {address}")
+    for r in record.get("routes", []):
+        dst, gw = _norm_route(r["dst"], r.get("gw", ""))
+        if not any(d == dst and (not gw or g == gw) for d, g in routes):
+            problems.append(f"route {dst}{f' via {gw}' if gw else ''} dev {ifname} is missing")
+    return problems
+
+
+HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status, "GC": cmd_gc}
+
+
+def main() -> None:
+    """The ``overlay-cni`` console script."""
+    raise SystemExit(run(HANDLERS))
+
+
+if __name__ == "__main__":
+    main()
