@@ -328,3 +328,26 @@ def test_sigterm_is_clean(overlayd_cluster: Any) -> None:
     with pytest.raises(OSError):
         s.connect(d0.socket)
     s.close()
+
+
+def test_etcd_outage_keeps_pods_talking_and_refuses_new_ones_until_it_is_back(
+    topology: Topology, overlayd_cluster: Any, etcd: Any
+) -> None:
+    cl = overlayd_cluster(store=etcd.endpoint)
+    cl.start()
+    pa, pb, a, b = _two_pods(topology, cl)
+    c0 = cl.daemons[0].client
+    etcd.kill()
+    _wait(lambda: not c0.status()["store"]["connected"], timeout=15, what="store disconnected")
+    assert not c0.status()["ready"]
+    assert ping(pa, _ip(b), count=3).received == 3  # the data plane forwards on its last state
+    pc = _pod(topology, "pc")
+    with pytest.raises(ApiError) as err:
+        _attach(c0, "cc", pc)
+    assert err.value.status == 503 and err.value.kind == "unavailable"
+    assert pc.links() == ["lo"]  # nothing half made
+    etcd.start()
+    _wait(lambda: c0.status()["ready"], timeout=20, what="ready again")
+    c = _attach(c0, "cc", pc)
+    assert ping(pc, _ip(b), count=2).received == 2
+    assert c["ips"] != a["ips"]

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from overlay.control.store import StoreUnavailable
 from overlay.errors import CapacityError, ConfigError, ConflictError, NotFoundError, OverlayError
 
 log = logging.getLogger("overlay.api")
@@ -64,9 +65,12 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status, err["kind"] = 409, "conflict"
     elif isinstance(exc, CapacityError):
         status, err["kind"] = 507, "capacity"
-    elif isinstance(exc, Unavailable | TimeoutError):
+    elif isinstance(exc, Unavailable | TimeoutError | StoreUnavailable):
         status, err["kind"] = 503, "unavailable"
-        err["message"] = str(exc) or "the daemon timed out; try again"
+        if isinstance(exc, StoreUnavailable):
+            err["message"] = f"the store is unreachable ({exc}); try again when it is back"
+        else:
+            err["message"] = str(exc) or "the daemon timed out; try again"
     else:
         status, err["kind"] = 500, "internal"
         err["message"] = f"internal error: {exc!r} (see overlayd's log)"

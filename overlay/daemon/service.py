@@ -665,6 +665,11 @@ class Daemon:
             return {}
         return {r["name"]: r for r in self.prober.results()}
 
+    def serving(self) -> bool:
+        """Ready for ADD: started, pods re-attached, and the store answering (an ADD
+        needs it to lease an address and to announce the pod)."""
+        return self.ready and bool(self.agent and self.agent.connected)
+
     def status(self) -> dict[str, Any]:
         c = self.config
         agent = self.agent
@@ -674,7 +679,7 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "ready": self.ready,
+            "ready": self.serving(),
             "underlay": str(self.node.underlay) if self.node else None,
             "encap": c.node.encap,
             "port": self.node.port if self.node else c.node.port,
@@ -776,7 +781,7 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         return {
-            "ready": self.ready,
+            "ready": self.serving(),
             "store_connected": bool(self.agent and self.agent.connected),
             "probing": self.prober is not None,
             "peers": self.peers(),
