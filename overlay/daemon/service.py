@@ -261,7 +261,8 @@ class Daemon:
             metrics = Metrics(self.snapshot)
             await metrics.serve(c.metrics_address)  # scrapes run on this loop: no locking
             self.metrics = metrics
-            log.info("overlayd: metrics on http://%s:%d/metrics", *metrics.bound)
+            host, port = metrics.bound or ("?", 0)
+            log.info("overlayd: metrics on http://%s:%d/metrics", host, port)
         if self.metrics is not None:
             self.agent.on_reconcile = self.metrics.observe_reconcile
         self.api = ApiServer(self._router(), c.api_socket)

@@ -5,7 +5,9 @@ does) and runs a real ``overlayd`` process per node, with its node bound in
 its namespace (``node.netns``), its API on a Unix socket in the test's
 scratch directory and its state there too. Peers are static (memory store)
 or found through a real etcd. ``cni()`` executes the real ``overlay-cni``
-plugin with the spec's environment variables and the config on stdin.
+plugin (or any CNI plugin) with the spec's environment variables and the
+configuration on stdin, and returns a ``Run`` to assert on; the plugin tests
+and the end-to-end tests all use this one runner.
 Processes are stopped by PID, namespaces removed by the Topology.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import overlay
 from overlay.daemon.client import ApiError, Client, DaemonUnavailable
 from overlay.testing.cluster import underlay_ip
 from overlay.testing.netns import Netns, Topology
@@ -221,39 +224,98 @@ class DaemonCluster:
             d.stop()
 
 
+# -- the CNI plugin as the runtime runs it ---------------------------------------
+
+CNI_DIR = "/usr/lib/cni"
+"""Where Debian's containernetworking-plugins (host-local, tuning, ...) live."""
+
+PACKAGE_PARENT = str(Path(overlay.__file__).resolve().parent.parent)
+"""The directory holding the ``overlay`` package: the plugin's PYTHONPATH."""
+
+EXAMPLES_DIR = os.path.join(PACKAGE_PARENT, "examples")
+"""The repository's example plugins (present in a checkout, not when installed);
+add it to ``cni_path`` to delegate to one (its files are executables)."""
+
+OVERLAY_CNI = (sys.executable, "-m", "overlay.cni.plugin")
+
+
+class Run:
+    """One finished plugin invocation: exit status, stdout decoded (None when empty), stderr."""
+
+    def __init__(self, done: subprocess.CompletedProcess[str]) -> None:
+        self.rc = done.returncode
+        self.stdout = done.stdout
+        self.stderr = done.stderr
+        self.out: Any = json.loads(done.stdout) if done.stdout.strip() else None
+
+    def __repr__(self) -> str:
+        return f"Run(rc={self.rc}, stdout={self.stdout!r}, stderr={self.stderr[-2000:]!r})"
+
+    def success(self) -> Any:
+        """Assert the invocation succeeded; return its decoded stdout (None when empty)."""
+        assert self.rc == 0, self
+        return self.out
+
+    def error(self, code: int) -> str:
+        """Assert this is the spec's error with ``code``; return its message."""
+        assert self.rc == 1, self
+        assert isinstance(self.out, dict) and self.out.get("code") == code, self
+        msg = self.out["msg"]
+        assert isinstance(msg, str) and msg, self
+        return msg
+
+
 def cni(
-    verb: str,
-    conf: dict[str, Any],
+    command: str,
+    conf: dict[str, Any] | str | None,
     *,
-    container_id: str = "",
-    netns: str = "",
+    cid: str = "ctr1",
+    netns: str = "/var/run/netns/ctr1",
     ifname: str = "eth0",
-    args: str = "",
-    path: str = "/usr/lib/cni",
-    env: dict[str, str] | None = None,
+    cni_args: str = "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_NAMESPACE=default",
+    cni_path: Sequence[str] = (CNI_DIR,),
+    plugin: Sequence[str] = OVERLAY_CNI,
+    unset: Sequence[str] = (),
     timeout: float = 60.0,
-) -> tuple[int, Any]:
-    """Run the real ``overlay-cni`` as a runtime does: CNI_* variables, config on
-    stdin. Returns (exit status, decoded stdout or None when empty)."""
+    **env: str,
+) -> Run:
+    """Run a CNI plugin as a runtime does; by default the real ``overlay-cni``.
+
+    The environment is only what the spec defines (``CNI_COMMAND=command``,
+    ``CNI_CONTAINERID``, ``CNI_NETNS``, ``CNI_IFNAME``, ``CNI_ARGS``,
+    ``CNI_PATH``) plus ``PATH`` and a ``PYTHONPATH`` that starts with the
+    directory holding this ``overlay`` package, so the plugin (and a Python
+    delegate it runs) imports the code under test, installed or not. ``unset``
+    removes variables; keyword arguments (``CNI_PATH=""``) set or override them.
+    ``conf`` goes to stdin as JSON (a string is sent as it is, None as nothing).
+    The netns and container defaults are placeholders for tests that never reach
+    a namespace. ``plugin`` is the argv of another plugin to run instead (e.g.
+    ``[f"{CNI_DIR}/tuning"]``, for the next plugin in a chain).
+    """
+    pythonpath = [PACKAGE_PARENT]
+    if os.environ.get("PYTHONPATH"):
+        pythonpath.append(os.environ["PYTHONPATH"])
     environ = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "CNI_COMMAND": verb,
-        "CNI_CONTAINERID": container_id,
+        "PYTHONPATH": os.pathsep.join(pythonpath),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
         "CNI_NETNS": netns,
         "CNI_IFNAME": ifname,
-        "CNI_ARGS": args,
-        "CNI_PATH": path,
-        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}),
-        **(env or {}),
+        "CNI_ARGS": cni_args,
+        "CNI_PATH": os.pathsep.join(cni_path),
+        **env,
     }
-    environ = {k: v for k, v in environ.items() if v != "" or k == "CNI_COMMAND"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "overlay.cni.plugin"],
-        input=json.dumps(conf).encode(),
+    for name in unset:
+        environ.pop(name, None)
+    data = conf if isinstance(conf, str) else "" if conf is None else json.dumps(conf)
+    done = subprocess.run(
+        list(plugin),
+        input=data,
         capture_output=True,
+        text=True,
         env=environ,
         timeout=timeout,
         check=False,
     )
-    out = proc.stdout.decode().strip()
-    return proc.returncode, json.loads(out) if out else None
+    return Run(done)
