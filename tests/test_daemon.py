@@ -29,7 +29,7 @@ def _pod(topo: Topology, name: str) -> Netns:
 
 
 def _attach(c: Client, cid: str, ns: Netns, vni: int = 100, **kw: Any) -> dict[str, Any]:
-    return c.attach({"container_id": cid, "ifname": "eth0", "netns": ns.path, "vni": vni, **kw})
+    return c.attach({"container_id": cid, "ifname": "eth0", "netns": ns.path, "vni": vni} | kw)
 
 
 def _ip(rec: dict[str, Any]) -> str:
@@ -134,6 +134,12 @@ def test_api_errors_name_the_field_and_change_nothing(
         _attach(c, "x", pa)
     assert err.value.status == 409 and "DEL it first" in err.value.message
     assert c.attachment("x", "eth0")["mac"] == first["mac"]
+    # An interface of that name in the pod already: a conflict, and it is left alone.
+    topology.veth(pa, pa, None, None, name_a="eth1", name_b="eth1p")
+    with pytest.raises(ApiError) as err:
+        _attach(c, "z", pa, ifname="eth1")
+    assert err.value.status == 409 and "eth1" in err.value.message
+    assert "eth1" in pa.links() and [a["container_id"] for a in c.attachments()] == ["x"]
     # Delegated addresses are taken as given.
     pb = _pod(topology, "pb")
     got = _attach(c, "y", pb, ips=["10.244.200.9/24"], routes=[{"dst": "10.245.0.0/16"}])

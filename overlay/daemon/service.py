@@ -500,6 +500,10 @@ class Daemon:
                         f"{req.netns} already has {req.ifname} from container "
                         f"{rec.container_id}; choose another ifname"
                     )
+            if (await asyncio.to_thread(_link_state, req.netns, req.ifname))["exists"]:
+                raise ConflictError(
+                    f"{req.netns} has an interface {req.ifname} already; choose another ifname"
+                )
             ep, port = await self.agent.add_endpoint(
                 req.vni,
                 mac=req.mac,
