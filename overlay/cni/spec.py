@@ -167,7 +167,11 @@ class NetConf:
         try:
             raw = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise CniError(DECODE_FAILURE, f"network configuration is not JSON: {exc}") from None
+            raise CniError(
+                DECODE_FAILURE,
+                f"network configuration is not JSON ({exc}): pass the network's JSON "
+                "configuration on stdin",
+            ) from None
         if not isinstance(raw, dict):
             raise CniError(DECODE_FAILURE, "network configuration must be a JSON object")
         version = raw.get("cniVersion")

@@ -543,6 +543,10 @@ class Daemon:
             return rec.to_dict()
 
     def _attachment(self, container_id: str, ifname: str) -> Attachment:
+        # Until the saved attachments are re-attached, "not found" would be a lie:
+        # DEL would succeed (and the runtime release the pod's address) for a pod
+        # that is re-attached moments later.
+        self._check_ready()
         key = (container_id, ifname)
         rec = self.attachments.get(key) or self.orphans.get(key)
         if rec is None:
@@ -675,6 +679,14 @@ class Daemon:
         needs it to lease an address and to announce the pod)."""
         return self.ready and bool(self.agent and self.agent.connected)
 
+    def not_serving_reason(self) -> str:
+        """Why ADD cannot be served now ("" when it can)."""
+        if not self.ready:
+            return "starting: waiting for the store to re-attach pods"
+        if not (self.agent and self.agent.connected):
+            return f"the store ({self.config.store.kind}) is unreachable; retrying"
+        return ""
+
     def status(self) -> dict[str, Any]:
         c = self.config
         agent = self.agent
@@ -685,6 +697,7 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             "ready": self.serving(),
+            "reason": self.not_serving_reason(),
             "underlay": str(self.node.underlay) if self.node else None,
             "encap": c.node.encap,
             "port": self.node.port if self.node else c.node.port,

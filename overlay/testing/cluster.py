@@ -17,14 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overlay.node import Encap, GeneveOption, Network, Node, Port
-from overlay.testing.netns import Netns, Topology
-
-UNDERLAY_NET = ipaddress.ip_network("198.18.0.0/24")
-
-
-def underlay_ip(index: int) -> str:
-    """The underlay address of node ``index`` (0-based): 198.18.0.1, .2, ..."""
-    return str(UNDERLAY_NET.network_address + index + 1)
+from overlay.testing.netns import Netns, Topology, underlay_ip
 
 
 def pod_mac(node: int, vni: int, index: int) -> str:

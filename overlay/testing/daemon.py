@@ -26,8 +26,7 @@ from typing import Any
 
 import overlay
 from overlay.daemon.client import ApiError, Client, DaemonUnavailable
-from overlay.testing.cluster import underlay_ip
-from overlay.testing.netns import Netns, Topology
+from overlay.testing.netns import Netns, Topology, underlay_ip
 
 
 def _toml_value(v: Any) -> str:

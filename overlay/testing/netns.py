@@ -104,6 +104,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _setns = setns
 
 
+UNDERLAY_NET = ipaddress.ip_network("198.18.0.0/24")
+
+
+def underlay_ip(index: int) -> str:
+    """The underlay address of node ``index`` (0-based): 198.18.0.1, .2, ..."""
+    return str(UNDERLAY_NET.network_address + index + 1)
+
+
 def run_prefix(pid: int | None = None) -> str:
     """The name prefix of this run: ``ovt<pid>-`` (11 characters at most)."""
     return f"{PREFIX_FAMILY}{os.getpid() if pid is None else pid}-"
