@@ -110,3 +110,33 @@ def test_bad_arguments_exit_2() -> None:
     assert out.returncode == 2 and "--vni" in out.stderr
     out = overlay("frobnicate")
     assert out.returncode == 2
+
+
+def test_pip_install_gives_the_three_commands() -> None:
+    """The console scripts an install makes (in CI: the .venv's bin)."""
+    import os
+    import shutil
+
+    bindir = os.path.dirname(sys.executable)
+    found = {c: shutil.which(c, path=bindir) for c in ("overlay", "overlayd", "overlay-cni")}
+    if not all(found.values()):
+        pytest.skip(f"overlay is not installed next to {sys.executable} (a source tree run)")
+    example = Path(__file__).parent.parent / "examples" / "overlayd.toml"
+    done = subprocess.run(
+        [str(found["overlayd"]), "--config", str(example), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "ok" in done.stdout
+    done = subprocess.run(
+        [str(found["overlay-cni"])],
+        input="",
+        capture_output=True,
+        text=True,
+        env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 0 and "1.1.0" in json.loads(done.stdout)["supportedVersions"]
+    done = subprocess.run([str(found["overlay"]), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "status" in done.stdout

@@ -357,3 +357,20 @@ def test_etcd_outage_keeps_pods_talking_and_refuses_new_ones_until_it_is_back(
     c = _attach(c0, "cc", pc)
     assert ping(pc, _ip(b), count=2).received == 2
     assert c["ips"] != a["ips"]
+
+
+def test_underlay_from_an_interface(topology: Topology, overlayd_cluster: Any) -> None:
+    """node.interface instead of node.underlay: the interface's address is the VTEP."""
+    cl = overlayd_cluster(n_nodes=1)
+    cfg = cl.config(0)
+    del cfg["node"]["underlay"]
+    cfg["node"]["interface"] = "ul0"
+    cl.daemons[0].write_config(cfg)
+    cl.start()
+    st = cl.daemons[0].client.status()
+    assert st["underlay"] == "198.18.0.1"
+    cfg["node"]["interface"] = "nosuch0"
+    d = Overlayd(cl.directory / "bad", cfg | {"api": {"socket": str(cl.directory / "b.sock")}})
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(20) == 2
+    assert "node.interface='nosuch0'" in d.log()
