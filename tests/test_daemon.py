@@ -374,3 +374,37 @@ def test_underlay_from_an_interface(topology: Topology, overlayd_cluster: Any) -
     d.start(wait=False)
     assert d.proc is not None and d.proc.wait(20) == 2
     assert "node.interface='nosuch0'" in d.log()
+
+
+def test_reload_adds_and_removes_static_peers(topology: Topology, overlayd_cluster: Any) -> None:
+    cl = overlayd_cluster(n_nodes=3)
+    full = [cl.config(i) for i in range(3)]
+    for i in (0, 1):  # node0 and node1 do not know node2 yet
+        cfg = cl.config(i)
+        cfg["store"]["peers"] = [p for p in cfg["store"]["peers"] if p["name"] != "node2"]
+        cl.daemons[i].write_config(cfg)
+    cl.start()
+    d0, d1, d2 = cl.daemons
+    assert [p["name"] for p in d0.client.peers()] == ["node1"]
+    p0, p2 = _pod(topology, "p0"), _pod(topology, "p2")
+    a = _attach(d0.client, "c0", p0)
+    c = _attach(d2.client, "c2", p2)
+    assert ping(p2, _ip(a), count=1, timeout=1).received == 0  # node0 refuses node2
+    for i in (0, 1):
+        cl.daemons[i].write_config(full[i])
+        summary = cl.daemons[i].client.request("POST", "/v1/reload")
+        assert summary["peers_added_or_changed"] == ["node2"]
+    assert ping(p2, _ip(a), count=3).received == 3
+    peers = _wait(
+        lambda: [p for p in d0.client.peers() if p["name"] == "node2" and p["reachable"]],
+        what="node2 probed",
+    )
+    assert peers[0]["underlay"] == "198.18.0.3"
+    d0.write_config(
+        cl.config(0) | {"store": {**full[0]["store"], "peers": full[0]["store"]["peers"][:1]}}
+    )
+    assert d0.client.request("POST", "/v1/reload")["peers_removed"] == ["node2"]
+    _wait(lambda: [p["name"] for p in d0.client.peers()] == ["node1"], what="node2 gone")
+    assert "198.18.0.3" not in d0.client.networks()[0]["vteps"]
+    assert ping(p2, _ip(a), count=1, timeout=1).received == 0
+    assert c["vni"] == 100
