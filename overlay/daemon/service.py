@@ -632,17 +632,14 @@ class Daemon:
             added = [after[v] for v in after if v not in before]
             old_peers = {p.name: p for p in old.store.peers}
             new_peers = {p.name: p for p in new.store.peers}
-            for name in old_peers.keys() & new_peers.keys():
-                if old_peers[name] != new_peers[name]:
-                    continue
             put_peers = tuple(p for n, p in new_peers.items() if old_peers.get(n) != p)
             gone_peers = tuple(n for n in old_peers if n not in new_peers)
+            await self.agent.set_networks(after)  # stop reconciling removed networks first
             for vni in gone + changed:
                 if vni in self.node.networks:
                     self.node.remove_network(vni)
                 if self._static():
                     await self.store.delete(keys.network(vni))  # type: ignore[union-attr]
-            await self.agent.set_networks(after)
             await self._define(
                 tuple(added) + tuple(after[v] for v in changed), put_peers, gone_peers
             )
