@@ -8,7 +8,9 @@ End-to-end tests carry their figures in ``extra_info`` as written by
 ``A_vs_B``) and ``ratio_meaning``; ratios are oriented so that > 1 means the
 first side is better, whether higher (Gbit/s) or lower (ms, CPU s/GB) is
 better. Older files with only ``overlay``/``kernel``/``ratio`` are read too.
-Codec tests carry ns per packet.
+Codec tests carry ns per packet. CNI latency tests (``bench/test_cni_latency.py``)
+carry ``cni_latency`` ({side: {verb: {n, p50, p90, max[, all]}}} in ms) and
+``ratios`` of overlay ms over bridge ms (there > 1 means overlay is slower).
 """
 
 from __future__ import annotations
@@ -54,10 +56,17 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         "end_to_end": {},
         "codec": {},
         "convergence": {},
+        "cni_latency": {},
     }
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
-        if "ratio" in info:
+        if "cni_latency" in info:
+            out["cni_latency"][b["name"]] = {
+                k: info[k]
+                for k in ("test", "pods", "unit", "baseline", "ratios", "ratio_meaning")
+                if k in info
+            } | {"sides": info["cni_latency"]}
+        elif "ratio" in info:
             out["end_to_end"][b["name"]] = _end_to_end(info)
         elif "per_node_ms" in info:
             out["convergence"][b["name"]] = {
@@ -125,6 +134,33 @@ def table(summary: dict[str, Any]) -> str:
                 f" {_num(r['all_nodes_ms']['p99']):>8} {_num(r['store_keys_per_node']):>10}"
                 f" {_num(r['store_bytes_per_node']):>11}"
             )
+    if summary.get("cni_latency"):
+        if lines:
+            lines.append("")
+        lines.append(
+            f"{'cni latency ms':24} {'side':>8} {'verb':>4} {'n':>3} {'p50':>7} {'p90':>7}"
+            f" {'max':>7} {'all':>7} {'p50 x':>6} {'VERSION':>8}"
+        )
+        for name, r in summary["cni_latency"].items():
+            label = f"{r.get('test', name)} ({r.get('pods', '?')} pods)"
+            base, ratios = r.get("baseline"), r.get("ratios", {})
+            for side, verbs in r["sides"].items():
+                for verb in ("add", "del"):
+                    v = verbs.get(verb)
+                    if v is None:
+                        continue
+                    x = "base" if side == base else _num(ratios.get(f"{verb}_p50"))
+                    floor = _num(verbs.get("version_p50")) if verb == "add" else ""
+                    lines.append(
+                        f"{label:24} {side:>8} {verb:>4} {v['n']:>3} {_num(v['p50']):>7}"
+                        f" {_num(v['p90']):>7} {_num(v['max']):>7} {_num(v.get('all')):>7}"
+                        f" {x:>6} {floor:>8}"
+                    )
+                    label = ""
+        lines.append(
+            "all: first start to last exit of processes started at once; p50 x: p50 over the"
+            " baseline's (> 1: slower); VERSION: a plugin process that does nothing."
+        )
     return "\n".join(lines)
 
 
