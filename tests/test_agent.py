@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,9 +20,8 @@ from overlay.control import keys
 from overlay.control.agent import Agent
 from overlay.control.store import MemoryStore, Store
 from overlay.model import Endpoint, NetworkSpec, to_json
+from overlay.testing.aio import LOOPS, run, until
 from overlay.testing.fakes import RecordingNode
-
-LOOPS = ["asyncio", "uvloop"]
 
 
 class Backend:
@@ -56,29 +54,6 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return Backend("memory")
     return Backend("etcd", request.getfixturevalue("etcd"))
-
-
-def run(loop_kind: str, main: Callable[[], Awaitable[None]]) -> None:
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    errors: list[str] = []
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(str(ctx.get("message"))))
-    try:
-        loop.run_until_complete(asyncio.wait_for(main(), 60))
-    finally:
-        loop.close()
-    assert not errors, f"the loop reported unhandled errors: {errors}"
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 class Cluster:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,34 +32,11 @@ from overlay.daemon.health import (
 from overlay.engine import mac_bytes
 from overlay.errors import ConfigError, ConflictError
 from overlay.node import Node
+from overlay.testing.aio import LOOPS, run, until
 from overlay.testing.fakes import FakePort, free_udp_port
 
-LOOPS = ["asyncio", "uvloop"]
 INTERVAL = 0.1
 LO = "127.0.0.1"
-
-
-def run(loop_kind: str, main: Callable[[], Awaitable[None]]) -> None:
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    errors: list[str] = []
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(str(ctx.get("message"))))
-    try:
-        loop.run_until_complete(asyncio.wait_for(main(), 60))
-    finally:
-        loop.close()
-    assert not errors, f"the loop reported unhandled errors: {errors}"
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)

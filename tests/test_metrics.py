@@ -12,7 +12,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -23,25 +23,10 @@ from overlay.daemon.health import HealthProber
 from overlay.daemon.metrics import Metrics, parse_address
 from overlay.errors import ConfigError
 from overlay.node import Node
+from overlay.testing.aio import LOOPS, run
 from overlay.testing.fakes import FakePort, free_udp_port
 
-LOOPS = ["asyncio", "uvloop"]
 Labels = frozenset[tuple[str, str]]
-
-
-def run(loop_kind: str, main: Callable[[], Awaitable[None]]) -> None:
-    if loop_kind == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
-    errors: list[str] = []
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(str(ctx.get("message"))))
-    try:
-        loop.run_until_complete(asyncio.wait_for(main(), 60))
-    finally:
-        loop.close()
-    assert not errors, f"the loop reported unhandled errors: {errors}"
 
 
 def free_tcp_port() -> int:
