@@ -798,10 +798,11 @@ static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int n
     return rc;
 }
 
-int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, const uint8_t *mac,
-                 uint32_t flags, char *ifname_out)
+int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
+                 const uint8_t *mac, uint32_t flags, char *ifname_out)
 {
-    return port_add_tap(e, vni, ifname, e->netns_fd, 0, mac, flags, ifname_out);
+    return port_add_tap(e, vni, ifname, netns_fd >= 0 ? netns_fd : e->netns_fd, 0, mac, flags,
+                        ifname_out);
 }
 
 int ovl_port_attach(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,

@@ -211,10 +211,12 @@ int ovl_vtep_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr,
 int ovl_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr);
 
 /* Ports. ovl_port_add creates a TAP (ifname may be "" for a generated name,
- * written back to ifname_out, 16 bytes); ovl_port_add_fd adopts an open
+ * written back to ifname_out, 16 bytes) in the network namespace netns_fd
+ * (-1: the engine's) — a pod's TAP can be born in the pod's namespace under
+ * its final name, with no move and no rename; ovl_port_add_fd adopts an open
  * packet fd (a TAP opened elsewhere, or a SOCK_SEQPACKET socket in tests).
  * Both return the port id (>= 0) or -errno. */
-int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname,
+int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
                  const uint8_t *mac, uint32_t flags, char *ifname_out);
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd,
                     const uint8_t *mac, uint32_t flags);

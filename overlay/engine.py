@@ -278,19 +278,28 @@ class Engine:
         vni: int,
         mac: bytes,
         ifname: str = "",
+        netns_fd: int = -1,
         *,
         security: bool = True,
         persist: bool = False,
+        netns: str | None = None,
     ) -> tuple[int, str]:
+        """Create a TAP port in the namespace behind ``netns_fd`` (-1: the engine's);
+        ``netns`` names it in error messages. Returns (port id, interface name)."""
         if len(ifname.encode()) > 15:
             raise ConfigError("ifname", ifname, "at most 15 bytes")
         flags = (0 if security else lib.OVL_PORT_NO_SECURITY) | (
             lib.OVL_PORT_PERSIST if persist else 0
         )
         out = ffi.new("char[16]")
-        rc = lib.ovl_port_add(self._h(), vni, ifname.encode(), mac, flags, out)
+        rc = lib.ovl_port_add(self._h(), vni, ifname.encode(), netns_fd, mac, flags, out)
         if rc == -errno.EBUSY:
-            raise ConflictError(f"interface {ifname!r} exists already: choose another ifname")
+            where = f" in {netns}" if netns else ""
+            raise ConflictError(
+                f"interface {ifname!r} exists already{where}: choose another ifname"
+            )
+        if rc == -errno.EINVAL and netns_fd >= 0:  # setns refused the file
+            raise ConfigError("netns", netns, "a network namespace, like /var/run/netns/NAME")
         pid = _check(rc, f"adding a port to vni={vni}")
         return pid, ffi.string(out).decode()
 

@@ -38,7 +38,7 @@ from typing import Any
 from overlay import engine as _engine
 from overlay.engine import Engine, Event, FdbEntry, mac_bytes, mac_str
 from overlay.errors import ConfigError, ConflictError, NotFoundError
-from overlay.nsenter import move_link, netns_path
+from overlay.nsenter import move_link, netns_path, setup_link
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -154,12 +154,8 @@ class Port:
         path = netns_path(netns)
         if not os.path.exists(path):
             raise ConfigError("netns", netns, "an existing network namespace (name or path)")
-        node = self.network.node
-        mtu = node.pod_mtu(self.network) if mtu is None else mtu
-        if not 68 <= mtu <= node.frame_max - 14:
-            raise ConfigError("mtu", mtu, f"68-{node.frame_max - 14} bytes")
-        gw = _parse_ip(gateway, "gateway") if gateway is not None else None
-        src = self.netns if self.netns else node.netns
+        mtu, gw = self._link_args(mtu, gateway)
+        src = self.netns if self.netns else self.network.node.netns
         try:
             move_link(
                 self.ifname,
@@ -175,6 +171,32 @@ class Port:
             raise NotFoundError(f"port {self.ifname!r}: {exc}") from None
         self.ifname = ifname
         self.netns = path
+
+    def configure(self, *, mtu: int | None = None, gateway: str | None = None) -> None:
+        """Configure the TAP where it is (a port created with ``add_port(netns=...)``):
+        the addresses (IPv6 without DAD), the MTU (default: the node's underlay MTU
+        less the encapsulation overhead), link up and, with ``gateway``, a default
+        route. Blocks for the netlink calls: from a coroutine, run it in a thread."""
+        mtu, gw = self._link_args(mtu, gateway)
+        try:
+            setup_link(
+                self.netns or self.network.node.netns,
+                self.ifname,
+                mtu=mtu,
+                addresses=self.ips,
+                gateway=gw,
+            )
+        except LookupError as exc:
+            raise NotFoundError(f"port {self.ifname!r}: {exc}") from None
+
+    def _link_args(
+        self, mtu: int | None, gateway: str | None
+    ) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address | None]:
+        node = self.network.node
+        mtu = node.pod_mtu(self.network) if mtu is None else mtu
+        if not 68 <= mtu <= node.frame_max - 14:
+            raise ConfigError("mtu", mtu, f"68-{node.frame_max - 14} bytes")
+        return mtu, _parse_ip(gateway, "gateway") if gateway is not None else None
 
     def counters(self) -> dict[str, int]:
         return self.network.node.engine.port_counters(self.id)
@@ -245,19 +267,20 @@ class Network:
         port_security: bool,
         persist: bool,
         netns: str | None = None,
+        reattached: bool = False,
     ) -> Port:
-        """Give the data plane's new port its addresses and record it. On failure
-        the port is removed again: a TAP made for it goes too, a re-attached one
-        (``netns`` given) stays as it was found."""
+        """Give the data plane's new port its addresses and record it (``netns``: the
+        namespace its TAP is in, None for the node's). On failure the port is removed
+        again: a TAP made for it goes too, a re-attached one stays as it was found."""
         eng = self.node.engine
         try:
             for ip in ifaces:
                 eng.port_add_ip(port_id, ip.ip)
         except Exception:
-            if netns is None:
-                eng.port_del(port_id)
-            else:
+            if reattached:
                 eng.port_detach(port_id)
+            else:
+                eng.port_del(port_id)
             raise
         port = Port(self, port_id, name, raw, ifaces, port_security, persist)
         port.netns = netns
@@ -270,20 +293,45 @@ class Network:
         ips: Sequence[str] = (),
         *,
         ifname: str | None = None,
+        netns: str | None = None,
         port_security: bool = True,
         persist: bool = False,
     ) -> Port:
         """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoof).
 
-        The TAP is born in the node's namespace; ``ifname`` must not exist there.
-        With ``persist`` it outlives the node (``close``) so that a restarted
-        node can take it back with ``attach_port``; ``remove_port`` deletes it.
+        The TAP is born in the node's namespace, or with ``netns`` (name or path)
+        straight in the pod's namespace as ``ifname`` (default ``eth0``): no move,
+        no rename; then ``port.configure()`` gives it its addresses and MTU and
+        brings it up. ``ifname`` must not exist there. With ``persist`` it
+        outlives the node (``close``) so that a restarted node can take it back
+        with ``attach_port``; ``remove_port`` deletes it.
         """
+        if netns is None:
+            raw, ifaces = self._check_port(mac, ips, ifname)
+            port_id, name = self.node.engine.port_add(
+                self.vni, raw, ifname or "", security=port_security, persist=persist
+            )
+            return self._program_port(port_id, name, raw, ifaces, port_security, persist)
+        ifname = "eth0" if ifname is None else ifname
         raw, ifaces = self._check_port(mac, ips, ifname)
-        port_id, name = self.node.engine.port_add(
-            self.vni, raw, ifname or "", security=port_security, persist=persist
-        )
-        return self._program_port(port_id, name, raw, ifaces, port_security, persist)
+        path = netns_path(netns)
+        fd = self._open_netns(path, netns)
+        try:
+            port_id, name = self.node.engine.port_add(
+                self.vni, raw, ifname, fd, security=port_security, persist=persist, netns=path
+            )
+        finally:
+            os.close(fd)
+        return self._program_port(port_id, name, raw, ifaces, port_security, persist, netns=path)
+
+    @staticmethod
+    def _open_netns(path: str, given: str) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFoundError(f"network namespace {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError("netns", given, f"a network namespace ({exc.strerror})") from None
 
     def attach_port(
         self,
@@ -323,14 +371,7 @@ class Network:
                         f"ifname={ifname!r} in {path} is already {p!r} of this node"
                     )
         raw, ifaces = self._check_port(mac, ips, ifname)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFoundError(
-                f"network namespace {path} does not exist: no {ifname!r} to re-attach"
-            ) from None
-        except OSError as exc:
-            raise ConfigError("netns", netns, f"a network namespace ({exc.strerror})") from None
+        fd = self._open_netns(path, netns)
         try:
             port_id = self.node.engine.port_attach(
                 self.vni, raw, ifname, fd, security=port_security, netns=path
@@ -338,7 +379,7 @@ class Network:
         finally:
             os.close(fd)
         return self._program_port(
-            port_id, ifname, raw, ifaces, port_security, persist=True, netns=path
+            port_id, ifname, raw, ifaces, port_security, persist=True, netns=path, reattached=True
         )
 
     def remove_port(self, port: Port) -> None:

@@ -151,11 +151,25 @@ def move_link(
     gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
 ) -> None:
     """Move link ``ifname`` from namespace ``src`` (None: ours) into ``dst`` and set it up
-    there as ``new_name`` with ``mac``, ``mtu``, ``addresses`` (IPv6 ones without
-    duplicate address detection: the overlay guarantees uniqueness) and, with
-    ``gateway``, a default route. LookupError when ``ifname`` is not in ``src``.
-    Safe to call from a coroutine (see ``off_loop``)."""
+    there as ``new_name`` (see ``setup_link``). LookupError when ``ifname`` is not in
+    ``src``. Safe to call from a coroutine (see ``off_loop``)."""
     off_loop(_move_link, ifname, src, dst, new_name, mac, mtu, list(addresses), gateway)
+
+
+def setup_link(
+    path: str | None,
+    ifname: str,
+    *,
+    mtu: int,
+    addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = (),
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
+    mac: str | None = None,
+) -> None:
+    """In namespace ``path`` (None: ours), give link ``ifname`` its ``mac`` (if given),
+    ``mtu`` and ``addresses`` (IPv6 ones without duplicate address detection: the
+    overlay guarantees uniqueness), bring it up and, with ``gateway``, add a default
+    route. LookupError when the link is not there. Safe to call from a coroutine."""
+    off_loop(_setup_link, path, ifname, None, mac, mtu, list(addresses), gateway)
 
 
 def _move_link(
@@ -177,9 +191,29 @@ def _move_link(
             ipr.link("set", index=found[0], net_ns_fd=fd)
         finally:
             os.close(fd)
-    with iproute(dst) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        ipr.link("set", index=idx, ifname=new_name, address=mac, mtu=mtu)
+    _setup_link(dst, ifname, new_name, mac, mtu, addresses, gateway)
+
+
+def _setup_link(
+    path: str | None,
+    ifname: str,
+    new_name: str | None,
+    mac: str | None,
+    mtu: int,
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+) -> None:
+    with iproute(path) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LookupError(f"link {ifname!r} is not in namespace {path or 'host'}")
+        idx = found[0]
+        change: dict[str, Any] = {"mtu": mtu}
+        if new_name is not None and new_name != ifname:
+            change["ifname"] = new_name
+        if mac is not None:
+            change["address"] = mac
+        ipr.link("set", index=idx, **change)
         for ip in addresses:
             kw: dict[str, Any] = {"flags": 0x02} if ip.version == 6 else {}  # IFA_F_NODAD
             ipr.addr("add", index=idx, address=str(ip.ip), prefixlen=ip.network.prefixlen, **kw)

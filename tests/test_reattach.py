@@ -246,3 +246,40 @@ def test_add_port_never_adopts_an_existing_tap(bed: Bed) -> None:
         a2.network(VNI).add_port(MACS[0], [CIDRS[0]], ifname="tap0", persist=True)
     assert tun_state(n0, "tap0")["index"] == index  # neither taken nor deleted
     assert tun_state(n0, "tap0")["queues"] == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_born_in_the_pods_namespace_needs_no_move(bed: Bed, workers: int) -> None:
+    """add_port(netns=...): the TAP is created inside the pod's namespace under its
+    final name, configured where it is, and re-attached there after a restart."""
+    a, b = bed.node(0, workers), bed.node(1, workers)
+    born = a.network(VNI).add_port(MACS[0], [CIDRS[0]], netns=bed.pod_ns[0].path, persist=True)
+    assert born.netns == bed.pod_ns[0].path and born.ifname == "eth0"
+    assert "eth0" in bed.pod_ns[0].links() and "eth0" not in bed.node_ns[0].links()
+    born.configure(mtu=1400)
+    info = bed.pod_ns[0].link_info("eth0")
+    assert info.mtu == 1400 and info.mac == MACS[0] and CIDRS[0] in info.addresses
+    bed.pod(b, 1)
+    bed.announce(a, 0)
+    bed.announce(b, 1)
+    a.start()
+    b.start()
+    assert ping(bed.pod_ns[0], IPS[1], count=3, interval=0.1).ok
+    before = tun_state(bed.pod_ns[0], "eth0")
+    a.close()
+    a2 = bed.node(0, workers)
+    bed.attach(a2, 0)
+    bed.announce(a2, 0)
+    a2.start()
+    assert ping(bed.pod_ns[0], IPS[1], count=3, interval=0.1).ok
+    assert tun_state(bed.pod_ns[0], "eth0")["index"] == before["index"]
+    # A name that exists in the pod already is a conflict, and nothing is made.
+    with pytest.raises(ConflictError, match="eth0"):
+        a2.network(VNI).add_port("02:00:00:00:0c:04", ["10.244.1.9/24"],
+                                 netns=bed.pod_ns[0].path)  # fmt: skip
+    assert bed.pod_ns[0].links() == ["lo", "eth0"]
+    with pytest.raises(NotFoundError):
+        a2.network(VNI).add_port("02:00:00:00:0c:04", netns="/var/run/netns/ovt-none")
+    # Removing the port deletes the device in the pod's namespace.
+    a2.network(VNI).remove_port(a2.network(VNI).ports[0])
+    assert bed.pod_ns[0].links() == ["lo"]

@@ -248,11 +248,14 @@ class Agent:
         port_security: bool = True,
         ips: Sequence[str] | None = None,
         persist: bool = False,
+        netns: str | None = None,
     ) -> tuple[Endpoint, Any]:
         """A new pod on this node: an address from the node's subnet lease of the
         network (leased on first use) — or ``ips`` given by the caller (a delegated
         IPAM owns those) — a port (TAP, ``persist`` to outlive the process) on the
-        node, and the endpoint announced to the cluster. Returns (endpoint, port)."""
+        node (born in the pod's namespace ``netns`` when given: see
+        ``Network.add_port``), and the endpoint announced to the cluster. Returns
+        (endpoint, port)."""
         if vni not in self.spec.networks:
             raise ConfigError(
                 "vni", vni, f"one of the networks this node hosts: {self.spec.networks}"
@@ -273,7 +276,12 @@ class Agent:
         try:
             self.reconcile([vni])  # the network exists on the node before its port
             port = self.node.network(vni).add_port(
-                mac, addrs, ifname=ifname, port_security=port_security, persist=persist
+                mac,
+                addrs,
+                ifname=ifname,
+                netns=netns,
+                port_security=port_security,
+                persist=persist,
             )
         except Exception:
             await self._release(vni, mac, addrs)

@@ -500,10 +500,6 @@ class Daemon:
                         f"{req.netns} already has {req.ifname} from container "
                         f"{rec.container_id}; choose another ifname"
                     )
-            if (await asyncio.to_thread(_link_state, req.netns, req.ifname))["exists"]:
-                raise ConflictError(
-                    f"{req.netns} has an interface {req.ifname} already; choose another ifname"
-                )
             ep, port = await self.agent.add_endpoint(
                 req.vni,
                 mac=req.mac,
@@ -511,11 +507,13 @@ class Daemon:
                 labels=req.labels,
                 ips=req.ips,
                 persist=True,
+                ifname=req.ifname,
+                netns=req.netns,  # the TAP is born there under its name: no move, no rename
             )
             net = self.node.network(req.vni)
             mtu = req.mtu or self.node.pod_mtu(net)
             try:
-                await asyncio.to_thread(port.move_to_netns, req.netns, req.ifname, mtu=mtu)
+                await asyncio.to_thread(port.configure, mtu=mtu)
                 if req.routes:
                     await asyncio.to_thread(_add_routes, req.netns, req.ifname, req.routes)
             except BaseException:
