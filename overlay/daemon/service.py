@@ -34,10 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import os
-import re
 import time
 from typing import Any
 
@@ -50,16 +48,14 @@ from overlay.daemon import config as cfgmod
 from overlay.daemon.api import ApiServer, Router, Unavailable
 from overlay.daemon.config import DaemonConfig
 from overlay.daemon.health import HEALTH_TENANT, HealthProber
+from overlay.daemon.pods import AttachRequest, add_routes, delete_link, link_state
 from overlay.daemon.state import Attachment, StateFile
 from overlay.errors import ConfigError, ConflictError, NotFoundError, OverlayError
 from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
 from overlay.node import Encap, Node, Port
-from overlay.nsenter import iproute, netns_path
+from overlay.nsenter import iproute, netns_path, off_loop
 
 log = logging.getLogger("overlay.daemon")
-
-_CID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 
 
 def resolve_underlay(node: cfgmod.NodeConfig) -> str:
@@ -85,105 +81,7 @@ def resolve_underlay(node: cfgmod.NodeConfig) -> str:
             "node.interface", node.interface, "an interface with a global IPv4 or IPv6 address"
         )
 
-    return _in_thread(lookup)
-
-
-def _in_thread(fn: Any, *args: Any) -> Any:
-    from overlay.nsenter import off_loop
-
-    return off_loop(fn, *args)
-
-
-@dataclasses.dataclass
-class AttachRequest:
-    """The body of ``POST /v1/endpoints`` (what the CNI plugin sends on ADD)."""
-
-    container_id: str
-    ifname: str
-    netns: str
-    vni: int
-    ips: list[str] | None = None  # given by a delegated IPAM; None: the node allocates
-    gateway: str = ""
-    routes: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    mtu: int = 0  # 0: the node's underlay MTU less the encapsulation overhead
-    mac: str | None = None
-    name: str = ""
-    labels: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, body: Any) -> AttachRequest:
-        if not isinstance(body, dict):
-            raise ConfigError("body", body, "a JSON object with container_id, ifname, netns, vni")
-        known = {f.name for f in dataclasses.fields(cls)} | {"gateways"}
-        for k in body:
-            if k not in known:
-                raise ConfigError(k, body[k], f"no such field; known: {sorted(known)}")
-
-        def get(key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
-            v = body.get(key, default)
-            if v is dataclasses.MISSING:
-                raise ConfigError(key, None, f"required: {expected}")
-            if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
-                raise ConfigError(key, v, expected)
-            return v
-
-        cid = get("container_id", str, "the container ID", dataclasses.MISSING)
-        if not _CID_RE.match(cid):
-            raise ConfigError("container_id", cid, "alphanumeric first, then [A-Za-z0-9_.-]")
-        ifname = get("ifname", str, "an interface name", dataclasses.MISSING)
-        if not _IFNAME_RE.match(ifname):
-            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
-        netns = get("netns", str, "the pod's namespace path", dataclasses.MISSING)
-        if not netns.startswith("/") or not os.path.exists(netns):
-            raise ConfigError("netns", netns, "the path of an existing network namespace")
-        vni = get("vni", int, "a VNI this node hosts", dataclasses.MISSING)
-        ips = get("ips", (list, type(None)), "a list of CIDR addresses", None)
-        if ips is not None:
-            if not ips:
-                raise ConfigError("ips", ips, "at least one address, or no ips field")
-            for ip in ips:
-                try:
-                    ipaddress.ip_interface(ip)
-                except (ValueError, TypeError):
-                    raise ConfigError("ips", ip, "addresses like 10.244.1.2/24") from None
-        gateway = get("gateway", str, "an IP address", "")
-        gws = get("gateways", dict, "a mapping of address to gateway", {})
-        if not gateway and gws:
-            gateway = str(next(iter(gws.values())))
-        if gateway:
-            try:
-                ipaddress.ip_address(gateway)
-            except ValueError:
-                raise ConfigError("gateway", gateway, "an IP address") from None
-        routes = get("routes", list, 'a list of {"dst": CIDR, "gw": IP}', [])
-        for r in routes:
-            if not isinstance(r, dict) or "dst" not in r:
-                raise ConfigError("routes", r, '{"dst": CIDR, "gw": IP (optional)}')
-            try:
-                ipaddress.ip_network(r["dst"], strict=False)
-                if r.get("gw"):
-                    ipaddress.ip_address(r["gw"])
-            except (ValueError, TypeError):
-                raise ConfigError("routes", r, '{"dst": CIDR, "gw": IP (optional)}') from None
-        mtu = get("mtu", int, "an MTU 68-65535, or 0 for the computed one", 0)
-        mac = get("mac", (str, type(None)), "a unicast MAC like 02:00:00:00:00:01", None)
-        name = get("name", str, "a name", "")
-        labels = get("labels", dict, "a mapping of strings to strings", {})
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-            raise ConfigError("labels", labels, "a mapping of strings to strings")
-        return cls(
-            cid,
-            ifname,
-            netns,
-            vni,
-            list(ips) if ips is not None else None,
-            gateway,
-            [{k: str(v) for k, v in r.items() if k in ("dst", "gw")} for r in routes],
-            mtu,
-            mac,
-            name,
-            dict(labels),
-        )
+    return off_loop(lookup)
 
 
 class Daemon:
@@ -515,7 +413,7 @@ class Daemon:
             try:
                 await asyncio.to_thread(port.configure, mtu=mtu)
                 if req.routes:
-                    await asyncio.to_thread(_add_routes, req.netns, req.ifname, req.routes)
+                    await asyncio.to_thread(add_routes, req.netns, req.ifname, req.routes)
             except BaseException:
                 await self.agent.remove_endpoint(req.vni, ep.mac)
                 raise
@@ -556,7 +454,7 @@ class Daemon:
         async with self._lock:
             rec = self._attachment(container_id, ifname)
             if self.orphans.pop(rec.key, None) is not None:
-                await asyncio.to_thread(_delete_link, rec.netns, rec.ifname)
+                await asyncio.to_thread(delete_link, rec.netns, rec.ifname)
                 self._save()
                 return rec.to_dict()
             await self.agent.remove_endpoint(rec.vni, rec.mac)  # the TAP goes with its port
@@ -855,7 +753,7 @@ class Daemon:
             rec = self._attachment(cid, ifname)
             d = rec.to_dict()
             d["attached"] = rec.key in self.attachments
-            d["interface"] = await asyncio.to_thread(_link_state, rec.netns, rec.ifname)
+            d["interface"] = await asyncio.to_thread(link_state, rec.netns, rec.ifname)
             return d
 
         async def detach(query: dict[str, str], body: Any, cid: str, ifname: str) -> Any:
@@ -893,46 +791,3 @@ def _query_vni(query: dict[str, str]) -> int | None:
     if not v.isdigit():
         raise ConfigError("vni", v, "a VNI (a number)")
     return int(v)
-
-
-def _add_routes(netns: str, ifname: str, routes: list[dict[str, str]]) -> None:
-    with iproute(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        for r in routes:
-            kw: dict[str, Any] = {"dst": r["dst"], "oif": idx}
-            if r.get("gw"):
-                kw["gateway"] = r["gw"]
-            ipr.route("replace", **kw)
-
-
-def _delete_link(netns: str, ifname: str) -> None:
-    if not os.path.exists(netns):
-        return
-    with iproute(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if idx:
-            ipr.link("del", index=idx[0])
-
-
-def _link_state(netns: str, ifname: str) -> dict[str, Any]:
-    """The pod interface as the kernel sees it (CNI CHECK compares it)."""
-    if not os.path.exists(netns):
-        return {"exists": False}
-    with iproute(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            return {"exists": False}
-        link = ipr.get_links(idx[0])[0]
-        addrs = [
-            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            for a in ipr.get_addr(index=idx[0])
-            if a["scope"] == 0
-        ]
-        return {
-            "exists": True,
-            "index": idx[0],
-            "mac": link.get_attr("IFLA_ADDRESS"),
-            "mtu": link.get_attr("IFLA_MTU"),
-            "up": bool(link["flags"] & 1),
-            "addresses": addrs,
-        }

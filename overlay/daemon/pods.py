@@ -1,0 +1,153 @@
+"""Pods as overlayd sees them: the attach request (CNI ADD's body), and what the
+daemon does or asks inside a pod's network namespace (routes, the interface as
+the kernel sees it, removing one) — netlink through pyroute2, from a thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from typing import Any
+
+from overlay.errors import ConfigError
+from overlay.nsenter import iproute
+
+_CID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+
+@dataclasses.dataclass
+class AttachRequest:
+    """The body of ``POST /v1/endpoints`` (what the CNI plugin sends on ADD)."""
+
+    container_id: str
+    ifname: str
+    netns: str
+    vni: int
+    ips: list[str] | None = None  # given by a delegated IPAM; None: the node allocates
+    gateway: str = ""
+    routes: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    mtu: int = 0  # 0: the node's underlay MTU less the encapsulation overhead
+    mac: str | None = None
+    name: str = ""
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, body: Any) -> AttachRequest:
+        if not isinstance(body, dict):
+            raise ConfigError("body", body, "a JSON object with container_id, ifname, netns, vni")
+        known = {f.name for f in dataclasses.fields(cls)} | {"gateways"}
+        for k in body:
+            if k not in known:
+                raise ConfigError(k, body[k], f"no such field; known: {sorted(known)}")
+
+        def get(key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
+            v = body.get(key, default)
+            if v is dataclasses.MISSING:
+                raise ConfigError(key, None, f"required: {expected}")
+            if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
+                raise ConfigError(key, v, expected)
+            return v
+
+        cid = get("container_id", str, "the container ID", dataclasses.MISSING)
+        if not _CID_RE.match(cid):
+            raise ConfigError("container_id", cid, "alphanumeric first, then [A-Za-z0-9_.-]")
+        ifname = get("ifname", str, "an interface name", dataclasses.MISSING)
+        if not _IFNAME_RE.match(ifname):
+            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        netns = get("netns", str, "the pod's namespace path", dataclasses.MISSING)
+        if not netns.startswith("/") or not os.path.exists(netns):
+            raise ConfigError("netns", netns, "the path of an existing network namespace")
+        vni = get("vni", int, "a VNI this node hosts", dataclasses.MISSING)
+        ips = get("ips", (list, type(None)), "a list of CIDR addresses", None)
+        if ips is not None:
+            if not ips:
+                raise ConfigError("ips", ips, "at least one address, or no ips field")
+            for ip in ips:
+                try:
+                    ipaddress.ip_interface(ip)
+                except (ValueError, TypeError):
+                    raise ConfigError("ips", ip, "addresses like 10.244.1.2/24") from None
+        gateway = get("gateway", str, "an IP address", "")
+        gws = get("gateways", dict, "a mapping of address to gateway", {})
+        if not gateway and gws:
+            gateway = str(next(iter(gws.values())))
+        if gateway:
+            try:
+                ipaddress.ip_address(gateway)
+            except ValueError:
+                raise ConfigError("gateway", gateway, "an IP address") from None
+        routes = get("routes", list, 'a list of {"dst": CIDR, "gw": IP}', [])
+        for r in routes:
+            if not isinstance(r, dict) or "dst" not in r:
+                raise ConfigError("routes", r, '{"dst": CIDR, "gw": IP (optional)}')
+            try:
+                ipaddress.ip_network(r["dst"], strict=False)
+                if r.get("gw"):
+                    ipaddress.ip_address(r["gw"])
+            except (ValueError, TypeError):
+                raise ConfigError("routes", r, '{"dst": CIDR, "gw": IP (optional)}') from None
+        mtu = get("mtu", int, "an MTU 68-65535, or 0 for the computed one", 0)
+        mac = get("mac", (str, type(None)), "a unicast MAC like 02:00:00:00:00:01", None)
+        name = get("name", str, "a name", "")
+        labels = get("labels", dict, "a mapping of strings to strings", {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise ConfigError("labels", labels, "a mapping of strings to strings")
+        return cls(
+            cid,
+            ifname,
+            netns,
+            vni,
+            list(ips) if ips is not None else None,
+            gateway,
+            [{k: str(v) for k, v in r.items() if k in ("dst", "gw")} for r in routes],
+            mtu,
+            mac,
+            name,
+            dict(labels),
+        )
+
+
+def add_routes(netns: str, ifname: str, routes: list[dict[str, str]]) -> None:
+    with iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        for r in routes:
+            kw: dict[str, Any] = {"dst": r["dst"], "oif": idx}
+            if r.get("gw"):
+                kw["gateway"] = r["gw"]
+            ipr.route("replace", **kw)
+
+
+def delete_link(netns: str, ifname: str) -> None:
+    if not os.path.exists(netns):
+        return
+    with iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if idx:
+            ipr.link("del", index=idx[0])
+
+
+def link_state(netns: str, ifname: str) -> dict[str, Any]:
+    """The pod interface as the kernel sees it (CNI CHECK compares it)."""
+    if not os.path.exists(netns):
+        return {"exists": False}
+    with iproute(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return {"exists": False}
+        link = ipr.get_links(idx[0])[0]
+        addrs = [
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(index=idx[0])
+            if a["scope"] == 0
+        ]
+        return {
+            "exists": True,
+            "index": idx[0],
+            "mac": link.get_attr("IFLA_ADDRESS"),
+            "mtu": link.get_attr("IFLA_MTU"),
+            "up": bool(link["flags"] & 1),
+            "addresses": addrs,
+        }
