@@ -140,3 +140,42 @@ def test_pip_install_gives_the_three_commands() -> None:
     assert done.returncode == 0 and "1.1.0" in json.loads(done.stdout)["supportedVersions"]
     done = subprocess.run([str(found["overlay"]), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "status" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "answer, says",
+    [
+        (b"", "no HTTP answer"),
+        (b"garbage\r\n\r\n{}", "no HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}", "cut its answer short"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnope!", "non-JSON"),
+    ],
+)
+def test_a_broken_answer_on_the_socket_is_a_clear_error(
+    tmp_path: Path, answer: bytes, says: str
+) -> None:
+    """Something that is not overlayd (or a daemon dying mid-answer) on the socket."""
+    import socket
+    import threading
+
+    from overlay.daemon.client import Client, DaemonUnavailable
+
+    path = str(tmp_path / "odd.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(answer)
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with pytest.raises(DaemonUnavailable, match=says):
+            Client(path, timeout=5).status()
+    finally:
+        t.join(5)
+        srv.close()

@@ -55,9 +55,8 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overlay.cni.delegate import Delegate
 from overlay.cni.spec import (
     INVALID_CONFIG,
     INVALID_ENV,
@@ -78,6 +77,9 @@ from overlay.cni.spec import (
     valid_attachments,
 )
 from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
+
+if TYPE_CHECKING:  # imported when a configuration delegates IPAM (it costs start-up time)
+    from overlay.cni.delegate import Delegate
 
 PLUGIN = "overlay-cni"
 OWN_KEYS = ("vni", "socket", "mtu", "routes")
@@ -183,6 +185,8 @@ class OverlayConf:
         """The IPAM delegate, or None when the daemon allocates."""
         if not self.ipam_type:
             return None
+        from overlay.cni.delegate import Delegate
+
         return Delegate(self.ipam_type, self.net.raw, env.path, os.environ)
 
 
