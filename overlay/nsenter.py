@@ -129,6 +129,15 @@ def iproute(path: str | None = None) -> Iterator[Any]:
         sock.close()
 
 
+def link_index(ipr: Any, ifname: str, where: str | None) -> int:
+    """The ifindex of ``ifname`` through ``ipr`` (an IPRoute of namespace ``where``,
+    None: ours); LookupError naming both when there is no such link."""
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise LookupError(f"no interface {ifname!r} in namespace {where or 'host'}")
+    return int(found[0])
+
+
 def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` here, or in a short-lived thread when this thread runs an asyncio
     loop: pyroute2 0.9 drives its own event loop and cannot run inside another."""
@@ -183,12 +192,10 @@ def _move_link(
     gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
 ) -> None:
     with iproute(src) as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise LookupError(f"link {ifname!r} is not in namespace {src or 'host'}")
+        idx = link_index(ipr, ifname, src)
         fd = os.open(dst, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ipr.link("set", index=found[0], net_ns_fd=fd)
+            ipr.link("set", index=idx, net_ns_fd=fd)
         finally:
             os.close(fd)
     _setup_link(dst, ifname, new_name, mac, mtu, addresses, gateway)
@@ -204,10 +211,7 @@ def _setup_link(
     gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
 ) -> None:
     with iproute(path) as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise LookupError(f"link {ifname!r} is not in namespace {path or 'host'}")
-        idx = found[0]
+        idx = link_index(ipr, ifname, path)
         change: dict[str, Any] = {"mtu": mtu}
         if new_name is not None and new_name != ifname:
             change["ifname"] = new_name

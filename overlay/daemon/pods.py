@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from overlay.errors import ConfigError
-from overlay.nsenter import iproute
+from overlay.nsenter import iproute, link_index
 
 _CID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
@@ -112,7 +112,7 @@ class AttachRequest:
 
 def add_routes(netns: str, ifname: str, routes: list[dict[str, str]]) -> None:
     with iproute(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)[0]
+        idx = link_index(ipr, ifname, netns)
         for r in routes:
             kw: dict[str, Any] = {"dst": r["dst"], "oif": idx}
             if r.get("gw"):

@@ -52,7 +52,7 @@ from overlay.daemon.pods import AttachRequest, add_routes, delete_link, link_sta
 from overlay.daemon.state import Attachment, StateFile
 from overlay.errors import ConfigError, ConflictError, NotFoundError, OverlayError
 from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
-from overlay.node import Encap, Node, Port
+from overlay.node import Encap, Node
 from overlay.nsenter import iproute, netns_path, off_loop
 
 log = logging.getLogger("overlay.daemon")
@@ -98,7 +98,6 @@ class Daemon:
         self.api: ApiServer | None = None
         self.state = StateFile(config.node.state_dir)
         self.attachments: dict[tuple[str, str], Attachment] = {}
-        self.ports: dict[tuple[str, str], Port] = {}
         self.ready = False
         self.started = time.monotonic()
         self.reloads = 0
@@ -358,10 +357,9 @@ class Daemon:
         self.agent.reconcile([rec.vni])  # the network exists before its port
         net = self.node.network(rec.vni)
         if not any(p.mac == rec.mac for p in net.ports):
-            port = await asyncio.to_thread(
+            await asyncio.to_thread(
                 net.attach_port, rec.mac, rec.ips, ifname=rec.ifname, netns=rec.netns
             )
-            self.ports[rec.key] = port
         ep = Endpoint(
             vni=rec.vni,
             mac=rec.mac,
@@ -433,7 +431,6 @@ class Daemon:
                 labels=req.labels,
             )
             self.attachments[key] = rec
-            self.ports[key] = port
             self._save()
             log.info("overlayd: attached %s/%s: %s %s", *key, ep.mac, ",".join(ep.ips))
             return rec.to_dict()
@@ -459,7 +456,6 @@ class Daemon:
                 return rec.to_dict()
             await self.agent.remove_endpoint(rec.vni, rec.mac)  # the TAP goes with its port
             del self.attachments[rec.key]
-            self.ports.pop(rec.key, None)
             self._save()
             log.info("overlayd: detached %s/%s", container_id, ifname)
             return rec.to_dict()

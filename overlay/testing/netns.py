@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overlay.nsenter import NETNS_RUN_DIR, call_in, iproute, pid_alive, setns
+from overlay.nsenter import NETNS_RUN_DIR, call_in, iproute, link_index, pid_alive, setns
 
 __all__ = [
     "ALLOWED_NETWORKS",
@@ -410,12 +410,7 @@ class Netns:
         with iproute(self.path) as ipr:
             yield ipr
 
-    @staticmethod
-    def _lookup(ipr: Any, name: str, where: str) -> int:
-        idx = ipr.link_lookup(ifname=name)
-        if not idx:
-            raise LookupError(f"no interface {name!r} in namespace {where}")
-        return int(idx[0])
+    _lookup = staticmethod(link_index)
 
     def ifindex(self, name: str) -> int:
         """The ifindex of ``name``; ``LookupError`` if there is no such interface."""
