@@ -10,6 +10,7 @@ tested in one process, without root, against the real C data plane.
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,12 +21,24 @@ from overlay.engine import Engine, mac_bytes
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 
+#: Engines bind their outer source ports from 49152 up (probing upward past
+#: busy ones), so a listening port handed to a test must lie below that pool:
+#: otherwise one engine's source socket can take the port another was given.
+SOURCE_POOL_START = 49152
+
+
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port that was free a moment ago (the kernel's pick)."""
+    """A UDP port below the engines' source-port pool that was free a moment ago."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(10_000):
+        port = random.randrange(20000, SOURCE_POOL_START)
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free UDP port on {host} below {SOURCE_POOL_START}")
 
 
 class FakePort:
