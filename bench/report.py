@@ -157,6 +157,13 @@ def table(summary: dict[str, Any]) -> str:
                         f" {x:>6} {floor:>8}"
                     )
                     label = ""
+            for side, verbs in r["sides"].items():
+                if verbs.get("version_console_p50") is not None:
+                    lines.append(
+                        f"{'':24} {side} VERSION as pip's console script:"
+                        f" {_num(verbs['version_console_p50'])} ms"
+                        f" (as `overlay install-cni` writes it: {_num(verbs.get('version_p50'))} ms)"
+                    )
         lines.append(
             "all: first start to last exit of processes started at once; p50 x: p50 over the"
             " baseline's (> 1: slower); VERSION: a plugin process that does nothing."

@@ -3,10 +3,12 @@
 What a container runtime waits for when it starts or removes a pod: the wall
 time of one plugin process, from exec to exit, for ADD and for DEL.
 
-* ``overlay`` — the real ``overlay-cni`` (``python -m overlay.cni.plugin``, so
-  the interpreter's start is included, as a runtime would pay it) talking to a
+* ``overlay`` — the real ``overlay-cni`` as ``overlay install-cni`` writes it
+  (the interpreter's start is included, as a runtime would pay it) talking to a
   real ``overlayd`` on a one-node cluster (``overlayd_cluster(n_nodes=1)``),
-  addresses from the daemon's own IPAM.
+  addresses from the daemon's own IPAM. Its ``VERSION`` is also timed as the
+  pip console script starts it (``version_console_p50``: a full interpreter
+  start, with ``site``), to show what the launcher saves.
 * ``bridge`` — the baseline: Debian's ``bridge`` plugin (``/usr/lib/cni``) with
   ``host-local`` IPAM (10.244.0.0/24, ``dataDir`` under ``tmp_path``), bridge
   ``cni0`` with the gateway address, run inside a node namespace of its own
@@ -37,6 +39,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,7 +50,7 @@ from typing import Any
 
 import pytest
 
-from overlay.testing.daemon import CNI_DIR, DaemonCluster, Run, cni
+from overlay.testing.daemon import CNI_DIR, MODULE_CNI, DaemonCluster, Run, cni
 from overlay.testing.netns import Netns, Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -111,11 +115,11 @@ class Side:
 
         return timed() if self.runs_in is None else self.runs_in.call(timed)
 
-    def version_ms(self) -> float:
+    def version_ms(self, plugin: tuple[str, ...] | None = None) -> float:
         """Wall time of ``VERSION``: a process start that asks nobody anything."""
         kw: dict[str, Any] = {"unset": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")}
-        if self.plugin is not None:
-            kw["plugin"] = self.plugin
+        if (plugin or self.plugin) is not None:
+            kw["plugin"] = plugin or self.plugin
 
         def timed() -> float:
             t0 = time.perf_counter()
@@ -134,6 +138,12 @@ class Side:
         assert run.success() is None, (self.name, cid)
         assert pod.links() == ["lo"], (self.name, cid, pod.links())
         return ms
+
+
+def _console_script() -> tuple[str, ...]:
+    """overlay-cni as pip installs it next to this interpreter, else ``python -m``."""
+    found = shutil.which("overlay-cni", path=os.path.dirname(sys.executable))
+    return (found,) if found else MODULE_CNI
 
 
 def _addr_in(result: dict[str, Any], net: str) -> str:
@@ -248,6 +258,10 @@ def test_sequential_add_then_del(benchmark: Any, sides: list[Side], topology: To
                 "warmup": warmup,
             }
             raw[side.name] = {"add": adds, "del": dels, "version": floor}
+            if side.name == "overlay":
+                console = [side.version_ms(_console_script()) for _ in range(3)]
+                figures[side.name]["version_console_p50"] = _pct(console, 0.5)
+                raw[side.name]["version_console"] = console
         return figures, raw
 
     figures, raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)

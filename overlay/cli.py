@@ -41,6 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="include counters that are zero")
     sub.add_parser("health", help="readiness and reachability of every peer")
     sub.add_parser("reload", help="apply the daemon's configuration file again")
+    i = sub.add_parser(
+        "install-cni",
+        help="write the overlay-cni plugin into a runtime's CNI plugin directory",
+        description="Write an overlay-cni launcher into DIR (a runtime's CNI_PATH). It runs "
+        "this installation's plugin with python -I -S: isolated from PYTHON* variables and "
+        "without scanning site-packages, so it starts faster than the console script.",
+    )
+    i.add_argument(
+        "--dir",
+        default=None,
+        help="the plugin directory (default /opt/cni/bin); it must exist",
+    )
+    i.add_argument("--name", default="overlay-cni", help="the plugin's file name (the conf's type)")
     d = sub.add_parser(
         "demo", help="build a two-node, two-tenant overlay in namespaces and show it"
     )
@@ -193,6 +206,30 @@ VIEWS: dict[str, tuple[Callable[[Client, argparse.Namespace], Any], Callable[...
 }
 
 
+def _install_cni(bin_dir: str | None, name: str) -> int:
+    from overlay.cni import install
+
+    bin_dir = bin_dir or install.DEFAULT_BIN_DIR
+    try:
+        path = install.install(bin_dir, name)
+    except FileNotFoundError:
+        print(
+            f"overlay install-cni: --dir {bin_dir}: no such directory; create it, or pass "
+            "the directory your runtime's CNI_PATH names (e.g. --dir /usr/lib/cni)",
+            file=sys.stderr,
+        )
+        return 2
+    except (ValueError, ModuleNotFoundError) as exc:
+        print(f"overlay install-cni: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        print(f"overlay install-cni: {exc.filename or bin_dir}: permission denied; run as root",
+              file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "demo":
@@ -205,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         encap = Encap[args.encap.upper()]
         rc = demo.run(encap, args.nbytes)
         return rc or demo.run_discovery(encap)
+    if args.cmd == "install-cni":
+        return _install_cni(args.dir, args.name)
     client = Client(args.socket)
     try:
         if args.cmd == "counters":

@@ -63,7 +63,7 @@ from overlay.cni.spec import (
     TRY_AGAIN_LATER,
     UNKNOWN_CONTAINER,
 )
-from overlay.testing.daemon import CNI_DIR, OVERLAY_CNI, DaemonCluster, Overlayd, cni
+from overlay.testing.daemon import CNI_DIR, DaemonCluster, Overlayd, cni, overlay_cni
 from overlay.testing.netns import Netns, Topology
 from overlay.testing.traffic import ping, tcp_transfer
 
@@ -215,7 +215,7 @@ def test_a_chain_with_host_local_and_tuning_across_two_nodes(
         }  # fmt: skip
         tuning = {"type": "tuning", "sysctl": {sysctl: "1"}, "dataDir": str(tmp_path / "tuning")}
         chain: Chain = [
-            (OVERLAY_CNI, _conf(daemon, "1.0.0", ipam=ipam)),
+            (overlay_cni(), _conf(daemon, "1.0.0", ipam=ipam)),
             ((TUNING,), {"cniVersion": "1.0.0", "name": "blue", **tuning}),
         ]
         pod = topology.add_netns(f"chain{i}")

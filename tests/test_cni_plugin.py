@@ -38,6 +38,7 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -61,7 +62,15 @@ from overlay.cni.spec import (
     UNSUPPORTED_FIELD,
 )
 from overlay.daemon.client import Client, DaemonUnavailable
-from overlay.testing.daemon import CNI_DIR, DaemonCluster, Overlayd, cni
+from overlay.testing.daemon import (
+    CNI_DIR,
+    MODULE_CNI,
+    PACKAGE_PARENT,
+    DaemonCluster,
+    Overlayd,
+    cni,
+    overlay_cni,
+)
 from overlay.testing.netns import Netns, Topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,6 +154,66 @@ def test_the_console_script_overlay_cni_is_declared() -> None:
         scripts = tomllib.load(f)["project"]["scripts"]
     assert scripts.get("overlay-cni") == "overlay.cni.plugin:main"
     assert importlib.util.find_spec("overlay.cni.__main__") is not None
+
+
+def test_the_console_script_and_python_m_answer_like_the_installed_launcher() -> None:
+    for plugin in (MODULE_CNI, overlay_cni()):
+        run = cni("VERSION", None, unset=NO_CONTAINER, plugin=plugin)
+        assert run.rc == 0 and run.out["supportedVersions"][-1] == "1.1.0", plugin
+
+
+def _install_cni(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "overlay.cli", "install-cni", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": PACKAGE_PARENT},
+        check=False,
+    )
+
+
+def test_install_cni_writes_an_isolated_launcher_and_replaces_it_whole(tmp_path: Path) -> None:
+    done = _install_cni("--dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    plugin = tmp_path / "overlay-cni"
+    assert done.stdout.strip() == str(plugin)
+    assert plugin.stat().st_mode & 0o777 == 0o755
+    assert plugin.read_text().splitlines()[0] == f"#!{sys.executable} -IS"
+    # -I: a PYTHONPATH whose `overlay` would break the plugin is not read.
+    trap = tmp_path / "trap" / "overlay"
+    trap.mkdir(parents=True)
+    (trap / "__init__.py").write_text("raise SystemExit('the trap was imported')\n")
+    run = cni(
+        "VERSION", None, unset=NO_CONTAINER, plugin=[str(plugin)], PYTHONPATH=str(trap.parent)
+    )
+    assert run.success()["cniVersion"] == "1.1.0"
+    run = cni("ADD", {"cniVersion": "1.0.0", "name": "x", "type": "overlay-cni"},
+              plugin=[str(plugin)])  # fmt: skip
+    assert "vni" in run.error(INVALID_CONFIG)  # the plugin's own answer
+    again = _install_cni("--dir", str(tmp_path), "--name", "ovl")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay-cni", "ovl", "trap"]
+    plugin.write_text("#!/bin/false\n")  # an old or broken copy is replaced whole
+    assert _install_cni("--dir", str(tmp_path)).returncode == 0
+    assert plugin.read_text().startswith(f"#!{sys.executable} -IS\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay-cni", "ovl", "trap"]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--dir", "/nonexistent/cni/bin"], "--dir /nonexistent/cni/bin: no such directory"),
+        (["--name", "a/b"], "must be a plain file name"),
+    ],
+)
+def test_install_cni_refuses_a_missing_directory_or_a_path_as_name(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    if "--dir" not in args:
+        args = ["--dir", str(tmp_path), *args]
+    done = _install_cni(*args)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- environment errors: code 4 naming the variable ------------------------------

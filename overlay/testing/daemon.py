@@ -13,11 +13,14 @@ Processes are stopped by PID, namespaces removed by the Topology.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,7 +238,28 @@ EXAMPLES_DIR = os.path.join(PACKAGE_PARENT, "examples")
 """The repository's example plugins (present in a checkout, not when installed);
 add it to ``cni_path`` to delegate to one (its files are executables)."""
 
-OVERLAY_CNI = (sys.executable, "-m", "overlay.cni.plugin")
+MODULE_CNI = (sys.executable, "-m", "overlay.cni.plugin")
+"""overlay-cni started as the console script starts it: a full interpreter, with site."""
+
+_installed: list[str] = []
+
+
+def overlay_cni() -> tuple[str]:
+    """The argv of overlay-cni as ``overlay install-cni`` writes it, installed once
+    per process into a scratch plugin directory that is removed at exit."""
+    if not _installed:
+        from overlay.cni import install
+
+        bin_dir = tempfile.mkdtemp(prefix="overlay-cni-bin-")
+        owner = os.getpid()  # a forked child that exits must not remove it
+
+        def remove() -> None:
+            if os.getpid() == owner:
+                shutil.rmtree(bin_dir, ignore_errors=True)
+
+        atexit.register(remove)
+        _installed.append(str(install.install(bin_dir)))
+    return (_installed[0],)
 
 
 class Run:
@@ -273,7 +297,7 @@ def cni(
     ifname: str = "eth0",
     cni_args: str = "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_NAMESPACE=default",
     cni_path: Sequence[str] = (CNI_DIR,),
-    plugin: Sequence[str] = OVERLAY_CNI,
+    plugin: Sequence[str] | None = None,
     unset: Sequence[str] = (),
     timeout: float = 60.0,
     **env: str,
@@ -283,8 +307,9 @@ def cni(
     The environment is only what the spec defines (``CNI_COMMAND=command``,
     ``CNI_CONTAINERID``, ``CNI_NETNS``, ``CNI_IFNAME``, ``CNI_ARGS``,
     ``CNI_PATH``) plus ``PATH`` and a ``PYTHONPATH`` that starts with the
-    directory holding this ``overlay`` package, so the plugin (and a Python
-    delegate it runs) imports the code under test, installed or not. ``unset``
+    directory holding this ``overlay`` package, so a Python delegate the plugin
+    runs imports the code under test, installed or not (overlay-cni itself is
+    the launcher ``overlay_cni()`` installs, which ignores PYTHONPATH). ``unset``
     removes variables; keyword arguments (``CNI_PATH=""``) set or override them.
     ``conf`` goes to stdin as JSON (a string is sent as it is, None as nothing).
     The netns and container defaults are placeholders for tests that never reach
@@ -309,7 +334,7 @@ def cni(
         environ.pop(name, None)
     data = conf if isinstance(conf, str) else "" if conf is None else json.dumps(conf)
     done = subprocess.run(
-        list(plugin),
+        list(plugin or overlay_cni()),
         input=data,
         capture_output=True,
         text=True,

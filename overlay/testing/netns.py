@@ -519,6 +519,22 @@ class Netns:
         except FileNotFoundError:
             return False
 
+    def wait_up(self, ifname: str, timeout: float = 5.0) -> None:
+        """Wait until ``ifname``'s operational state is UP.
+
+        A device set up gets its carrier at once, but the kernel's link watch
+        (which attaches its queueing discipline and sets the operational
+        state) may run up to a second later; until then every frame sent on
+        it is dropped, so a first ARP request is lost and the first datagram
+        waits a full second for the retransmission. ``TimeoutError`` after
+        ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while (state := self.link_info(ifname).operstate) != "UP":
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{ifname} in {self.name} is still {state}")
+            time.sleep(0.01)
+
     def wait_ipv6_ready(self, ifname: str, timeout: float = 5.0) -> None:
         """Wait until ``ifname`` has a link-local IPv6 address that is no longer tentative.
 
@@ -713,6 +729,7 @@ class Topology:
                 ns.addr_add(name, addr)
             ns.link_set(name, state="up")
         for ns, name, _ in ends:
+            ns.wait_up(name)
             if ns.ipv6_enabled(name):
                 ns.wait_ipv6_ready(name)
         return VethPair(a, name_a, b, name_b)
