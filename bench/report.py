@@ -162,7 +162,8 @@ def table(summary: dict[str, Any]) -> str:
                     lines.append(
                         f"{'':24} {side} VERSION as pip's console script:"
                         f" {_num(verbs['version_console_p50'])} ms"
-                        f" (as `overlay install-cni` writes it: {_num(verbs.get('version_p50'))} ms)"
+                        " (as `overlay install-cni` writes it:"
+                        f" {_num(verbs.get('version_p50'))} ms)"
                     )
         lines.append(
             "all: first start to last exit of processes started at once; p50 x: p50 over the"

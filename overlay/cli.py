@@ -223,8 +223,10 @@ def _install_cni(bin_dir: str | None, name: str) -> int:
         print(f"overlay install-cni: {exc}", file=sys.stderr)
         return 2
     except PermissionError as exc:
-        print(f"overlay install-cni: {exc.filename or bin_dir}: permission denied; run as root",
-              file=sys.stderr)
+        print(
+            f"overlay install-cni: {exc.filename or bin_dir}: permission denied; run as root",
+            file=sys.stderr,
+        )
         return 1
     print(path)
     return 0
