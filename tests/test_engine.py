@@ -616,3 +616,14 @@ def test_ipv6_underlay_forwards_between_engines() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_test_ports_lie_below_the_source_port_pool_and_are_free() -> None:
+    # An engine's source sockets start at 49152 and probe upward, so a port
+    # handed to another test engine from that range could be taken first.
+    for host in ("127.0.0.1", "::1") * 10:
+        port = free_udp_port(host)
+        assert 20000 <= port < 49152
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                           socket.SOCK_DGRAM) as s:  # fmt: skip
+            s.bind((host, port))

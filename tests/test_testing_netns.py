@@ -121,6 +121,22 @@ def test_ping_over_ipv6_works_from_the_first_packet(topology: Topology) -> None:
     assert result.ok, result.output
 
 
+def test_veth_ends_are_operationally_up_when_veth_returns(topology: Topology) -> None:
+    # Until the kernel's link watch runs (up to a second after "up") a veth
+    # drops what it sends; veth() waits, so the first frame is not lost.
+    for i in range(3):
+        a, b = topology.add_netns(f"a{i}"), topology.add_netns(f"b{i}")
+        topology.veth(a, b)
+        assert a.link_info("ul0").operstate == "UP" and b.link_info("ul0").operstate == "UP"
+        result = ping(a, "198.18.0.2", count=1, timeout=0.5)
+        assert result.ok, result.output
+    a.link_set("ul0", state="down")
+    with pytest.raises(TimeoutError, match=r"ul0 in .* is still DOWN"):
+        a.wait_up("ul0", timeout=0.1)
+    a.link_set("ul0", state="up")
+    a.wait_up("ul0")
+
+
 def test_three_nodes_share_a_lan(topology: Topology) -> None:
     nodes = [topology.add_netns(f"n{i}") for i in (1, 2, 3)]
     topology.lan(nodes, [f"198.18.0.{i}/24" for i in (1, 2, 3)])
