@@ -306,6 +306,10 @@ int ovl_gro_append(ovl_gro_t *g, int32_t port_id, const uint8_t *frame, size_t l
         return 0;
     if (f->l3_off != g->l3_off || f->l4_off != g->l4_off || (f->ip_proto == 17) != g->udp)
         return 0;
+    /* Each segment passes what the first did (lengths without padding, flags, its
+     * own checksum): the super-frame goes up as verified, so none may join unchecked. */
+    if (!ovl_gro_eligible(frame, len, f, g->udp))
+        return 0;
     size_t hlen = f->l4_off + l4_hlen(frame, f);
     size_t plen = len - hlen;
     if (hlen != g->hdr_len || plen > g->mss || plen == 0 || g->pay_total + plen + hlen > 65535 - 64)

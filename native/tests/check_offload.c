@@ -228,6 +228,14 @@ static int one_case(int v6, int tcp)
                 FAIL("segment after a gap appended");
             if (ovl_gro_append(&g, 8, segbuf[1], seglen[1], &s0))
                 FAIL("segment for another port appended");
+            ovl_frame_t s1;
+            ovl_frame_parse(segbuf[1], seglen[1], &s1);
+            segbuf[1][seglen[1] - 1] ^= 0x5a;
+            if (ovl_gro_append(&g, 7, segbuf[1], seglen[1], &s1))
+                FAIL("corrupt segment appended");
+            segbuf[1][seglen[1] - 1] ^= 0x5a;
+            if (!ovl_gro_append(&g, 7, segbuf[1], seglen[1], &s1))
+                FAIL("intact segment not appended after a refused corrupt one");
         }
     }
     /* A virtio header that lies about the contents is refused. */
