@@ -41,8 +41,8 @@ from overlay.cni.spec import (
     INVALID_ENV,
     IO_FAILURE,
     PLUGIN_INTERNAL,
-    TRY_AGAIN_LATER,
     VALID_ATTACHMENTS_KEYS,
+    VERB_SINCE,
     CniError,
     Result,
     version_at_least,
@@ -53,25 +53,25 @@ from overlay.cni.spec import (
 _DOWNGRADE = {"1.1.0": "1.0.0"}
 
 
-def find_plugin(plugin_type: str, cni_path: Sequence[str], field: str = "ipam.type") -> str:
+def find_plugin(plugin_type: str, cni_path: Sequence[str]) -> str:
     """The executable for ``plugin_type`` in the directories ``cni_path``.
 
     Code 7 when ``plugin_type`` is not a plain file name or is in none of the
     directories; code 4 when ``cni_path`` is empty.
     """
     if not isinstance(plugin_type, str) or not plugin_type or plugin_type in (".", ".."):
-        raise CniError(INVALID_CONFIG, f"{field}={plugin_type!r}: name a plugin, e.g. host-local")
+        raise CniError(INVALID_CONFIG, f"ipam.type={plugin_type!r}: name a plugin, e.g. host-local")
     if "/" in plugin_type:
         raise CniError(
             INVALID_CONFIG,
-            f"{field}={plugin_type!r}: a plugin's file name, not a path; put its directory "
+            f"ipam.type={plugin_type!r}: a plugin's file name, not a path; put its directory "
             "in CNI_PATH",
         )
     if not cni_path:
         raise CniError(
             INVALID_ENV,
             f"CNI_PATH is empty: set it to the directories holding CNI plugins (e.g. "
-            f"/usr/lib/cni:/opt/cni/bin) so {field}={plugin_type!r} can be found",
+            f"/usr/lib/cni:/opt/cni/bin) so ipam.type={plugin_type!r} can be found",
         )
     for directory in cni_path:
         candidate = os.path.join(directory, plugin_type)
@@ -79,7 +79,7 @@ def find_plugin(plugin_type: str, cni_path: Sequence[str], field: str = "ipam.ty
             return candidate
     raise CniError(
         INVALID_CONFIG,
-        f"{field}={plugin_type!r}: no such executable in CNI_PATH={':'.join(cni_path)}; "
+        f"ipam.type={plugin_type!r}: no such executable in CNI_PATH={':'.join(cni_path)}; "
         "install the plugin there, add its directory to CNI_PATH, or fix the name",
     )
 
@@ -89,9 +89,8 @@ class Delegate:
 
     ``conf`` is the caller's full network configuration (the parsed JSON it got
     on stdin); ``environ`` the caller's environment, passed through with
-    ``CNI_COMMAND`` (and, for ``delete``, the container) set per call.
-    ``timeout_s`` None waits as long as the delegate takes: the runtime bounds
-    the whole invocation.
+    ``CNI_COMMAND`` (and, for ``delete``, the container) set per call. It
+    waits as long as the delegate takes: the runtime bounds the whole invocation.
     """
 
     def __init__(
@@ -100,15 +99,11 @@ class Delegate:
         conf: Mapping[str, Any],
         cni_path: Sequence[str],
         environ: Mapping[str, str] | None = None,
-        *,
-        field: str = "ipam.type",
-        timeout_s: float | None = None,
     ) -> None:
         self.type = plugin_type
-        self.executable = find_plugin(plugin_type, cni_path, field)
+        self.executable = find_plugin(plugin_type, cni_path)
         self.conf = dict(conf)
         self.environ = dict(os.environ if environ is None else environ)
-        self.timeout_s = timeout_s
         self._versions: tuple[str, ...] | None = None
 
     # -- versions --------------------------------------------------------------
@@ -149,7 +144,7 @@ class Delegate:
 
         CHECK arrived in 0.4.0, STATUS and GC in 1.1.0; ADD and DEL always exist.
         """
-        since = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}.get(verb)
+        since = VERB_SINCE.get(verb)
         return since is None or version_at_least(self.version(), since)
 
     # -- verbs -----------------------------------------------------------------
@@ -207,15 +202,8 @@ class Delegate:
                 input=json.dumps(stdin).encode(),
                 capture_output=True,
                 env=environ,
-                timeout=self.timeout_s,
                 check=False,
             )
-        except subprocess.TimeoutExpired:
-            raise CniError(
-                TRY_AGAIN_LATER,
-                f"{self.type}: {verb} did not finish within {self.timeout_s} s; "
-                "try again, and see why it hangs",
-            ) from None
         except OSError as exc:
             raise CniError(
                 IO_FAILURE,

@@ -359,18 +359,18 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
 
 
 def _release(delegate: Delegate, error: CniError | None = None) -> None:
-    """Give back the delegate's addresses after a failed ADD; a failure to do so is
-    added to ``error`` (the runtime's DEL after a failed ADD will try again)."""
+    """Give back the delegate's addresses after a failed ADD. When that fails too,
+    raise ``error`` with the failure added to its message (the runtime's DEL
+    after a failed ADD will try again), or the failure itself without ``error``."""
     try:
         delegate.delete()
     except CniError as exc:
         if error is None:
             raise
-        error.msg = (
+        raise error.with_msg(
             f"{error.msg} (and releasing the address with {delegate.type} failed too: "
             f"{exc.msg}; it is released by the DEL the runtime sends next)"
-        )
-        error.args = (error.msg,)
+        ) from None
 
 
 def cmd_del(env: CniEnv, net: NetConf) -> None:
@@ -406,11 +406,10 @@ def cmd_check(env: CniEnv, net: NetConf) -> None:
     except (ApiError, DaemonUnavailable) as exc:
         error = daemon_error(exc, "CHECK")
         if error.code == UNKNOWN_CONTAINER:
-            error.msg = (
+            error = error.with_msg(
                 f"CHECK: overlayd has no attachment {env.container_id}/{env.ifname} "
                 f"({error.msg}): ADD it again"
             )
-            error.args = (error.msg,)
         raise error from None
     problems = compare_prev_result(prev, record, env.ifname)
     if record.get("attached") is False:

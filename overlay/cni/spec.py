@@ -56,8 +56,10 @@ PLUGIN_INTERNAL = 999
 # configuration; anything else is the plugin's own. The valid-attachments list
 # of GC is sent under both names: the spec was published with one and runtimes
 # set the other as well.
+VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 STANDARD_KEYS = frozenset(
     {
+        *VALID_ATTACHMENTS_KEYS,
         "cniVersion",
         "name",
         "type",
@@ -69,15 +71,12 @@ STANDARD_KEYS = frozenset(
         "capabilities",
         "runtimeConfig",
         "prevResult",
-        "cni.dev/valid-attachments",
-        "cni.dev/attachments",
     }
 )
-VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
-_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Container IDs and network names: alphanumeric first, then [A-Za-z0-9_.-].
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 class CniError(Exception):
@@ -88,6 +87,10 @@ class CniError(Exception):
         self.code = code
         self.msg = msg
         self.details = details
+
+    def with_msg(self, msg: str) -> CniError:
+        """The same error (code, details) with another message."""
+        return CniError(self.code, msg, self.details)
 
     def to_json(self, cni_version: str = "1.1.0") -> str:
         body: dict[str, Any] = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
@@ -127,7 +130,7 @@ class CniEnv:
         for var in required:
             if not environ.get(var):
                 raise CniError(INVALID_ENV, f"{var} is required for {command}: set it")
-        if cid and not _CONTAINER_ID_RE.match(cid):
+        if cid and not _ID_RE.match(cid):
             raise CniError(
                 INVALID_ENV,
                 f"CNI_CONTAINERID={cid!r}: must start alphanumeric, then [A-Za-z0-9_.-]",
@@ -184,7 +187,7 @@ class NetConf:
                 f"{', '.join(SUPPORTED_VERSIONS)}",
             )
         name, typ = raw.get("name"), raw.get("type")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _ID_RE.match(name):
             raise CniError(INVALID_CONFIG, f"name={name!r}: a network name of [A-Za-z0-9_.-]")
         if not isinstance(typ, str) or not typ:
             raise CniError(INVALID_CONFIG, f"type={typ!r}: the plugin's executable name")
@@ -398,8 +401,8 @@ def chain_result(prev: Result | None, own: Result) -> Result:
 
 Handler = Callable[[CniEnv, NetConf], Result | None]
 
-# The lowest configuration version that may ask for each verb.
-_VERB_SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
+#: The first spec version that has each verb (ADD, DEL and VERSION: every one).
+VERB_SINCE = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 
 
 def run(
@@ -430,7 +433,7 @@ def run(
             return 0
         conf = NetConf.parse(data)
         version = conf.cni_version
-        since = _VERB_SINCE.get(env.command)
+        since = VERB_SINCE.get(env.command)
         if since and not version_at_least(version, since):
             raise CniError(
                 INCOMPATIBLE_VERSION,
