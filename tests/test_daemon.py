@@ -408,3 +408,34 @@ def test_reload_adds_and_removes_static_peers(topology: Topology, overlayd_clust
     assert "198.18.0.3" not in d0.client.networks()[0]["vteps"]
     assert ping(p2, _ip(a), count=1, timeout=1).received == 0
     assert c["vni"] == 100
+
+
+def test_reload_that_adds_the_first_peer_applies_the_new_file_to_new_networks(
+    topology: Topology, overlayd_cluster: Any
+) -> None:
+    # Static peers make a node's networks learn; a network added by the same
+    # reload that adds the first peer must be made under the new file, not the old.
+    cl = overlayd_cluster()
+    alone = cl.config(0)
+    alone["store"]["peers"] = []
+    cl.daemons[0].write_config(alone)
+    cl.start()
+    d0, d1 = cl.daemons
+    assert [n["learning"] for n in d0.client.networks()] == [False]
+    green = {"vni": 200, "tenant": "green", "cidr": "10.245.0.0/16"}
+    for i, d in enumerate(cl.daemons):
+        cfg = cl.config(i)
+        cfg["networks"].append(green)
+        for p in cfg["store"]["peers"]:
+            p["networks"] = [100, 200]
+        d.write_config(cfg)
+        summary = d.client.request("POST", "/v1/reload")
+        assert summary["networks_added"] == [200]
+        # node0's vni 100 (no pods yet) is remade to learn too; node1's is unchanged.
+        assert summary["networks_changed"] == ([100] if i == 0 else [])
+    learning = {n["vni"]: n["learning"] for n in d0.client.networks()}
+    assert learning == {100: True, 200: True}
+    pg, ph = _pod(topology, "pg"), _pod(topology, "ph")
+    _attach(d0.client, "cg", pg, vni=200)
+    h = _attach(d1.client, "ch", ph, vni=200)
+    assert ping(pg, _ip(h), count=2).received == 2

@@ -194,7 +194,9 @@ class Daemon:
 
     async def _bootstrap_steps(self) -> None:
         assert self.agent is not None
-        await self._retry(self._define, self.config.networks, self.config.store.peers, ())
+        await self._retry(
+            self._define, self.config, self.config.networks, self.config.store.peers, ()
+        )
         self._tasks.append(asyncio.create_task(self.agent.run(), name="overlayd-agent"))
         self._tasks.append(asyncio.create_task(self._peer_loop(), name="overlayd-peers"))
         await self.agent.synced.wait()
@@ -256,22 +258,26 @@ class Daemon:
     def _static(self) -> bool:
         return self.config.store.kind == "memory"
 
-    def _spec(self, spec: NetworkSpec) -> NetworkSpec:
-        if self._static() and self.config.store.peers and not spec.learning:
+    @staticmethod
+    def _spec(spec: NetworkSpec, cfg: DaemonConfig) -> NetworkSpec:
+        """The network as this node runs it under ``cfg``: static peers learn."""
+        if cfg.store.kind == "memory" and cfg.store.peers and not spec.learning:
             return dataclasses.replace(spec, learning=True)
         return spec
 
     async def _define(
         self,
+        cfg: DaemonConfig,
         networks: tuple[NetworkSpec, ...],
         peers: tuple[NodeSpec, ...],
         gone_peers: tuple[str, ...],
     ) -> None:
         """Write network definitions (etcd: only where absent — the store is the
-        cluster's truth) and static peers."""
+        cluster's truth) and static peers, as configuration ``cfg`` has them (on a
+        reload: the new one, which is not yet ``self.config``)."""
         assert self.store is not None
         for spec in networks:
-            spec = self._spec(spec)
+            spec = self._spec(spec, cfg)
             key = keys.network(spec.vni)
             if self._static():
                 await self.store.put(key, to_json(spec))
@@ -300,14 +306,10 @@ class Daemon:
             # No shared store to lease subnets from: every node computes the same
             # assignment (names in sorted order, each taking its first free
             # subnet), so static peers never hand out the same pod address.
-            names = sorted(
-                {self.config.node.name}
-                | {p.name for p in self.config.store.peers}
-                | {p.name for p in peers}
-            )
+            names = sorted({cfg.node.name} | {p.name for p in cfg.store.peers})
             for spec in networks:
                 for name in names:
-                    await lease_subnet(self.store, self._spec(spec), name, 0)
+                    await lease_subnet(self.store, self._spec(spec, cfg), name, 0)
 
     async def _peer_loop(self) -> None:
         """Keep the health prober's peers equal to the nodes the agent knows."""
@@ -513,7 +515,13 @@ class Daemon:
             after = {n.vni: n for n in new.networks}
             in_use = {rec.vni for rec in self.attachments.values()}
             gone = [v for v in before if v not in after]
-            changed = [v for v in before if v in after and before[v] != after[v]]
+            # As the node runs them: the first static peer (or the last gone) turns
+            # learning on (off) for networks whose lines did not change.
+            changed = [
+                v
+                for v in before
+                if v in after and self._spec(before[v], old) != self._spec(after[v], new)
+            ]
             for vni in gone + changed:
                 if vni in in_use:
                     what = "removed" if vni in gone else "changed"
@@ -533,7 +541,7 @@ class Daemon:
                 if self._static():
                     await self.store.delete(keys.network(vni))  # type: ignore[union-attr]
             await self._define(
-                tuple(added) + tuple(after[v] for v in changed), put_peers, gone_peers
+                new, tuple(added) + tuple(after[v] for v in changed), put_peers, gone_peers
             )
             # Answer once the agent has read the new definitions: a pod may be
             # attached to a new network as soon as the reload returns.
