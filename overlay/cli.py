@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from overlay.cni import install
 from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
 
 Row = dict[str, Any]
@@ -50,10 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument(
         "--dir",
-        default=None,
-        help="the plugin directory (default /opt/cni/bin); it must exist",
+        default=install.DEFAULT_BIN_DIR,
+        help="the plugin directory (default %(default)s); it must exist",
     )
-    i.add_argument("--name", default="overlay-cni", help="the plugin's file name (the conf's type)")
+    i.add_argument(
+        "--name", default=install.PLUGIN_NAME, help="the plugin's file name (the conf's type)"
+    )
     d = sub.add_parser(
         "demo", help="build a two-node, two-tenant overlay in namespaces and show it"
     )
@@ -206,10 +209,7 @@ VIEWS: dict[str, tuple[Callable[[Client, argparse.Namespace], Any], Callable[...
 }
 
 
-def _install_cni(bin_dir: str | None, name: str) -> int:
-    from overlay.cni import install
-
-    bin_dir = bin_dir or install.DEFAULT_BIN_DIR
+def _install_cni(bin_dir: str, name: str) -> int:
     try:
         path = install.install(bin_dir, name)
     except FileNotFoundError:

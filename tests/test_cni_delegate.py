@@ -21,15 +21,14 @@ from overlay.cni.spec import (
     CniError,
     Result,
 )
+from overlay.testing.daemon import CNI_DIR, EXAMPLES_DIR, PACKAGE_PARENT
 
-REPO = Path(__file__).resolve().parent.parent
-CNI_DIR = "/usr/lib/cni"
 HOST_LOCAL = os.path.join(CNI_DIR, "host-local")
 needs_host_local = pytest.mark.skipif(
     not os.access(HOST_LOCAL, os.X_OK),
     reason=f"{HOST_LOCAL} is missing: apt-get install containernetworking-plugins",
 )
-EXAMPLE = REPO / "examples" / "cni_static_plugin.py"
+EXAMPLE = Path(EXAMPLES_DIR) / "cni_static_plugin.py"
 
 
 def netconf(tmp_path: Path, version: str = "1.1.0", **ipam: Any) -> dict[str, Any]:
@@ -240,7 +239,7 @@ def static_ipam(tmp_path: Path, ipam: dict[str, Any], **conf: Any) -> Delegate:
     link = bindir / "static-ipam"
     if not link.exists():
         link.symlink_to(EXAMPLE)
-    env = environ(tmp_path, CNI_PATH=str(bindir), PYTHONPATH=str(REPO))
+    env = environ(tmp_path, CNI_PATH=str(bindir), PYTHONPATH=PACKAGE_PARENT)
     full = {**netconf(tmp_path), "ipam": {"type": "static-ipam", **ipam}, **conf}
     return Delegate("static-ipam", full, [str(bindir)], env)
 

@@ -57,10 +57,9 @@ def import_path() -> list[str]:
     return dirs
 
 
-def launcher(python: str | None = None, path: list[str] | None = None) -> str:
-    """The launcher script's text: ``python`` (default: this interpreter) runs the plugin."""
-    python = python or sys.executable
-    path = path or import_path()
+def launcher() -> str:
+    """The launcher script's text: this interpreter runs the plugin."""
+    python, path = sys.executable, import_path()
     if any(c.isspace() for c in python):
         # A shebang line splits at the first blank: the path must have none.
         raise ValueError(f"interpreter path {python!r} has a blank; a shebang cannot hold it")

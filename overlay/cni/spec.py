@@ -236,6 +236,13 @@ class Route:
     scope: int = 0
 
 
+def _own_fields(cls: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``raw`` that are fields of dataclass ``cls`` (a newer spec's extra
+    keys are left out)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
 @dataclasses.dataclass
 class Result:
     """An ADD result: interfaces, IPs, routes, DNS."""
@@ -278,10 +285,7 @@ class Result:
             return cls(
                 cni_version=str(raw.get("cniVersion", "1.1.0")),
                 interfaces=[
-                    Interface(
-                        **{k: v for k, v in i.items() if k in ("name", "mac", "mtu", "sandbox")}
-                    )
-                    for i in raw.get("interfaces", [])
+                    Interface(**_own_fields(Interface, i)) for i in raw.get("interfaces", [])
                 ],
                 ips=[
                     IPConfig(
@@ -291,16 +295,7 @@ class Result:
                     )
                     for i in raw.get("ips", [])
                 ],
-                routes=[
-                    Route(
-                        **{
-                            k: v
-                            for k, v in r.items()
-                            if k in ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
-                        }
-                    )
-                    for r in raw.get("routes", [])
-                ],
+                routes=[Route(**_own_fields(Route, r)) for r in raw.get("routes", [])],
                 dns=dict(raw.get("dns", {})),
             )
         except (KeyError, TypeError, AttributeError) as exc:

@@ -60,11 +60,7 @@ class Cluster:
         if not 1 <= self.n_nodes <= 200:
             raise ValueError(f"n_nodes={self.n_nodes}: 1-200 nodes")
         self.node_ns = [self.topo.add_netns(f"n{i}") for i in range(self.n_nodes)]
-        cidrs = [f"{underlay_ip(i)}/24" for i in range(self.n_nodes)]
-        if self.n_nodes == 2:
-            self.topo.veth(self.node_ns[0], self.node_ns[1], cidrs[0], cidrs[1], mtu=self.mtu)
-        elif self.n_nodes > 2:
-            self.topo.lan(self.node_ns, cidrs, mtu=self.mtu)
+        self.topo.underlay(self.node_ns, mtu=self.mtu)
         try:
             for i, ns in enumerate(self.node_ns):
                 self.nodes.append(
@@ -174,11 +170,7 @@ class KernelCluster:
         from overlay.testing.netns import kernel_vxlan
 
         self.node_ns = [self.topo.add_netns(f"{self.prefix}n{i}") for i in range(self.n_nodes)]
-        cidrs = [f"{underlay_ip(i)}/24" for i in range(self.n_nodes)]
-        if self.n_nodes == 2:
-            self.topo.veth(self.node_ns[0], self.node_ns[1], cidrs[0], cidrs[1], mtu=self.mtu)
-        elif self.n_nodes > 2:
-            self.topo.lan(self.node_ns, cidrs, mtu=self.mtu, switch=f"{self.prefix}sw")
+        self.topo.underlay(self.node_ns, mtu=self.mtu, switch=f"{self.prefix}sw")
         for i, ns in enumerate(self.node_ns):
             with ns.ipr() as ipr:
                 ipr.link("add", ifname="br0", kind="bridge")

@@ -44,14 +44,20 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"no TOML for {v!r}")
 
 
+def _table_array(name: str, items: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        out.append(f"[[{name}]]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+    return out
+
+
 def to_toml(config: dict[str, Any]) -> str:
     """Enough TOML for overlayd's file: tables of scalars/lists, arrays of tables."""
     out: list[str] = []
     for section, body in config.items():
         if isinstance(body, list):
-            for item in body:
-                out.append(f"[[{section}]]")
-                out += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+            out += _table_array(section, body)
             continue
         out.append(f"[{section}]")
         tables = {
@@ -59,9 +65,7 @@ def to_toml(config: dict[str, Any]) -> str:
         }
         out += [f"{k} = {_toml_value(v)}" for k, v in body.items() if k not in tables]
         for k, items in tables.items():
-            for item in items:
-                out.append(f"[[{section}.{k}]]")
-                out += [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items()]
+            out += _table_array(f"{section}.{k}", items)
     return "\n".join(out) + "\n"
 
 
@@ -169,12 +173,8 @@ class DaemonCluster:
 
     def __post_init__(self) -> None:
         self.node_ns = [self.topo.add_netns(f"n{i}") for i in range(self.n_nodes)]
-        cidrs = [f"{underlay_ip(i)}/24" for i in range(self.n_nodes)]
-        if self.n_nodes == 2:
-            self.topo.veth(self.node_ns[0], self.node_ns[1], cidrs[0], cidrs[1])
-        elif self.n_nodes > 2:
-            self.topo.lan(self.node_ns, cidrs)
-        else:  # one node: its underlay is one end of a veth inside it
+        cidrs = self.topo.underlay(self.node_ns)
+        if self.n_nodes == 1:  # its underlay is one end of a veth inside it
             ns = self.node_ns[0]
             self.topo.veth(ns, ns, cidrs[0], None, name_a="ul0", name_b="ul1")
         for i in range(self.n_nodes):

@@ -39,7 +39,6 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import socket
 import subprocess
 import threading
@@ -53,7 +52,7 @@ from typing import Any, TypeVar
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overlay.nsenter import NETNS_RUN_DIR, call_in, iproute, link_index, pid_alive, setns
+from overlay.nsenter import NETNS_RUN_DIR, call_in, iproute, link_index, setns
 
 __all__ = [
     "ALLOWED_NETWORKS",
@@ -68,7 +67,6 @@ __all__ = [
     "cleanup_leftovers",
     "kernel_vxlan",
     "run_prefix",
-    "stale_prefixes",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,7 +94,6 @@ _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"
 _CLONE_NEWNET = 0x40000000
 _IFA_F_NODAD = 0x02
 _IFA_F_TENTATIVE = 0x40
-_PREFIX_RE = re.compile(rf"^{PREFIX_FAMILY}(\d+)-")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -156,21 +153,6 @@ def _host_ifnames() -> list[str]:
         return os.listdir("/sys/class/net")
     except FileNotFoundError:
         return []
-
-
-def stale_prefixes(family: str = PREFIX_FAMILY) -> list[str]:
-    """Prefixes ``<family><pid>-`` of leftovers whose owning process no longer exists.
-
-    Looks at named namespaces and host interfaces. A live pid is never reported,
-    so parallel runs on the same machine leave each other alone.
-    """
-    pattern = re.compile(rf"^{re.escape(family)}(\d+)-")
-    found: set[str] = set()
-    for name in pyroute2_netns.listnetns() + _host_ifnames():
-        m = pattern.match(name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            found.add(f"{family}{m.group(1)}-")
-    return sorted(found)
 
 
 def _create_netns(name: str) -> None:
@@ -733,6 +715,17 @@ class Topology:
             if ns.ipv6_enabled(name):
                 ns.wait_ipv6_ready(name)
         return VethPair(a, name_a, b, name_b)
+
+    def underlay(self, nodes: Sequence[Netns], *, mtu: int = 1500, switch: str = "sw") -> list[str]:
+        """Wire ``nodes`` as the testbed's underlay, node ``i`` at ``underlay_ip(i)/24``
+        on ``ul0``: two by a veth, more by a ``lan`` through ``switch``, one not at
+        all. Returns the addresses with their prefix."""
+        cidrs = [f"{underlay_ip(i)}/24" for i in range(len(nodes))]
+        if len(nodes) == 2:
+            self.veth(nodes[0], nodes[1], cidrs[0], cidrs[1], mtu=mtu)
+        elif len(nodes) > 2:
+            self.lan(nodes, cidrs, mtu=mtu, switch=switch)
+        return cidrs
 
     def lan(
         self,

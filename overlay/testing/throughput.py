@@ -359,7 +359,7 @@ def build_pyforwarder_net(
         topo = _new_topology("f")
         stack.callback(topo.close)
         node_ns = [topo.add_netns(f"n{i}") for i in range(2)]
-        topo.veth(node_ns[0], node_ns[1], f"{underlay_ip(0)}/24", f"{underlay_ip(1)}/24", mtu=mtu)
+        topo.underlay(node_ns, mtu=mtu)
         pods = [
             NetPod(f"p{i}", topo.add_netns(f"p{i}"), i, pod_mac(i, vni, 1), _pod_cidr(cidr, i))
             for i in range(2)
