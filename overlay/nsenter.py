@@ -52,6 +52,13 @@ def setns(fd: int) -> None:
         raise OSError(err, f"setns(CLONE_NEWNET) failed: {os.strerror(err)}")
 
 
+def unshare_net() -> None:
+    """Give the calling thread a new, empty network namespace (``unshare``)."""
+    if _libc.unshare(_CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
+
+
 def in_thread(fn: Callable[..., T], *args: Any, thread_name_: str = "overlay", **kwargs: Any) -> T:
     """Run ``fn(*args, **kwargs)`` in a new thread, wait for it, return its result
     or raise its exception here."""

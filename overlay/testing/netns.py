@@ -52,7 +52,15 @@ from typing import Any, TypeVar
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overlay.nsenter import NETNS_RUN_DIR, call_in, iproute, link_index, setns
+from overlay.nsenter import (
+    NETNS_RUN_DIR,
+    call_in,
+    in_thread,
+    iproute,
+    link_index,
+    setns,
+    unshare_net,
+)
 
 __all__ = [
     "ALLOWED_NETWORKS",
@@ -91,14 +99,10 @@ ALLOWED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
 
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
-_CLONE_NEWNET = 0x40000000
 _IFA_F_NODAD = 0x02
 _IFA_F_TENTATIVE = 0x40
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-_setns = setns
 
 
 UNDERLAY_NET = ipaddress.ip_network("198.18.0.0/24")
@@ -164,32 +168,25 @@ def _create_netns(name: str) -> None:
     then bind-mounts that thread's namespace (``/proc/<tid>/ns/net``) at
     ``/var/run/netns/<name>``, and the thread returns to its old namespace.
     """
-    error: list[BaseException] = []
 
     def target() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            unshare_net()
             try:
-                if _libc.unshare(_CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
-                try:
-                    pyroute2_netns.attach(name, threading.get_native_id(), libc=_libc)
-                finally:
-                    _setns(own)
+                pyroute2_netns.attach(name, threading.get_native_id(), libc=_libc)
             finally:
-                os.close(own)
-        except BaseException as exc:
-            error.append(exc)
+                setns(own)
+        finally:
+            os.close(own)
 
-    thread = threading.Thread(target=target, name=f"netns-create-{name}", daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        if not isinstance(error[0], FileExistsError):  # never remove someone else's
+    try:
+        in_thread(target, thread_name_=f"netns-create-{name}")
+    except BaseException as exc:
+        if not isinstance(exc, FileExistsError):  # never remove someone else's
             with contextlib.suppress(OSError):
                 _remove_netns(name)
-        raise error[0]
+        raise
 
 
 def _remove_netns(name: str) -> bool:
