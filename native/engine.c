@@ -288,7 +288,6 @@ void ovl_engine_destroy(ovl_engine_t *e)
         if (e->tx_fds[i] >= 0)
             close(e->tx_fds[i]);
     free(e->tx_fds);
-    free(e->tx_ports);
     free(e->nets);
     free(e->ports);
     free(e->ev);
@@ -330,8 +329,7 @@ int ovl_engine_create(const ovl_engine_config_t *cfg, ovl_engine_t **out)
     e->ports = calloc(c->max_ports, sizeof *e->ports);
     e->n_slots = c->sport_slots;
     e->tx_fds = malloc(e->n_slots * sizeof *e->tx_fds);
-    e->tx_ports = calloc(e->n_slots, sizeof *e->tx_ports);
-    if (!e->ev || !e->nets || !e->ports || !e->tx_fds || !e->tx_ports) {
+    if (!e->ev || !e->nets || !e->ports || !e->tx_fds) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -364,7 +362,7 @@ int ovl_engine_create(const ovl_engine_config_t *cfg, ovl_engine_t **out)
     for (uint16_t i = 0; i < e->n_slots && rc == 0; i++) {
         uint16_t first = (uint16_t)(c->sport_lo + (uint64_t)i * span / e->n_slots);
         uint16_t last = (uint16_t)(c->sport_lo + (uint64_t)(i + 1) * span / e->n_slots - 1);
-        int fd = ovl_udp_tx_open(c->family, c->local_addr, first, last, c->udp_csum, &e->tx_ports[i]);
+        int fd = ovl_udp_tx_open(c->family, c->local_addr, first, last, c->udp_csum);
         if (fd < 0)
             rc = fd;
         else
@@ -661,7 +659,7 @@ int ovl_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr)
 /* ---- ports ---- */
 
 static int port_attach(ovl_engine_t *e, uint32_t vni, const int *fds, uint32_t n_fds,
-                       const uint8_t *mac, uint32_t flags, const char *ifname, uint32_t offloads)
+                       const uint8_t *mac, uint32_t flags, uint32_t offloads)
 {
     ovl_network_t *n = ovl_net_lookup(e, vni);
     if (!n)
@@ -694,7 +692,6 @@ static int port_attach(ovl_engine_t *e, uint32_t vni, const int *fds, uint32_t n
     p->worker = id % e->n_workers;
     p->offloads = offloads;
     p->vnet = (offloads & OVL_OFF_TAP_TSO) != 0;
-    snprintf(p->ifname, sizeof p->ifname, "%s", ifname ? ifname : "");
     ovl_port_sec_init(&p->sec, mac);
     for (uint32_t q = 0; q < n_fds; q++) {
         /* One queue per worker; a single-queue port goes to worker id % n. */
@@ -781,7 +778,7 @@ static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int n
     if (fd < 0)
         return fd;
     WRLOCK(e);
-    rc = port_attach(e, vni, fds, nq, mac, flags, name, off);
+    rc = port_attach(e, vni, fds, nq, mac, flags, off);
     if (rc >= 0) {
         uint32_t tap = OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO;
         uint32_t have = e->tap_probed ? (e->offloads & tap & off) : off;
@@ -824,7 +821,7 @@ int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, u
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -errno;
     WRLOCK(e);
-    int rc = port_attach(e, vni, &fd, 1, mac, flags, NULL, 0);
+    int rc = port_attach(e, vni, &fd, 1, mac, flags, 0);
     UNLOCK(e);
     return rc;
 }
@@ -922,15 +919,6 @@ int ovl_port_del(ovl_engine_t *e, int port_id)
 int ovl_port_detach(ovl_engine_t *e, int port_id)
 {
     return port_remove(e, port_id, 0);
-}
-
-int ovl_port_fd(ovl_engine_t *e, int port_id)
-{
-    pthread_rwlock_rdlock(&e->lock);
-    ovl_port_t *p = port_get(e, port_id);
-    int fd = p ? p->fd : -ENOENT;
-    UNLOCK(e);
-    return fd;
 }
 
 /* ---- FDB and neighbours ---- */
@@ -1072,6 +1060,10 @@ void ovl_learn_apply(ovl_worker_t *w)
         if (v && v->kind == OVL_FDB_LOCAL && port_get(e, v->port_id) &&
             memcmp(e->ports[v->port_id].sec.mac, l->mac, 6) == 0)
             continue; /* a port's own MAC */
+        if (v && ovl_learn_same(l, v->kind, v->port_id, &v->vtep)) {
+            v->updated_ns = w->now_ns; /* known already (another worker learned it) */
+            continue;
+        }
         if (!v && !(v = ovl_map_put(&e->fdb, &k, &created)))
             continue;
         v->kind = l->kind;

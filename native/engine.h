@@ -66,7 +66,6 @@ typedef struct ovl_port {
     uint32_t offloads;           /* OVL_OFF_TAP_* in use on this TAP */
     int vnet;                    /* frames carry a virtio-net header */
     int seen;                    /* the port's own MAC was reported (MAC_SEEN) */
-    char ifname[16];
     ovl_port_sec_t sec;
     uint64_t c[OVL_O__COUNT];
 } ovl_port_t;
@@ -137,7 +136,6 @@ struct ovl_engine {
     ovl_worker_t *workers[OVL_MAX_WORKERS];
     uint16_t n_slots;
     int *tx_fds;                 /* source-port pool */
-    uint16_t *tx_ports;
     ovl_network_t *nets;
     ovl_map_t net_by_vni;        /* vni -> uint32 index into nets */
     ovl_port_t *ports;

@@ -7,6 +7,8 @@
 
 #include "engine.h"
 
+#include <string.h>
+
 /* epoll data: kind in bits 24..31, port id in 0..23, generation in 32..55,
  * TAP queue in 56..63. */
 #define OVL_EP_UDP ((uint64_t)1 << 24)
@@ -63,9 +65,33 @@ static inline void ovl_drop(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, in
 void ovl_deliver(ovl_worker_t *w, ovl_port_t *q, ovl_network_t *n, const uint8_t *frame, size_t len,
                  const ovl_vnet_hdr_t *vh);
 
-/* Queue a learned FDB entry, applied after the batch. */
+/* Does a learned entry say the same as l: same kind, and same port or VTEP? */
+static inline int ovl_learn_same(const ovl_learn_t *l, uint8_t kind, int32_t port_id,
+                                 const ovl_addr_t *vtep)
+{
+    if (l->kind != kind)
+        return 0;
+    if (kind == OVL_FDB_LOCAL)
+        return l->port_id == port_id;
+    return l->vtep.family == vtep->family && l->vtep.port == vtep->port &&
+           memcmp(l->vtep.addr, vtep->addr, 16) == 0;
+}
+
+/* Queue a learned FDB entry, applied after the batch. When the latest entry
+ * queued in this batch for the same MAC says the same, it is not queued
+ * again: a burst from one new MAC takes one slot, not the whole queue (and a
+ * MAC that moves and comes back within the batch still ends where it came
+ * last). */
 static inline void ovl_learn_queue(ovl_worker_t *w, const ovl_learn_t *l)
 {
+    for (uint32_t i = w->n_learn; i-- > 0;) {
+        const ovl_learn_t *q = &w->learn[i];
+        if (q->vni == l->vni && memcmp(q->mac, l->mac, 6) == 0) {
+            if (ovl_learn_same(q, l->kind, l->port_id, &l->vtep))
+                return;
+            break;
+        }
+    }
     if (w->n_learn < OVL_LEARN_MAX)
         w->learn[w->n_learn++] = *l;
 }

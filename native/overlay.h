@@ -71,7 +71,6 @@ const char *ovl_counter_help(size_t id);
 int ovl_counter_is_drop(size_t id);
 size_t ovl_obj_counter_count(void);
 const char *ovl_obj_counter_name(size_t id);
-const char *ovl_obj_counter_help(size_t id);
 
 /* ---- wire formats (wire.c) ---- */
 
@@ -239,7 +238,6 @@ int ovl_port_add_ip(ovl_engine_t *e, int port_id, int family, const uint8_t *add
  * ovl_engine_destroy does. Both return 0 or -ENOENT. */
 int ovl_port_del(ovl_engine_t *e, int port_id);
 int ovl_port_detach(ovl_engine_t *e, int port_id);
-int ovl_port_fd(ovl_engine_t *e, int port_id);
 
 /* Remote MACs (FDB) and neighbours (ARP/ND suppression). */
 int ovl_fdb_add(ovl_engine_t *e, uint32_t vni, const uint8_t *mac,

@@ -37,7 +37,6 @@ enum ovl_obj_counter_id {
     OVL_O__COUNT
 };
 
-#define OVL_UNUSED(x) ((void)(x))
 #define OVL_LIKELY(x) __builtin_expect(!!(x), 1)
 #define OVL_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

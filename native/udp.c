@@ -96,7 +96,7 @@ int ovl_udp_rx_open(int family, const uint8_t *addr, uint16_t port, int reusepor
 }
 
 int ovl_udp_tx_open(int family, const uint8_t *addr, uint16_t port, uint16_t port_max,
-                    int csum, uint16_t *bound)
+                    int csum)
 {
     int fd = -EADDRINUSE;
     for (uint32_t p = port; p <= port_max; p++) {
@@ -117,20 +117,5 @@ int ovl_udp_tx_open(int family, const uint8_t *addr, uint16_t port, uint16_t por
             return err;
         }
     }
-    int bp = ovl_udp_bound_port(fd);
-    if (bp < 0) {
-        close(fd);
-        return bp;
-    }
-    *bound = (uint16_t)bp;
     return fd;
-}
-
-int ovl_udp_bound_port(int fd)
-{
-    ovl_sockaddr_t sa;
-    socklen_t len = sizeof sa;
-    if (getsockname(fd, &sa.sa, &len) < 0)
-        return -errno;
-    return ntohs(sa.sa.sa_family == AF_INET ? sa.in4.sin_port : sa.in6.sin6_port);
 }

@@ -26,11 +26,9 @@ int ovl_sockaddr_parse(const ovl_sockaddr_t *sa, int *family, uint8_t *addr);
 /* A receive socket bound to (addr, port); reuseport for several workers. */
 int ovl_udp_rx_open(int family, const uint8_t *addr, uint16_t port, int reuseport);
 /* A send socket bound to (addr, port), or the first free port in
- * [port, port_max]; the bound port is written to *bound. csum = 0 turns the
- * outer UDP checksum off. Returns the fd or -errno. */
+ * [port, port_max]. csum = 0 turns the outer UDP checksum off. Returns the
+ * fd or -errno. */
 int ovl_udp_tx_open(int family, const uint8_t *addr, uint16_t port, uint16_t port_max,
-                    int csum, uint16_t *bound);
-/* The local port a socket is bound to, or -errno. */
-int ovl_udp_bound_port(int fd);
+                    int csum);
 
 #endif

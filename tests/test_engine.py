@@ -430,6 +430,45 @@ def test_learning_network_learns_remote_macs_from_decapsulated_frames(pair: Pair
     assert counters(pair.b)["macs_learned"] == 1
 
 
+def test_a_burst_from_one_new_mac_is_learned_once_and_leaves_room_for_others() -> None:
+    # The frames wait in the fake TAP until the worker starts, so it reads all
+    # of them in one batch: 64 from one new MAC, then one from another.
+    with loopback_engine(ENCAP_VXLAN, batch=128) as eng:
+        eng.network_add(100)
+        pa = FakePort(eng, 100, MAC_A, (), security=False)
+        burst, other = "02:00:00:00:01:98", "02:00:00:00:01:99"
+        for _ in range(64):
+            pa.send(udp_frame(burst, "ff:ff:ff:ff:ff:ff", "10.244.1.98", "10.244.1.255"))
+        pa.send(udp_frame(other, "ff:ff:ff:ff:ff:ff", "10.244.1.99", "10.244.1.255"))
+        eng.start()
+        assert wait_for(lambda: eng.port_counters(pa.id)["rx_packets"] == 65)
+
+        def local() -> set[str]:
+            return {e.mac for e in eng.fdb_dump() if e.kind == "local"}
+
+        assert wait_for(lambda: {burst, other} <= local()), local()
+        assert counters(eng)["macs_learned"] == 2
+
+
+def test_a_burst_from_one_new_remote_mac_is_learned_once_and_leaves_room_for_others() -> None:
+    # As above, from the underlay: the datagrams wait in the receive socket.
+    with loopback_engine(ENCAP_VXLAN, batch=128) as eng:
+        eng.network_add(100, learning=True)
+        eng.vtep_add(100, LOOPBACK, free_udp_port())
+        burst, other = "02:00:00:00:01:98", "02:00:00:00:01:99"
+        for mac in [burst] * 64 + [other]:
+            frame = udp_frame(mac, "ff:ff:ff:ff:ff:ff", "10.244.1.98", "10.244.1.255")
+            send_underlay(eng, tunnel(ENCAP_VXLAN, 100, frame))
+        eng.start()
+
+        def learned() -> set[str]:
+            return {e.mac for e in eng.fdb_dump() if e.kind == "learned"}
+
+        assert wait_for(lambda: {burst, other} <= learned()), learned()
+        assert counters(eng)["macs_learned"] == 2
+        assert [e.mac for e in eng.events() if e.kind == "learned"] == [burst, other]
+
+
 def test_frame_to_its_own_port_is_a_hairpin_drop(pair: Pair) -> None:
     pair.a.network_add(100)
     pa = FakePort(pair.a, 100, MAC_A, (IP_A,))
