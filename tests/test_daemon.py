@@ -4,6 +4,8 @@ their Unix-socket API: attach pods, traffic across nodes, every view, reload
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from overlay.daemon.api import MAX_HEADER
 from overlay.daemon.client import ApiError, Client, DaemonUnavailable
 from overlay.testing.daemon import DaemonCluster, Overlayd, to_toml
 from overlay.testing.netns import Netns, Topology
@@ -45,6 +48,27 @@ def _wait(cond: Any, timeout: float = 10.0, what: str = "condition") -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def _raw_request(path: str, size: int) -> tuple[int, dict[str, Any]]:
+    """GET /v1/status over the Unix socket ``path`` with a request head (request line,
+    headers, blank line) padded to ``size`` bytes: the answer's status and body."""
+    head = b"GET /v1/status HTTP/1.1\r\nHost: overlayd\r\nX-Pad: "
+    head += b"x" * (size - len(head) - 4) + b"\r\n\r\n"
+    assert len(head) == size
+    answer = b""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        # Far over the limit the daemon answers and closes before reading it all:
+        # the rest cannot be sent, and the end of its answer reads as a reset.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(head)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
 
 
 def _two_pods(topology: Topology, cl: DaemonCluster) -> tuple[Netns, Netns, dict, dict]:
@@ -127,6 +151,14 @@ def test_api_errors_name_the_field_and_change_nothing(
     with pytest.raises(ApiError) as err:
         c.request("PUT", "/v1/status")
     assert err.value.status == 405
+    # Request headers: up to MAX_HEADER bytes are read; one byte more is a 413.
+    d = cl.daemons[0]
+    status, body = _raw_request(str(d.socket), MAX_HEADER)
+    assert status == 200 and body["node"] == "node0"
+    for size in (MAX_HEADER + 1, 20 * MAX_HEADER):
+        status, body = _raw_request(str(d.socket), size)
+        assert status == 413 and body["error"]["kind"] == "config", (size, body)
+    assert c.status()["ready"]  # and the daemon serves on
     assert c.attachments() == [] and pa.links() == ["lo"]
     # A duplicate attachment is a conflict, and the first one is untouched.
     first = _attach(c, "x", pa)

@@ -373,27 +373,32 @@ def test_serve_answers_scrapes_from_the_loop_with_live_peer_health(
     run(loop_kind, main)
 
 
-def test_start_serves_from_a_thread_and_stop_joins_it() -> None:
+def test_serve_on_port_0_binds_a_free_port_once_and_close_frees_it() -> None:
     metrics = Metrics(lambda: {"node": "node-a"})
-    before = threading.active_count()
-    metrics.start("127.0.0.1:0")  # the kernel picks the port
-    try:
-        assert metrics.bound is not None
-        host, port = metrics.bound
-        assert host == "127.0.0.1" and port > 0
-        status, _, body = fetch(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        assert Exposition(body).get("overlay_node_info", node="node-a") == 1
-        with pytest.raises(RuntimeError, match="already serving"):
-            metrics.start("127.0.0.1:0")
-    finally:
-        metrics.stop()
-    metrics.stop()  # idempotent
-    assert metrics.bound is None
-    wait_for(lambda: threading.active_count() == before)  # request threads end on their own
-    with socket.socket() as s:  # the port is free again
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await metrics.serve("127.0.0.1:0")  # the kernel picks the port
+        try:
+            assert metrics.bound is not None
+            host, port = metrics.bound
+            assert host == "127.0.0.1" and port > 0
+            status, _, body = await loop.run_in_executor(
+                None, fetch, f"http://127.0.0.1:{port}/metrics"
+            )
+            assert status == 200
+            assert Exposition(body).get("overlay_node_info", node="node-a") == 1
+            with pytest.raises(RuntimeError, match="already serving"):
+                await metrics.serve("127.0.0.1:0")
+        finally:
+            await metrics.close()
+        await metrics.close()  # idempotent
+        assert metrics.bound is None
+        with socket.socket() as s:  # the port is free again
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+
+    run("asyncio", main)
 
 
 def test_a_taken_address_is_a_config_error_naming_metrics_address() -> None:
@@ -402,13 +407,11 @@ def test_a_taken_address_is_a_config_error_naming_metrics_address() -> None:
         holder.listen()
         taken = f"127.0.0.1:{holder.getsockname()[1]}"
         metrics = Metrics(lambda: {})
-        with pytest.raises(ConfigError, match=r"metrics\.address.*in use.*choose another port"):
-            metrics.start(taken)
-        assert metrics.bound is None
 
         async def main() -> None:
-            with pytest.raises(ConfigError, match=r"metrics\.address.*in use"):
+            with pytest.raises(ConfigError, match=r"metrics\.address.*in use.*choose another port"):
                 await metrics.serve(taken)
+            assert metrics.bound is None
 
         run("asyncio", main)
 

@@ -30,8 +30,9 @@ from overlay.errors import CapacityError, ConfigError, ConflictError, NotFoundEr
 
 log = logging.getLogger("overlay.api")
 
-MAX_HEADER = 64 * 1024
+MAX_HEADER = 64 * 1024  # the request line and headers, the blank line included
 MAX_BODY = 1 << 20
+_HEAD_END = b"\r\n\r\n"
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -41,7 +42,6 @@ _STATUS_TEXT = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
-    411: "Length Required",
     413: "Payload Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -75,6 +75,11 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
         status, err["kind"] = 500, "internal"
         err["message"] = f"internal error: {exc!r} (see overlayd's log)"
     return status, {"error": err}
+
+
+def _answer(status: int, kind: str, message: str) -> tuple[int, dict[str, Any]]:
+    """An error answer of the server itself (not of a handler), in the usual shape."""
+    return status, {"error": {"kind": kind, "message": message}}
 
 
 def _jsonable(value: Any) -> Any:
@@ -130,7 +135,11 @@ class ApiServer:
                 )
             os.unlink(self.path)  # stale, from a daemon that died
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+            # readuntil() accepts a separator that starts at ``limit``: so a head of
+            # at most MAX_HEADER bytes, separator included, and LimitOverrunError past it.
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=self.path, limit=MAX_HEADER - len(_HEAD_END)
+            )
         except OSError as exc:
             raise ConfigError(
                 "api.socket", self.path, f"a path overlayd can create ({exc.strerror})"
@@ -149,7 +158,7 @@ class ApiServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             status, body = await self._handle(reader)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (asyncio.IncompleteReadError, ConnectionError):  # the client went away
             writer.close()
             return
         data = json.dumps(body).encode() + b"\n"
@@ -169,14 +178,15 @@ class ApiServer:
                 await writer.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        if len(head) > MAX_HEADER:
-            return 413, {"error": {"kind": "config", "message": "request headers too large"}}
+        try:
+            head = await reader.readuntil(_HEAD_END)
+        except asyncio.LimitOverrunError:
+            return _answer(413, "config", f"request headers over {MAX_HEADER // 1024} KiB")
         lines = head.decode("latin-1").split("\r\n")
         try:
             method, target, _version = lines[0].split(" ", 2)
         except ValueError:
-            return 400, {"error": {"kind": "config", "message": "malformed request line"}}
+            return _answer(400, "config", "malformed request line")
         headers = {}
         for line in lines[1:]:
             k, _, v = line.partition(":")
@@ -186,7 +196,7 @@ class ApiServer:
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit() or int(length) > MAX_BODY:
-                return 413, {"error": {"kind": "config", "message": "body over 1 MiB"}}
+                return _answer(413, "config", "body over 1 MiB")
             raw = await reader.readexactly(int(length))
             if raw:
                 try:
@@ -198,7 +208,7 @@ class ApiServer:
         found = self.router.match(method, url.path)
         if isinstance(found, int):
             what = "no such route" if found == 404 else f"{method} is not allowed here"
-            return found, {"error": {"kind": "not_found", "message": f"{what}: {url.path}"}}
+            return _answer(found, "not_found", f"{what}: {url.path}")
         handler, params = found
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         try:

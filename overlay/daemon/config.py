@@ -55,8 +55,10 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from overlay.daemon.client import DEFAULT_SOCKET
 from overlay.errors import ConfigError
-from overlay.model import NetworkSpec, NodeSpec
+from overlay.model import VNI_MAX, NetworkSpec, NodeSpec
+from overlay.wire import GENEVE_PORT, VXLAN_PORT
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -77,7 +79,7 @@ class NodeConfig:
 @dataclasses.dataclass(frozen=True)
 class HealthConfig:
     enabled: bool = True
-    vni: int = 16777215
+    vni: int = VNI_MAX
     interval: float = 1.0
 
 
@@ -138,7 +140,7 @@ def _unknown(table: Mapping[str, Any], allowed: set[str], path: str) -> None:
             raise ConfigError(f"{path}{k}", table[k], f"no such key; known: {sorted(allowed)}")
 
 
-def _get(
+def get_key(
     table: Mapping[str, Any],
     key: str,
     path: str,
@@ -146,6 +148,9 @@ def _get(
     expected: str,
     default: Any = dataclasses.MISSING,
 ) -> Any:
+    """``table[key]`` when it is a ``kind`` (a bool is never an int), ``default`` when
+    absent; else ConfigError naming ``path + key``, with ``expected`` (``"required: ..."``
+    when there is no default). The API's request bodies are checked with it too."""
     if key not in table:
         if default is dataclasses.MISSING:
             raise ConfigError(f"{path}{key}", None, f"required: {expected}")
@@ -154,6 +159,15 @@ def _get(
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         raise ConfigError(f"{path}{key}", value, expected)
     return value
+
+
+def _within(where: str, exc: ConfigError) -> ConfigError:
+    """``exc`` naming its key under ``where`` (a table's path, like ``networks[0].``):
+    as it is when it does already (get_key's errors), else with the model's prefix
+    (``node.``, ``network.``) replaced."""
+    if exc.field.startswith(where):
+        return exc
+    return ConfigError(where + exc.field.split(".")[-1], exc.value, exc.expected)
 
 
 def parse(text: str) -> DaemonConfig:
@@ -170,9 +184,9 @@ def parse(text: str) -> DaemonConfig:
         {"name", "underlay", "interface", "encap", "port", "mtu", "workers", "netns", "state_dir"},
         "node.",
     )
-    name = _get(n, "name", "node.", str, 'the node\'s name, e.g. "node-a"')
-    underlay = _get(n, "underlay", "node.", str, "an IP address", None)
-    interface = _get(n, "interface", "node.", str, "an interface name", None)
+    name = get_key(n, "name", "node.", str, 'the node\'s name, e.g. "node-a"')
+    underlay = get_key(n, "underlay", "node.", str, "an IP address", None)
+    interface = get_key(n, "interface", "node.", str, "an interface name", None)
     if (underlay is None) == (interface is None):
         raise ConfigError(
             "node.underlay", underlay, "exactly one of node.underlay or node.interface"
@@ -182,22 +196,23 @@ def parse(text: str) -> DaemonConfig:
             ipaddress.ip_address(underlay)
         except ValueError:
             raise ConfigError("node.underlay", underlay, "an IPv4 or IPv6 address") from None
-    encap = _get(n, "encap", "node.", str, '"vxlan" or "geneve"', "vxlan")
+    encap = get_key(n, "encap", "node.", str, '"vxlan" or "geneve"', "vxlan")
     if encap not in ("vxlan", "geneve"):
         raise ConfigError("node.encap", encap, '"vxlan" or "geneve"')
-    port = _get(n, "port", "node.", int, "a UDP port 1-65535", 4789 if encap == "vxlan" else 6081)
+    default_port = VXLAN_PORT if encap == "vxlan" else GENEVE_PORT
+    port = get_key(n, "port", "node.", int, "a UDP port 1-65535", default_port)
     if not 1 <= port <= 65535:
         raise ConfigError("node.port", port, "a UDP port 1-65535")
-    mtu = _get(n, "mtu", "node.", int, "the underlay MTU, 576-65000", 1500)
+    mtu = get_key(n, "mtu", "node.", int, "the underlay MTU, 576-65000", 1500)
     if not 576 <= mtu <= 65000:
         raise ConfigError("node.mtu", mtu, "the underlay MTU, 576-65000")
-    workers = _get(n, "workers", "node.", int, "1-16 worker threads", 1)
+    workers = get_key(n, "workers", "node.", int, "1-16 worker threads", 1)
     if not 1 <= workers <= 16:
         raise ConfigError("node.workers", workers, "1-16 worker threads")
-    netns = _get(n, "netns", "node.", str, 'a namespace name or path, or ""', "")
+    netns = get_key(n, "netns", "node.", str, 'a namespace name or path, or ""', "")
     if netns and ("/" in netns and not netns.startswith("/") or netns in (".", "..")):
         raise ConfigError("node.netns", netns, "a namespace name or an absolute path")
-    state_dir = _get(n, "state_dir", "node.", str, "an absolute path", "/var/lib/overlay")
+    state_dir = get_key(n, "state_dir", "node.", str, "an absolute path", "/var/lib/overlay")
     if not state_dir.startswith("/"):
         raise ConfigError("node.state_dir", state_dir, "an absolute path")
     node = NodeConfig(name, underlay, interface, encap, port, mtu, workers, netns, state_dir)
@@ -205,10 +220,10 @@ def parse(text: str) -> DaemonConfig:
 
     s = _table(raw, "store", "")
     _unknown(s, {"kind", "endpoints", "ttl", "peers"}, "store.")
-    kind = _get(s, "kind", "store.", str, '"memory" or "etcd"', "memory")
+    kind = get_key(s, "kind", "store.", str, '"memory" or "etcd"', "memory")
     if kind not in ("memory", "etcd"):
         raise ConfigError("store.kind", kind, '"memory" or "etcd"')
-    endpoints = _get(
+    endpoints = get_key(
         s, "endpoints", "store.", list, 'a list of URLs like "http://127.0.0.1:2379"', []
     )
     for i, url in enumerate(endpoints):
@@ -218,11 +233,11 @@ def parse(text: str) -> DaemonConfig:
         raise ConfigError("store.endpoints", endpoints, 'at least one etcd URL for kind = "etcd"')
     if kind == "memory" and endpoints:
         raise ConfigError("store.endpoints", endpoints, 'nothing for kind = "memory"')
-    ttl = _get(s, "ttl", "store.", (int, float), "a lease TTL of 1-3600 seconds", 10)
+    ttl = get_key(s, "ttl", "store.", (int, float), "a lease TTL of 1-3600 seconds", 10)
     if not 1 <= ttl <= 3600:
         raise ConfigError("store.ttl", ttl, "a lease TTL of 1-3600 seconds")
     peers = []
-    for i, p in enumerate(_get(s, "peers", "store.", list, "a list of peer tables", [])):
+    for i, p in enumerate(get_key(s, "peers", "store.", list, "a list of peer tables", [])):
         where = f"store.peers[{i}]."
         if not isinstance(p, Mapping):
             raise ConfigError(where[:-1], p, "a table with name, underlay, networks")
@@ -232,64 +247,62 @@ def parse(text: str) -> DaemonConfig:
         try:
             peers.append(
                 NodeSpec(
-                    name=_get(p, "name", where, str, "the peer's name"),
-                    underlay=_get(p, "underlay", where, str, "an IP address"),
-                    networks=tuple(_get(p, "networks", where, list, "a list of VNIs", [])),
-                    port=_get(p, "port", where, int, "0-65535", 0),
+                    name=get_key(p, "name", where, str, "the peer's name"),
+                    underlay=get_key(p, "underlay", where, str, "an IP address"),
+                    networks=tuple(get_key(p, "networks", where, list, "a list of VNIs", [])),
+                    port=get_key(p, "port", where, int, "0-65535", 0),
                 )
             )
         except ConfigError as exc:
-            raise ConfigError(where + exc.field.split(".")[-1], exc.value, exc.expected) from None
+            raise _within(where, exc) from None
     store = StoreConfig(kind, tuple(endpoints), float(ttl), tuple(peers))
 
     a = _table(raw, "api", "")
     _unknown(a, {"socket"}, "api.")
-    socket_path = _get(a, "socket", "api.", str, "an absolute path", "/run/overlay/overlayd.sock")
+    socket_path = get_key(a, "socket", "api.", str, "an absolute path", DEFAULT_SOCKET)
     if not socket_path.startswith("/"):
         raise ConfigError("api.socket", socket_path, "an absolute path")
     m = _table(raw, "metrics", "")
     _unknown(m, {"address"}, "metrics.")
-    metrics = _get(m, "address", "metrics.", str, '"host:port" or ""', "127.0.0.1:9469")
+    metrics = get_key(m, "address", "metrics.", str, '"host:port" or ""', "127.0.0.1:9469")
     if metrics:
         parse_address(metrics)
     lg = _table(raw, "log", "")
     _unknown(lg, {"level"}, "log.")
-    level = _get(lg, "level", "log.", str, f"one of {LOG_LEVELS}", "info")
+    level = get_key(lg, "level", "log.", str, f"one of {LOG_LEVELS}", "info")
     if level not in LOG_LEVELS:
         raise ConfigError("log.level", level, f"one of {LOG_LEVELS}")
 
     h = _table(raw, "health", "")
     _unknown(h, {"enabled", "vni", "interval"}, "health.")
     health = HealthConfig(
-        enabled=_get(h, "enabled", "health.", bool, "true or false", True),
-        vni=_get(h, "vni", "health.", int, "a VNI 1-16777215", 16777215),
-        interval=float(_get(h, "interval", "health.", (int, float), "0.1-60 seconds", 1.0)),
+        enabled=get_key(h, "enabled", "health.", bool, "true or false", True),
+        vni=get_key(h, "vni", "health.", int, f"a VNI 1-{VNI_MAX}", VNI_MAX),
+        interval=float(get_key(h, "interval", "health.", (int, float), "0.1-60 seconds", 1.0)),
     )
-    if not 1 <= health.vni <= 16777215:
-        raise ConfigError("health.vni", health.vni, "a VNI 1-16777215")
+    if not 1 <= health.vni <= VNI_MAX:
+        raise ConfigError("health.vni", health.vni, f"a VNI 1-{VNI_MAX}")
     if not 0.1 <= health.interval <= 60:
         raise ConfigError("health.interval", health.interval, "0.1-60 seconds")
 
     nets = []
     seen: set[int] = set()
-    for i, t in enumerate(_get(raw, "networks", "", list, "a list of [[networks]] tables", [])):
+    for i, t in enumerate(get_key(raw, "networks", "", list, "a list of [[networks]] tables", [])):
         where = f"networks[{i}]."
         if not isinstance(t, Mapping):
             raise ConfigError(where[:-1], t, "a table with vni, tenant, cidr")
         _unknown(t, {"vni", "tenant", "cidr", "subnet_prefix", "learning"}, where)
         try:
             spec = NetworkSpec(
-                vni=_get(t, "vni", where, int, "a VNI 0-16777215"),
-                tenant=_get(t, "tenant", where, str, "the owning tenant's name"),
-                cidr=_get(t, "cidr", where, str, "a CIDR", "10.244.0.0/16"),
+                vni=get_key(t, "vni", where, int, f"a VNI 0-{VNI_MAX}"),
+                tenant=get_key(t, "tenant", where, str, "the owning tenant's name"),
+                cidr=get_key(t, "cidr", where, str, "a CIDR", "10.244.0.0/16"),
                 encap=encap,
-                subnet_prefix=_get(t, "subnet_prefix", where, int, "a prefix", 24),
-                learning=_get(t, "learning", where, bool, "true or false", False),
+                subnet_prefix=get_key(t, "subnet_prefix", where, int, "a prefix", 24),
+                learning=get_key(t, "learning", where, bool, "true or false", False),
             )
         except ConfigError as exc:
-            if exc.field.startswith(where):
-                raise
-            raise ConfigError(where + exc.field.split(".")[-1], exc.value, exc.expected) from None
+            raise _within(where, exc) from None
         if health.enabled and spec.vni == health.vni:
             raise ConfigError(
                 where + "vni", spec.vni, f"not {health.vni}: health.vni reserves it for probes"

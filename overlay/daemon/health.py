@@ -203,7 +203,6 @@ class HealthProber:
         self._mac_raw = mac_bytes(self.mac)
         self._peers: dict[str, _Peer] = {}
         self._by_mac: dict[bytes, _Peer] = {}
-        self._by_mac_str: dict[str, _Peer] = {}
         self._vtep_ports: dict[IPAddress, int] = {}  # what this prober programmed
         self._network: Any = None
         self._port_id: int | None = None
@@ -235,7 +234,7 @@ class HealthProber:
     def running(self) -> bool:
         return self._port_id is not None
 
-    async def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    async def start(self) -> None:
         """Create the health network and port, program the peers, start probing.
 
         Raises ConflictError when the VNI is taken on the node (choose another
@@ -243,7 +242,7 @@ class HealthProber:
         """
         if self.running:
             return
-        loop = loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         network = self.node.add_network(self.vni, HEALTH_TENANT)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -355,7 +354,6 @@ class HealthProber:
                 want[name] = _Peer(name, addr, eff, mac, mac_bytes(mac))
         self._peers = want
         self._by_mac = {p.mac_raw: p for p in want.values()}
-        self._by_mac_str = {p.mac: p for p in want.values()}
         if self.running:
             self._program()
 
@@ -372,7 +370,7 @@ class HealthProber:
         want_vteps: dict[IPAddress, int] = {}
         for p in sorted(self._peers.values(), key=lambda q: q.name):
             want_vteps.setdefault(p.underlay, p.port)
-        for mac in set(net.remotes) - set(self._by_mac_str):
+        for mac in set(net.remotes) - {p.mac for p in self._peers.values()}:
             net.remove_remote(mac)
         for addr in set(net.vteps) - set(want_vteps):
             net.remove_vtep(str(addr))

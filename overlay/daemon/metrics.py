@@ -21,8 +21,7 @@ Design notes
   a ``sum()`` across them would mean nothing.
 - **Where the scrape runs.** ``serve()`` answers scrapes on the asyncio loop,
   so ``snapshot()`` runs on the loop's thread, next to the state it reads:
-  no locks needed. ``start()`` (prometheus-client's threaded server) calls
-  ``snapshot()`` from its own thread; use it only with a thread-safe snapshot.
+  no locks needed.
 - **A failing snapshot is not fatal.** It is logged and counted
   (``overlay_snapshot_errors_total``); the scrape still answers with the
   metrics that do not depend on it.
@@ -45,12 +44,11 @@ import contextlib
 import errno
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.exposition import choose_encoder, generate_latest, start_http_server
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -283,8 +281,6 @@ class Metrics:
         self.registry.register(self.collector)
         self.bound: tuple[str, int] | None = None  # where the endpoint listens
         self._server: asyncio.AbstractServer | None = None
-        self._httpd: Any = None
-        self._thread: threading.Thread | None = None
 
     def observe_reconcile(self, seconds: float) -> None:
         """Record one reconcile's duration."""
@@ -302,7 +298,7 @@ class Metrics:
         Raises ConfigError naming metrics.address when it is malformed or
         cannot be bound. Returns once listening; ``close()`` stops.
         """
-        if self._server is not None or self._httpd is not None:
+        if self._server is not None:
             raise RuntimeError("the metrics endpoint is already serving; close() it first")
         host, port = parse_address(address)
         try:
@@ -359,34 +355,3 @@ class Metrics:
         encoder, content_type = choose_encoder(accept)
         body = encoder(self.registry)
         return "200 OK", [("Content-Type", content_type)], b"" if method == "HEAD" else body
-
-    # -- on a thread of its own ------------------------------------------------
-
-    def start(self, address: str) -> None:
-        """Serve at ``address`` from prometheus-client's threaded HTTP server.
-
-        ``snapshot`` is then called from that thread. Raises ConfigError
-        naming metrics.address as ``serve`` does; ``stop()`` stops.
-        """
-        if self._server is not None or self._httpd is not None:
-            raise RuntimeError("the metrics endpoint is already serving; stop() it first")
-        host, port = parse_address(address)
-        try:
-            httpd, thread = start_http_server(port, host, registry=self.registry)
-        except OSError as exc:
-            raise _bind_error(address, exc) from None
-        self._httpd, self._thread = httpd, thread
-        name = httpd.socket.getsockname()
-        self.bound = (str(name[0]), int(name[1]))
-
-    def stop(self) -> None:
-        """Stop the server ``start()`` started and join its thread. Idempotent."""
-        httpd, self._httpd = self._httpd, None
-        thread, self._thread = self._thread, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if thread is not None:
-            thread.join(timeout=5.0)
-        if httpd is not None:
-            self.bound = None

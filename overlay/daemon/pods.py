@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any
 
+from overlay.daemon.config import get_key
 from overlay.errors import ConfigError
 from overlay.nsenter import iproute, link_index
 
@@ -44,12 +45,7 @@ class AttachRequest:
                 raise ConfigError(k, body[k], f"no such field; known: {sorted(known)}")
 
         def get(key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
-            v = body.get(key, default)
-            if v is dataclasses.MISSING:
-                raise ConfigError(key, None, f"required: {expected}")
-            if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
-                raise ConfigError(key, v, expected)
-            return v
+            return get_key(body, key, "", kind, expected, default)
 
         cid = get("container_id", str, "the container ID", dataclasses.MISSING)
         if not _CID_RE.match(cid):
@@ -124,9 +120,11 @@ def delete_link(netns: str, ifname: str) -> None:
     if not os.path.exists(netns):
         return
     with iproute(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if idx:
-            ipr.link("del", index=idx[0])
+        try:
+            idx = link_index(ipr, ifname, netns)
+        except LookupError:
+            return  # gone already
+        ipr.link("del", index=idx)
 
 
 def link_state(netns: str, ifname: str) -> dict[str, Any]:
@@ -134,18 +132,19 @@ def link_state(netns: str, ifname: str) -> dict[str, Any]:
     if not os.path.exists(netns):
         return {"exists": False}
     with iproute(netns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
+        try:
+            idx = link_index(ipr, ifname, netns)
+        except LookupError:
             return {"exists": False}
-        link = ipr.get_links(idx[0])[0]
+        link = ipr.get_links(idx)[0]
         addrs = [
             f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            for a in ipr.get_addr(index=idx[0])
+            for a in ipr.get_addr(index=idx)
             if a["scope"] == 0
         ]
         return {
             "exists": True,
-            "index": idx[0],
+            "index": idx,
             "mac": link.get_attr("IFLA_ADDRESS"),
             "mtu": link.get_attr("IFLA_MTU"),
             "up": bool(link["flags"] & 1),

@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from overlay import __version__
@@ -53,7 +54,7 @@ from overlay.daemon.state import Attachment, StateFile
 from overlay.errors import ConfigError, ConflictError, NotFoundError, OverlayError
 from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
 from overlay.node import Encap, Node
-from overlay.nsenter import iproute, netns_path, off_loop
+from overlay.nsenter import iproute, link_index, netns_path, off_loop
 
 log = logging.getLogger("overlay.daemon")
 
@@ -63,22 +64,24 @@ def resolve_underlay(node: cfgmod.NodeConfig) -> str:
     (IPv4 first) in the node's namespace."""
     if node.underlay:
         return node.underlay
+    interface = node.interface or ""  # parse() asks for exactly one of the two
     path = netns_path(node.netns) if node.netns else None
 
     def lookup() -> str:
         with iproute(path) as ipr:
-            idx = ipr.link_lookup(ifname=node.interface)
-            if not idx:
-                raise ConfigError("node.interface", node.interface, "an existing interface")
+            try:
+                idx = link_index(ipr, interface, path)
+            except LookupError:
+                raise ConfigError("node.interface", interface, "an existing interface") from None
             addrs = [
                 (a["family"], a.get_attr("IFA_ADDRESS"))
-                for a in ipr.get_addr(index=idx[0])
+                for a in ipr.get_addr(index=idx)
                 if a["scope"] == 0
             ]
         for _fam, a in sorted(addrs, key=lambda x: x[0]):
             return str(a)
         raise ConfigError(
-            "node.interface", node.interface, "an interface with a global IPv4 or IPv6 address"
+            "node.interface", interface, "an interface with a global IPv4 or IPv6 address"
         )
 
     return off_loop(lookup)
@@ -121,7 +124,6 @@ class Daemon:
 
     async def _start(self) -> None:
         c = self.config
-        loop = asyncio.get_running_loop()
         underlay = resolve_underlay(c.node)
         try:
             self.node = Node(
@@ -152,23 +154,22 @@ class Daemon:
             networks=[n.vni for n in c.networks],
             ttl=c.store.ttl,
         )
-        if self.metrics is None and c.metrics_address:
+        if c.metrics_address:
             from overlay.daemon.metrics import Metrics
 
             metrics = Metrics(self.snapshot)
             await metrics.serve(c.metrics_address)  # scrapes run on this loop: no locking
             self.metrics = metrics
+            self.agent.on_reconcile = metrics.observe_reconcile
             host, port = metrics.bound or ("?", 0)
             log.info("overlayd: metrics on http://%s:%d/metrics", host, port)
-        if self.metrics is not None:
-            self.agent.on_reconcile = self.metrics.observe_reconcile
         self.api = ApiServer(self._router(), c.api_socket)
         await self.api.start()
         if c.health.enabled:
             self.prober = HealthProber(
                 self.node, c.node.name, vni=c.health.vni, interval=c.health.interval
             )
-            await self.prober.start(loop)
+            await self.prober.start()
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="overlayd-bootstrap"))
         log.info(
             "overlayd %s: node %s, underlay %s:%d (%s), store %s, API %s",
@@ -325,8 +326,12 @@ class Daemon:
 
     # -- attachments --------------------------------------------------------------
 
+    def _records(self) -> list[Attachment]:
+        """Every attachment this daemon keeps: the attached ones, then the orphans."""
+        return [*self.attachments.values(), *self.orphans.values()]
+
     def _save(self) -> None:
-        self.state.save(list(self.attachments.values()) + list(self.orphans.values()))
+        self.state.save(self._records())
 
     async def _reattach(self) -> None:
         """Re-open the TAPs of the pods attached before a restart, where they are."""
@@ -475,7 +480,7 @@ class Daemon:
             raise ConfigError("vni", vni, "a VNI, or no vni field for every network")
         self._check_ready()
         removed = []
-        for rec in list(self.attachments.values()) + list(self.orphans.values()):
+        for rec in self._records():
             if rec.key in valid or (vni is not None and rec.vni != vni):
                 continue
             with contextlib.suppress(NotFoundError):
@@ -571,18 +576,33 @@ class Daemon:
             return {}
         return {r["name"]: r for r in self.prober.results()}
 
+    @property
+    def store_connected(self) -> bool:
+        """True while the agent is running and the store answers it."""
+        return self.agent is not None and self.agent.connected
+
     def serving(self) -> bool:
         """Ready for ADD: started, pods re-attached, and the store answering (an ADD
         needs it to lease an address and to announce the pod)."""
-        return self.ready and bool(self.agent and self.agent.connected)
+        return not self.not_serving_reason()
 
     def not_serving_reason(self) -> str:
         """Why ADD cannot be served now ("" when it can)."""
         if not self.ready:
             return "starting: waiting for the store to re-attach pods"
-        if not (self.agent and self.agent.connected):
+        if not self.store_connected:
             return f"the store ({self.config.store.kind}) is unreachable; retrying"
         return ""
+
+    def _local_remote(self, endpoints: Iterable[Endpoint]) -> tuple[int, int]:
+        """How many of ``endpoints`` are this node's pods, and how many other nodes'."""
+        local = remote = 0
+        for ep in endpoints:
+            if ep.node == self.config.node.name:
+                local += 1
+            else:
+                remote += 1
+        return local, remote
 
     def status(self) -> dict[str, Any]:
         c = self.config
@@ -602,7 +622,7 @@ class Daemon:
             "store": {
                 "kind": c.store.kind,
                 "endpoints": list(c.store.endpoints),
-                "connected": bool(agent and agent.connected),
+                "connected": self.store_connected,
             },
             "networks": len(agent.spec.networks) if agent else 0,
             "attachments": len(self.attachments),
@@ -620,8 +640,7 @@ class Daemon:
         for vni in agent.spec.networks:
             spec = agent.specs.get(vni)
             net = node.networks.get(vni)
-            eps = agent.endpoints.get(vni, {})
-            local = sum(1 for e in eps.values() if e.node == self.config.node.name)
+            local, remote = self._local_remote(agent.endpoints.get(vni, {}).values())
             out.append(
                 {
                     "vni": vni,
@@ -632,7 +651,7 @@ class Daemon:
                     "pod_mtu": node.pod_mtu(net) if net else None,
                     "vteps": sorted(str(v) for v in net.vteps) if net else [],
                     "local_endpoints": local,
-                    "remote_endpoints": len(eps) - local,
+                    "remote_endpoints": remote,
                     "defined": spec is not None,
                 }
             )
@@ -697,7 +716,7 @@ class Daemon:
     def health(self) -> dict[str, Any]:
         return {
             "ready": self.serving(),
-            "store_connected": bool(self.agent and self.agent.connected),
+            "store_connected": self.store_connected,
             "probing": self.prober is not None,
             "peers": self.peers(),
         }
@@ -707,8 +726,8 @@ class Daemon:
         agent = self.agent
         eps = []
         for v, group in agent.endpoints.items() if agent else []:
-            local = sum(1 for e in group.values() if e.node == self.config.node.name)
-            eps.append({"vni": v, "local": local, "remote": len(group) - local})
+            local, remote = self._local_remote(group.values())
+            eps.append({"vni": v, "local": local, "remote": remote})
         return {
             "node": self.config.node.name,
             "counters": self.node.counters() if self.node else {},
@@ -728,7 +747,7 @@ class Daemon:
                 }
                 for p in self.peers()
             ],
-            "store": {"kind": self.config.store.kind, "connected": bool(agent and agent.connected)},
+            "store": {"kind": self.config.store.kind, "connected": self.store_connected},
         }
 
     # -- the API ----------------------------------------------------------------------
@@ -748,10 +767,7 @@ class Daemon:
             return await self.attach(body)
 
         async def attachments(query: dict[str, str], body: Any) -> Any:
-            return [
-                {**a.to_dict(), "attached": a.key in self.attachments}
-                for a in list(self.attachments.values()) + list(self.orphans.values())
-            ]
+            return [{**a.to_dict(), "attached": a.key in self.attachments} for a in self._records()]
 
         async def attachment(query: dict[str, str], body: Any, cid: str, ifname: str) -> Any:
             rec = self._attachment(cid, ifname)
