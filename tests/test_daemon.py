@@ -252,6 +252,15 @@ def test_restart_keeps_pods_talking(topology: Topology, overlayd_cluster: Any, h
     assert "eth0" not in pa.links()
 
 
+def _with_green(cl: Any, i: int) -> dict[str, Any]:
+    """Node ``i``'s configuration with a second network, vni 200, on every node."""
+    cfg: dict[str, Any] = cl.config(i)
+    cfg["networks"].append({"vni": 200, "tenant": "green", "cidr": "10.245.0.0/16"})
+    for p in cfg["store"]["peers"]:
+        p["networks"] = [100, 200]
+    return cfg
+
+
 def test_reload_adds_and_removes_networks_without_disturbing_others(
     topology: Topology, overlayd_cluster: Any
 ) -> None:
@@ -259,13 +268,8 @@ def test_reload_adds_and_removes_networks_without_disturbing_others(
     cl.start()
     pa, pb, a, b = _two_pods(topology, cl)
     d0, d1 = cl.daemons
-    green = {"vni": 200, "tenant": "green", "cidr": "10.245.0.0/16"}
     for i, d in enumerate(cl.daemons):
-        cfg = cl.config(i)
-        cfg["networks"].append(green)
-        for p in cfg["store"]["peers"]:
-            p["networks"] = [100, 200]
-        d.write_config(cfg)
+        d.write_config(_with_green(cl, i))
     pinger = _pinger(pa, _ip(b), 3)
     time.sleep(0.5)
     for d in cl.daemons:
@@ -454,13 +458,8 @@ def test_reload_that_adds_the_first_peer_applies_the_new_file_to_new_networks(
     cl.start()
     d0, d1 = cl.daemons
     assert [n["learning"] for n in d0.client.networks()] == [False]
-    green = {"vni": 200, "tenant": "green", "cidr": "10.245.0.0/16"}
     for i, d in enumerate(cl.daemons):
-        cfg = cl.config(i)
-        cfg["networks"].append(green)
-        for p in cfg["store"]["peers"]:
-            p["networks"] = [100, 200]
-        d.write_config(cfg)
+        d.write_config(_with_green(cl, i))
         summary = d.client.request("POST", "/v1/reload")
         assert summary["networks_added"] == [200]
         # node0's vni 100 (no pods yet) is remade to learn too; node1's is unchanged.
