@@ -57,10 +57,13 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         "codec": {},
         "convergence": {},
         "cni_latency": {},
+        "control_scale": {},
     }
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
-        if "cni_latency" in info:
+        if "control_scale" in info:  # bench/test_control_scale.py
+            out["control_scale"][b["name"]] = info["control_scale"]
+        elif "cni_latency" in info:
             out["cni_latency"][b["name"]] = {
                 k: info[k]
                 for k in ("test", "pods", "unit", "baseline", "ratios", "ratio_meaning")
@@ -134,6 +137,28 @@ def table(summary: dict[str, Any]) -> str:
                 f" {_num(r['all_nodes_ms']['p99']):>8} {_num(r['store_keys_per_node']):>10}"
                 f" {_num(r['store_bytes_per_node']):>11}"
             )
+    for r in summary.get("control_scale", {}).values():
+        if lines:
+            lines.append("")
+        o, k = r["overlay"], r["kernel"]
+        lines.append(
+            f"{'programming ' + str(r['remotes']) + ' remotes':32} {'overlay':>9} {'kernel':>9}"
+        )
+        lines.append(
+            f"{'all, from the store (s)':32} {_num(o['program_s']):>9} {_num(k['program_s']):>9}"
+        )
+        lines.append(f"{'all, embedding API (s)':32} {_num(o['api_program_s']):>9} {'':>9}")
+        for what in ("add_p50", "add_p99", "del_p50"):
+            lines.append(
+                f"{'one more, ' + what + ' (ms)':32} {_num(o['change_ms'][what]):>9}"
+                f" {_num(k['change_ms'][what]):>9}"
+            )
+        lines.append(f"{'agent reconcile p50 (ms)':32} {_num(o['change_ms']['reconcile_p50']):>9}")
+        rss = o["rss_mb"]
+        lines.append(
+            f"RSS MB: {_num(rss['start'])} at start, {_num(rss['store_filled'])} with the store"
+            f" filled, {_num(rss['programmed'])} programmed; kernel: {r['baseline']}."
+        )
     if summary.get("cni_latency"):
         if lines:
             lines.append("")

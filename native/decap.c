@@ -1,8 +1,45 @@
 /*
  * decap.c — underlay -> TAP: receive a batch of datagrams with recvmmsg,
  * check each against the isolation contract (known VNI, member source VTEP,
- * Geneve options understood), and write the inner frame to the local port(s).
- * A bad datagram is a counted drop with its reason and the loop goes on.
+ * Geneve options understood), check the inner frame against what this node
+ * knows, and write it to the local port(s). A bad datagram is a counted drop
+ * with its reason and the loop goes on.
+ *
+ * Design notes.
+ * - A member VTEP is trusted to carry its network, not to speak for this
+ *   node's pods. Its inner frame is parsed once (deliver_rx reuses the parse
+ *   for coalescing) and refused when it claims what this node knows to be
+ *   otherwise:
+ *     decap_spoofed_mac  the source MAC lives behind a local port (a port's
+ *                        own, or one learned behind a port without security);
+ *     decap_spoofed_arp  the ARP sender (sha, spa) claims a local MAC, an
+ *                        address of a local port, or an address the
+ *                        neighbour table gives another MAC;
+ *     decap_spoofed_nd   the same for ND: an NA's target with its target
+ *                        link-layer option (or, without one, the source MAC);
+ *                        an NS, RS or RA's source with its source link-layer
+ *                        option; a redirect's target with its target option.
+ *   A local port owns its addresses (in the neighbour table with its MAC)
+ *   and its EUI-64 link-local address. A claim from :: or 0.0.0.0 (DAD, ARP
+ *   probe) claims nothing. A frame the parser refuses is refused here too,
+ *   whatever port sent it on the far side: the check above is only as good
+ *   as the parse (a nine-header NA would otherwise walk past it).
+ * - Learning networks (flood and learn, no store) have no remote neighbour
+ *   entries: the local checks apply, and any remote claim about a remote
+ *   address is taken as the kernel's VXLAN device takes it. A MAC learned
+ *   behind one VTEP that shows up behind another moves there, as the kernel's
+ *   vxlan_snoop moves a dynamic entry. A MAC the control plane placed (a
+ *   remote FDB entry) does not move: a frame from it through another VTEP is
+ *   decap_spoofed_mac, as the kernel drops a frame from a static entry's MAC
+ *   arriving from elsewhere. A MAC behind a local port never moves to a VTEP
+ *   by learning (engine.c, ovl_learn_apply), so its frames from a VTEP are
+ *   refused in every network. The checks run before learning: a refused
+ *   frame teaches nothing.
+ * - Every datagram received ends as exactly one of: delivered to one port
+ *   (unicast), delivered to each local port of its network (flood: one
+ *   delivery per port, or no_flood_targets when there is none), or a drop
+ *   with its reason. tests/test_hostile_dataplane.py holds the engine to
+ *   that identity under mutated traffic.
  */
 #include "internal.h"
 
@@ -76,28 +113,106 @@ static void gro_flush(ovl_worker_t *w)
     ovl_obj_add(n->c, OVL_O_TX_BYTES, bytes);
 }
 
-/* Unicast delivery on the receive path: TCP trains (and UDP runs, where the
- * TAP takes USO) to a vnet TAP are coalesced; anything else flushes the train
- * first, so order is kept. */
+/* Unicast delivery on the receive path (f: the frame, parsed): TCP trains
+ * (and UDP runs, where the TAP takes USO) to a vnet TAP are coalesced;
+ * anything else flushes the train first, so order is kept. */
 static void deliver_rx(ovl_worker_t *w, int32_t qid, ovl_network_t *n, const uint8_t *frame,
-                       size_t len)
+                       size_t len, const ovl_frame_t *f)
 {
     ovl_port_t *q = &w->e->ports[qid];
     if (q->vnet) {
-        ovl_frame_t f;
         int uso = (q->offloads & OVL_OFF_TAP_USO) != 0;
-        if (ovl_frame_parse(frame, len, &f) == 0 && (f.ip_proto == 6 || (uso && f.ip_proto == 17))) {
-            if (w->gro.port_id >= 0 && ovl_gro_append(&w->gro, qid, frame, len, &f))
+        if (f->ip_proto == 6 || (uso && f->ip_proto == 17)) {
+            if (w->gro.port_id >= 0 && ovl_gro_append(&w->gro, qid, frame, len, f))
                 return;
             gro_flush(w);
-            if (ovl_gro_eligible(frame, len, &f, uso)) {
-                ovl_gro_start(&w->gro, qid, frame, len, &f);
+            if (ovl_gro_eligible(frame, len, f, uso)) {
+                ovl_gro_start(&w->gro, qid, frame, len, f);
                 return;
             }
         }
     }
     gro_flush(w);
     ovl_deliver(w, q, n, frame, len, NULL);
+}
+
+#define ND_RS 133
+#define ND_RA 134
+#define ND_NS 135
+#define ND_NA 136
+#define ND_REDIRECT 137
+
+/* The FDB entry of mac in vni when it is a local one (a port's MAC, or one
+ * learned behind a port), else NULL. */
+static const ovl_fdb_val_t *local_mac(ovl_engine_t *e, uint32_t vni, const uint8_t *mac)
+{
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, vni, mac);
+    const ovl_fdb_val_t *v = ovl_map_get(&e->fdb, &k);
+    return v && v->kind == OVL_FDB_LOCAL ? v : NULL;
+}
+
+/* Does a decapsulated frame's claim "ip is at mac" contradict what this node
+ * knows (see the design notes)? family 4: ip is 4 bytes. */
+static int claim_refused(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip,
+                         const uint8_t *mac)
+{
+    static const uint8_t zero[16];
+    size_t alen = family == 4 ? 4 : 16;
+    if (memcmp(ip, zero, alen) == 0)
+        return 0;                       /* a probe or DAD: no claim */
+    if (local_mac(e, vni, mac))
+        return 1;
+    ovl_neigh_key_t k;
+    ovl_neigh_key_make(&k, vni, family, ip);
+    const ovl_neigh_val_t *v = ovl_map_get(&e->neigh, &k);
+    if (v)
+        return memcmp(v->mac, mac, 6) != 0;
+    /* fe80::/64 with an EUI-64 interface id: a local port's link-local address? */
+    static const uint8_t ll[8] = {0xfe, 0x80};
+    if (family == 6 && memcmp(ip, ll, 8) == 0 && ip[11] == 0xff && ip[12] == 0xfe) {
+        const uint8_t owner[6] = {(uint8_t)(ip[8] ^ 0x02), ip[9], ip[10], ip[13], ip[14], ip[15]};
+        return local_mac(e, vni, owner) != NULL;
+    }
+    return 0;
+}
+
+/* The decapsulation checks on the parsed inner frame f from the VTEP
+ * (family, addr): 0, or the drop reason. */
+static int decap_check(ovl_engine_t *e, const ovl_network_t *n, const ovl_frame_t *f, int family,
+                       const uint8_t *addr)
+{
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, n->vni, f->src);
+    const ovl_fdb_val_t *v = ovl_map_get(&e->fdb, &k);
+    if (v && v->kind == OVL_FDB_LOCAL)
+        return OVL_C_DECAP_SPOOFED_MAC;
+    if (v && v->kind == OVL_FDB_REMOTE && (n->flags & OVL_NET_LEARNING) &&
+        (v->vtep.family != family || memcmp(v->vtep.addr, addr, 16) != 0))
+        return OVL_C_DECAP_SPOOFED_MAC;
+    if (f->l3 == OVL_L3_ARP)
+        return claim_refused(e, n->vni, 4, f->arp_spa, f->arp_sha) ? OVL_C_DECAP_SPOOFED_ARP : 0;
+    if (f->l3 != OVL_L3_IPV6)
+        return 0;
+    const uint8_t *ip = NULL, *mac = f->nd_has_lladdr ? f->nd_lladdr : NULL;
+    switch (f->icmp6_type) {
+    case ND_RS:
+    case ND_RA:
+    case ND_NS:
+        ip = f->ip_src;
+        break;
+    case ND_NA:
+        ip = f->nd_target;
+        if (!mac)
+            mac = f->src;
+        break;
+    case ND_REDIRECT:
+        ip = f->nd_target;
+        break;
+    default:
+        return 0;
+    }
+    return mac && claim_refused(e, n->vni, 6, ip, mac) ? OVL_C_DECAP_SPOOFED_ND : 0;
 }
 
 static void decap_one(ovl_worker_t *w, uint8_t *buf, size_t len, const ovl_sockaddr_t *from)
@@ -146,6 +261,14 @@ static void decap_one(ovl_worker_t *w, uint8_t *buf, size_t len, const ovl_socka
         ovl_drop(w, NULL, n, OVL_C_FRAME_OVERSIZE);
         return;
     }
+    ovl_frame_t f;
+    int rc = ovl_frame_parse(frame, flen, &f);
+    if (rc == 0)
+        rc = -decap_check(e, n, &f, family, addr);
+    if (rc < 0) {
+        ovl_drop(w, NULL, n, -rc);
+        return;
+    }
     ovl_obj_add(n->c, OVL_O_DECAP_PACKETS, 1);
     ovl_obj_add(n->c, OVL_O_DECAP_BYTES, flen);
 
@@ -167,6 +290,10 @@ static void decap_one(ovl_worker_t *w, uint8_t *buf, size_t len, const ovl_socka
 
     if (dst[0] & 1) { /* broadcast or multicast: every local port of the VNI */
         gro_flush(w);
+        if (!n->n_ports) {
+            ovl_drop(w, NULL, n, OVL_C_NO_FLOOD_TARGETS);
+            return;
+        }
         for (uint32_t i = 0; i < n->n_ports; i++)
             ovl_deliver(w, &e->ports[n->ports[i]], n, frame, flen, NULL);
         return;
@@ -179,7 +306,7 @@ static void decap_one(ovl_worker_t *w, uint8_t *buf, size_t len, const ovl_socka
         return;
     }
     __atomic_store_n(&v->used_ns, w->now_ns, __ATOMIC_RELAXED);
-    deliver_rx(w, v->port_id, n, frame, flen);
+    deliver_rx(w, v->port_id, n, frame, flen, &f);
 }
 
 /* The segment size of a coalesced receive (UDP_GRO cmsg), or 0. */

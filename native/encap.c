@@ -9,6 +9,23 @@
  * TAP read put it) and sent at the end of the burst: one sendmmsg per
  * source-port socket, where runs of equal-sized datagrams to one VTEP leave
  * as single UDP GSO sends.
+ *
+ * Design notes.
+ * - A frame is held to its network's frame_limit at the TAP, before it is
+ *   queued: the pod MTU plus the Ethernet header, which is what a datagram on
+ *   the underlay MTU carries after the outer headers and the network's tunnel
+ *   header (engine.c, frame_limit). A larger frame never fits the underlay;
+ *   let into the queue it made a GSO run with the frames after it fail as a
+ *   whole. It is frame_oversize, counted against the port, as the kernel's
+ *   VXLAN device counts a frame above its MTU. (No ICMP "packet too big" is
+ *   sent back: the overlay is a switch with no address of its own in the
+ *   pod's network, and a pod that sends above its MTU is misconfigured or
+ *   hostile.)
+ * - A failed send costs exactly the datagram that failed. sendmmsg stops at
+ *   the first message that fails; that message is counted (udp_send_failed)
+ *   and the rest are sent again from the one after it. A GSO send fails as a
+ *   whole (one segment the route cannot carry, say), so its datagrams go
+ *   again one by one, without GSO, and only those that fail alone are lost.
  */
 #include "internal.h"
 
@@ -19,6 +36,35 @@
 #include <unistd.h>
 
 /* ---- the send queue ---- */
+
+/* The send of the run tx_order[first .. first + run) failed on socket fd. One
+ * datagram: it is lost, counted. A GSO run: each datagram goes again alone. */
+static void send_failed(ovl_worker_t *w, int fd, uint32_t first, uint32_t run)
+{
+    if (run == 1) {
+        ovl_count(w, OVL_C_UDP_SEND_FAILED, 1);
+        return;
+    }
+    for (uint32_t k = 0; k < run; k++) {
+        const ovl_txe_t *t = &w->txq[w->tx_order[first + k]];
+        struct msghdr h;
+        memset(&h, 0, sizeof h);
+        h.msg_name = (void *)&t->dst->sa;
+        h.msg_namelen = t->dst->salen;
+        h.msg_iov = &w->tx_iov[t->iov_off];
+        h.msg_iovlen = t->iov_n;
+        ssize_t r;
+        do
+            r = sendmsg(fd, &h, MSG_DONTWAIT);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            ovl_count(w, OVL_C_UDP_SEND_FAILED, 1);
+            continue;
+        }
+        ovl_count(w, OVL_C_UDP_TX_PACKETS, 1);
+        ovl_count(w, OVL_C_UDP_TX_BYTES, (uint64_t)r);
+    }
+}
 
 static void flush_tx(ovl_worker_t *w)
 {
@@ -44,7 +90,7 @@ static void flush_tx(ovl_worker_t *w)
         /* Build this slot's sends: a run of equal-sized datagrams to one VTEP
          * (the last may be shorter) becomes one GSO send. */
         static const uint32_t max_run = OVL_GSO_MAX_SEGS;
-        uint32_t runs[OVL_TX_MSGS];
+        uint32_t runs[OVL_TX_MSGS], firsts[OVL_TX_MSGS];
         while (i < end) {
             const ovl_txe_t *first = &w->txq[w->tx_order[i]];
             uint32_t run = 1, total = first->len;
@@ -80,19 +126,20 @@ static void flush_tx(ovl_worker_t *w)
                 uint16_t seg = (uint16_t)first->len;
                 memcpy(CMSG_DATA(cm), &seg, sizeof seg);
             }
+            firsts[nm] = i;
             runs[nm++] = run;
             i += run;
         }
         uint32_t off = 0;
         while (off < nm) {
             int r = sendmmsg(e->tx_fds[s], w->tx_mmsg + off, nm - off, MSG_DONTWAIT);
+            if (r < 0 && errno == EINTR)
+                continue;
             if (r <= 0) {
-                if (r < 0 && errno == EINTR)
-                    continue;
-                /* The rest of this slot is lost: counted, never retried. */
-                for (uint32_t k = off; k < nm; k++)
-                    ovl_count(w, OVL_C_UDP_SEND_FAILED, runs[k]);
-                break;
+                /* Message off failed: it alone is lost (see the design notes). */
+                send_failed(w, e->tx_fds[s], firsts[off], runs[off]);
+                off++;
+                continue;
             }
             for (int k = 0; k < r; k++) {
                 ovl_count(w, OVL_C_UDP_TX_PACKETS, runs[off + (uint32_t)k]);
@@ -257,6 +304,24 @@ static int suppress(ovl_worker_t *w, ovl_port_t *p, ovl_network_t *n, const ovl_
     return 1;
 }
 
+/* The length of each segment super-frame f (parsed) will be cut into: its
+ * real L2-L4 headers plus gso_size. Not vh->hdr_len: the kernel fills that
+ * with the linear length, a hint that may hold payload too. 0 when the
+ * headers cannot be read (ovl_gso_segment refuses the frame then). */
+static size_t gso_seg_len(const uint8_t *frame, size_t len, const ovl_frame_t *f,
+                          const ovl_vnet_hdr_t *vh)
+{
+    size_t l4 = f->l4_off, hl = 8; /* UDP */
+    if (!l4)
+        return 0;
+    if (f->ip_proto == 6) {
+        if (l4 + 13 > len)
+            return 0;
+        hl = (size_t)(frame[l4 + 12] >> 4) * 4;
+    }
+    return l4 + hl + vh->gso_size;
+}
+
 static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t *frame, size_t len,
                       ovl_vnet_hdr_t *vh)
 {
@@ -271,12 +336,13 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t 
     int gso = vh && vh->gso_type != OVL_VNET_GSO_NONE;
     if (gso) {
         ovl_count(w, OVL_C_GSO_FRAMES, 1);
-        /* Each segment must fit what the underlay carries. */
+        /* A first bound before parsing; each segment is held to the network's
+         * frame_limit below, with its real header length. */
         if ((size_t)vh->hdr_len + vh->gso_size > e->cfg.frame_max || len > OVL_SUPER_MAX) {
             ovl_drop(w, p, n, OVL_C_FRAME_OVERSIZE);
             return;
         }
-    } else if (len > e->cfg.frame_max) {
+    } else if (len > n->frame_limit) {
         ovl_drop(w, p, n, OVL_C_FRAME_OVERSIZE);
         return;
     }
@@ -285,6 +351,10 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint32_t port_id, uint8_t 
     int secure = !(p->flags & OVL_PORT_NO_SECURITY);
     if (rc < 0 && (secure || gso || rc == -OVL_C_FRAME_TOO_SHORT)) {
         ovl_drop(w, p, n, -rc);
+        return;
+    }
+    if (gso && gso_seg_len(frame, len, &f, vh) > n->frame_limit) {
+        ovl_drop(w, p, n, OVL_C_FRAME_OVERSIZE);
         return;
     }
     if (rc < 0) { /* no port security: forward what is a valid Ethernet frame */

@@ -156,6 +156,8 @@ static int check_config(const ovl_engine_config_t *c)
         return -EINVAL;
     if (c->busy_poll_us > 1000000)
         return -ERANGE;
+    if (c->underlay_mtu && (c->underlay_mtu < 576 || c->underlay_mtu > 65535))
+        return -ERANGE;
     if (c->max_ports == 0 || c->max_ports > (1u << 20) || c->max_networks == 0 ||
         c->max_networks > (1u << 20) || c->fdb_size == 0 || c->event_ring == 0 ||
         c->event_ring > (1u << 20))
@@ -456,6 +458,27 @@ ovl_network_t *ovl_net_lookup(ovl_engine_t *e, uint32_t vni)
     return idx ? &e->nets[*idx] : NULL;
 }
 
+/* The largest frame a pod of a network may send: what frame_max allows and
+ * what one datagram with the network's tunnel header (hdr_len bytes) carries,
+ * on the underlay MTU when one is configured: VXLAN takes 50 bytes over IPv4
+ * and 70 over IPv6 (outer IP, UDP, 8 bytes of VXLAN, counting the inner
+ * Ethernet header the pod's MTU leaves out), Geneve as much plus its option
+ * bytes. Without an underlay MTU, a UDP datagram's own limit still holds. */
+static uint32_t frame_limit(const ovl_engine_config_t *c, size_t hdr_len)
+{
+    size_t ip = c->family == 4 ? 20 : 40;
+    size_t limit = c->frame_max;
+    size_t udp_max = 65535 - (c->family == 4 ? ip : 0) - 8 - hdr_len;
+    if (udp_max < limit)
+        limit = udp_max;
+    if (c->underlay_mtu) {
+        size_t room = c->underlay_mtu > ip + 8 + hdr_len ? c->underlay_mtu - ip - 8 - hdr_len : 0;
+        if (room < limit)
+            limit = room;
+    }
+    return (uint32_t)limit;
+}
+
 static int net_build_header(ovl_engine_t *e, ovl_network_t *n, const uint8_t *tlv, size_t len)
 {
     ovl_tunnel_t t;
@@ -477,6 +500,7 @@ static int net_build_header(ovl_engine_t *e, ovl_network_t *n, const uint8_t *tl
         return -EINVAL;
     memcpy(n->hdr, hdr, (size_t)hl);
     n->hdr_len = (uint16_t)hl;
+    n->frame_limit = frame_limit(&e->cfg, (size_t)hl);
     return 0;
 }
 
@@ -692,7 +716,7 @@ static int port_attach(ovl_engine_t *e, uint32_t vni, const int *fds, uint32_t n
     p->worker = id % e->n_workers;
     p->offloads = offloads;
     p->vnet = (offloads & OVL_OFF_TAP_TSO) != 0;
-    ovl_port_sec_init(&p->sec, mac);
+    ovl_port_sec_init(&p->sec, mac, (flags & OVL_PORT_ROUTER) != 0);
     for (uint32_t q = 0; q < n_fds; q++) {
         /* One queue per worker; a single-queue port goes to worker id % n. */
         uint32_t wi = n_fds > 1 ? q % e->n_workers : p->worker;
@@ -737,7 +761,8 @@ static void tap_close(const int *fds, uint32_t n, int unpersist)
 static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
                         int attach, const uint8_t *mac, uint32_t flags, char *ifname_out)
 {
-    if (check_mac(mac) < 0 || (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_PERSIST)))
+    if (check_mac(mac) < 0 ||
+        (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_PERSIST | OVL_PORT_ROUTER)))
         return -EINVAL;
     /* Refuse what port_attach would refuse before touching any device. */
     pthread_rwlock_rdlock(&e->lock);
@@ -815,7 +840,7 @@ int ovl_port_attach(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns
 
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, uint32_t flags)
 {
-    if (fd < 0 || check_mac(mac) < 0 || (flags & ~(uint32_t)OVL_PORT_NO_SECURITY))
+    if (fd < 0 || check_mac(mac) < 0 || (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_ROUTER)))
         return -EINVAL;
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)

@@ -45,6 +45,7 @@ typedef struct ovl_network {
     uint32_t vni;
     uint32_t flags;              /* OVL_NET_* */
     uint16_t hdr_len;            /* prebuilt tunnel header */
+    uint32_t frame_limit;        /* largest frame a pod may send (engine.c, frame_limit) */
     uint8_t hdr[OVL_GENEVE_HLEN + OVL_GENEVE_OPTS_MAX];
     ovl_addr_t *vteps;           /* flood list (head-end replication) */
     uint32_t n_vteps, cap_vteps;

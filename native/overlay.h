@@ -43,6 +43,7 @@
 /* port flags */
 #define OVL_PORT_NO_SECURITY 1
 #define OVL_PORT_PERSIST 2
+#define OVL_PORT_ROUTER 4        /* may send router advertisements and redirects */
 
 /* offloads (ovl_engine_config_t.offloads, ovl_engine_offloads) */
 #define OVL_OFF_TAP_TSO 1        /* TAP virtio-net header: checksum offload, TSO in and GSO out */
@@ -122,13 +123,15 @@ typedef struct ovl_frame {
     uint8_t arp_spa[4];
     uint8_t arp_tha[6];
     uint8_t arp_tpa[4];
-    uint8_t icmp6_type;    /* 133..137 for neighbour discovery, else 0 */
+    uint8_t icmp6_type;    /* the ICMPv6 type (133..137: neighbour discovery), else 0 */
     uint8_t nd_has_lladdr;
-    uint8_t nd_lladdr[6];  /* source (NS, RS, RA) or target (NA) link-layer option */
+    uint8_t nd_lladdr[6];  /* source (NS, RS, RA) or target (NA, redirect) link-layer option */
     uint8_t nd_target[16]; /* NS, NA, redirect */
 } ovl_frame_t;
 
-/* Parse frame[0..len). Returns 0 or -(drop reason id). */
+/* Parse frame[0..len). Returns 0 or -(drop reason id); an IPv6 packet that
+ * cannot be classified down to its upper-layer header fails closed (wire.c,
+ * design notes). */
 int ovl_frame_parse(const uint8_t *frame, size_t len, ovl_frame_t *f);
 
 /* The inner flow hash (RFC 7348 section 5): FNV-1a 32 over (ip_proto, src,
@@ -178,6 +181,10 @@ typedef struct ovl_engine_config {
     uint32_t offloads;       /* OVL_OFF_* wanted, default OVL_OFF_ALL; each probed */
     uint32_t busy_poll_us;   /* keep polling this long after the last packet before
                               * sleeping: lower latency for CPU; default 0 (off) */
+    uint32_t underlay_mtu;   /* the underlay's MTU, 576..65535: a pod's frame larger than
+                              * it less the outer IP (20 or 40) and UDP (8) headers and the
+                              * network's tunnel header is frame_oversize at the TAP;
+                              * default 0: frame_max alone bounds frames */
 } ovl_engine_config_t;
 
 void ovl_engine_config_default(ovl_engine_config_t *c);

@@ -3,12 +3,22 @@
 
 #include <errno.h>
 
-static const uint8_t zero16[16];
+#define ND_RS 133
+#define ND_RA 134
+#define ND_NS 135
+#define ND_NA 136
+#define ND_REDIRECT 137
+#define MLD_V1_REPORT 131
+#define MLD_V2_REPORT 143
 
-void ovl_port_sec_init(ovl_port_sec_t *s, const uint8_t *mac)
+static const uint8_t zero16[16];
+static const uint8_t all_mldv2_routers[16] = {0xff, 0x02, [15] = 0x16};
+
+void ovl_port_sec_init(ovl_port_sec_t *s, const uint8_t *mac, int router)
 {
     memset(s, 0, sizeof *s);
     memcpy(s->mac, mac, 6);
+    s->router = router != 0;
     /* Modified EUI-64 (RFC 4291 appendix A): flip the U/L bit, insert ff:fe. */
     s->lla[0] = 0xfe;
     s->lla[1] = 0x80;
@@ -67,6 +77,31 @@ static int is_dhcp4_from_unspecified(const ovl_frame_t *f)
            memcmp(f->ip_src, zero16, 4) == 0;
 }
 
+/* ff02::1:ffXX:XXXX, the solicited-node group of target (RFC 4291 section 2.7.1). */
+static int is_solicited_node(const uint8_t *group, const uint8_t *target)
+{
+    static const uint8_t prefix[13] = {0xff, 0x02, [11] = 0x01, [12] = 0xff};
+    return memcmp(group, prefix, 13) == 0 && memcmp(group + 13, target + 13, 3) == 0;
+}
+
+/* May this packet come from ::? See the design notes in policy.h. */
+static int from_unspecified_ok(const ovl_port_sec_t *s, const ovl_frame_t *f)
+{
+    if (f->ip_proto != 58)
+        return 0;
+    switch (f->icmp6_type) {
+    case ND_NS:
+        return !f->nd_has_lladdr && has_ip6(s, f->nd_target) &&
+               is_solicited_node(f->ip_dst, f->nd_target);
+    case MLD_V2_REPORT:
+        return memcmp(f->ip_dst, all_mldv2_routers, 16) == 0;
+    case MLD_V1_REPORT:
+        return f->ip_dst[0] == 0xff;
+    default:
+        return 0;
+    }
+}
+
 int ovl_port_sec_check(const ovl_port_sec_t *s, const ovl_frame_t *f)
 {
     if (memcmp(f->src, s->mac, 6) != 0)
@@ -85,12 +120,17 @@ int ovl_port_sec_check(const ovl_port_sec_t *s, const ovl_frame_t *f)
             return 0;
         return -OVL_C_SPOOFED_IP;
     case OVL_L3_IPV6:
-        if (!has_ip6(s, f->ip_src) && memcmp(f->ip_src, zero16, 16) != 0)
+        if (memcmp(f->ip_src, zero16, 16) == 0)
+            return from_unspecified_ok(s, f) ? 0 : -OVL_C_SPOOFED_IP;
+        if (!has_ip6(s, f->ip_src))
             return -OVL_C_SPOOFED_IP;
-        if (f->icmp6_type >= 133 && f->icmp6_type <= 137) {
-            if (f->nd_has_lladdr && memcmp(f->nd_lladdr, s->mac, 6) != 0)
+        if (f->icmp6_type >= ND_RS && f->icmp6_type <= ND_REDIRECT) {
+            if ((f->icmp6_type == ND_RA || f->icmp6_type == ND_REDIRECT) && !s->router)
+                return -OVL_C_RA_GUARD;
+            if (f->icmp6_type != ND_REDIRECT && f->nd_has_lladdr &&
+                memcmp(f->nd_lladdr, s->mac, 6) != 0)
                 return -OVL_C_SPOOFED_ND;
-            if (f->icmp6_type == 136 && !has_ip6(s, f->nd_target))
+            if (f->icmp6_type == ND_NA && !has_ip6(s, f->nd_target))
                 return -OVL_C_SPOOFED_ND;
         }
         return 0;

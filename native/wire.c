@@ -50,6 +50,29 @@
  * not judge L4), and the receiving stack drops such a packet itself. Code
  * that filters on ports must not read a 0 port as "any": it checks
  * l4_off + 4 <= len itself when it cares.
+ *
+ * IPv6 fails closed. Port security and the decapsulation checks judge what a
+ * packet claims (an ND target, a link-layer address, an RA); a receiver that
+ * walks further than we do would act on a claim we never saw. So an IPv6
+ * packet the parser cannot classify down to its upper-layer header is a drop
+ * with a reason of its own, never "l3 IPv6, nothing to check":
+ *   - ipv6_header_chain: more than IPV6_EXT_MAX extension headers; a kind
+ *     IANA lists as an extension header that we do not walk (Mobility 135,
+ *     HIP 139, Shim6 140, experimental 253/254); or a first (or atomic)
+ *     fragment without the whole upper-layer header (RFC 7112: TCP 20 bytes,
+ *     UDP 8, SCTP 12, ICMPv6 4). Hop-by-hop, routing, destination options,
+ *     fragment and AH (length in 4-byte words + 2, RFC 4302) are walked; ESP
+ *     and No Next Header end the chain as opaque upper layers.
+ *   - icmpv6_truncated: ICMPv6 shorter than its 4-byte header: the type that
+ *     says whether it is ND cannot be read.
+ *   - nd_fragmented: ND behind any fragment header, atomic ones included
+ *     (RFC 6980; Linux drops those itself, other stacks may not).
+ * A non-first fragment is not a drop: it carries no upper-layer header to
+ * judge, and it cannot be reassembled into anything without its first
+ * fragment, which went through the rules above. icmp6_type reports the type
+ * of every readable ICMPv6 message (port security needs MLD's too).
+ * The engine forwards a frame the parser refuses only from a port without
+ * port security ("any valid Ethernet frame"); decapsulation refuses it too.
  */
 #include "ovl.h"
 
@@ -95,6 +118,7 @@ static inline void wr24(uint8_t *p, uint32_t v)
 #define IPPROTO_UDP_ 17
 #define IPPROTO_ROUTING_ 43
 #define IPPROTO_FRAGMENT_ 44
+#define IPPROTO_AH_ 51
 #define IPPROTO_ICMPV6_ 58
 #define IPPROTO_DSTOPTS_ 60
 #define IPPROTO_SCTP_ 132
@@ -106,6 +130,7 @@ static inline void wr24(uint8_t *p, uint32_t v)
 #define ND_REDIRECT 137
 #define ND_OPT_SLLA 1
 #define ND_OPT_TLLA 2
+#define ICMPV6_HLEN 4
 
 /* ---- VXLAN (RFC 7348 section 5) ----
  *
@@ -399,29 +424,29 @@ static int parse_ipv4(const uint8_t *frame, size_t len, ovl_frame_t *f)
  *    | type (1) | length in 8-byte units (1) | data ... |
  *
  * A length of 0 or an option past the end is malformed (section 4.6). The
- * first source (RS, RA, NS) or target (NA) link-layer option is kept; Linux
- * ignores later duplicates the same way. */
+ * first source (RS, RA, NS) or target (NA, redirect) link-layer option is
+ * kept; Linux ignores later duplicates the same way. A redirect's target
+ * link-layer option is the better first hop's, not the sender's. */
 static int parse_nd(const uint8_t *p, size_t avail, ovl_frame_t *f)
 {
     size_t fixed;
-    uint8_t want = 0;
+    uint8_t want;
 
     switch (p[0]) {
     case ND_RS: fixed = 8; want = ND_OPT_SLLA; break;
     case ND_RA: fixed = 16; want = ND_OPT_SLLA; break;
     case ND_NS: fixed = 24; want = ND_OPT_SLLA; break;
     case ND_NA: fixed = 24; want = ND_OPT_TLLA; break;
-    default: fixed = 40; break;                     /* ND_REDIRECT */
+    default: fixed = 40; want = ND_OPT_TLLA; break; /* ND_REDIRECT */
     }
     if (avail < fixed)
         return -OVL_C_ND_TRUNCATED;
-    f->icmp6_type = p[0];
     if (p[0] == ND_NS || p[0] == ND_NA || p[0] == ND_REDIRECT)
         memcpy(f->nd_target, p + 8, 16);
     for (size_t off = fixed; off < avail;) {
         if (avail - off < 2 || p[off + 1] == 0 || (size_t)p[off + 1] * 8 > avail - off)
             return -OVL_C_ND_TRUNCATED;
-        if (want && p[off] == want && !f->nd_has_lladdr) {
+        if (p[off] == want && !f->nd_has_lladdr) {
             f->nd_has_lladdr = 1;
             memcpy(f->nd_lladdr, p + off + 2, 6);
         }
@@ -438,11 +463,29 @@ static int parse_nd(const uint8_t *p, size_t avail, ovl_frame_t *f)
  *
  * Hop-by-hop (0), routing (43) and destination options (60) start with
  * next header (8) and length (8, in 8-byte units not counting the first 8);
+ * AH (51, RFC 4302) with next header and length (in 4-byte units, minus 2);
  * the fragment header (44) is 8 bytes: next header, reserved, offset (13) |
  * res (2) | M (1), identification (32). At most IPV6_EXT_MAX of them are
- * followed; past that, ip_proto is the next header not walked and l4_off
- * points at it. l4_off always points at the header ip_proto names, except
- * in a non-first fragment, where it is 0. */
+ * followed; one more, or a kind not walked, is ipv6_header_chain (see the
+ * design notes for this and the other fail-closed rules). l4_off points at
+ * the header ip_proto names, except in a non-first fragment, where it is 0. */
+static inline int ext_not_walked(uint8_t nh)
+{
+    return nh == 135 || nh == 139 || nh == 140 || nh == 253 || nh == 254;
+}
+
+/* Bytes of the upper-layer header a first fragment must hold (RFC 7112). */
+static inline size_t upper_hlen(uint8_t proto)
+{
+    switch (proto) {
+    case IPPROTO_TCP_: return 20;
+    case IPPROTO_UDP_: return 8;
+    case IPPROTO_SCTP_: return 12;
+    case IPPROTO_ICMPV6_: return ICMPV6_HLEN;
+    default: return 0;
+    }
+}
+
 static int parse_ipv6(const uint8_t *frame, size_t len, ovl_frame_t *f)
 {
     const uint8_t *p = frame + f->l3_off;
@@ -456,34 +499,54 @@ static int parse_ipv6(const uint8_t *frame, size_t len, ovl_frame_t *f)
 
     uint8_t nh = p[6];
     size_t off = IPV6_HLEN;                 /* from the start of the IPv6 header */
-    for (int n = 0; n < IPV6_EXT_MAX; n++) {
+    int fragment = 0;                       /* a first (or atomic) fragment */
+    for (int n = 0;; n++) {
         size_t hlen;
-        if (nh == IPPROTO_HOPOPTS_ || nh == IPPROTO_ROUTING_ || nh == IPPROTO_DSTOPTS_) {
-            if (avail - off < 2)
-                return -OVL_C_IPV6_TRUNCATED;
-            hlen = ((size_t)p[off + 1] + 1) * 8;
-        } else if (nh == IPPROTO_FRAGMENT_) {
-            hlen = 8;
+        if (nh == IPPROTO_HOPOPTS_ || nh == IPPROTO_ROUTING_ || nh == IPPROTO_DSTOPTS_ ||
+            nh == IPPROTO_AH_ || nh == IPPROTO_FRAGMENT_) {
+            if (n == IPV6_EXT_MAX)
+                return -OVL_C_IPV6_HEADER_CHAIN;
+        } else if (ext_not_walked(nh)) {
+            return -OVL_C_IPV6_HEADER_CHAIN;
         } else {
             break;
+        }
+        if (nh == IPPROTO_FRAGMENT_) {
+            hlen = 8;
+        } else {
+            if (avail - off < 2)
+                return -OVL_C_IPV6_TRUNCATED;
+            hlen = nh == IPPROTO_AH_ ? ((size_t)p[off + 1] + 2) * 4 : ((size_t)p[off + 1] + 1) * 8;
         }
         if (avail - off < hlen)
             return -OVL_C_IPV6_TRUNCATED;
         uint8_t next = p[off];
-        if (nh == IPPROTO_FRAGMENT_ && (rd16(p + off + 2) & 0xfff8)) {
-            f->ip_proto = next;
-            f->is_fragment = 1;             /* no L4 header in this fragment */
-            return 0;
+        if (nh == IPPROTO_FRAGMENT_) {
+            if (rd16(p + off + 2) & 0xfff8) {
+                f->ip_proto = next;
+                f->is_fragment = 1;         /* no L4 header in this fragment */
+                return 0;
+            }
+            fragment = 1;
         }
         nh = next;
         off += hlen;
     }
     f->ip_proto = nh;
     f->l4_off = (uint16_t)(f->l3_off + off);
+    if (fragment && avail - off < upper_hlen(nh))
+        return -OVL_C_IPV6_HEADER_CHAIN;
     parse_ports(frame, len, f);
-    if (nh == IPPROTO_ICMPV6_ && off < avail && p[off] >= ND_RS && p[off] <= ND_REDIRECT)
-        return parse_nd(p + off, avail - off, f);
-    return 0;
+    if (nh != IPPROTO_ICMPV6_)
+        return 0;
+    if (avail - off < ICMPV6_HLEN)
+        return -OVL_C_ICMPV6_TRUNCATED;
+    f->icmp6_type = p[off];
+    if (p[off] < ND_RS || p[off] > ND_REDIRECT)
+        return 0;
+    if (fragment)
+        return -OVL_C_ND_FRAGMENTED;
+    return parse_nd(p + off, avail - off, f);
 }
 
 int ovl_frame_parse(const uint8_t *frame, size_t len, ovl_frame_t *f)

@@ -6,6 +6,9 @@ exists, so it must not import ``overlay``. ``native/overlay.h`` is fed to
 the boundary between C and Python moves.
 
 ``OVERLAY_CFLAGS`` adds compiler flags (the tests build with ``-Werror``).
+:func:`make_ffi` builds the same module from another source tree or with other
+flags: tests/test_native_sanitize.py compiles an AddressSanitizer/UBSan build
+of it into a temporary directory and runs the hostile-traffic tests against it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 import shlex
+from collections.abc import Sequence
 
 from cffi import FFI
 
@@ -22,29 +26,42 @@ NATIVE = os.path.join(os.path.dirname(_HERE), "native")
 CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-fvisibility=hidden"]
 
 
-def native_sources() -> list[str]:
+def native_sources(native: str = NATIVE) -> list[str]:
     """The data plane's C files, in a stable order (tests compile the same list)."""
-    return sorted(glob.glob(os.path.join(NATIVE, "*.c")))
+    return sorted(glob.glob(os.path.join(native, "*.c")))
 
 
-def _make() -> FFI:
+def make_ffi(
+    native: str = NATIVE,
+    extra_cflags: Sequence[str] = (),
+    extra_ldflags: Sequence[str] = (),
+    *,
+    relative: bool = True,
+) -> FFI:
+    """An FFI for ``overlay._native`` from the sources in ``native``.
+
+    ``relative`` names the sources relative to the working directory, as
+    setuptools wants them; an out-of-tree build (``ffi.compile(tmpdir=...)``)
+    passes False.
+    """
     ffi = FFI()
-    with open(os.path.join(NATIVE, "overlay.h"), encoding="utf-8") as f:
+    with open(os.path.join(native, "overlay.h"), encoding="utf-8") as f:
         ffi.cdef(f.read())
-    extra = shlex.split(os.environ.get("OVERLAY_CFLAGS", ""))
+    sources = native_sources(native)
     ffi.set_source(
         "overlay._native",
         '#include "ovl.h"\n',
-        sources=[os.path.relpath(p) for p in native_sources()],
-        include_dirs=[NATIVE],
-        extra_compile_args=CFLAGS + extra,
+        sources=[os.path.relpath(p) for p in sources] if relative else sources,
+        include_dirs=[native],
+        extra_compile_args=CFLAGS + list(extra_cflags),
+        extra_link_args=list(extra_ldflags),
         libraries=["pthread"],
-        depends=[os.path.join(NATIVE, n) for n in ("overlay.h", "ovl.h", "counters.def")],
+        depends=[os.path.join(native, n) for n in ("overlay.h", "ovl.h", "counters.def")],
     )
     return ffi
 
 
-ffibuilder = _make()
+ffibuilder = make_ffi(extra_cflags=shlex.split(os.environ.get("OVERLAY_CFLAGS", "")))
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

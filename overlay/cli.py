@@ -101,10 +101,16 @@ def _status(s: Row) -> str:
     lines = [
         f"node        {s['node']} (overlayd {s['version']}, pid {s['pid']}, "
         f"up {s['uptime_s']:.0f}s)",
-        f"ready       {'yes' if s['ready'] else 'no (starting)'}",
+        f"ready       {'yes' if s['ready'] else 'no (' + (s.get('reason') or 'starting') + ')'}",
         f"underlay    {s['underlay']} udp/{s['port']} {s['encap']}, mtu {s['mtu']}",
         f"store       {store['kind']} {' '.join(store['endpoints'])}".rstrip()
         + f" — {'connected' if store['connected'] else 'NOT connected'}",
+        *([f"store error {store['error']}"] if store.get("error") else []),
+        *(
+            [f"rejected    {store['rejected_records']} store records (see the log)"]
+            if store.get("rejected_records")
+            else []
+        ),
         f"networks    {s['networks']}",
         f"pods        {s['attachments']} attached here, {s['endpoints']} endpoints known",
         f"peers       {s['peers']} ({s['peers_reachable']} reachable)",

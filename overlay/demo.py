@@ -11,11 +11,14 @@ and is removed at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
 
-from overlay.node import Encap
+from overlay import wire
+from overlay.node import Encap, Node
 
 Say = Callable[[str], None]
 
@@ -32,6 +35,29 @@ def _nonzero(d: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items() if v) or "-"
 
 
+def _impersonation(mac: str, victim_ip: str) -> tuple[bytes, bytes]:
+    """What a pod that lies sends: an ARP reply claiming ``victim_ip`` at the pod's
+    own MAC, and a UDP datagram with ``victim_ip`` as its source."""
+    me = bytes.fromhex(mac.replace(":", ""))
+    ip = socket.inet_aton(victim_ip)
+    bcast = b"\xff" * 6
+    arp_reply = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + me + ip + bcast + ip
+    udp = struct.pack("!HHHH", 5353, 9, 8 + 4, 0) + b"spam"
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, ip, ip)
+    hdr = hdr[:10] + struct.pack("!H", wire.checksum(hdr)) + hdr[12:]
+    return bcast + me + b"\x08\x06" + arp_reply, bcast + me + b"\x08\x00" + hdr + udp
+
+
+def _drops_until(node: Node, before: dict[str, int], reasons: tuple[str, ...]) -> dict[str, int]:
+    """The node's drop counters once each of ``reasons`` moved past ``before`` (at most 2 s)."""
+    deadline = time.monotonic() + 2
+    while True:
+        now: dict[str, int] = node.counters()["drops"]
+        if all(now.get(r, 0) > before.get(r, 0) for r in reasons) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.02)
+
+
 def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say = print) -> int:
     """Run the demo; returns 0 when every expectation held, 1 otherwise."""
     if os.geteuid() != 0:
@@ -39,7 +65,7 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
         return 2
     from overlay.testing.cluster import Cluster, underlay_ip
     from overlay.testing.netns import Topology
-    from overlay.testing.traffic import ping, tcp_transfer
+    from overlay.testing.traffic import ping, send_frames, tcp_transfer
 
     ok = True
     t0 = time.monotonic()
@@ -89,6 +115,21 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
                 f"  {pod.name} resolved {ip} to {mac} = {owner}"
                 + ("" if same else "  << WRONG TENANT")
             )
+
+        say(f"\nport security ({blue_a.name} pretends to be {blue_b.name})")
+        before = c.nodes[0].counters()["drops"]
+        send_frames(blue_a.netns, *_impersonation(blue_a.mac, blue_b.ip))
+        after = _drops_until(c.nodes[0], before, ("spoofed_arp", "spoofed_source_ip"))
+        for reason, what in (
+            ("spoofed_arp", f"ARP reply 'I am {blue_b.ip}'"),
+            ("spoofed_source_ip", f"UDP from {blue_b.ip}"),
+        ):
+            dropped = after.get(reason, 0) - before.get(reason, 0)
+            ok &= dropped == 1
+            say(f"  {what:28} dropped at n0: {reason} +{dropped}")
+        r = ping(blue_a.netns, blue_b.ip, count=1, timeout=3)
+        ok &= r.received == 1 and _neighbour_mac(blue_a.netns, blue_b.ip) == blue_b.mac
+        say(f"  {blue_b.name} still reachable, still at {blue_b.mac}")
 
         say(f"\nthroughput (TCP, {transfer_bytes / 1e6:.0f} MB {blue_a.name} -> {blue_b.name})")
         t = tcp_transfer(blue_a.netns, blue_b.netns, blue_b.ip, transfer_bytes, timeout=60)

@@ -72,6 +72,11 @@ def _check(rc: int, what: str) -> int:
     raise EngineError(err, text)
 
 
+def _port_flags(security: bool, router: bool) -> int:
+    """OVL_PORT_* for port security off and the router mark (RA guard)."""
+    return (0 if security else lib.OVL_PORT_NO_SECURITY) | (lib.OVL_PORT_ROUTER if router else 0)
+
+
 def mac_bytes(mac: str | bytes, field: str = "mac") -> bytes:
     """'02:00:00:00:01:02' (or 6 bytes) -> 6 bytes; ConfigError naming field otherwise."""
     if isinstance(mac, bytes | bytearray):
@@ -153,7 +158,13 @@ class Engine:
         netns_fd: int = -1,
         offloads: int = lib.OVL_OFF_ALL,
         busy_poll_us: int = 0,
+        underlay_mtu: int = 0,
     ) -> None:
+        """``underlay_mtu`` (576-65535, 0: not given) bounds what a pod may send to
+        what one datagram carries on the underlay: the MTU less the outer IP and
+        UDP headers and the network's tunnel header (VXLAN: a pod MTU 50 bytes
+        below it over IPv4, 70 over IPv6; Geneve: its option bytes less again).
+        A larger frame is a ``frame_oversize`` drop at the TAP."""
         cfg = ffi.new("ovl_engine_config_t *")
         lib.ovl_engine_config_default(cfg)
         cfg.encap = encap
@@ -192,6 +203,9 @@ class Engine:
         if not 0 <= busy_poll_us <= 1_000_000:
             raise ConfigError("busy_poll_us", busy_poll_us, "0 (off) to 1000000 microseconds")
         cfg.busy_poll_us = busy_poll_us
+        if underlay_mtu and not 576 <= underlay_mtu <= 65535:
+            raise ConfigError("underlay_mtu", underlay_mtu, "576-65535 bytes, or 0 (not given)")
+        cfg.underlay_mtu = underlay_mtu
         out = ffi.new("ovl_engine_t **")
         rc = lib.ovl_engine_create(cfg, out)
         if rc == -errno.EADDRINUSE:
@@ -282,15 +296,16 @@ class Engine:
         *,
         security: bool = True,
         persist: bool = False,
+        router: bool = False,
         netns: str | None = None,
     ) -> tuple[int, str]:
         """Create a TAP port in the namespace behind ``netns_fd`` (-1: the engine's);
-        ``netns`` names it in error messages. Returns (port id, interface name)."""
+        ``netns`` names it in error messages. Returns (port id, interface name).
+        ``router``: the port may send router advertisements and redirects (RA
+        guard refuses them from every other port)."""
         if len(ifname.encode()) > 15:
             raise ConfigError("ifname", ifname, "at most 15 bytes")
-        flags = (0 if security else lib.OVL_PORT_NO_SECURITY) | (
-            lib.OVL_PORT_PERSIST if persist else 0
-        )
+        flags = _port_flags(security, router) | (lib.OVL_PORT_PERSIST if persist else 0)
         out = ffi.new("char[16]")
         rc = lib.ovl_port_add(self._h(), vni, ifname.encode(), netns_fd, mac, flags, out)
         if rc == -errno.EBUSY:
@@ -311,6 +326,7 @@ class Engine:
         netns_fd: int = -1,
         *,
         security: bool = True,
+        router: bool = False,
         netns: str | None = None,
     ) -> int:
         """Re-attach the existing (persistent) TAP ``ifname`` of the namespace behind
@@ -323,7 +339,7 @@ class Engine:
         if not ifname or len(ifname.encode()) > 15:
             raise ConfigError("ifname", ifname, "the interface's name, 1-15 bytes")
         where = f"network namespace {netns}" if netns else "the node's network namespace"
-        flags = 0 if security else lib.OVL_PORT_NO_SECURITY
+        flags = _port_flags(security, router)
         rc = lib.ovl_port_attach(self._h(), vni, ifname.encode(), netns_fd, mac, flags)
         if rc == -errno.ENODEV:
             raise NotFoundError(
@@ -349,8 +365,10 @@ class Engine:
             )
         return _check(rc, f"re-attaching {ifname!r} in {where} to vni={vni}")
 
-    def port_add_fd(self, vni: int, fd: int, mac: bytes, *, security: bool = True) -> int:
-        flags = 0 if security else lib.OVL_PORT_NO_SECURITY
+    def port_add_fd(
+        self, vni: int, fd: int, mac: bytes, *, security: bool = True, router: bool = False
+    ) -> int:
+        flags = _port_flags(security, router)
         return _check(
             lib.ovl_port_add_fd(self._h(), vni, fd, mac, flags), f"adding fd port to vni={vni}"
         )

@@ -5,6 +5,25 @@ These are what the store holds (as JSON) and what the agent reconciles into a
 ``ConfigError`` naming the field; ``from_json`` turns store bytes back into an
 object, so a malformed value written by hand is caught at one place (the
 agent logs it with its key and skips it).
+
+Design notes: bounds. Every node decodes every record of the networks it
+hosts, so a record is refused *before* it costs memory: ``from_json`` looks
+at the byte size first (``RECORD_BYTES_MAX``), and each field has a bound of
+its own (addresses per endpoint, networks per node, labels by Kubernetes'
+rules), raising ``TooLarge`` (a ``ConfigError``) so that callers can count
+size refusals apart from malformed values. The bounds are far above what the
+product writes itself: a pod has one or two addresses, Kubernetes labels fit
+its own rules, and a pod's name is at most 253 characters.
+
+- Labels follow Kubernetes: a key is an optional DNS-subdomain prefix of at
+  most 253 characters and ``/``, then a name of at most 63 characters
+  (alphanumerics at both ends, ``-_.`` inside); a value is empty or the same
+  alphabet. One deliberate difference: a value may be 253 characters long,
+  not 63, because the CNI plugin labels an endpoint with its pod's name
+  (``io.kubernetes.pod.name``), and Kubernetes allows pod names of 253.
+- Types are exact: JSON ``true`` is not the integer 1, a CIDR or an underlay
+  address is a string (``ipaddress`` would accept an integer), a list of
+  addresses is a list.
 """
 
 from __future__ import annotations
@@ -13,18 +32,35 @@ import dataclasses
 import ipaddress
 import json
 import re
+import sys
 from typing import Any
 
 from overlay.errors import ConfigError
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 VNI_MAX = 0xFFFFFF
 ENCAPS = ("vxlan", "geneve")
 
+# Bounds of what a record may hold (see the module's design notes).
+RECORD_BYTES_MAX = 32 * 1024  # one JSON value in the store
+ENDPOINT_IPS_MAX = 8  # addresses of one endpoint (a dual-stack pod has 2)
+ENDPOINT_NAME_MAX = 320  # "<namespace>/<pod>": 63 + 1 + 253, and some slack
+NODE_NETWORKS_MAX = 4096  # networks one node hosts
+LABELS_MAX = 64  # labels of one endpoint
+LABEL_NAME_MAX = 63  # Kubernetes: the name segment of a key
+LABEL_PREFIX_MAX = 253  # Kubernetes: the DNS-subdomain prefix of a key
+LABEL_VALUE_MAX = 253  # Kubernetes says 63; see the design notes
+_LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+class TooLarge(ConfigError):
+    """A record or one of its fields is over its bound (the record is refused unread)."""
+
 
 def _name(value: object, field: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ConfigError(field, value, "1-63 characters of [A-Za-z0-9_.-], starting alphanumeric")
     return value
 
@@ -35,12 +71,54 @@ def _vni(value: object, field: str) -> int:
     return value
 
 
+def _int(value: object, field: str, lo: int, hi: int, expected: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(field, value, expected)
+    return value
+
+
+def _bounded_list(value: object, field: str, most: int, what: str) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(field, value, f"a list of {what}")
+    if len(value) > most:
+        raise TooLarge(field, f"{len(value)} items", f"at most {most} {what}")
+    return value
+
+
+def check_label(key: object, value: object, field: str = "endpoint.labels") -> None:
+    """A label as Kubernetes accepts it (values up to 253 characters: see the notes)."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise ConfigError(field, {key: value}, "a mapping of strings to strings")
+    prefix, slash, name = key.rpartition("/")
+    if len(name) > LABEL_NAME_MAX or len(prefix) > LABEL_PREFIX_MAX:
+        raise TooLarge(
+            field,
+            key[:80],
+            f"a key of at most {LABEL_PREFIX_MAX} characters of prefix, '/' and "
+            f"{LABEL_NAME_MAX} of name",
+        )
+    if not _LABEL_NAME_RE.fullmatch(name) or (slash and not _DNS_SUBDOMAIN_RE.fullmatch(prefix)):
+        raise ConfigError(
+            field,
+            key,
+            "a key like 'app' or 'example.com/app': a name of [A-Za-z0-9_.-] starting and "
+            "ending alphanumeric, after an optional lowercase DNS prefix and '/'",
+        )
+    if len(value) > LABEL_VALUE_MAX:
+        raise TooLarge(field, f"{key}={value[:40]}...", f"a value of at most {LABEL_VALUE_MAX}")
+    if value and not _LABEL_NAME_RE.fullmatch(value):
+        raise ConfigError(
+            field, {key: value}, "a value of [A-Za-z0-9_.-] starting and ending alphanumeric, or ''"
+        )
+
+
 def _mac(value: object, field: str) -> str:
-    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value.lower()):
         raise ConfigError(field, value, "a MAC like 02:00:00:00:01:02")
     if int(value[:2], 16) & 1:
         raise ConfigError(field, value, "a unicast MAC")
-    return value.lower()
+    low = value.lower()
+    return value if low == value else low  # keep one string, not two equal ones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +144,14 @@ class NetworkSpec:
         _vni(self.vni, "network.vni")
         _name(self.tenant, "network.tenant")
         try:
+            if not isinstance(self.cidr, str):
+                raise TypeError
             net = ipaddress.ip_network(self.cidr)
         except (ValueError, TypeError):
             raise ConfigError("network.cidr", self.cidr, "a network like 10.244.0.0/16") from None
-        if self.encap not in ENCAPS:
+        if not isinstance(self.learning, bool):
+            raise ConfigError("network.learning", self.learning, "true or false")
+        if not isinstance(self.encap, str) or self.encap not in ENCAPS:
             raise ConfigError("network.encap", self.encap, f"one of {ENCAPS}")
         top = 32 if net.version == 4 else 128
         if (
@@ -86,7 +168,7 @@ class NetworkSpec:
         return ipaddress.ip_network(self.cidr)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class NodeSpec:
     """A node: its name, underlay address (its VTEP) and the VNIs it hosts."""
 
@@ -98,17 +180,19 @@ class NodeSpec:
     def __post_init__(self) -> None:
         _name(self.name, "node.name")
         try:
+            if not isinstance(self.underlay, str):
+                raise TypeError
             ipaddress.ip_address(self.underlay)
-        except ValueError:
+        except (ValueError, TypeError):
             raise ConfigError("node.underlay", self.underlay, "an IPv4 or IPv6 address") from None
-        for v in self.networks:
+        nets = _bounded_list(self.networks, "node.networks", NODE_NETWORKS_MAX, "VNIs")
+        for v in nets:
             _vni(v, "node.networks")
-        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError("node.port", self.port, "0-65535")
-        object.__setattr__(self, "networks", tuple(self.networks))
+        _int(self.port, "node.port", 0, 65535, "0-65535")
+        object.__setattr__(self, "networks", tuple(nets))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
     """A pod's attachment: network, MAC, addresses, the node it lives on, labels."""
 
@@ -122,17 +206,33 @@ class Endpoint:
     def __post_init__(self) -> None:
         _vni(self.vni, "endpoint.vni")
         object.__setattr__(self, "mac", _mac(self.mac, "endpoint.mac"))
-        for ip in self.ips:
+        ips = _bounded_list(self.ips, "endpoint.ips", ENDPOINT_IPS_MAX, "addresses")
+        seen = set()
+        for ip in ips:
             try:
-                ipaddress.ip_interface(ip)
-            except ValueError:
+                if not isinstance(ip, str):
+                    raise TypeError
+                addr = ipaddress.ip_interface(ip).ip
+            except (ValueError, TypeError):
                 raise ConfigError("endpoint.ips", ip, "addresses like 10.244.1.2/24") from None
-        object.__setattr__(self, "ips", tuple(self.ips))
-        _name(self.node, "endpoint.node")
-        if not isinstance(self.labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()
-        ):
+            if addr in seen:
+                raise ConfigError("endpoint.ips", ip, "each address once")
+            seen.add(addr)
+        object.__setattr__(self, "ips", tuple(ips))
+        # A node's name recurs in every endpoint of the node: one string for all.
+        object.__setattr__(self, "node", sys.intern(_name(self.node, "endpoint.node")))
+        if not isinstance(self.name, str):
+            raise ConfigError("endpoint.name", self.name, "a string")
+        if len(self.name) > ENDPOINT_NAME_MAX:
+            raise TooLarge(
+                "endpoint.name", self.name[:60], f"at most {ENDPOINT_NAME_MAX} characters"
+            )
+        if not isinstance(self.labels, dict):
             raise ConfigError("endpoint.labels", self.labels, "a mapping of strings to strings")
+        if len(self.labels) > LABELS_MAX:
+            raise TooLarge("endpoint.labels", f"{len(self.labels)} labels", f"at most {LABELS_MAX}")
+        for k, v in self.labels.items():
+            check_label(k, v)
 
 
 def to_json(obj: Any) -> bytes:
@@ -140,18 +240,30 @@ def to_json(obj: Any) -> bytes:
 
 
 def from_json(cls: type[Any], data: bytes) -> Any:
-    """Decode store bytes into cls; ConfigError naming what is wrong."""
+    """Decode store bytes into cls; ConfigError naming what is wrong (``TooLarge`` for
+    a value over ``RECORD_BYTES_MAX``, which is refused before it is parsed)."""
+    if len(data) > RECORD_BYTES_MAX:
+        raise TooLarge(cls.__name__, f"{len(data)} bytes", f"at most {RECORD_BYTES_MAX} bytes")
     try:
         raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(cls.__name__, data[:60], f"JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(cls.__name__, raw, "a JSON object")
+        raise ConfigError(cls.__name__, _short(raw), "a JSON object")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - names
     if unknown:
-        raise ConfigError(cls.__name__, sorted(unknown), f"only fields {sorted(names)}")
+        raise ConfigError(cls.__name__, _short(sorted(unknown)), f"only fields {sorted(names)}")
     try:
         return cls(**raw)
     except TypeError as exc:
-        raise ConfigError(cls.__name__, raw, str(exc)) from None
+        raise ConfigError(cls.__name__, sorted(raw), str(exc)) from None
+    except ConfigError as exc:  # the message goes to a log: keep a hostile value short
+        raise type(exc)(exc.field, _short(exc.value), exc.expected) from None
+
+
+def _short(value: object, most: int = 80) -> object:
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= most:
+        return value
+    return text[: most - 3] + "..."

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay import engine as _engine
+from overlay.cni import validate
 from overlay.engine import Engine, Event, FdbEntry, mac_bytes, mac_str
 from overlay.errors import ConfigError, ConflictError, NotFoundError
 from overlay.nsenter import move_link, netns_path, setup_link
@@ -43,8 +44,7 @@ from overlay.nsenter import move_link, netns_path, setup_link
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 class Encap(enum.Enum):
@@ -103,6 +103,15 @@ def _parse_iface(value: object, field: str) -> IPInterface:
         raise ConfigError(field, value, "an address with prefix, like 10.244.1.2/24") from None
 
 
+def _check_ifname(ifname: str) -> None:
+    """A pod interface name by the kernel's and the CNI spec's rule (one rule for
+    the embedding API, overlayd's API and the plugin: ``overlay.cni.validate``)."""
+    try:
+        validate.ifname(ifname)
+    except validate.Invalid as exc:
+        raise ConfigError("ifname", ifname, exc.expected) from None
+
+
 def _check_unicast_mac(mac: str | bytes, field: str) -> bytes:
     raw = mac_bytes(mac, field)
     if raw[0] & 1 or raw == bytes(6):
@@ -130,6 +139,7 @@ class Port:
         self.ips = ips
         self.port_security = port_security
         self.persist = persist
+        self.router = False  # may send router advertisements and redirects (RA guard)
         self.netns: str | None = None  # the pod's namespace once moved
 
     def __repr__(self) -> str:
@@ -149,8 +159,7 @@ class Port:
         node's underlay MTU less the encapsulation overhead), brings the link
         up and, with ``gateway``, adds a default route through it.
         """
-        if not _IFNAME_RE.match(ifname):
-            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        _check_ifname(ifname)
         path = netns_path(netns)
         if not os.path.exists(path):
             raise ConfigError("netns", netns, "an existing network namespace (name or path)")
@@ -219,19 +228,27 @@ class Network:
         self.ports: list[Port] = []
         self.vteps: set[IPAddress] = set()
         self.remotes: dict[str, tuple[IPAddress, list[IPAddress]]] = {}
+        # Design note: the addresses in use (a local port's, or a remote's MAC)
+        # and the ports by MAC are indexes kept as the tables change, so that
+        # every check of add_port/add_remote costs O(its own addresses), not
+        # O(the table): rebuilding them per call made programming N remotes
+        # O(N^2) (30,000 took 30 s; see bench/test_control_scale.py).
+        self._in_use: dict[IPAddress, Port | str] = {}
+        self._port_macs: dict[str, Port] = {}
 
     def __repr__(self) -> str:
         return f"Network(vni={self.vni}, tenant={self.tenant!r})"
 
-    def _addresses_in_use(self) -> dict[IPAddress, str]:
-        used: dict[IPAddress, str] = {}
-        for p in self.ports:
-            for ip in p.ips:
-                used[ip.ip] = f"port {p.ifname}"
-        for mac, (_, ips) in self.remotes.items():
-            for a in ips:
-                used[a] = f"remote {mac}"
-        return used
+    def address_user(self, ip: IPAddress) -> str | None:
+        """Who uses ip in this network: "port <ifname>", "remote <mac>", or None."""
+        user = self._in_use.get(ip)
+        if user is None:
+            return None
+        return f"port {user.ifname}" if isinstance(user, Port) else f"remote {user}"
+
+    def port_by_mac(self, mac: str) -> Port | None:
+        """The local port with this MAC (lower case, colon separated), or None."""
+        return self._port_macs.get(mac)
 
     def _check_port(
         self, mac: str, ips: Sequence[str], ifname: str | None
@@ -242,20 +259,19 @@ class Network:
         if isinstance(ips, str):
             ips = [ips]
         ifaces = [_parse_iface(ip, "ips") for ip in ips]
-        used = self._addresses_in_use()
         seen: set[IPAddress] = set()
         for ip in ifaces:
-            if ip.ip in used or ip.ip in seen:
+            if ip.ip in self._in_use or ip.ip in seen:
                 raise ConflictError(
                     f"ips={str(ip)!r}: address {ip.ip} is in use in vni={self.vni} by "
-                    f"{used.get(ip.ip, 'this request')}; choose a free address"
+                    f"{self.address_user(ip.ip) or 'this request'}; choose a free address"
                 )
             seen.add(ip.ip)
         key = mac_str(raw)
-        if key in self.remotes or any(p.mac == key for p in self.ports):
+        if key in self.remotes or key in self._port_macs:
             raise ConflictError(f"mac={mac!r} is in use in vni={self.vni}; choose another MAC")
-        if ifname is not None and not _IFNAME_RE.match(ifname):
-            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        if ifname is not None:
+            _check_ifname(ifname)
         return raw, ifaces
 
     def _program_port(
@@ -268,6 +284,7 @@ class Network:
         persist: bool,
         netns: str | None = None,
         reattached: bool = False,
+        router: bool = False,
     ) -> Port:
         """Give the data plane's new port its addresses and record it (``netns``: the
         namespace its TAP is in, None for the node's). On failure the port is removed
@@ -284,7 +301,11 @@ class Network:
             raise
         port = Port(self, port_id, name, raw, ifaces, port_security, persist)
         port.netns = netns
+        port.router = router
         self.ports.append(port)
+        self._port_macs[port.mac] = port
+        for ip in ifaces:
+            self._in_use[ip.ip] = port
         return port
 
     def add_port(
@@ -296,8 +317,12 @@ class Network:
         netns: str | None = None,
         port_security: bool = True,
         persist: bool = False,
+        router: bool = False,
     ) -> Port:
         """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoof).
+
+        ``router`` marks a pod that may send IPv6 router advertisements and
+        redirects; from any other port they are dropped (RA guard, RFC 6105).
 
         The TAP is born in the node's namespace, or with ``netns`` (name or path)
         straight in the pod's namespace as ``ifname`` (default ``eth0``): no move,
@@ -309,20 +334,36 @@ class Network:
         if netns is None:
             raw, ifaces = self._check_port(mac, ips, ifname)
             port_id, name = self.node.engine.port_add(
-                self.vni, raw, ifname or "", security=port_security, persist=persist
+                self.vni,
+                raw,
+                ifname or "",
+                security=port_security,
+                persist=persist,
+                router=router,
             )
-            return self._program_port(port_id, name, raw, ifaces, port_security, persist)
+            return self._program_port(
+                port_id, name, raw, ifaces, port_security, persist, router=router
+            )
         ifname = "eth0" if ifname is None else ifname
         raw, ifaces = self._check_port(mac, ips, ifname)
         path = netns_path(netns)
         fd = self._open_netns(path, netns)
         try:
             port_id, name = self.node.engine.port_add(
-                self.vni, raw, ifname, fd, security=port_security, persist=persist, netns=path
+                self.vni,
+                raw,
+                ifname,
+                fd,
+                security=port_security,
+                persist=persist,
+                router=router,
+                netns=path,
             )
         finally:
             os.close(fd)
-        return self._program_port(port_id, name, raw, ifaces, port_security, persist, netns=path)
+        return self._program_port(
+            port_id, name, raw, ifaces, port_security, persist, netns=path, router=router
+        )
 
     @staticmethod
     def _open_netns(path: str, given: str) -> int:
@@ -341,6 +382,7 @@ class Network:
         ifname: str,
         netns: str,
         port_security: bool = True,
+        router: bool = False,
     ) -> Port:
         """Take back a pod's persistent TAP after a restart, where it lives now.
 
@@ -374,12 +416,20 @@ class Network:
         fd = self._open_netns(path, netns)
         try:
             port_id = self.node.engine.port_attach(
-                self.vni, raw, ifname, fd, security=port_security, netns=path
+                self.vni, raw, ifname, fd, security=port_security, router=router, netns=path
             )
         finally:
             os.close(fd)
         return self._program_port(
-            port_id, ifname, raw, ifaces, port_security, persist=True, netns=path, reattached=True
+            port_id,
+            ifname,
+            raw,
+            ifaces,
+            port_security,
+            persist=True,
+            netns=path,
+            reattached=True,
+            router=router,
         )
 
     def remove_port(self, port: Port) -> None:
@@ -389,6 +439,11 @@ class Network:
             raise NotFoundError(f"{port!r} is not in vni={self.vni}")
         self.node.engine.port_del(port.id)
         self.ports.remove(port)
+        if self._port_macs.get(port.mac) is port:
+            del self._port_macs[port.mac]
+        for ip in port.ips:
+            if self._in_use.get(ip.ip) is port:
+                del self._in_use[ip.ip]
 
     def add_vtep(self, address: str, port: int | None = None) -> None:
         """Make a remote VTEP a member: it gets flooded frames, and its packets are accepted."""
@@ -418,12 +473,14 @@ class Network:
         ips = [] if ip is None else [ip] if isinstance(ip, str) else list(ip)
         addrs = [_parse_ip(a, "ip") for a in ips]
         key = mac_str(raw)
-        if any(p.mac == key for p in self.ports):
+        if key in self._port_macs:
             raise ConflictError(f"mac={mac!r} belongs to a local port in vni={self.vni}")
-        used = self._addresses_in_use()
         for a in addrs:
-            if a in used and used[a] != f"remote {key}":
-                raise ConflictError(f"ip={str(a)!r} is in use in vni={self.vni} by {used[a]}")
+            user = self._in_use.get(a)
+            if user is not None and user != key:
+                raise ConflictError(
+                    f"ip={str(a)!r} is in use in vni={self.vni} by {self.address_user(a)}"
+                )
         eng = self.node.engine
         old = self.remotes.get(key)
         eng.fdb_add(self.vni, raw, addr, port or 0)
@@ -433,6 +490,9 @@ class Network:
             for a in old[1]:
                 if a not in addrs:
                     eng.neigh_del(self.vni, a)
+                    self._in_use.pop(a, None)
+        for a in addrs:
+            self._in_use[a] = key
         self.remotes[key] = (addr, addrs)
 
     def remove_remote(self, mac: str) -> None:
@@ -440,6 +500,9 @@ class Network:
         if key not in self.remotes:
             raise NotFoundError(f"mac={mac!r} is not a remote of vni={self.vni}")
         _, ips = self.remotes.pop(key)
+        for a in ips:
+            if self._in_use.get(a) == key:
+                del self._in_use[a]
         eng = self.node.engine
         eng.fdb_del(self.vni, mac_bytes(key))
         for a in ips:
@@ -523,6 +586,7 @@ class Node:
                 netns_fd=fd,
                 offloads=mask,
                 busy_poll_us=busy_poll_us,
+                underlay_mtu=mtu,
             )
         finally:
             if fd >= 0:
@@ -556,7 +620,7 @@ class Node:
         """Host a network: one VNI, owned by one tenant."""
         if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _engine.VNI_MAX:
             raise ConfigError("vni", vni, f"an integer 0-{_engine.VNI_MAX}")
-        if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+        if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
             raise ConfigError("tenant", tenant, "1-63 characters of [A-Za-z0-9_.-]")
         if vni in self.networks:
             owner = self.networks[vni].tenant

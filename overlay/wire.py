@@ -35,6 +35,17 @@ Frame parsing reads only within the frame: the IPv4 total length and the IPv6
 payload length are not used (Ethernet padding, GSO frames). A TCP, UDP or
 SCTP header too short to hold both ports is not a drop: the ports are 0.
 
+IPv6 fails closed: a packet that cannot be classified down to its upper-layer
+header is a drop of its own, so that nothing a receiver would act on hides
+behind a header the parser did not read. ``ipv6_header_chain``: more than
+``IPV6_EXT_MAX`` extension headers, a kind not walked (``EXT_NOT_WALKED``), or
+a first (or atomic) fragment without the whole upper-layer header (RFC 7112,
+``UPPER_HLEN``); ``icmpv6_truncated``: ICMPv6 shorter than its 4-byte header;
+``nd_fragmented``: neighbour discovery behind any fragment header (RFC 6980).
+Hop-by-hop, routing, destination options, fragment and AH headers are walked.
+A non-first fragment is not a drop (no upper-layer header to judge).
+``icmp6_type`` is the type of every readable ICMPv6 message.
+
 The flow hash
 -------------
 The outer UDP source port carries entropy from the inner flow (RFC 7348
@@ -90,9 +101,16 @@ VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_AH = 51
 IPPROTO_ICMPV6 = 58
 IPPROTO_SCTP = 132
 IPV6_EXT_MAX = 8
+ICMPV6_HLEN = 4
+#: Extension headers IANA lists that the parser does not walk: Mobility, HIP,
+#: Shim6 and the two experimental values. A packet with one fails closed.
+EXT_NOT_WALKED = (135, 139, 140, 253, 254)
+#: Bytes of the upper-layer header a first fragment must carry (RFC 7112).
+UPPER_HLEN = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_SCTP: 12, IPPROTO_ICMPV6: ICMPV6_HLEN}
 
 ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
 ND_OPT_SLLA = 1
@@ -121,6 +139,9 @@ DROP_REASONS = (
     "ipv4_truncated",
     "ipv6_truncated",
     "nd_truncated",
+    "ipv6_header_chain",
+    "icmpv6_truncated",
+    "nd_fragmented",
 )
 
 
@@ -383,9 +404,10 @@ def parse_frame(data: bytes) -> Frame:
 
     Follows up to two 802.1Q/802.1ad tags (the first tag's TPID and TCI are
     kept), then ARP (Ethernet/IPv4 only), IPv4 or IPv6 with up to
-    ``IPV6_EXT_MAX`` hop-by-hop, routing, destination-options and fragment
-    headers, TCP/UDP/SCTP ports and ICMPv6 neighbour discovery. ``l4_off``
-    points at the header ``ip_proto`` names, or is 0 in a non-first fragment.
+    ``IPV6_EXT_MAX`` hop-by-hop, routing, destination-options, fragment and AH
+    headers (failing closed past that, see the module docstring), TCP/UDP/SCTP
+    ports, the ICMPv6 type and neighbour discovery. ``l4_off`` points at the
+    header ``ip_proto`` names, or is 0 in a non-first fragment.
     """
     b = bytes(data)
     f = Frame()
@@ -454,47 +476,74 @@ def _parse_ipv6(b: bytes, f: Frame) -> None:
     f.ip_src, f.ip_dst = p[8:24], p[24:40]
     nh = p[6]
     off = 40
-    for _ in range(IPV6_EXT_MAX):
-        if nh in (0, 43, 60):  # hop-by-hop, routing, destination options
-            if len(p) - off < 2:
-                raise Drop("ipv6_truncated")
-            hlen = (p[off + 1] + 1) * 8
-        elif nh == 44:  # fragment
-            hlen = 8
+    fragment = False  # a first (or atomic) fragment
+    n = 0
+    while True:
+        if nh in (0, 43, 60, IPPROTO_AH, 44):  # hop-by-hop, routing, dest. options, AH, fragment
+            if n == IPV6_EXT_MAX:
+                raise Drop("ipv6_header_chain")
+        elif nh in EXT_NOT_WALKED:
+            raise Drop("ipv6_header_chain")
         else:
             break
+        if nh == 44:
+            hlen = 8
+        else:
+            if len(p) - off < 2:
+                raise Drop("ipv6_truncated")
+            hlen = (p[off + 1] + 2) * 4 if nh == IPPROTO_AH else (p[off + 1] + 1) * 8
         if len(p) - off < hlen:
             raise Drop("ipv6_truncated")
-        if nh == 44 and _u16(p, off + 2) & 0xFFF8:
-            f.ip_proto = p[off]
-            f.is_fragment = True
-            return
+        if nh == 44:
+            if _u16(p, off + 2) & 0xFFF8:
+                f.ip_proto = p[off]
+                f.is_fragment = True
+                return
+            fragment = True
         nh = p[off]
         off += hlen
+        n += 1
     f.ip_proto = nh
     f.l4_off = f.l3_off + off
+    if fragment and len(p) - off < UPPER_HLEN.get(nh, 0):
+        raise Drop("ipv6_header_chain")
     _parse_ports(b, f)
-    if nh == IPPROTO_ICMPV6 and off < len(p) and ND_RS <= p[off] <= ND_REDIRECT:
-        _parse_nd(p[off:], f)
+    if nh != IPPROTO_ICMPV6:
+        return
+    if len(p) - off < ICMPV6_HLEN:
+        raise Drop("icmpv6_truncated")
+    f.icmp6_type = p[off]
+    if not ND_RS <= p[off] <= ND_REDIRECT:
+        return
+    if fragment:
+        raise Drop("nd_fragmented")
+    _parse_nd(p[off:], f)
 
 
 _ND_FIXED = {ND_RS: 8, ND_RA: 16, ND_NS: 24, ND_NA: 24, ND_REDIRECT: 40}
-_ND_LLADDR_OPT = {ND_RS: ND_OPT_SLLA, ND_RA: ND_OPT_SLLA, ND_NS: ND_OPT_SLLA, ND_NA: ND_OPT_TLLA}
+#: The link-layer option kept: the sender's (RS, RA, NS) or the target's (NA,
+#: redirect: there, the better first hop's).
+_ND_LLADDR_OPT = {
+    ND_RS: ND_OPT_SLLA,
+    ND_RA: ND_OPT_SLLA,
+    ND_NS: ND_OPT_SLLA,
+    ND_NA: ND_OPT_TLLA,
+    ND_REDIRECT: ND_OPT_TLLA,
+}
 
 
 def _parse_nd(p: bytes, f: Frame) -> None:
     fixed = _ND_FIXED[p[0]]
-    want = _ND_LLADDR_OPT.get(p[0], 0)
+    want = _ND_LLADDR_OPT[p[0]]
     if len(p) < fixed:
         raise Drop("nd_truncated")
-    f.icmp6_type = p[0]
     if p[0] in (ND_NS, ND_NA, ND_REDIRECT):
         f.nd_target = p[8:24]
     off = fixed
     while off < len(p):
         if len(p) - off < 2 or p[off + 1] == 0 or p[off + 1] * 8 > len(p) - off:
             raise Drop("nd_truncated")
-        if want and p[off] == want and not f.nd_has_lladdr:
+        if p[off] == want and not f.nd_has_lladdr:
             f.nd_has_lladdr, f.nd_lladdr = True, p[off + 2 : off + 8]
         off += p[off + 1] * 8
 

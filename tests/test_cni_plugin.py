@@ -28,6 +28,7 @@ crash) are in ``test_cni_e2e.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import importlib.util
@@ -91,6 +92,29 @@ def sockdir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def pod_netns() -> Iterator[str]:
+    """The path of a network namespace that is not this process's: ADD checks
+    CNI_NETNS before anything else happens, also in tests that never reach a
+    daemon. Held by a ``sleep`` in a user and network namespace of its own (no
+    root needed), stopped by PID."""
+    proc = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "sleep", "600"])
+    try:
+        path = f"/proc/{proc.pid}/ns/net"
+        own = os.stat("/proc/self/ns/net")
+        while True:  # unshare(1) enters its namespaces, then becomes sleep
+            if proc.poll() is not None:
+                pytest.skip("unshare cannot make a network namespace here")
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino != own.st_ino:
+                    break
+            time.sleep(0.01)
+        yield path
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def config(sock: Path | str, version: str = "1.1.0", /, **keys: Any) -> dict[str, Any]:
@@ -323,6 +347,82 @@ def test_each_input_error_code_names_the_fix(
     assert fix in cni(command, config(sockdir / "none.sock", **change), **env).error(code)
 
 
+# -- CNI abuse: values outside the spec's rules (overlay.cni.validate) -------------
+
+
+@pytest.mark.parametrize(
+    "env,names",
+    [
+        ({"cid": "abc\n"}, "CNI_CONTAINERID"),
+        ({"cid": "a" * 10_000}, "CNI_CONTAINERID"),
+        ({"cid": "_abc"}, "CNI_CONTAINERID"),
+        ({"ifname": ".."}, "CNI_IFNAME"),
+        ({"ifname": "."}, "CNI_IFNAME"),
+        ({"ifname": "eth0\n"}, "CNI_IFNAME"),
+        ({"ifname": "eth:0"}, "CNI_IFNAME"),
+        ({"ifname": "é" * 8}, "CNI_IFNAME"),  # 8 characters, 16 bytes
+        ({"netns": "/proc/self/ns/net"}, "CNI_NETNS"),  # the plugin's own: the host's
+        ({"netns": "/nonexistent/netns"}, "CNI_NETNS"),
+        ({"netns": "var/run/netns/pod"}, "CNI_NETNS"),
+        ({"netns": "/etc/hostname"}, "CNI_NETNS"),
+        ({"netns": "/proc/self/ns/uts"}, "CNI_NETNS"),  # a namespace, not a network one
+        ({"netns": "/dev/null"}, "CNI_NETNS"),
+        ({"cni_args": "IgnoreUnknown=1;K8S_POD_NAME=" + "p" * 10_000}, "K8S_POD_NAME"),
+    ],
+)
+def test_cni_variables_outside_the_spec_rules_are_code_4_naming_them(
+    sockdir: Path, env: dict[str, str], names: str
+) -> None:
+    msg = cni("ADD", config(sockdir / "none.sock"), **env).error(INVALID_ENV)
+    assert names in msg and len(msg) < 1000, msg  # named, and a long value not echoed
+
+
+@pytest.mark.parametrize(
+    "stdin,code,says",
+    [
+        ('{"cniVersion": "1.1.0", "args": ' + "[" * 5000 + "]" * 5000 + "}", DECODE_FAILURE,
+         "nested at most 64 levels"),
+        ({"name": "n" * 200_000}, INVALID_CONFIG, "name="),
+        ({"name": "blue\n"}, INVALID_CONFIG, "name="),
+        ({"args": {"cni": {"labels": [{"key": "k", "value": "v" * 2000}]}}}, INVALID_CONFIG,
+         "args.cni.labels[0]"),
+    ],
+)  # fmt: skip
+def test_a_configuration_outside_the_rules_is_refused_with_its_code(
+    sockdir: Path, pod_netns: str, stdin: dict[str, Any] | str, code: int, says: str
+) -> None:
+    conf = {**config(sockdir / "none.sock"), **stdin} if isinstance(stdin, dict) else stdin
+    msg = cni("ADD", conf, netns=pod_netns).error(code)
+    assert says in msg and len(msg) < 1000, msg
+
+
+def test_the_plugin_and_the_api_apply_the_same_rules(pod_netns: str) -> None:
+    from overlay.cni.spec import CniEnv, CniError
+    from overlay.daemon.pods import AttachRequest
+    from overlay.errors import ConfigError
+
+    values = ["abc", "abc\n", "a.b-c_d", "-a", "a" * 255, "a" * 256, "", ".", "..",
+              "eth0", "eth 0", "eth0:1", "a/b", "é" * 7, "é" * 8, "x" * 15, "x" * 16]  # fmt: skip
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": pod_netns,
+           "CNI_IFNAME": "eth0"}  # fmt: skip
+    body = {"container_id": "c1", "ifname": "eth0", "netns": pod_netns, "vni": 100}
+    for variable, field in (("CNI_CONTAINERID", "container_id"), ("CNI_IFNAME", "ifname")):
+        for value in values:
+            try:
+                CniEnv.from_environ({**env, variable: value})
+                plugin_ok = True
+            except CniError as exc:
+                plugin_ok = False
+                assert variable in exc.msg
+            try:
+                AttachRequest.parse({**body, field: value})
+                api_ok = True
+            except ConfigError as exc:
+                api_ok = False
+                assert exc.field == field
+            assert plugin_ok == api_ok, (variable, value, plugin_ok, api_ok)
+
+
 # -- no daemon -------------------------------------------------------------------
 
 
@@ -332,22 +432,25 @@ def test_status_without_a_daemon_is_50_naming_the_socket_and_the_fix(sockdir: Pa
     assert str(sock) in msg and "overlayd" in msg and "start it" in msg and '"socket"' in msg
 
 
-def test_a_stale_socket_is_a_daemon_that_is_not_running(sockdir: Path) -> None:
+def test_a_stale_socket_is_a_daemon_that_is_not_running(sockdir: Path, pod_netns: str) -> None:
     import socket
 
     sock = sockdir / "stale.sock"
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(sock))
     s.close()  # the file stays, nobody listens
-    assert "refuses connections" in cni("ADD", config(sock)).error(TRY_AGAIN_LATER)
+    run = cni("ADD", config(sock), netns=pod_netns)
+    assert "refuses connections" in run.error(TRY_AGAIN_LATER)
 
 
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
-def test_container_verbs_without_a_daemon_are_try_again_later(sockdir: Path, command: str) -> None:
+def test_container_verbs_without_a_daemon_are_try_again_later(
+    sockdir: Path, pod_netns: str, command: str
+) -> None:
     conf = config(sockdir / "none.sock")
     if command == "CHECK":
         conf["prevResult"] = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0"}]}
-    msg = cni(command, conf).error(TRY_AGAIN_LATER)
+    msg = cni(command, conf, netns=pod_netns).error(TRY_AGAIN_LATER)
     assert msg.startswith(f"{command}: overlayd is not running") and "none.sock" in msg
 
 
@@ -357,9 +460,11 @@ def test_gc_without_a_daemon_is_try_again_later(sockdir: Path) -> None:
 
 
 @needs_host_local
-def test_a_failed_add_releases_the_delegated_address(tmp_path: Path, sockdir: Path) -> None:
+def test_a_failed_add_releases_the_delegated_address(
+    tmp_path: Path, sockdir: Path, pod_netns: str
+) -> None:
     conf = config(sockdir / "none.sock", ipam=host_local_ipam(tmp_path))
-    msg = cni("ADD", conf).error(TRY_AGAIN_LATER)
+    msg = cni("ADD", conf, netns=pod_netns).error(TRY_AGAIN_LATER)
     assert "overlayd is not running" in msg
     assert (tmp_path / "ipam" / "blue").is_dir()  # host-local did allocate...
     assert leases(tmp_path) == []  # ...and the address was given back
@@ -556,13 +661,16 @@ def test_a_refused_add_names_the_fix_and_releases_the_delegated_address(
         ("ctr1", empty.path, {}, ATTACHMENT_CONFLICT, "ctr1/eth0 exists already; DEL it first"),
         ("ctr2", taken.path, {}, ATTACHMENT_CONFLICT, "choose another ifname"),
         ("ctr3", empty.path, {"vni": 101}, INVALID_CONFIG, "a network this node hosts: [100]"),
-        ("ctr4", f"{empty.path}-gone", {}, INVALID_CONFIG, "an existing network namespace"),
     ]
     for cid, netns, change, code, fix in refusals:
         msg = cni("ADD", {**conf, **change}, cid=cid, netns=netns).error(code)
         assert fix in msg and msg.startswith("ADD: overlayd answered"), (cid, msg)
         assert (tmp_path / "ipam" / "blue").is_dir()  # host-local did allocate...
         assert leases(tmp_path) == [], cid  # ...and the address was given back
+    # A namespace that is not there is the runtime's CNI_NETNS at fault (code 4),
+    # found before an address is taken.
+    msg = cni("ADD", conf, cid="ctr4", netns=f"{empty.path}-gone").error(INVALID_ENV)
+    assert "CNI_NETNS" in msg and "nothing is there" in msg and leases(tmp_path) == []
     # Nothing changed in overlayd or in the pods.
     assert [a["container_id"] for a in cni_daemon.client.attachments()] == ["ctr1"]
     assert taken.link_info("eth0").mac == first["interfaces"][0]["mac"]
@@ -871,17 +979,17 @@ def record(**change: Any) -> dict[str, Any]:
     ],
 )
 def test_add_maps_the_error_kinds_a_healthy_daemon_does_not_give(
-    api: ApiStub, status: int, kind: str, code: int
+    api: ApiStub, pod_netns: str, status: int, kind: str, code: int
 ) -> None:
     message = f"the daemon says {kind}: do the thing that fixes it"
     api.error("POST", "/v1/endpoints", status, kind, message)
-    msg = cni("ADD", config(api.path)).error(code)
+    msg = cni("ADD", config(api.path), netns=pod_netns).error(code)
     assert message in msg and msg.startswith(f"ADD: overlayd answered {kind}")
 
 
-def test_add_with_an_unreadable_record_is_a_daemon_error(api: ApiStub) -> None:
+def test_add_with_an_unreadable_record_is_a_daemon_error(api: ApiStub, pod_netns: str) -> None:
     api.answer("POST", "/v1/endpoints", 200, {"container_id": "ctr1"})
-    msg = cni("ADD", config(api.path)).error(DAEMON_INTERNAL)
+    msg = cni("ADD", config(api.path), netns=pod_netns).error(DAEMON_INTERNAL)
     assert "cannot read" in msg and "same release" in msg
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay.cni.spec import (
@@ -54,12 +55,71 @@ def test_environment_is_parsed() -> None:
         ({"CNI_IFNAME": "eth/0"}, "CNI_IFNAME"),
         ({"CNI_IFNAME": "a-very-long-interface"}, "CNI_IFNAME"),
         ({"CNI_ARGS": "novalue"}, "CNI_ARGS"),
+        ({"CNI_CONTAINERID": "abc\n"}, "CNI_CONTAINERID"),  # "$" matched before a "\n"
+        ({"CNI_CONTAINERID": "a" * 256}, "CNI_CONTAINERID"),
+        ({"CNI_CONTAINERID": "a b"}, "CNI_CONTAINERID"),
+        ({"CNI_IFNAME": "."}, "CNI_IFNAME"),
+        ({"CNI_IFNAME": ".."}, "CNI_IFNAME"),
+        ({"CNI_IFNAME": "eth0\n"}, "CNI_IFNAME"),
+        ({"CNI_IFNAME": "eth\t0"}, "CNI_IFNAME"),
+        ({"CNI_IFNAME": "é" * 8}, "CNI_IFNAME"),  # 16 bytes
     ],
 )
 def test_bad_environment_is_code_4_naming_the_variable(change: dict[str, str], names: str) -> None:
     with pytest.raises(CniError) as info:
         CniEnv.from_environ({**ADD_ENV, **change})
     assert info.value.code == INVALID_ENV and names in info.value.msg
+
+
+@pytest.mark.parametrize("cid", ["a", "A1", "0abc", "a.b-c_d", "a" * 255, "f" * 64])
+@pytest.mark.parametrize("ifname", ["eth0", "e", "net1.100", "x" * 15, "é" * 7, "pod@1"])
+def test_values_within_the_spec_rules_are_taken(cid: str, ifname: str) -> None:
+    env = CniEnv.from_environ({**ADD_ENV, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname})
+    assert (env.container_id, env.ifname) == (cid, ifname)
+
+
+# Characters near the rules' edges: allowed ones, separators, line breaks, non-ASCII.
+_EDGY = st.sampled_from("aZ09_.-\n\t /:é\x00")
+
+
+@settings(max_examples=300)
+@given(
+    cid=st.just("c1") | st.text(_EDGY, max_size=300) | st.text(max_size=20),
+    ifname=st.just("eth0") | st.text(_EDGY, max_size=20) | st.text(max_size=20),
+)
+def test_any_container_id_and_ifname_is_taken_by_the_rules_or_is_code_4(
+    cid: str, ifname: str
+) -> None:
+    environ = {**ADD_ENV, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname}
+    try:
+        env = CniEnv.from_environ(environ)
+    except CniError as exc:
+        assert exc.code == INVALID_ENV and ("CNI_CONTAINERID" in exc.msg or "CNI_IFNAME" in exc.msg)
+        return
+    # What is taken can name a file and an interface: no separator, no space or
+    # line break anywhere (a trailing one included), and bounded.
+    assert env.container_id.isascii() and len(env.container_id) <= 255
+    assert not any(c.isspace() or c in "/:\0" for c in env.container_id + env.ifname)
+    assert 1 <= len(env.ifname.encode()) <= 15 and env.ifname not in (".", "..")
+
+
+def test_the_netns_check_refuses_what_is_not_a_pods_network_namespace(tmp_path: Path) -> None:
+    env = CniEnv.from_environ(ADD_ENV)
+    for path, says in [
+        ("/proc/self/ns/net", "not the namespace the CNI plugin runs in"),
+        (f"/proc/{os.getpid()}/ns/net", "not the namespace the CNI plugin runs in"),
+        ("/proc/self/ns/uts", "not a network namespace"),
+        (str(tmp_path), "not a namespace file"),
+        ("/nonexistent", "nothing is there"),
+        ("relative", "an absolute path"),
+        ("/dev/null", "not a namespace file"),
+    ]:
+        with pytest.raises(CniError) as info:
+            dataclasses.replace(env, netns=path).check_netns()
+        assert info.value.code == INVALID_ENV and "CNI_NETNS" in info.value.msg, path
+        assert says in info.value.msg, (path, info.value.msg)
+    # CHECK leaves a vanished namespace to its comparison (a difference, not bad input).
+    dataclasses.replace(env, netns="/nonexistent").check_netns(missing_ok=True)
 
 
 def test_del_needs_no_netns_and_version_needs_nothing() -> None:
@@ -84,8 +144,15 @@ def test_del_needs_no_netns_and_version_needs_nothing() -> None:
             INVALID_CONFIG,
             "prevResult",
         ),
+        (b'{"cniVersion": "1.1.0", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+         DECODE_FAILURE, "nested at most 64"),
+        (b'{"a": ' + b"[" * 65 + b"]" * 65 + b"}", DECODE_FAILURE, "nested at most 64"),
+        (b'{"cniVersion": "1.1.0", "name": "\xff"}', DECODE_FAILURE, "JSON"),
+        (b'{"cniVersion": "1.1.0", "name": "blue\\n", "type": "o"}', INVALID_CONFIG, "name="),
+        (b'{"cniVersion": "1.1.0", "name": "' + b"n" * 256 + b'", "type": "o"}', INVALID_CONFIG,
+         "1-255 characters"),
     ],
-)
+)  # fmt: skip
 def test_bad_configuration_gets_the_right_code(data: bytes, code: int, text: str) -> None:
     with pytest.raises(CniError) as info:
         NetConf.parse(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,157 @@ def test_the_example_configuration_is_valid() -> None:
     cfg = load(str(Path(__file__).parent.parent / "examples" / "overlayd.toml"))
     assert cfg.node.name == "node-a" and cfg.store.kind == "etcd"
     assert [n.vni for n in cfg.networks] == [100]
+
+
+# --------------------------------------------------------------------------
+# etcd over TLS, with users: [store] ca_file, cert_file, key_file, username,
+# password / password_file. The files are real (made by make_pki).
+
+SECRET = "hunter2-etcd"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pytest.importorskip("aetcd")
+    from overlay.testing.etcd import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def etcd_file(store: str, endpoints: str = '["https://127.0.0.1:2379"]') -> str:
+    return (
+        '[node]\nname = "n"\nunderlay = "198.18.0.1"\n\n'
+        f'[store]\nkind = "etcd"\nendpoints = {endpoints}\n{store}\n'
+    )
+
+
+def secret_file(directory: Path, text: str = SECRET) -> Path:
+    path = directory / "etcd-password"
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_tls_and_auth_keys_are_read_and_the_password_never_shown(pki: Any, tmp_path: Path) -> None:
+    c = parse(
+        etcd_file(
+            f'ca_file = "{pki.ca}"\ncert_file = "{pki.client_cert}"\n'
+            f'key_file = "{pki.client_key}"\nusername = "node-a"\n'
+            f'password_file = "{secret_file(tmp_path)}"'
+        )
+    )
+    s = c.store
+    assert (s.ca_file, s.cert_file, s.key_file) == tuple(
+        str(p) for p in (pki.ca, pki.client_cert, pki.client_key)
+    )
+    assert s.username == "node-a" and s.password == SECRET  # the file's line, no newline
+    assert SECRET not in repr(c) and SECRET not in repr(s.password)
+    # A password in clear is fine to loopback (an etcd or gRPC proxy on this host).
+    c = parse(etcd_file(f'username = "u"\npassword = "{SECRET}"', '["http://127.0.0.1:2379"]'))
+    assert c.store.password == SECRET
+
+
+def test_tls_and_auth_errors_name_the_key_and_never_the_password(pki: Any, tmp_path: Path) -> None:
+    pw_file = secret_file(tmp_path)
+    (tmp_path / "empty").mkdir()
+    empty = secret_file(tmp_path / "empty", "")
+    cases = [
+        (f'cert_file = "{pki.client_cert}"', "store.key_file", "required"),
+        (f'key_file = "{pki.client_key}"', "store.cert_file", "required"),
+        (f'ca_file = "{tmp_path}/missing.pem"', "store.ca_file", "a readable file"),
+        ('ca_file = "ca.pem"', "store.ca_file", "an absolute path"),
+        (f'ca_file = "{pki.client_key}"', "store.ca_file", "PEM file of the CA"),
+        (
+            f'cert_file = "{pki.client_cert}"\nkey_file = "{pki.stranger_key}"',
+            "store.key_file",
+            "the private key of cert_file",
+        ),
+        ('username = "u"', "store.password", "required with username"),
+        (f'password = "{SECRET}"', "store.username", "required with password"),
+        (
+            f'username = "u"\npassword = "{SECRET}"\npassword_file = "{pw_file}"',
+            "store.password",
+            "one of store.password or store.password_file",
+        ),
+        (f'username = "u"\npassword_file = "{tmp_path}/none"', "store.password_file", "readable"),
+        (f'username = "u"\npassword_file = "{empty}"', "store.password_file", "holding"),
+        ("username = 7", "store.username", "a string"),
+        (f'etcd-cafile = "{pki.ca}"', "store.etcd-cafile", "store.ca_file"),
+        ('user = "u"', "store.user", "store.username"),
+    ]
+    for store, key, hint in cases:
+        with pytest.raises(ConfigError) as info:
+            parse(etcd_file(store))
+        assert info.value.field == key, (store, info.value)
+        assert hint in str(info.value), (store, info.value)
+        assert SECRET not in str(info.value)
+    endpoint_cases = [
+        (f'ca_file = "{pki.ca}"', '["http://127.0.0.1:2379"]', "store.ca_file", "https://"),
+        (
+            "",
+            '["https://127.0.0.1:2379", "http://127.0.0.2:2379"]',
+            "store.endpoints[1]",
+            "a https",
+        ),
+        ("", '["ftp://127.0.0.1:2379"]', "store.endpoints[0]", "https://127.0.0.1:2379"),
+        (
+            f'username = "u"\npassword = "{SECRET}"',
+            '["http://198.18.0.9:2379"]',
+            "store.endpoints[0]",
+            "https:// when a password is set",
+        ),
+        (
+            f'username = "u"\npassword_file = "{pw_file}"',
+            '["http://198.18.0.9:2379"]',
+            "store.endpoints[0]",
+            "cross the network in clear",
+        ),
+    ]
+    for store, endpoints, key, hint in endpoint_cases:
+        with pytest.raises(ConfigError) as info:
+            parse(etcd_file(store, endpoints))
+        assert info.value.field == key, (store, info.value)
+        assert hint in str(info.value), (store, info.value)
+        assert SECRET not in str(info.value)
+    memory = f'[node]\nname = "n"\nunderlay = "198.18.0.1"\n[store]\npassword = "{SECRET}"\n'
+    with pytest.raises(ConfigError) as info:
+        parse(memory)
+    assert info.value.field == "store.password" and "memory" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_a_password_in_a_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "overlayd.toml"
+    path.write_text(
+        etcd_file(f'username = "u"\npassword = "{SECRET}"', '["http://127.0.0.1:2379"]')
+    )
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert info.value.field == "store.password"
+    assert f"chmod 600 {path}" in str(info.value) and "store.password_file" in str(info.value)
+    assert SECRET not in str(info.value)
+    path.chmod(0o600)
+    assert load(str(path)).store.password == SECRET
+
+
+def test_overlayd_check_refuses_bad_tls_settings_with_exit_2(
+    pki: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overlay.daemon.main import main
+
+    path = tmp_path / "overlayd.toml"
+    path.write_text(etcd_file(f'ca_file = "{pki.ca}"\ncert_file = "{pki.client_cert}"'))
+    assert main(["--config", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "store.key_file" in err and "required" in err
+    # Without --check too: refused before anything starts.
+    assert main(["--config", str(path)]) == 2
+    assert "store.key_file" in capsys.readouterr().err
+    path.write_text(
+        etcd_file(
+            f'ca_file = "{pki.ca}"\ncert_file = "{pki.client_cert}"\nkey_file = "{pki.client_key}"'
+        )
+    )
+    assert main(["--config", str(path), "--check"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")

@@ -23,30 +23,11 @@ from overlay.node import Encap, GeneveOption
 from overlay.testing.capture import Capture, tshark_fields
 from overlay.testing.cluster import Cluster, Pod
 from overlay.testing.netns import Netns, Topology, kernel_vxlan
-from overlay.testing.traffic import ping, tcp_transfer
+from overlay.testing.traffic import ping, send_frames, tcp_transfer, wait_for
 
 pytestmark = pytest.mark.root
 
 ENCAPS = [pytest.param(Encap.VXLAN, id="vxlan"), pytest.param(Encap.GENEVE, id="geneve")]
-
-
-def wait_for(pred, timeout: float = 3.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
-
-
-def raw_send(ns: Netns, frame: bytes, ifname: str = "eth0") -> None:
-    """Send one Ethernet frame as-is from a pod (bypassing its IP stack)."""
-    s = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    try:
-        s.bind((ifname, 0))
-        s.send(frame)
-    finally:
-        s.close()
 
 
 @pytest.fixture
@@ -96,7 +77,7 @@ def test_broadcast_arp_reaches_only_pods_of_the_same_tenant(tenants) -> None:  #
         op=1, hwsrc=a.mac, psrc=a.ip, pdst="10.244.1.200"
     )
     for _ in range(5):
-        raw_send(a.netns, bytes(req))
+        send_frames(a.netns, bytes(req))
     assert wait_for(lambda: p["blue-b"].port.counters()["tx_packets"] >= before["blue-b"] + 5)
     time.sleep(0.2)
     for name in ("red-a", "red-b", "red-c"):
@@ -121,7 +102,7 @@ def test_spoofed_frames_from_a_pod_are_dropped_and_counted(tenants) -> None:  # 
         / ARP(op=2, hwsrc=a.mac, psrc=b.ip, pdst=b.ip),
     }
     for f in frames.values():
-        raw_send(a.netns, bytes(f))
+        send_frames(a.netns, bytes(f))
     drops = lambda: c.nodes[0].counters()["drops"]  # noqa: E731
     assert wait_for(lambda: all(drops()[r] == 1 for r in frames)), drops()
     assert b.port.counters()["tx_packets"] == before

@@ -11,17 +11,31 @@ import ipaddress
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from scapy.contrib.geneve import GENEVE
 from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+from scapy.layers.inet6 import (
+    ICMPv6MLDMultAddrRec,
+    ICMPv6MLReport,
+    ICMPv6MLReport2,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_Redirect,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    RouterAlert,
+)
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
-from scapy.packet import Raw
+from scapy.packet import Packet, Raw
 
 from overlay.engine import (
     COUNTER_HELP,
@@ -34,6 +48,7 @@ from overlay.engine import (
 )
 from overlay.errors import ConfigError, ConflictError, NotFoundError
 from overlay.testing.fakes import LOOPBACK, FakePort, free_udp_port, loopback_engine
+from overlay.testing.traffic import wait_for
 
 MAC_A = "02:00:00:00:01:02"
 MAC_B = "02:00:00:00:02:02"
@@ -43,15 +58,6 @@ IP_A, IP_B = "10.244.1.2", "10.244.1.3"
 
 def ip(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(s)
-
-
-def wait_for(pred, timeout: float = 2.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 @dataclass
@@ -666,3 +672,380 @@ def test_test_ports_lie_below_the_source_port_pool_and_are_free() -> None:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                            socket.SOCK_DGRAM) as s:  # fmt: skip
             s.bind((host, port))
+
+
+# ---- hardening: RA guard, what may come from ::, fail-closed parsing ----
+
+A6, B6 = "fd00::2", "fd00::3"
+
+
+def lla(mac: str) -> str:
+    """The EUI-64 link-local address of mac (RFC 4291 appendix A)."""
+    b = bytearray(mac_bytes(mac))
+    b[0] ^= 0x02
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + b[:3] + b"\xff\xfe" + b[3:]))
+
+
+def solicited(addr: str) -> str:
+    return str(ipaddress.IPv6Address(b"\xff\x02" + bytes(9) + b"\x01\xff" + ip(addr).packed[13:]))
+
+
+@pytest.fixture
+def lan() -> Iterator[tuple[Engine, FakePort, FakePort]]:
+    """One engine, two local ports in VNI 100 with IPv4 and IPv6 addresses."""
+    with loopback_engine(ENCAP_VXLAN) as eng:
+        eng.network_add(100)
+        pa = FakePort(eng, 100, MAC_A, (IP_A, A6))
+        pb = FakePort(eng, 100, MAC_B, (IP_B, B6))
+        eng.start()
+        yield eng, pa, pb
+
+
+def ra(src_mac: str, src: str) -> bytes:
+    return bytes(
+        Ether(src=src_mac, dst="33:33:00:00:00:01")
+        / IPv6(src=src, dst="ff02::1", hlim=255)
+        / ICMPv6ND_RA(routerlifetime=1800)
+        / ICMPv6NDOptSrcLLAddr(lladdr=src_mac)
+    )
+
+
+def test_router_advertisement_and_redirect_from_a_pod_are_dropped_by_ra_guard(lan) -> None:  # type: ignore[no-untyped-def]
+    eng, pa, pb = lan
+    redirect = bytes(
+        Ether(src=MAC_A, dst=MAC_B)
+        / IPv6(src=lla(MAC_A), dst=B6, hlim=255)
+        / ICMPv6ND_Redirect(tgt=lla(MAC_A), dst="fd00::99")
+        / ICMPv6NDOptDstLLAddr(lladdr=MAC_A)
+    )
+    pa.send(ra(MAC_A, lla(MAC_A)))
+    pa.send(redirect)
+    assert wait_for(lambda: counters(eng)["ra_guard"] == 2), counters(eng)
+    assert eng.port_counters(pa.id)["drops"] == 2
+    assert pb.drain(0.2) == []
+
+
+def test_a_port_marked_router_may_advertise_and_redirect() -> None:
+    with loopback_engine(ENCAP_VXLAN) as eng:
+        eng.network_add(100)
+        gw = FakePort(eng, 100, MAC_A, (IP_A, A6), router=True)
+        pb = FakePort(eng, 100, MAC_B, (IP_B, B6))
+        eng.start()
+        adv = ra(MAC_A, lla(MAC_A))
+        gw.send(adv)
+        assert pb.recv() == adv
+        # a redirect names the better first hop: its target option is not the router's MAC
+        redirect = bytes(
+            Ether(src=MAC_A, dst=MAC_B)
+            / IPv6(src=lla(MAC_A), dst=B6, hlim=255)
+            / ICMPv6ND_Redirect(tgt=lla(MAC_C), dst="fd00::99")
+            / ICMPv6NDOptDstLLAddr(lladdr=MAC_C)
+        )
+        gw.send(redirect)
+        assert pb.recv() == redirect
+        # still held to its own MAC and addresses like any port
+        gw.send(ra(MAC_A, "fd00::77"))
+        assert wait_for(lambda: counters(eng)["spoofed_source_ip"] == 1)
+        assert counters(eng)["ra_guard"] == 0
+
+
+def dad_ns(src_mac: str, target: str, *, dst: str | None = None, slla: bool = False) -> bytes:
+    pkt = (
+        Ether(src=src_mac, dst="33:33:ff:00:00:02")
+        / IPv6(src="::", dst=dst or solicited(target), hlim=255)
+        / ICMPv6ND_NS(tgt=target)
+    )
+    if slla:
+        pkt = pkt / ICMPv6NDOptSrcLLAddr(lladdr=src_mac)
+    return bytes(pkt)
+
+
+def mld_report(src_mac: str, version: int, dst: str) -> bytes:
+    ip6 = IPv6(src="::", dst=dst, hlim=1) / IPv6ExtHdrHopByHop(options=[RouterAlert()])
+    if version == 2:
+        body = ICMPv6MLReport2(records=[ICMPv6MLDMultAddrRec(dst=solicited(A6))])
+    else:
+        body = ICMPv6MLReport(mladdr=dst)
+    return bytes(Ether(src=src_mac, dst="33:33:00:00:00:16") / ip6 / body)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(dad_ns(MAC_A, A6), id="dad-for-its-address"),
+        pytest.param(dad_ns(MAC_A, lla(MAC_A)), id="dad-for-its-link-local"),
+        pytest.param(mld_report(MAC_A, 2, "ff02::16"), id="mldv2-report"),
+        pytest.param(mld_report(MAC_A, 1, solicited(A6)), id="mldv1-report"),
+    ],
+)
+def test_what_dad_and_mld_need_may_come_from_the_unspecified_address(lan, frame: bytes) -> None:  # type: ignore[no-untyped-def]
+    eng, pa, pb = lan
+    pa.send(frame)
+    assert pb.recv() == frame
+    assert not any(counters(eng)[r] for r in DROP_REASONS)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(
+            bytes(
+                Ether(src=MAC_A, dst=MAC_B)
+                / IPv6(src="::", dst=B6)
+                / UDP(sport=1, dport=9)
+                / Raw(b"from nowhere")
+            ),
+            id="udp",
+        ),
+        pytest.param(dad_ns(MAC_A, B6), id="dad-for-another-ports-address"),
+        pytest.param(dad_ns(MAC_A, A6, slla=True), id="dad-with-a-link-layer-option"),
+        pytest.param(dad_ns(MAC_A, A6, dst="ff02::1"), id="dad-not-to-the-solicited-node-group"),
+        pytest.param(mld_report(MAC_A, 2, "ff02::1"), id="mldv2-report-to-all-nodes"),
+        pytest.param(mld_report(MAC_A, 1, B6), id="mldv1-report-to-a-unicast-address"),
+        pytest.param(
+            bytes(
+                Ether(src=MAC_A, dst="33:33:00:00:00:01")
+                / IPv6(src="::", dst="ff02::1", hlim=255)
+                / ICMPv6ND_NA(tgt=A6, R=0, S=0, O=1)
+            ),
+            id="na",
+        ),
+        pytest.param(ra(MAC_A, "::"), id="ra"),
+    ],
+)
+def test_anything_else_from_the_unspecified_address_is_spoofed(lan, frame: bytes) -> None:  # type: ignore[no-untyped-def]
+    eng, pa, pb = lan
+    pa.send(frame)
+    assert wait_for(lambda: counters(eng)["spoofed_source_ip"] == 1), counters(eng)
+    assert pb.drain(0.2) == []
+
+
+def nine_header_na(src_mac: str, src: str, target: str, lladdr: str, dst_mac: str) -> bytes:
+    """An unsolicited override NA behind nine destination-options headers."""
+    pkt: Packet = Ether(src=src_mac, dst=dst_mac) / IPv6(src=src, dst="ff02::1", hlim=255)
+    for _ in range(9):
+        pkt = pkt / IPv6ExtHdrDestOpt()
+    return bytes(pkt / ICMPv6ND_NA(tgt=target, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=lladdr))
+
+
+def test_what_the_parser_cannot_classify_fails_closed_at_a_secure_port(lan) -> None:  # type: ignore[no-untyped-def]
+    eng, pa, pb = lan
+    pa.send(nine_header_na(MAC_A, A6, B6, MAC_A, "33:33:00:00:00:01"))
+    frag_ns = bytes(
+        Ether(src=MAC_A, dst=MAC_B)
+        / IPv6(src=A6, dst=B6, hlim=255)
+        / IPv6ExtHdrFragment(m=1, nh=58)
+        / ICMPv6ND_NS(tgt=B6)
+    )
+    pa.send(frag_ns)
+    cut = bytes(Ether(src=MAC_A, dst=MAC_B) / IPv6(src=A6, dst=B6, nh=58) / Raw(b"\x88\x00"))
+    pa.send(cut)
+    want = {"ipv6_header_chain": 1, "nd_fragmented": 1, "icmpv6_truncated": 1}
+    assert wait_for(lambda: all(counters(eng)[k] == v for k, v in want.items())), counters(eng)
+    assert pb.drain(0.2) == []
+
+
+def test_a_port_without_security_still_forwards_what_the_parser_refuses() -> None:
+    with loopback_engine(ENCAP_VXLAN) as eng:
+        eng.network_add(100)
+        pa = FakePort(eng, 100, MAC_A, (), security=False)
+        pb = FakePort(eng, 100, MAC_B, (IP_B, B6))
+        eng.start()
+        f = nine_header_na(MAC_A, A6, B6, MAC_A, MAC_B)
+        pa.send(f)
+        assert pb.recv() == f
+
+
+# ---- hardening: what a member VTEP may claim about this node ----
+
+
+@pytest.fixture
+def victim() -> Iterator[tuple[Engine, FakePort, FakePort]]:
+    """An engine with two local pods in VNI 100 (A, and C at 10.244.1.4) and a
+    remote pod B behind a member VTEP (127.0.0.1, this test) in its tables."""
+    with loopback_engine(ENCAP_VXLAN) as eng:
+        eng.network_add(100)
+        eng.vtep_add(100, LOOPBACK, free_udp_port())
+        pa = FakePort(eng, 100, MAC_A, (IP_A, A6))
+        pc = FakePort(eng, 100, MAC_C, ("10.244.1.4", "fd00::4"))
+        eng.fdb_add(100, mac_bytes(MAC_B), LOOPBACK)
+        eng.neigh_add(100, ip(IP_B), mac_bytes(MAC_B))
+        eng.neigh_add(100, ip(B6), mac_bytes(MAC_B))
+        eng.start()
+        yield eng, pa, pc
+
+
+EVIL = "02:de:ad:00:00:01"
+
+
+def arp_reply(sha: str, spa: str, to_mac: str = MAC_A, to_ip: str = IP_A, src: str = "") -> bytes:
+    return bytes(
+        Ether(src=src or sha, dst=to_mac) / ARP(op=2, hwsrc=sha, psrc=spa, hwdst=to_mac, pdst=to_ip)
+    )
+
+
+def na(target: str, tlla: str | None, src_mac: str = EVIL, dst_mac: str = MAC_A) -> bytes:
+    pkt = (
+        Ether(src=src_mac, dst=dst_mac)
+        / IPv6(src=target, dst=A6, hlim=255)
+        / ICMPv6ND_NA(tgt=target, R=0, S=0, O=1)
+    )
+    if tlla:
+        pkt = pkt / ICMPv6NDOptDstLLAddr(lladdr=tlla)
+    return bytes(pkt)
+
+
+@pytest.mark.parametrize(
+    "inner,reason",
+    [
+        pytest.param(
+            udp_frame(MAC_C, MAC_A, "10.244.1.4", IP_A), "decap_spoofed_mac", id="local-mac"
+        ),
+        pytest.param(arp_reply(EVIL, "10.244.1.4"), "decap_spoofed_arp", id="arp-local-address"),
+        pytest.param(arp_reply(EVIL, IP_B), "decap_spoofed_arp", id="arp-remote-other-mac"),
+        pytest.param(
+            arp_reply(MAC_C, "10.244.1.77", src=EVIL), "decap_spoofed_arp", id="arp-local-mac"
+        ),
+        pytest.param(na("fd00::4", EVIL), "decap_spoofed_nd", id="na-local-address"),
+        pytest.param(na(B6, EVIL), "decap_spoofed_nd", id="na-remote-other-mac"),
+        pytest.param(na(B6, None), "decap_spoofed_nd", id="na-without-option-source-mac"),
+        pytest.param(na(lla(MAC_C), EVIL), "decap_spoofed_nd", id="na-local-link-local"),
+        pytest.param(
+            bytes(
+                Ether(src=EVIL, dst=MAC_A)
+                / IPv6(src="fd00::4", dst=A6, hlim=255)
+                / ICMPv6ND_NS(tgt=A6)
+                / ICMPv6NDOptSrcLLAddr(lladdr=EVIL)
+            ),
+            "decap_spoofed_nd",
+            id="ns-source-option-for-a-local-address",
+        ),
+        pytest.param(
+            nine_header_na(EVIL, B6, "fd00::4", EVIL, MAC_A), "ipv6_header_chain", id="nine-headers"
+        ),
+    ],
+)
+def test_decapsulated_claims_against_what_the_node_knows_are_dropped(
+    victim,  # type: ignore[no-untyped-def]
+    inner: bytes,
+    reason: str,
+) -> None:
+    eng, pa, pc = victim
+    send_underlay(eng, tunnel(ENCAP_VXLAN, 100, inner))
+    assert wait_for(lambda: counters(eng)[reason] == 1), counters(eng)
+    assert eng.network_counters(100)["drops"] == 1
+    assert pa.drain(0.2) == [] and pc.drain(0.05) == []
+    assert not any(e.kind == "learned" for e in eng.fdb_dump())
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        pytest.param(arp_reply(MAC_B, IP_B), id="arp-as-the-table-says"),
+        pytest.param(arp_reply("02:00:00:00:02:09", "10.244.1.99"), id="arp-unknown-address"),
+        pytest.param(arp_reply(MAC_B, "0.0.0.0"), id="arp-probe"),
+        pytest.param(na(B6, MAC_B, src_mac=MAC_B), id="na-as-the-table-says"),
+        pytest.param(na(lla(MAC_B), MAC_B, src_mac=MAC_B), id="na-remote-link-local"),
+        pytest.param(dad_ns(MAC_B, "fd00::4"), id="dad-probe-for-a-local-address"),
+    ],
+)
+def test_decapsulated_claims_that_agree_with_the_node_are_delivered(victim, inner: bytes) -> None:  # type: ignore[no-untyped-def]
+    eng, pa, pc = victim
+    send_underlay(eng, tunnel(ENCAP_VXLAN, 100, inner))
+    if inner[0] & 1:
+        assert pa.recv() == inner and pc.recv() == inner
+    else:
+        assert pa.recv() == inner
+    assert not any(counters(eng)[r] for r in DROP_REASONS)
+
+
+def test_a_decapsulated_broadcast_with_no_local_port_is_counted() -> None:
+    with loopback_engine(ENCAP_VXLAN) as eng:
+        eng.network_add(100)
+        eng.vtep_add(100, LOOPBACK)
+        eng.start()
+        send_underlay(eng, tunnel(ENCAP_VXLAN, 100, arp_reply(MAC_B, IP_B, "ff:ff:ff:ff:ff:ff")))
+        assert wait_for(lambda: counters(eng)["no_flood_targets"] == 1)
+        assert counters(eng)["udp_rx_packets"] == 1
+
+
+def learned(eng: Engine, mac: str) -> str | None:
+    return next((f"{e.vtep}" for e in eng.fdb_dump() if e.mac == mac and e.kind == "learned"), None)
+
+
+def test_learning_network_a_learned_mac_moves_vtep_a_placed_one_does_not() -> None:
+    """As the kernel's vxlan_snoop: a dynamic entry follows its MAC, a static one drops it."""
+    with loopback_engine(ENCAP_VXLAN) as eng:
+        eng.network_add(100, learning=True)
+        for vtep in ("127.0.0.1", "127.0.0.2"):
+            eng.vtep_add(100, ip(vtep))
+        pa = FakePort(eng, 100, MAC_A, (IP_A,))
+        eng.fdb_add(100, mac_bytes(MAC_C), LOOPBACK)  # placed by the control plane
+        eng.start()
+        mover = udp_frame(MAC_B, MAC_A, IP_B, IP_A)
+        send_underlay(eng, tunnel(ENCAP_VXLAN, 100, mover), src="127.0.0.1")
+        assert pa.recv() == mover
+        assert wait_for(lambda: learned(eng, MAC_B) == "127.0.0.1")
+        send_underlay(eng, tunnel(ENCAP_VXLAN, 100, mover), src="127.0.0.2")
+        assert pa.recv() == mover
+        assert wait_for(lambda: learned(eng, MAC_B) == "127.0.0.2")
+        # the placed MAC is accepted from its VTEP, refused from another
+        placed = udp_frame(MAC_C, MAC_A, "10.244.1.4", IP_A)
+        send_underlay(eng, tunnel(ENCAP_VXLAN, 100, placed), src="127.0.0.1")
+        assert pa.recv() == placed
+        send_underlay(eng, tunnel(ENCAP_VXLAN, 100, placed), src="127.0.0.2")
+        assert wait_for(lambda: counters(eng)["decap_spoofed_mac"] == 1)
+        assert pa.drain(0.2) == []
+        # no remote neighbours in a learning network: the local checks still hold
+        send_underlay(eng, tunnel(ENCAP_VXLAN, 100, arp_reply(EVIL, IP_A, to_ip=IP_A)))
+        assert wait_for(lambda: counters(eng)["decap_spoofed_arp"] == 1)
+        assert learned(eng, EVIL) is None
+
+
+# ---- hardening: frames above the pod MTU ----
+
+
+@pytest.mark.parametrize(
+    "encap,family,opts,limit",
+    [
+        (ENCAP_VXLAN, 4, b"", 1500 - 50 + 14),
+        (ENCAP_VXLAN, 6, b"", 1500 - 70 + 14),
+        (ENCAP_GENEVE, 4, b"", 1500 - 50 + 14),
+        (ENCAP_GENEVE, 4, geneve_opt(0x0102, 0x01, bytes(8)), 1500 - 50 - 12 + 14),
+    ],
+)
+def test_a_frame_above_the_pod_mtu_is_oversize_at_the_port(
+    encap: int, family: int, opts: bytes, limit: int
+) -> None:
+    local = ip("127.0.0.1" if family == 4 else "::1")
+    with socket.socket(
+        socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM
+    ) as sink:
+        sink.bind((str(local), 0))
+        sink.settimeout(2)
+        eng = Engine(
+            encap=encap, local=local, udp_port=free_udp_port(str(local)), underlay_mtu=1500
+        )
+        try:
+            eng.network_add(100)
+            if opts:
+                eng.network_set_options(100, opts)
+            pa = FakePort(eng, 100, MAC_A, (IP_A,))
+            eng.fdb_add(100, mac_bytes(MAC_B), local, sink.getsockname()[1])
+            eng.start()
+            head = len(udp_frame(MAC_A, MAC_B, IP_A, IP_B, b""))
+            fits = udp_frame(MAC_A, MAC_B, IP_A, IP_B, b"f" * (limit - head))
+            too_big = udp_frame(MAC_A, MAC_B, IP_A, IP_B, b"b" * (limit + 1 - head))
+            pa.send(too_big)
+            pa.send(fits)
+            data = sink.recv(4096)
+            assert data.endswith(fits) and len(data) == len(fits) + 8 + len(opts)
+            assert counters(eng)["frame_oversize"] == 1
+            assert eng.port_counters(pa.id)["drops"] == 1
+        finally:
+            eng.close()
+
+
+def test_underlay_mtu_out_of_range_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="underlay_mtu"):
+        Engine(encap=ENCAP_VXLAN, local=LOOPBACK, underlay_mtu=100)

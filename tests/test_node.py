@@ -77,6 +77,7 @@ def test_bad_network_arguments_are_refused_and_change_nothing(node: Node) -> Non
         ({"vni": "100", "tenant": "blue"}, ConfigError, "vni"),
         ({"vni": 200, "tenant": ""}, ConfigError, "tenant"),
         ({"vni": 200, "tenant": "bad tenant!"}, ConfigError, "tenant"),
+        ({"vni": 200, "tenant": "blue\n"}, ConfigError, "tenant"),  # `$` matches before "\n"
         ({"vni": 100, "tenant": "red"}, ConflictError, "vni=100"),
         (
             {"vni": 200, "tenant": "red", "geneve_options": [GeneveOption(1, 1, b"abcd")]},
@@ -111,6 +112,8 @@ def test_bad_port_arguments_are_refused_and_change_nothing(node: Node) -> None:
             "in use",
         ),
         ({"mac": "02:00:00:00:01:03", "ifname": "way-too-long-ifname"}, ConfigError, "ifname"),
+        ({"mac": "02:00:00:00:01:03", "ifname": "eth0\n"}, ConfigError, "ifname"),
+        ({"mac": "02:00:00:00:01:03", "ifname": ".."}, ConfigError, "ifname"),
         ({"mac": "02:00:00:00:01:03", "ifname": "ovtp0"}, ConflictError, "ovtp0"),
     ]
     for kwargs, exc, text in bad:

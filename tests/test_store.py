@@ -176,8 +176,9 @@ async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def put(key: bytes, value: bytes, rev: int) -> Event:
-    return Event("put", key, value, rev)
+def put(key: bytes, value: bytes, rev: int, created: int | None = None) -> Event:
+    """A put at rev of a key created at ``created`` (default: created by this put)."""
+    return Event("put", key, value, rev, rev if created is None else created)
 
 
 def deleted(key: bytes, rev: int) -> Event:
@@ -293,7 +294,7 @@ def test_watch_replays_history_then_follows_live_changes(
             assert await collect(watch, 3) == [
                 put(b"/w/a", b"1", r1),
                 put(b"/w/b", b"2", r3),
-                put(b"/w/a", b"3", r4),
+                put(b"/w/a", b"3", r4, created=r1),
             ]
             assert await store.delete(b"/w/b") is True
             r5 = r4 + 1
@@ -305,7 +306,7 @@ def test_watch_replays_history_then_follows_live_changes(
 
             later = store.watch(b"/w/", r4)  # from the middle of history
             assert await collect(later, 3) == [
-                put(b"/w/a", b"3", r4),
+                put(b"/w/a", b"3", r4, created=r1),
                 deleted(b"/w/b", r5),
                 put(b"/w/c", b"4", r6),
             ]
@@ -415,8 +416,8 @@ def test_watch_from_a_compacted_revision_raises_compacted(
                 await anext(old)
             kept = store.watch(b"/c/", rev - 1)  # the compaction revision itself is kept
             assert await collect(kept, 2) == [
-                put(b"/c/k", b"3", rev - 1),
-                put(b"/c/k", b"4", rev),
+                put(b"/c/k", b"3", rev - 1, created=rev - 4),
+                put(b"/c/k", b"4", rev, created=rev - 4),
             ]
             await kept.aclose()
             with pytest.raises(ConfigError, match="revision"):
@@ -495,7 +496,7 @@ def test_watches_opened_together_end_promptly_and_independently(
                 assert loop.time() - started < 0.5, f"aclose of watch {i} waited"
             r2 = await store.put(b"/t/x", b"1")
             for w in watches[3:]:
-                assert await collect(w, 1) == [put(b"/t/x", b"1", r2)]
+                assert await collect(w, 1) == [put(b"/t/x", b"1", r2, created=rev)]
             started = loop.time()
             await store.close()  # ends the rest
             assert loop.time() - started < 0.5
@@ -687,7 +688,7 @@ def test_etcd_moves_to_the_next_endpoint_when_one_is_down(
 
 def test_etcd_store_rejects_bad_configuration(etcd_store_module: Any) -> None:
     EtcdStore = etcd_store_module.EtcdStore
-    for endpoints in ([], ["https://127.0.0.1:2379"], ["127.0.0.1"], ["http://:2379/"]):
+    for endpoints in ([], ["ftp://127.0.0.1:2379"], ["127.0.0.1"], ["http://:2379/"]):
         with pytest.raises(ConfigError, match="endpoints"):
             EtcdStore(endpoints)
     with pytest.raises(ConfigError, match="timeout"):

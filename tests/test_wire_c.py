@@ -317,7 +317,10 @@ def raw_frames(draw: st.DrawFn) -> bytes:
         out += b"\x86\xdd"
         version = draw(st.sampled_from([6, 6, 6, 6, 4]))
         chain = draw(
-            st.lists(st.sampled_from([0, 43, 60, 44]), max_size=9 if kind == "ipv6" else 2)
+            st.lists(
+                st.sampled_from([0, 43, 60, 44, 51, 60, 0, 135, 253]),
+                max_size=10 if kind == "ipv6" else 2,
+            )
         )
         upper = 58 if kind == "nd" else draw(st.sampled_from([6, 17, 132, 58, 59, 0, 43, 44]))
         nhs = chain + [upper]
@@ -328,6 +331,11 @@ def raw_frames(draw: st.DrawFn) -> bytes:
                 offset = draw(st.sampled_from([0, 0, 1, 0x1FFF])) << 3 | draw(st.integers(0, 7))
                 out += bytes([nhs[i + 1], 0]) + offset.to_bytes(2, "big")
                 out += draw(b(min_size=4, max_size=4))
+            elif nh == 51:  # AH: length in 4-byte words, minus 2
+                words = draw(st.integers(1, 5))
+                out += bytes([nhs[i + 1], words]) + draw(
+                    b(min_size=(words + 2) * 4 - 2, max_size=(words + 2) * 4 - 2)
+                )
             else:
                 units = draw(st.integers(0, 3))
                 out += bytes([nhs[i + 1], units]) + draw(
@@ -405,6 +413,9 @@ def corpus() -> dict[str, bytes]:
     """One valid packet of every kind the codecs know (built by scapy)."""
     from scapy.layers.inet import IP, TCP, UDP, IPOption
     from scapy.layers.inet6 import (
+        ICMPv6EchoRequest,
+        ICMPv6MLDMultAddrRec,
+        ICMPv6MLReport2,
         ICMPv6ND_NA,
         ICMPv6ND_NS,
         ICMPv6ND_RA,
@@ -418,13 +429,20 @@ def corpus() -> dict[str, bytes]:
         IPv6ExtHdrFragment,
         IPv6ExtHdrHopByHop,
         IPv6ExtHdrRouting,
+        RouterAlert,
     )
+    from scapy.layers.ipsec import AH
     from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
     from scapy.layers.sctp import SCTP
+    from scapy.packet import Packet, Raw
 
     e = Ether(src="02:00:00:00:00:01", dst="33:33:ff:00:00:02")
     ll = "02:00:00:00:00:01"
     v6 = IPv6(src="fe80::1", dst="ff02::1:ff00:2", hlim=255)
+    ah = AH(nh=58, payloadlen=4, spi=1, icv=bytes(12))  # 4-byte words, minus 2
+    nine: Packet = v6.copy()
+    for _ in range(9):
+        nine = nine / IPv6ExtHdrDestOpt()
     frames = {
         "arp": e / ARP(op=1, hwsrc=ll, psrc="10.0.0.1", pdst="10.0.0.2"),
         "arp_vlan": e / Dot1Q(vlan=5) / ARP(op=1, hwsrc=ll, psrc="10.0.0.1", pdst="10.0.0.2"),
@@ -451,6 +469,24 @@ def corpus() -> dict[str, bytes]:
         / v6
         / ICMPv6ND_Redirect(tgt="fe80::2", dst="fe80::3")
         / ICMPv6NDOptDstLLAddr(lladdr=ll),
+        # what fails closed, and what is walked to its end
+        "na_nine_ext": e / nine / ICMPv6ND_NA(tgt="fe80::2") / ICMPv6NDOptDstLLAddr(lladdr=ll),
+        "ns_atomic_frag": e
+        / v6
+        / IPv6ExtHdrFragment(m=0, nh=58)
+        / ICMPv6ND_NS(tgt="fe80::2")
+        / ICMPv6NDOptSrcLLAddr(lladdr=ll),
+        "ra_first_frag": e / v6 / IPv6ExtHdrFragment(m=1, nh=58) / ICMPv6ND_RA(),
+        "udp_first_frag_cut": e
+        / IPv6()
+        / IPv6ExtHdrFragment(m=1, nh=17)
+        / Raw(b"\x00\x35\x00\x35"),
+        "mobility": e / IPv6(nh=135) / Raw(bytes(16)),
+        "ah_echo": e / IPv6() / ah / ICMPv6EchoRequest(),
+        "mld2_from_unspecified": Ether(src=ll, dst="33:33:00:00:00:16")
+        / IPv6(src="::", dst="ff02::16", hlim=1)
+        / IPv6ExtHdrHopByHop(options=[RouterAlert()])
+        / ICMPv6MLReport2(records=[ICMPv6MLDMultAddrRec(dst="ff02::1:ff00:1")]),
     }
     out = {name: bytes(f) for name, f in frames.items()}
     opts = [GeneveOption(0x0102, 0x81, b"abcd"), GeneveOption(0xFFFF, 5, bytes(8))]
@@ -471,12 +507,26 @@ def variants(packet: bytes) -> list[bytes]:
     return out
 
 
+FAILS_CLOSED = {
+    "na_nine_ext": "ipv6_header_chain",
+    "ns_atomic_frag": "nd_fragmented",
+    "ra_first_frag": "nd_fragmented",
+    "udp_first_frag_cut": "ipv6_header_chain",
+    "mobility": "ipv6_header_chain",
+}
+
+
 def test_corpus_is_what_it_claims() -> None:
     for name in CORPUS:
         if name in ("vxlan", "geneve"):
             continue
+        if name in FAILS_CLOSED:
+            assert parse_both(CORPUS[name]) == (FAILS_CLOSED[name],) * 2, name
+            continue
         frame = wire.parse_frame(CORPUS[name])
         assert frame.l3 != wire.L3_NONE, name
+    assert wire.parse_frame(CORPUS["ah_echo"]).icmp6_type == 128
+    assert wire.parse_frame(CORPUS["mld2_from_unspecified"]).icmp6_type == 143
     assert wire.parse_frame(CORPUS["ipv6_exts_udp"]).dport == 53
     assert wire.parse_frame(CORPUS["redirect"]).icmp6_type == 137
 

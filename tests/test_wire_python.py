@@ -39,6 +39,7 @@ from scapy.layers.inet6 import (
     PadN,
     in6_chksum,
 )
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.layers.sctp import SCTP
 from scapy.layers.vxlan import VXLAN
@@ -584,25 +585,35 @@ def ipv6_frames(draw: st.DrawFn) -> Built:
     cuts.append((off, off + 40, "ipv6_truncated"))
     off += 40
     proto = draw(st.sampled_from([6, 17, 132, 58, 59]))
-    fragmented = False
-    for nh in draw(st.lists(st.sampled_from([0, 43, 60, 44]), max_size=4)):
+    chain = draw(st.lists(st.sampled_from([0, 43, 60, 44, 51]), max_size=4))
+    offsets = [draw(st.sampled_from([0, 0, 1, 8191])) if nh == 44 else 0 for nh in chain]
+    if any(offsets):  # nothing after a non-first fragment's header is walked
+        chain = chain[: [i for i, o in enumerate(offsets) if o][0] + 1]
+    nhs = chain + [proto]
+    fragmented = False  # a non-first fragment
+    first_fragment = False  # a fragment header with offset 0 (first or atomic)
+    for i, nh in enumerate(chain):
         if nh == 44:
-            frag_off = draw(st.sampled_from([0, 0, 1, 8191]))
-            pkt = pkt / IPv6ExtHdrFragment(offset=frag_off, m=draw(st.integers(0, 1)))
+            pkt = pkt / IPv6ExtHdrFragment(offset=offsets[i], m=draw(st.integers(0, 1)))
             cuts.append((off, off + 8, "ipv6_truncated"))
             off += 8
-            if frag_off:
+            if offsets[i]:
                 fragmented = True
                 break
+            first_fragment = True
         else:
+            ext: Packet
             if nh == 43:
                 n_addr = draw(st.integers(0, 2))
-                ext: Packet = IPv6ExtHdrRouting(addresses=["2001:db8::1"] * n_addr)
+                ext = IPv6ExtHdrRouting(addresses=["2001:db8::1"] * n_addr)
+            elif nh == 51:  # AH: length in 4-byte words, minus 2 (RFC 4302)
+                icv = bytes(4 * draw(st.integers(0, 4)))
+                ext = AH(nh=nhs[i + 1], payloadlen=(12 + len(icv)) // 4 - 2, spi=1, icv=icv)
             else:
                 ext = EXT[nh](options=[PadN(optdata=bytes(draw(st.integers(0, 20))))])
             pkt = pkt / ext
             hlen = len(ext)
-            assert hlen % 8 == 0
+            assert hlen % 4 == 0
             cuts.append((off, off + hlen, "ipv6_truncated"))
             off += hlen
     if proto == 58:
@@ -619,6 +630,11 @@ def ipv6_frames(draw: st.DrawFn) -> Built:
         return Built(pkt, expect, cuts)
     pkt = pkt / upper
     expect.update(ip_proto=proto, l4_off=off)
+    if first_fragment and proto in wire.UPPER_HLEN:  # RFC 7112: the whole chain, or nothing
+        cuts.append((off, off + wire.UPPER_HLEN[proto], "ipv6_header_chain"))
+    if proto == 58:
+        cuts.append((off, off + 4, "icmpv6_truncated"))
+        expect.update(icmp6_type=128)
     if proto in (6, 17, 132):
         expect.update(sport=upper.sport, dport=upper.dport)
     return Built(pkt, expect, cuts)
@@ -652,8 +668,12 @@ def nd_frames(draw: st.DrawFn) -> Built:
     )
     if kind in (135, 136, 137):
         expect["nd_target"] = target
-    cuts += [(off, off + 40, "ipv6_truncated"), (nd_off + 1, nd_off + fixed, "nd_truncated")]
-    want = {133: 1, 134: 1, 135: 1, 136: 2}.get(kind)
+    cuts += [
+        (off, off + 40, "ipv6_truncated"),
+        (nd_off, nd_off + 4, "icmpv6_truncated"),
+        (nd_off + 4, nd_off + fixed, "nd_truncated"),
+    ]
+    want = {133: 1, 134: 1, 135: 1, 136: 2, 137: 2}[kind]
     opt_off = nd_off + fixed
     for opt_kind in draw(st.lists(st.sampled_from(["sll", "tll", "mtu", "prefix"]), max_size=4)):
         ll = draw(macs)
@@ -667,7 +687,7 @@ def nd_frames(draw: st.DrawFn) -> Built:
         else:
             opt = ICMPv6NDOptPrefixInfo(prefix="2001:db8::")
         pkt = pkt / opt
-        if want and {"sll": 1, "tll": 2}.get(opt_kind) == want and "nd_lladdr" not in expect:
+        if {"sll": 1, "tll": 2}.get(opt_kind) == want and "nd_lladdr" not in expect:
             expect.update(nd_has_lladdr=True, nd_lladdr=ll)
         cuts.append((opt_off + 1, opt_off + len(opt), "nd_truncated"))
         opt_off += len(opt)
@@ -719,6 +739,13 @@ def eth(etype: int, tags: bytes = b"") -> bytes:
     return bytes.fromhex("020000000002020000000001") + tags + etype.to_bytes(2, "big")
 
 
+def dest_opts(pkt: Packet, n: int) -> Packet:
+    """pkt followed by n empty destination-options headers."""
+    for _ in range(n):
+        pkt = pkt / IPv6ExtHdrDestOpt()
+    return pkt
+
+
 ARP_REQ = (
     bytes.fromhex("0001080006040001")
     + bytes.fromhex("020000000001")
@@ -755,7 +782,30 @@ NS = bytes(IPv6(src="fe80::1", dst="ff02::1:ff00:2") / ICMPv6ND_NS(tgt="fe80::2"
         (eth(0x86DD) + bytes(IPv6(nh=0))[:40] + b"\x3b\x01" + bytes(12), "ipv6_truncated"),
         (eth(0x86DD) + bytes(IPv6(nh=44))[:40] + bytes(7), "ipv6_truncated"),
         (eth(0x86DD) + NS[: 40 + 23], "nd_truncated"),
-        (eth(0x86DD) + NS[:40] + b"\x88", "nd_truncated"),  # NA, 1 byte
+        (eth(0x86DD) + NS[:40] + b"\x88", "icmpv6_truncated"),  # NA, 1 byte: no type
+        (eth(0x86DD) + NS[:40] + b"\x88\x00\x00\x00", "nd_truncated"),  # NA, 4 bytes
+        (eth(0x86DD) + bytes(IPv6(nh=58))[:40], "icmpv6_truncated"),  # no ICMPv6 at all
+        (eth(0x86DD) + bytes(IPv6() / ICMPv6EchoRequest())[:43], "icmpv6_truncated"),
+        # nine destination-options headers: one more than is walked, fails closed
+        (eth(0x86DD) + bytes(dest_opts(IPv6(), 9) / ICMPv6ND_NA()), "ipv6_header_chain"),
+        # kinds IANA lists as extension headers that are not walked: Mobility, HIP, Shim6, 253, 254
+        *[
+            (eth(0x86DD) + bytes(IPv6(nh=nh) / Raw(bytes(16))), "ipv6_header_chain")
+            for nh in (135, 139, 140, 253, 254)
+        ],
+        # a first fragment that leaves part of its UDP or ICMPv6 header to the next one
+        (
+            eth(0x86DD) + bytes(IPv6() / IPv6ExtHdrFragment(m=1) / UDP())[: 40 + 8 + 7],
+            "ipv6_header_chain",
+        ),
+        (
+            eth(0x86DD)
+            + bytes(IPv6() / IPv6ExtHdrFragment(m=1) / ICMPv6EchoRequest())[: 40 + 8 + 3],
+            "ipv6_header_chain",
+        ),
+        # neighbour discovery behind a fragment header, first or atomic (RFC 6980)
+        (eth(0x86DD) + bytes(IPv6() / IPv6ExtHdrFragment(m=1, nh=58) / NS[40:]), "nd_fragmented"),
+        (eth(0x86DD) + bytes(IPv6() / IPv6ExtHdrFragment(m=0) / ICMPv6ND_RA()), "nd_fragmented"),
         (eth(0x86DD) + NS + b"\x01", "nd_truncated"),  # an option without its length
         (eth(0x86DD) + NS + b"\x01\x00" + bytes(6), "nd_truncated"),  # option length 0
         (eth(0x86DD) + NS + b"\x01\x02" + bytes(6), "nd_truncated"),  # 16 bytes, 8 there
@@ -769,11 +819,22 @@ def test_malformed_frame_is_dropped_with_its_reason(raw: bytes, reason: str) -> 
 
 
 def test_frame_edge_cases_that_are_not_drops() -> None:
-    # ICMPv6 with no bytes at all, and a non-ND type: no ND fields
-    f = wire.parse_frame(eth(0x86DD) + bytes(IPv6(nh=58))[:40])
-    assert (f.ip_proto, f.l4_off, f.icmp6_type) == (58, 54, 0)
+    # an ICMPv6 type that is not ND: its type, no ND fields
     f = wire.parse_frame(eth(0x86DD) + bytes(IPv6() / ICMPv6EchoRequest()))
-    assert (f.ip_proto, f.icmp6_type) == (58, 0)
+    assert (f.ip_proto, f.l4_off, f.icmp6_type, f.nd_has_lladdr) == (58, 54, 128, False)
+    # the later fragments of ICMPv6 (any ICMPv6, ND included) are not judged: no type,
+    # and without the first fragment nothing can be reassembled from them
+    later = bytes(IPv6() / IPv6ExtHdrFragment(offset=2, nh=58) / Raw(b"\x88" + bytes(31)))
+    f = wire.parse_frame(eth(0x86DD) + later)
+    assert (f.is_fragment, f.ip_proto, f.l4_off, f.icmp6_type) == (True, 58, 0, 0)
+    # AH is walked to what it protects
+    ah = AH(nh=17, payloadlen=4, spi=1, icv=bytes(12))
+    f = wire.parse_frame(eth(0x86DD) + bytes(IPv6() / ah / UDP(sport=7, dport=9)))
+    assert (f.ip_proto, f.l4_off, f.sport, f.dport) == (17, 54 + 24, 7, 9)
+    # ESP and No Next Header end the chain as opaque upper layers
+    for nh in (50, 59):
+        f = wire.parse_frame(eth(0x86DD) + bytes(IPv6(nh=nh) / Raw(bytes(8))))
+        assert (f.ip_proto, f.l4_off) == (nh, 54)
     # a UDP header cut to 3 bytes: no ports, no drop
     f = wire.parse_frame(eth(0x0800) + IP4[:23])
     assert (f.l4_off, f.sport, f.dport) == (34, 0, 0)
@@ -803,7 +864,7 @@ def test_frame_edge_cases_that_are_not_drops() -> None:
     assert (f.is_fragment, f.ip_proto, f.l4_off, f.sport, f.dport) == (True, 17, 0, 0, 0)
 
 
-def test_ipv6_extension_headers_are_followed_at_most_eight_deep() -> None:
+def test_ipv6_extension_headers_are_followed_eight_deep_and_a_ninth_fails_closed() -> None:
     def chain(n: int) -> bytes:
         exts = b"".join(bytes([60 if i < n - 1 else 17, 0]) + bytes(6) for i in range(n))
         return (
@@ -815,9 +876,8 @@ def test_ipv6_extension_headers_are_followed_at_most_eight_deep() -> None:
 
     f8 = wire.parse_frame(chain(8))
     assert (f8.ip_proto, f8.l4_off, f8.sport, f8.dport) == (17, 54 + 64, 5, 6)
-    f9 = wire.parse_frame(chain(9))
-    # the ninth header is not walked: ip_proto names it, l4_off points at it
-    assert (f9.ip_proto, f9.l4_off, f9.sport) == (60, 54 + 64, 0)
+    # a ninth is not walked, and what it hides cannot be judged: a drop of its own
+    assert drop_reason(wire.parse_frame, chain(9)) == "ipv6_header_chain"
 
 
 def test_nd_keeps_the_first_link_layer_option_and_only_the_right_kind() -> None:

@@ -86,6 +86,7 @@ static const int option_drops[] = {OVL_C_GENEVE_OPTION_OVERRUN, OVL_C_GENEVE_UNK
 static const int frame_drops[] = {
     OVL_C_FRAME_TOO_SHORT, OVL_C_VLAN_TRUNCATED, OVL_C_ARP_TRUNCATED,
     OVL_C_IPV4_TRUNCATED, OVL_C_IPV6_TRUNCATED, OVL_C_ND_TRUNCATED,
+    OVL_C_IPV6_HEADER_CHAIN, OVL_C_ICMPV6_TRUNCATED, OVL_C_ND_FRAGMENTED,
 };
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -190,10 +191,18 @@ static void check_frame(const uint8_t *buf, size_t len, rng_t *r)
           ((f.ip_proto == 6 || f.ip_proto == 17 || f.ip_proto == 132) && f.l4_off + 4u <= len),
           buf, len);
     CHECK(!f.is_fragment || (f.l4_off == 0 && !f.sport && !f.dport), buf, len);
-    CHECK(f.icmp6_type == 0 ||
-          (f.icmp6_type >= 133 && f.icmp6_type <= 137 && f.l3 == OVL_L3_IPV6 && f.ip_proto == 58),
+    /* Any ICMPv6 type, but only where the ICMPv6 header was read. */
+    CHECK(f.icmp6_type == 0 || (f.l3 == OVL_L3_IPV6 && f.ip_proto == 58 && !f.is_fragment &&
+                                f.l4_off + 4u <= len),
           buf, len);
-    CHECK(f.nd_has_lladdr <= (f.icmp6_type != 0 && f.icmp6_type != 137), buf, len);
+    CHECK(f.nd_has_lladdr <= (f.icmp6_type >= 133 && f.icmp6_type <= 137), buf, len);
+    /* Fail closed: an IPv6 packet that parses names an upper layer, not an
+     * extension header it stopped at. */
+    CHECK(f.l3 != OVL_L3_IPV6 || f.is_fragment ||
+          !(f.ip_proto == 0 || f.ip_proto == 43 || f.ip_proto == 44 || f.ip_proto == 51 ||
+            f.ip_proto == 60 || f.ip_proto == 135 || f.ip_proto == 139 || f.ip_proto == 140 ||
+            f.ip_proto == 253 || f.ip_proto == 254),
+          buf, len);
     switch (f.l3) {
     case OVL_L3_ARP: CHECK(f.l3_off + 28u <= len && f.ethertype == 0x0806, buf, len); break;
     case OVL_L3_IPV4: CHECK(f.l3_off + 20u <= len && f.ethertype == 0x0800, buf, len); break;
@@ -322,6 +331,34 @@ static const uint8_t nd_redirect[] = {
     MAC_D, MAC_S, 0x86, 0xdd, IP6_HDR(48, 58), LL1, LL2,
     137, 0, 0, 0, 0, 0, 0, 0, LL2, LL1, 2, 1, MAC_S,
 };
+/* Nine destination-options headers before an NA: one more than is walked. */
+#define DST8(nh) (nh), 0, 1, 4, 0, 0, 0, 0
+static const uint8_t nd_na_nine_ext[] = {
+    MAC_D, MAC_S, 0x86, 0xdd, IP6_HDR(104, 60), LL2, LL1,
+    DST8(60), DST8(60), DST8(60), DST8(60), DST8(60), DST8(60), DST8(60), DST8(60), DST8(58),
+    136, 0, 0, 0, 0x20, 0, 0, 0, LL2, 2, 1, MAC_S,
+};
+/* AH (walked: 4-byte words + 2) before an ICMPv6 echo request. */
+static const uint8_t ipv6_ah_echo[] = {
+    MAC_D, MAC_S, 0x86, 0xdd, IP6_HDR(32, 51), LL1, LL2,
+    58, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    128, 0, 0, 0, 0, 1, 0, 1,
+};
+/* An MLDv2 report from :: behind a hop-by-hop router alert. */
+static const uint8_t mld_report[] = {
+    0x33, 0x33, 0, 0, 0, 0x16, MAC_S, 0x86, 0xdd, IP6_HDR(36, 0),
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16,
+    58, 0, 5, 2, 0, 0, 1, 0,                       /* router alert, PadN */
+    143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1,
+};
+/* A neighbour solicitation behind an atomic fragment header (RFC 6980). */
+static const uint8_t nd_ns_atomic_frag[] = {
+    MAC_D, MAC_S, 0x86, 0xdd, IP6_HDR(40, 44), LL1,
+    0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 2,
+    58, 0, 0, 0, 0, 0, 0, 7,
+    135, 0, 0, 0, 0, 0, 0, 0, LL2, 1, 1, MAC_S,
+};
 static const uint8_t vxlan_pkt[] = {
     0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0,
     MAC_D, MAC_S, 0x08, 0x06,
@@ -340,7 +377,8 @@ static const struct { const uint8_t *p; size_t n; } corpus[] = {
 #define C(a) {a, sizeof a}
     C(arp_req), C(arp_vlan), C(ipv4_tcp_qinq), C(ipv4_udp_frag), C(ipv4_later_frag),
     C(ipv6_ext_udp), C(ipv6_later_frag), C(nd_ns), C(nd_na), C(nd_ra), C(nd_rs),
-    C(nd_redirect), C(vxlan_pkt), C(geneve_pkt),
+    C(nd_redirect), C(ipv6_ah_echo), C(mld_report), C(nd_na_nine_ext), C(nd_ns_atomic_frag),
+    C(vxlan_pkt), C(geneve_pkt),
 #undef C
 };
 
@@ -349,8 +387,16 @@ static void check_corpus(void)
 {
     ovl_frame_t f;
     ovl_tunnel_t t;
-    for (size_t i = 0; i < N(corpus) - 2; i++)
+    for (size_t i = 0; i < N(corpus) - 4; i++)
         CHECK(ovl_frame_parse(corpus[i].p, corpus[i].n, &f) == 0, corpus[i].p, corpus[i].n);
+    CHECK(ovl_frame_parse(nd_na_nine_ext, sizeof nd_na_nine_ext, &f) == -OVL_C_IPV6_HEADER_CHAIN,
+          nd_na_nine_ext, sizeof nd_na_nine_ext);
+    CHECK(ovl_frame_parse(nd_ns_atomic_frag, sizeof nd_ns_atomic_frag, &f) == -OVL_C_ND_FRAGMENTED,
+          nd_ns_atomic_frag, sizeof nd_ns_atomic_frag);
+    CHECK(ovl_frame_parse(ipv6_ah_echo, sizeof ipv6_ah_echo, &f) == 0 && f.ip_proto == 58 &&
+              f.icmp6_type == 128, ipv6_ah_echo, sizeof ipv6_ah_echo);
+    CHECK(ovl_frame_parse(mld_report, sizeof mld_report, &f) == 0 && f.icmp6_type == 143,
+          mld_report, sizeof mld_report);
     CHECK(ovl_wire_decode(OVL_ENCAP_VXLAN, vxlan_pkt, sizeof vxlan_pkt, &t) == 8,
           vxlan_pkt, sizeof vxlan_pkt);
     CHECK(ovl_wire_decode(OVL_ENCAP_GENEVE, geneve_pkt, sizeof geneve_pkt, &t) == 28,

@@ -34,6 +34,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from overlay.cni import validate
 from overlay.cni.spec import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
@@ -218,8 +219,8 @@ class Delegate:
         if not done.stdout.strip():
             return None
         try:
-            return json.loads(done.stdout)
-        except (ValueError, UnicodeDecodeError):
+            return validate.load_json(done.stdout)
+        except validate.Invalid:
             raise CniError(
                 DECODE_FAILURE,
                 f"{self.type}: {verb} succeeded but printed no JSON "
@@ -228,8 +229,8 @@ class Delegate:
 
     def _error(self, verb: str, done: subprocess.CompletedProcess[bytes]) -> CniError:
         try:
-            body = json.loads(done.stdout)
-        except (ValueError, UnicodeDecodeError):
+            body = validate.load_json(done.stdout)
+        except validate.Invalid:
             body = None
         if isinstance(body, dict) and isinstance(body.get("code"), int) and body["code"]:
             return CniError(

@@ -46,6 +46,13 @@ The configuration, besides the spec's keys (see ``OverlayConf``)::
 
 Error codes: the spec's (1, 2, 3, 4, 6, 7, 11, 50), a delegate's own code
 passed through, and the plugin's own below (100-103).
+
+The runtime's values are checked here by the rules overlayd's API applies
+too (``overlay.cni.validate``), before anything is allocated: a bad
+``CNI_CONTAINERID``, ``CNI_IFNAME`` or ``CNI_NETNS`` is code 4 naming it. The
+daemon alone knows some namespaces no pod may get (its own, the node's
+underlay namespace); its refusal of such a field is still code 4 naming the
+variable, not 7, because the fault is the runtime's variable.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from overlay.cni import validate
 from overlay.cni.spec import (
     INVALID_CONFIG,
     INVALID_ENV,
@@ -104,6 +112,9 @@ KNOWN_ARGS = (
 # The client's messages name the daemon's fix; in a CNI configuration the
 # socket's path is the "socket" key.
 _SOCKET_HINT = ' (this network\'s "socket" key names the path)'
+
+# Fields of overlayd's attach request that are the runtime's CNI_* variables.
+_ENV_FIELDS = {"container_id": "CNI_CONTAINERID", "ifname": "CNI_IFNAME", "netns": "CNI_NETNS"}
 
 _API_CODES = {
     "config": INVALID_CONFIG,
@@ -244,23 +255,50 @@ def endpoint_identity(env: CniEnv, net: NetConf) -> tuple[str, dict[str, str]]:
     args = net.raw.get("args")
     cni_args = args.get("cni") if isinstance(args, dict) else None
     # The spec says plugins ignore ``args`` they do not understand: malformed
-    # entries are skipped, not refused.
-    for item in cni_args.get("labels", []) if isinstance(cni_args, dict) else []:
+    # entries are skipped, not refused. A well-formed label that breaks a bound
+    # is refused, never dropped: a pod missing a label could slip out of a
+    # policy that selects it.
+    items = cni_args.get("labels", []) if isinstance(cni_args, dict) else []
+    for i, item in enumerate(items if isinstance(items, list) else []):
         if isinstance(item, dict):
             label, value = item.get("key"), item.get("value")
             if isinstance(label, str) and isinstance(value, str) and label:
+                try:
+                    validate.label(label, value)
+                except validate.Invalid as exc:
+                    raise CniError(
+                        INVALID_CONFIG,
+                        f"args.cni.labels[{i}] (key {validate.shown(label)}): {exc.expected}",
+                    ) from None
                 labels[label] = value
     pod = env.args.get("K8S_POD_NAME", "")
     namespace = env.args.get("K8S_POD_NAMESPACE", "")
     uid = env.args.get("K8S_POD_UID", "")
-    for label, value in (
-        ("io.kubernetes.pod.name", pod),
-        ("io.kubernetes.pod.namespace", namespace),
-        ("io.kubernetes.pod.uid", uid),
+    for arg, label, value in (
+        ("K8S_POD_NAME", "io.kubernetes.pod.name", pod),
+        ("K8S_POD_NAMESPACE", "io.kubernetes.pod.namespace", namespace),
+        ("K8S_POD_UID", "io.kubernetes.pod.uid", uid),
     ):
         if value:
+            try:
+                validate.label(label, value)
+            except validate.Invalid as exc:
+                raise CniError(
+                    INVALID_ENV, f"CNI_ARGS {arg}={validate.shown(value)}: {exc.expected}"
+                ) from None
             labels[label] = value
+    try:
+        validate.labels(labels)
+    except validate.Invalid as exc:
+        raise CniError(INVALID_CONFIG, f"args.cni.labels: {exc.expected}") from None
     name = f"{namespace}/{pod}" if pod and namespace else pod or env.container_id
+    try:
+        validate.endpoint_name(name)
+    except validate.Invalid as exc:
+        raise CniError(
+            INVALID_ENV,
+            f"CNI_ARGS K8S_POD_NAMESPACE/K8S_POD_NAME={validate.shown(name)}: {exc.expected}",
+        ) from None
     return name, labels
 
 
@@ -271,6 +309,11 @@ def daemon_error(exc: ApiError | DaemonUnavailable, verb: str) -> CniError:
     """An API failure as a CNI error (see the table in examples/README.md)."""
     if isinstance(exc, DaemonUnavailable):
         return CniError(TRY_AGAIN_LATER, f"{verb}: {exc}{_SOCKET_HINT}")
+    variable = _ENV_FIELDS.get(str(exc.field)) if exc.kind == "config" else None
+    if variable is not None:
+        # The daemon refuses what only it can see (its own namespaces, the node's
+        # underlay namespace): the fault is still the runtime's variable, code 4.
+        return CniError(INVALID_ENV, f"{verb}: {variable} refused by overlayd: {exc.message}")
     if exc.kind == "not_found":
         # Not found means an unknown container only where the verb names one
         # that should exist; for ADD and GC it is the network (a config error).
@@ -328,6 +371,7 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
     routes = list(conf.routes)
     dns: Mapping[str, Any] = net.dns
     delegate = conf.delegate(env)
+    env.check_netns()  # before anything is allocated
     if delegate is not None:
         ipam = delegate.add()
         if not ipam.ips:
@@ -401,6 +445,7 @@ def cmd_check(env: CniEnv, net: NetConf) -> None:
             "must pass it in the configuration",
         )
     prev = Result.from_dict(net.prev_result)
+    env.check_netns(missing_ok=True)  # a vanished namespace is a difference, reported below
     try:
         record = conf.client().attachment(env.container_id, env.ifname)
     except (ApiError, DaemonUnavailable) as exc:

@@ -10,7 +10,12 @@ field and the fix: 1 incompatible version, 2 unsupported field, 4 bad
 environment, 6 decoding failure, 7 invalid configuration. Versions: this
 plugin speaks 0.3.0 through 1.1.0; results are printed in the version the
 configuration asked for (1.0.0 and 1.1.0 share a format), so chaining with
-1.0.0 plugins such as Debian's host-local works.
+1.0.0 plugins such as Debian's host-local works. The container ID, interface
+name, network name and namespace are checked by ``overlay.cni.validate``, the
+rules overlayd's API applies too; stdin is decoded by its ``load_json``
+(nesting bounded: code 6, never an uncaught ``RecursionError``).
+``CniEnv.check_netns`` looks at the file system, so a plugin calls it in the
+verbs that enter the namespace.
 
 ``run(handlers)`` is that dispatcher, shared by the bundled plugin and by
 plugin authors: it parses once, gates verbs by version (CHECK needs 0.4.0,
@@ -28,11 +33,12 @@ import difflib
 import ipaddress
 import json
 import os
-import re
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
+
+from overlay.cni import validate
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 VERBS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
@@ -74,9 +80,8 @@ STANDARD_KEYS = frozenset(
     }
 )
 
-# Container IDs and network names: alphanumeric first, then [A-Za-z0-9_.-].
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
+# The rules for container IDs, interface names, network names and namespaces
+# are in ``overlay.cni.validate``, shared with overlayd's API.
 
 
 class CniError(Exception):
@@ -130,26 +135,49 @@ class CniEnv:
         for var in required:
             if not environ.get(var):
                 raise CniError(INVALID_ENV, f"{var} is required for {command}: set it")
-        if cid and not _ID_RE.match(cid):
-            raise CniError(
-                INVALID_ENV,
-                f"CNI_CONTAINERID={cid!r}: must start alphanumeric, then [A-Za-z0-9_.-]",
-            )
-        if ifname and not _IFNAME_RE.match(ifname):
-            raise CniError(
-                INVALID_ENV, f"CNI_IFNAME={ifname!r}: 1-15 characters, no '/', ':' or spaces"
-            )
+        for var, value, rule in (
+            ("CNI_CONTAINERID", cid, validate.container_id),
+            ("CNI_IFNAME", ifname, validate.ifname),
+        ):
+            # Empty is "not given" (libcni sets every variable, empty where a verb has
+            # none); the verbs that need one were checked above.
+            if value:
+                try:
+                    rule(value)
+                except validate.Invalid as exc:
+                    raise CniError(
+                        INVALID_ENV, f"{var}={validate.shown(value)}: {exc.expected}"
+                    ) from None
         args: dict[str, str] = {}
         raw_args = environ.get("CNI_ARGS", "")
         for pair in filter(None, raw_args.split(";")):
             key, eq, value = pair.partition("=")
             if not eq or not key:
                 raise CniError(
-                    INVALID_ENV, f"CNI_ARGS={raw_args!r}: expected K=V pairs joined by ';'"
+                    INVALID_ENV,
+                    f"CNI_ARGS={validate.shown(raw_args)}: expected K=V pairs joined by ';'",
                 )
             args[key] = value
         path = tuple(p for p in environ.get("CNI_PATH", "").split(":") if p)
         return cls(command, cid, netns, ifname, args, path)
+
+    def check_netns(self, *, missing_ok: bool = False) -> None:
+        """Code 4 naming CNI_NETNS unless it is the path of a network namespace other
+        than the one this plugin runs in (the runtime's: a pod never gets the host's
+        namespace). With ``missing_ok`` a path where nothing is passes (CHECK
+        reports a vanished pod namespace as a difference, not as bad input).
+
+        It looks at the file system, so a plugin calls it in the verbs that enter
+        the namespace (ADD, CHECK), after its configuration is checked; DEL must
+        work when the namespace is gone."""
+        if missing_ok and self.netns.startswith("/") and not os.path.lexists(self.netns):
+            return
+        try:
+            validate.netns(self.netns, {"the namespace the CNI plugin runs in": validate.OWN_NETNS})
+        except validate.Invalid as exc:
+            raise CniError(
+                INVALID_ENV, f"CNI_NETNS={validate.shown(self.netns)}: {exc.expected}"
+            ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,13 +194,14 @@ class NetConf:
 
     @classmethod
     def parse(cls, data: bytes | str) -> NetConf:
-        """Decode stdin: code 6 for bad JSON, 1 for an unsupported version, 7 for bad fields."""
+        """Decode stdin: code 6 for bad JSON (or JSON nested over
+        ``validate.MAX_JSON_DEPTH``), 1 for an unsupported version, 7 for bad fields."""
         try:
-            raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            raw = validate.load_json(data)
+        except validate.Invalid as exc:
             raise CniError(
                 DECODE_FAILURE,
-                f"network configuration is not JSON ({exc}): pass the network's JSON "
+                f"network configuration is not {exc.expected}: pass the network's JSON "
                 "configuration on stdin",
             ) from None
         if not isinstance(raw, dict):
@@ -183,12 +212,10 @@ class NetConf:
         if version not in SUPPORTED_VERSIONS:
             raise CniError(
                 INCOMPATIBLE_VERSION,
-                f"cniVersion={version!r} is not supported: use one of "
+                f"cniVersion={validate.shown(version)} is not supported: use one of "
                 f"{', '.join(SUPPORTED_VERSIONS)}",
             )
-        name, typ = raw.get("name"), raw.get("type")
-        if not isinstance(name, str) or not _ID_RE.match(name):
-            raise CniError(INVALID_CONFIG, f"name={name!r}: a network name of [A-Za-z0-9_.-]")
+        name, typ = _network_name(raw.get("name")), raw.get("type")
         if not isinstance(typ, str) or not typ:
             raise CniError(INVALID_CONFIG, f"type={typ!r}: the plugin's executable name")
         for field in ("ipam", "dns"):
@@ -200,6 +227,17 @@ class NetConf:
         return cls(
             version, name, typ, dict(raw.get("ipam", {})), dict(raw.get("dns", {})), prev, raw
         )
+
+
+def _network_name(name: Any) -> str:
+    """The configuration's ``name``; code 7 unless it follows the spec's rule."""
+    try:
+        validate.network_name(name if isinstance(name, str) else "")
+    except validate.Invalid as exc:
+        raise CniError(
+            INVALID_CONFIG, f"name={validate.shown(name)}: the network's name, {exc.expected}"
+        ) from None
+    return str(name)
 
 
 @dataclasses.dataclass
@@ -462,8 +500,8 @@ def run(
 def _requested_version(data: bytes) -> str:
     """VERSION's stdin names the version the caller speaks; answer in it when we can."""
     try:
-        raw = json.loads(data) if data.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+        raw = validate.load_json(data) if data.strip() else {}
+    except validate.Invalid:
         raw = {}
     version = raw.get("cniVersion") if isinstance(raw, dict) else None
     return version if version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]

@@ -21,8 +21,19 @@ Design notes.
   attempt), and when the store is back it resynchronises from the revision it
   last saw (a full read when that revision is compacted), re-publishing its
   own keys if its lease expired meanwhile.
-- **Bad data is skipped.** A malformed key or value written by hand is logged
-  once with its key and ignored; the agent keeps running.
+- **Bad data is skipped, one record at a time.** Every record is a claim that
+  ``overlay.control.claims`` checks against what the store already proves
+  (an endpoint's node, its subnet lease, the first claim of a MAC, an address
+  or an underlay, a network's definition) before anything is programmed. A
+  record refused is logged once with its key and reason and counted
+  (``rejected_counts()``); everything else is still programmed, in the same
+  reconcile.
+- **Work proportional to the change.** A batch of events is folded into
+  ``Claims``, which says which MACs and VTEPs changed; only those are
+  programmed (each compared with what the node has, so nothing right is
+  touched). One more endpoint costs the same with 10 or 100,000 in the
+  network. A whole network is compared with the node only when it is first
+  defined and when the agent (re)synchronises with the store.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from overlay.control import keys
+from overlay.control.claims import REASONS, Claims, NetChanges, Rejection, Remote
 from overlay.control.ipam import AddressAllocator, lease_subnet
 from overlay.control.store import (
     Compacted,
@@ -48,7 +60,7 @@ from overlay.control.store import (
     StoreUnavailable,
 )
 from overlay.errors import ConfigError, OverlayError
-from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
+from overlay.model import Endpoint, NodeSpec, to_json
 
 log = logging.getLogger("overlay.agent")
 
@@ -91,14 +103,23 @@ class Agent:
         self.ttl = ttl
         self.backoff = backoff
         self.lease = 0
-        self.nodes: dict[str, NodeSpec] = {}
-        self.specs: dict[int, NetworkSpec] = {}
-        self.endpoints: dict[int, dict[str, Endpoint]] = {vni: {} for vni in hosted}
+        # The desired state, checked record by record; nodes, specs and endpoints
+        # are its accepted views (endpoints: per hosted VNI, MAC -> endpoint,
+        # this node's own too).
+        self.claims = Claims(
+            name,
+            ipaddress.ip_address(str(node.underlay)),
+            hosted,
+            programmed=self._running_tenant,
+        )
+        self.nodes = self.claims.nodes
+        self.specs = self.claims.specs
+        self.endpoints = self.claims.endpoints
         self.published: dict[bytes, bytes] = {}  # our own keys under the lease
         self.revisions: dict[bytes, int] = {}  # watched prefix -> last revision seen
         self.reconciles = 0
         self.synced = asyncio.Event()
-        self._bad: set[tuple[bytes, int]] = set()
+        self._failed: dict[tuple[int, str], str] = {}  # (vni, MAC) not programmed -> why
         self._down = False
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,12 +145,12 @@ class Agent:
         if hosted == self.spec.networks:
             return
         self.spec = dataclasses.replace(self.spec, networks=hosted)
-        for vni in hosted:
-            self.endpoints.setdefault(vni, {})
         for vni in list(self.endpoints):
             if vni not in hosted:
-                del self.endpoints[vni]
                 self.revisions.pop(keys.endpoints(vni), None)
+                self.revisions.pop(keys.subnets(vni), None)
+        self._failed = {k: v for k, v in self._failed.items() if k[0] in hosted}
+        self.claims.set_hosted(hosted)
         if self.lease:
             with contextlib.suppress(StoreUnavailable, LeaseNotFound):
                 await self.store.put(keys.node(self.name), to_json(self.spec), self.lease)
@@ -201,19 +222,23 @@ class Agent:
         """Announce a local endpoint (a port of this node) to the cluster."""
         if ep.node != self.name:
             raise ConfigError("endpoint.node", ep.node, f"this agent's node, {self.name!r}")
-        await self.publish(keys.endpoint(ep.vni, ep.mac), to_json(ep))
+        await self.publish(keys.endpoint(ep.vni, self.name, ep.mac), to_json(ep))
 
     async def withdraw_endpoint(self, vni: int, mac: str) -> None:
-        await self.unpublish(keys.endpoint(vni, mac.lower()))
+        await self.unpublish(keys.endpoint(vni, self.name, mac.lower()))
 
     async def _adopt(self) -> None:
         """On the first sync, take over the endpoints the store says are ours: a
         restarted agent keeps its pods (and their subnet and addresses) under its
-        new lease; an endpoint whose port is gone from the node is withdrawn."""
-        for vni, eps in self.endpoints.items():
-            for mac, ep in list(eps.items()):
-                key = keys.endpoint(vni, mac)
-                if ep.node != self.name or (vni, mac) in self.local or key in self.published:
+        new lease; an endpoint whose port is gone from the node is withdrawn (and
+        a record of the earlier key layout is written again in the current one)."""
+        for vni in list(self.endpoints):
+            for found, ep in self.claims.own(vni):
+                mac = ep.mac
+                key = keys.endpoint(vni, self.name, mac)
+                if found != key:
+                    await self.store.delete(found)  # the earlier layout
+                if (vni, mac) in self.local or key in self.published:
                     continue
                 net = self.node.networks.get(vni)
                 if net is None or not any(p.mac == mac for p in net.ports):
@@ -264,6 +289,9 @@ class Agent:
         if vni not in self.specs:
             raise ConfigError("vni", vni, "a network defined in the store (networks/<vni>)")
         mac = self._new_mac(vni) if mac is None else mac.lower()
+        # The record is checked before anything is taken: a bad name or label
+        # (overlay.model's bounds) is refused here, not after the port exists.
+        Endpoint(vni=vni, mac=mac, ips=(), node=self.name, name=name, labels=dict(labels or {}))
         if ips is not None:
             addrs = [str(ip) for ip in ips]
             self._delegated.add((vni, mac.lower()))
@@ -329,8 +357,9 @@ class Agent:
         """A locally administered MAC from the node's name and a counter, skipping any
         in use in the network (a restarted daemon starts counting again)."""
         net = self.node.networks.get(vni)
-        used = {p.mac for p in net.ports} | set(net.remotes) if net is not None else set()
-        used |= {mac for (v, mac) in self.local if v == vni}
+        ports = {p.mac for p in net.ports} if net is not None else set()
+        remotes = net.remotes if net is not None else {}
+        claimed = self.endpoints.get(vni, {})
         h = int.from_bytes(self.name.encode()[-3:].rjust(3, b"\0"), "big")
         while True:
             self._macs += 1
@@ -338,7 +367,7 @@ class Agent:
                 f"02:{(h >> 16) & 255:02x}:{(h >> 8) & 255:02x}:{h & 255:02x}:"
                 f"{(self._macs >> 8) & 255:02x}:{self._macs & 255:02x}"
             )
-            if mac not in used:
+            if not (mac in ports or mac in remotes or mac in claimed or (vni, mac) in self.local):
                 return mac
 
     async def _release(self, vni: int, mac: str, ips: Iterable[str]) -> None:
@@ -381,7 +410,10 @@ class Agent:
     # -- reading desired state -------------------------------------------------
 
     def _prefixes(self) -> list[bytes]:
-        return [keys.NODES, keys.NETWORKS] + [keys.endpoints(v) for v in self.spec.networks]
+        """Nodes and networks (global, small); per hosted network its subnet leases
+        (what an endpoint's addresses are checked against) and its endpoints."""
+        per_network = [(keys.subnets(v), keys.endpoints(v)) for v in self.spec.networks]
+        return [keys.NODES, keys.NETWORKS] + [p for pair in per_network for p in pair]
 
     def _went_down(self) -> None:
         if not self._down:
@@ -433,6 +465,8 @@ class Agent:
                 self._down = False
             if not self.synced.is_set():
                 await self._adopt()
+            # (Re)connected: compare every network with the node once.
+            self.claims.mark_full()
             self.reconcile()
             self.synced.set()
             while True:
@@ -442,16 +476,15 @@ class Agent:
                 # a change of watched prefixes) is among them: its revision is
                 # recorded as seen, so it must not be dropped.
                 failure: BaseException | None = None
-                dirty: set[int] = set()
                 while True:
                     if isinstance(item, BaseException):
                         failure = failure or item
                     else:
-                        dirty |= self._apply(item)
+                        self._apply(item)
                     if queue.empty():
                         break
                     item = queue.get_nowait()
-                self.reconcile(dirty)
+                self.reconcile()
                 if failure is not None:
                     raise failure
                 if self.on_reconcile is not None:
@@ -482,114 +515,71 @@ class Agent:
             with contextlib.suppress(Exception):
                 await watch.aclose()
 
-    def _decode(
-        self,
-        kind: type[Any],
-        ev: Event,
-        mismatch: str,
-        **expect: Any,
-    ) -> Any | None:
-        """The event's value as ``kind`` when it decodes and its fields equal ``expect``
-        (what its key says), else None (logged once per key and revision)."""
-        try:
-            obj = from_json(kind, ev.value)
-        except ConfigError as exc:
-            self._decode_error(ev.key, ev.mod_revision, str(exc))
-            return None
-        if any(getattr(obj, k) != v for k, v in expect.items()):
-            self._decode_error(ev.key, ev.mod_revision, mismatch)
-            return None
-        return obj
-
     def _load(self, prefix: bytes, kvs: list[KeyValue]) -> None:
         """Replace what is known under prefix with a full read."""
-        if prefix == keys.NODES:
-            self.nodes.clear()
-        elif prefix == keys.NETWORKS:
-            self.specs.clear()
-        else:
-            self.endpoints[int(prefix.rstrip(b"/").rsplit(b"/", 1)[-1])] = {}
-        for kv in kvs:
-            self._apply([Event("put", kv.key, kv.value, kv.mod_revision)])
+        self.claims.load(prefix, kvs)
 
-    def _apply(self, events: list[Event]) -> set[int]:
-        """Fold events into the desired state; returns the VNIs to reconcile."""
-        dirty: set[int] = set()
+    def _apply(self, events: list[Event]) -> None:
+        """Fold events into the desired state (``reconcile`` programs what changed)."""
         for ev in events:
-            k = ev.key
-            if k.startswith(keys.NODES):
-                name = keys.last(k)
-                if name == self.name:
-                    continue
-                if ev.kind == "delete":
-                    if self.nodes.pop(name, None) is not None:
-                        dirty |= set(self.spec.networks)
-                    continue
-                spec = self._decode(NodeSpec, ev, "node name differs from its key", name=name)
-                if spec is None:
-                    continue
-                self.nodes[name] = spec
-                dirty |= set(self.spec.networks)
-            elif k.startswith(keys.NETWORKS):
-                try:
-                    vni = int(keys.last(k))
-                except ValueError:
-                    self._decode_error(k, ev.mod_revision, "key is not a VNI")
-                    continue
-                if ev.kind == "delete":
-                    self.specs.pop(vni, None)
-                else:
-                    net = self._decode(NetworkSpec, ev, "VNI differs from its key", vni=vni)
-                    if net is None:
-                        continue
-                    self.specs[vni] = net
-                dirty.add(vni)
-            elif k.startswith(keys.ENDPOINTS):
-                parts = k[len(keys.ENDPOINTS) :].split(b"/")
-                try:
-                    vni = int(parts[0])
-                except ValueError:
-                    self._decode_error(k, ev.mod_revision, "key has no VNI")
-                    continue
-                if vni not in self.endpoints:
-                    continue  # a network we do not host
-                mac = keys.last(k)
-                if ev.kind == "delete":
-                    self.endpoints[vni].pop(mac, None)
-                else:
-                    ep = self._decode(Endpoint, ev, "VNI or MAC differs from key", vni=vni, mac=mac)
-                    if ep is None:
-                        continue
-                    self.endpoints[vni][mac] = ep
-                dirty.add(vni)
-        return dirty
+            self.claims.apply(ev)
 
-    def _decode_error(self, key: bytes, revision: int, why: str) -> None:
-        if (key, revision) not in self._bad:
-            self._bad.add((key, revision))
-            log.warning("agent %s: skipping %r: %s", self.name, key, why)
+    def _running_tenant(self, vni: int) -> str | None:
+        net = self.node.networks.get(vni)
+        return None if net is None else str(net.tenant)
+
+    # -- what was refused -------------------------------------------------------
+
+    def rejections(self) -> list[Rejection]:
+        """The store records refused now (key, revision, reason, detail), by key."""
+        return sorted(self.claims.rejected.values(), key=lambda r: r.key)
+
+    def rejected_counts(self) -> dict[str, dict[str, int]]:
+        """Refusals by reason: ``total`` since start (only grows) and ``current``
+        (records refused now); every reason of ``claims.REASONS`` is present."""
+        return {
+            "total": {r: self.claims.rejected_total[r] for r in REASONS},
+            "current": {r: self.claims.rejected_now[r] for r in REASONS},
+        }
 
     # -- programming the node --------------------------------------------------
 
     def reconcile(self, vnis: Iterable[int] | None = None) -> None:
-        """Make the node's tables for ``vnis`` (default: all hosted) match the desired state."""
-        for vni in self.spec.networks if vnis is None else vnis:
+        """Program what changed in the desired state since the last call, and make
+        sure each of ``vnis`` (default: all hosted) exists on the node once it is
+        defined in the store. Costs O(the changes), not O(the tables)."""
+        for vni in self.spec.networks:
+            net = self.node.networks.get(vni)
+            if net is not None:  # what is local wins over others' claims
+                self.claims.set_ports(
+                    vni,
+                    {p.mac for p in net.ports},
+                    {getattr(ip, "ip", ip) for p in net.ports for ip in p.ips},
+                )
+        for vni, mac in self._failed:  # try again what the node refused last time
+            self.claims.retry(vni, mac)
+        changes = self.claims.settle()
+        wanted = set(self.spec.networks if vnis is None else vnis)
+        for vni in sorted(wanted | set(changes)):
             if vni not in self.endpoints:
                 continue
             try:
-                self._reconcile_network(vni)
+                self._reconcile_network(vni, changes.get(vni))
             except OverlayError as exc:
                 log.error("agent %s: vni %d: %s", self.name, vni, exc)
         self.reconciles += 1
 
-    def _reconcile_network(self, vni: int) -> None:
+    def _reconcile_network(self, vni: int, ch: NetChanges | None) -> None:
         spec = self.specs.get(vni)
         if spec is None:
             return  # not defined yet: wait for networks/<vni>
         if vni not in self.node.networks:
             self.node.add_network(vni, spec.tenant, learning=spec.learning)
+            ch = NetChanges(True, self.claims.remotes(vni), dict(self.claims.vteps(vni)))
+        if ch is None:
+            return
         net = self.node.network(vni)
-        if net.tenant != spec.tenant:
+        if net.tenant != spec.tenant:  # a network made on the node by someone else
             log.error(
                 "agent %s: vni %d belongs to tenant %r here but %r in the store; not touching it",
                 self.name,
@@ -598,33 +588,46 @@ class Agent:
                 spec.tenant,
             )
             return
-        members = {n.name: n for n in self.nodes.values() if vni in n.networks}
-        want_vteps = {ipaddress.ip_address(n.underlay): n.port for n in members.values()}
-        for addr in set(net.vteps) - set(want_vteps):
-            net.remove_vtep(str(addr))
-        for addr, port in want_vteps.items():
-            if addr not in net.vteps:
+        if ch.full:
+            for addr in set(net.vteps) - set(ch.vteps):
+                net.remove_vtep(str(addr))
+            for mac in set(net.remotes) - set(ch.remotes):
+                self._program(net, vni, mac, None)
+        for addr, port in ch.vteps.items():
+            if port is None:
+                if addr in net.vteps:
+                    net.remove_vtep(str(addr))
+            elif addr not in net.vteps:
                 net.add_vtep(str(addr), port or None)
-        want: dict[str, tuple[IPAddress, list[IPAddress], int]] = {}
-        for mac, ep in self.endpoints[vni].items():
-            owner = members.get(ep.node)
-            if owner is None:
-                continue  # its node is gone or not (yet) known
-            ips = [ipaddress.ip_interface(ip).ip for ip in ep.ips]
-            want[mac] = (ipaddress.ip_address(owner.underlay), ips, owner.port)
-        for mac in set(net.remotes) - set(want):
-            net.remove_remote(mac)
-        local = {p.mac for p in net.ports}
-        for mac, (vtep, ips, port) in want.items():
+        # Two passes, so that an address moving from one MAC to another is free
+        # before it is taken: first what goes or shrinks, then what comes.
+        for mac, r in ch.remotes.items():
             have = net.remotes.get(mac)
-            if have is not None and have[0] == vtep and list(have[1]) == ips:
-                continue  # already right: never flap it
-            if mac in local:
-                log.error(
-                    "agent %s: vni %d: %s is a local port here; ignoring its remote copy",
-                    self.name,
-                    vni,
-                    mac,
-                )
+            if have is None:
                 continue
-            net.add_remote(mac, str(vtep), [str(i) for i in ips], port or None)
+            if r is None:
+                self._program(net, vni, mac, None)
+            elif any(a not in r.ips for a in have[1]):
+                keep = Remote(r.vtep, tuple(a for a in have[1] if a in r.ips), r.port)
+                self._program(net, vni, mac, keep)
+        for mac, r in ch.remotes.items():
+            if r is not None:
+                self._program(net, vni, mac, r)
+
+    def _program(self, net: Any, vni: int, mac: str, r: Remote | None) -> None:
+        """Make the node's entry for mac equal r (None: no entry); a refusal is
+        logged (once per reason) and tried again at the next reconcile."""
+        have = net.remotes.get(mac)
+        try:
+            if r is None:
+                if have is not None:
+                    net.remove_remote(mac)
+            elif have is None or have[0] != r.vtep or tuple(have[1]) != r.ips:
+                net.add_remote(mac, str(r.vtep), [str(i) for i in r.ips], r.port or None)
+        except OverlayError as exc:
+            why = str(exc)
+            if self._failed.get((vni, mac)) != why:
+                log.error("agent %s: vni %d: %s not programmed: %s", self.name, vni, mac, why)
+            self._failed[(vni, mac)] = why
+            return
+        self._failed.pop((vni, mac), None)

@@ -51,14 +51,38 @@ Design notes.
   default ``--election-timeout=1000``). Expired leases are revoked by etcd's
   lessor every 0.5 s, so deletes arrive up to ~0.5 s after the TTL. When etcd
   restarts (or a new leader is elected) every lease gets its full TTL again.
+
+TLS and authentication (``ca_file``, ``cert_file``/``key_file``,
+``username``/``password``; the rules and the TLS diagnosis are in
+``overlay.control.etcd_security``).
+
+* aetcd 1.0 dials only in clear and authenticates once; ``_Client`` dials
+  ``secure_channel`` over ``https://`` and can authenticate again.
+* Tokens are renewed, not kept forever. etcd's simple tokens die after
+  ``--auth-token-ttl`` seconds unused (300 by default) and all of them when
+  etcd restarts; JWT tokens at a fixed time. A call refused with "invalid
+  auth token" (or "revision of auth store is old", after a role change)
+  authenticates again — once, shared by the calls that failed together —
+  and is retried once; a watch whose creation is cancelled for that reason
+  likewise. A user refused outright is not retried here: the caller's
+  backoff does that.
+* Failures say what is wrong. TLS and authentication failures raise
+  ``StoreAccessDenied`` — a ``StoreUnavailable``, so callers back off and
+  retry as for an outage (the fix is often made on the server: a role
+  granted, a certificate renewed, and the data plane must keep forwarding
+  meanwhile) — with a message naming the cause and the setting to fix. A
+  connection that fails with TLS-looking words is diagnosed by
+  ``etcd_security.probe_tls``. Access errors are logged at ERROR once per
+  distinct message, and ``last_error`` holds the latest failure (of any
+  kind) for status pages until a call succeeds again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
-import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -68,6 +92,15 @@ import aetcd
 import grpc
 from aetcd import rpc
 
+from overlay.control.etcd_security import (
+    Endpoint,
+    PathLike,
+    Security,
+    StoreAccessDenied,
+    check_security,
+    parse_endpoint,
+    probe_tls,
+)
 from overlay.control.store import (
     Compacted,
     Event,
@@ -79,7 +112,11 @@ from overlay.control.store import (
 )
 from overlay.errors import ConfigError
 
+__all__ = ["DEFAULT_ENDPOINTS", "EtcdStore", "StoreAccessDenied", "check_security"]
+
 T = TypeVar("T")
+
+log = logging.getLogger("overlay.control.etcd")
 
 DEFAULT_ENDPOINTS = ("http://127.0.0.1:2379",)
 
@@ -99,19 +136,11 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
-def _parse_endpoint(endpoint: str) -> tuple[str, int]:
-    text = endpoint if "://" in endpoint else "http://" + endpoint
-    try:
-        url = urllib.parse.urlsplit(text)
-        port = url.port
-    except ValueError as e:
-        raise ConfigError("endpoints", endpoint, f"http://HOST:PORT ({e})") from None
-    if url.scheme != "http":
-        raise ConfigError("endpoints", endpoint, "http://HOST:PORT (TLS is not supported yet)")
-    if not url.hostname or port is None or url.path not in ("", "/"):
-        raise ConfigError("endpoints", endpoint, "http://HOST:PORT, e.g. http://127.0.0.1:2379")
-    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    return host, port
+# etcd's own words for a token it no longer accepts (expired, or from before
+# etcd restarted or the auth store changed): authenticate again and retry.
+_STALE_TOKEN = ("invalid auth token", "revision of auth store is old")
+# gRPC's words for a connection that failed in TLS (or met TLS where it spoke clear).
+_TLS_TROUBLE = ("ssl", "tls", "tsi_", "handshake", "unwrap failed", "socket closed")
 
 
 def _prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
@@ -210,30 +239,150 @@ def _grpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
     return None
 
 
+def _details(exc: BaseException) -> str:
+    """etcd's (or gRPC's) message for exc."""
+    err = _grpc_error(exc)
+    return (err.details() if err is not None else None) or str(exc)
+
+
+class _Client(aetcd.Client):
+    """aetcd's client on a channel of ours: TLS when asked, a token that can be renewed.
+
+    aetcd 1.0 dials only in clear and authenticates once, in ``connect``;
+    this ``connect`` dials ``secure_channel`` over TLS and authenticates
+    through ``authenticate``, which ``EtcdStore`` calls again when etcd
+    refuses the token. Calls read ``self.metadata`` at call time, so a new
+    token serves every later call. A failed connect closes its channel and
+    hands its error to the calls that waited for it (aetcd's would leave
+    them waiting out ``connect_wait_timeout``).
+    """
+
+    def __init__(self, endpoint: Endpoint, security: Security, **kw: Any) -> None:
+        super().__init__(host=endpoint.host, port=endpoint.port, **kw)
+        self._security = security
+        self._target = endpoint.target
+        self._url = endpoint.url
+        self._connecting: asyncio.Future[None] | None = None
+        self.metadata: tuple[tuple[str, str], ...] | None = None
+        self.auth_disabled = False  # a user is configured but etcd's auth is off
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._connecting is not None:
+            await asyncio.wait_for(asyncio.shield(self._connecting), self._connect_wait_timeout)
+            return
+        done = self._connecting = asyncio.get_running_loop().create_future()
+        self._is_connecting = True  # aetcd's close() looks at it
+        sec = self._security
+        options = list(self._options.items())
+        if sec.tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=sec.root_certificates,
+                private_key=sec.private_key,
+                certificate_chain=sec.certificate_chain,
+            )
+            channel = grpc.aio.secure_channel(self._target, credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(self._target, options=options)
+        try:
+            self.channel = channel
+            self.metadata = None
+            if sec.username is not None:
+                await self.authenticate()
+            self.kvstub = rpc.KVStub(channel)
+            self.clusterstub = rpc.ClusterStub(channel)
+            self.leasestub = rpc.LeaseStub(channel)
+            self.maintenancestub = rpc.MaintenanceStub(channel)
+            self._connected.set()
+            done.set_result(None)
+        except BaseException as e:
+            self.channel = None
+            with contextlib.suppress(Exception):
+                await channel.close()
+            if isinstance(e, asyncio.CancelledError):
+                done.cancel()
+            else:
+                done.set_exception(e)
+                done.exception()  # read: no "exception never retrieved" if nobody waited
+            raise
+        finally:
+            self._connecting = None
+            self._is_connecting = False
+
+    async def authenticate(self) -> None:
+        """Get a (new) token for the configured user; none when etcd's auth is off."""
+        sec = self._security
+        request = rpc.AuthenticateRequest(name=sec.username, password=sec.password)
+        try:
+            reply = await rpc.AuthStub(self.channel).Authenticate(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as e:
+            if "authentication is not enabled" not in (e.details() or ""):
+                raise
+            # As etcd's own client does: a user configured before auth is turned
+            # on must keep working (a cluster turns auth on after its clients).
+            if not self.auth_disabled:
+                log.warning(
+                    "etcd at %s: username %r is set but etcd's authentication is off; "
+                    "working without a token",
+                    self._url,
+                    sec.username,
+                )
+            self.auth_disabled = True
+            self.metadata = None
+            return
+        self.auth_disabled = False
+        self.metadata = (("token", reply.token),)
+
+
 class EtcdStore:
     """The ``Store`` protocol on etcd; see the module docstring.
 
-    ``endpoints``: ``http://HOST:PORT`` URLs of the cluster's members (the
-    first is used until it fails). ``timeout``: seconds any call may take.
-    Nothing is connected until the first call.
+    ``endpoints``: ``http://HOST:PORT`` or ``https://HOST:PORT`` URLs of the
+    cluster's members (the first is used until it fails). ``timeout``:
+    seconds any call may take. TLS and authentication: ``ca_file``,
+    ``cert_file``/``key_file``, ``username``/``password``, as the module
+    docstring says; they are checked (and the files read) here, raising
+    ``ConfigError`` naming the argument. Nothing is connected until the
+    first call.
     """
 
-    def __init__(self, endpoints: Sequence[str] = DEFAULT_ENDPOINTS, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str] = DEFAULT_ENDPOINTS,
+        timeout: float = 5.0,
+        *,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
-        if not endpoints:
-            raise ConfigError("endpoints", endpoints, "at least one http://HOST:PORT")
-        if not (timeout > 0 and math.isfinite(timeout)):
+        if not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
             raise ConfigError("timeout", timeout, "seconds > 0")
-        self._endpoints = [_parse_endpoint(e) for e in endpoints]
+        self._security = check_security(
+            endpoints,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            username=username,
+            password=password,
+        )
+        self._endpoints = [parse_endpoint(e) for e in endpoints]
         self._endpoint_urls = list(endpoints)
         self._timeout = timeout
         self._index = 0
-        self._client: aetcd.Client | None = None
+        self._client: _Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed = False  # the current endpoint failed: next call tries the next one
         self._watches: set[_EtcdWatch] = set()
         self._closed = False
+        self._auth_lock = asyncio.Lock()  # one Authenticate for the calls that failed together
+        self._last_error = ""
+        self._logged_error = ""  # the access error logged last (each is logged once)
+        self.token_renewals = 0  # how often a refused token was replaced by a new one
 
     @property
     def endpoint(self) -> str:
@@ -243,6 +392,20 @@ class EtcdStore:
     @property
     def timeout(self) -> float:
         return self._timeout
+
+    @property
+    def tls(self) -> bool:
+        """True when the endpoints are ``https://``."""
+        return self._security.tls
+
+    @property
+    def username(self) -> str | None:
+        return self._security.username
+
+    @property
+    def last_error(self) -> str:
+        """Why the latest call or watch failed to reach etcd ("" once one succeeds again)."""
+        return self._last_error
 
     # -- the Store protocol ---------------------------------------------------
 
@@ -390,7 +553,6 @@ class EtcdStore:
                 await asyncio.wait_for(old.close(), self._timeout)
         self._failed = False
         if self._client is None:
-            host, port = self._endpoints[self._index]
             options = {
                 "grpc.initial_reconnect_backoff_ms": 100,
                 "grpc.min_reconnect_backoff_ms": 100,
@@ -403,9 +565,9 @@ class EtcdStore:
                 "grpc.http2.max_pings_without_data": 0,
                 "grpc.max_receive_message_length": _MAX_MESSAGE_BYTES,
             }
-            self._client = aetcd.Client(
-                host=host,
-                port=port,
+            self._client = _Client(
+                self._endpoints[self._index],
+                self._security,
                 timeout=self._timeout,  # a gRPC deadline: a float is fine
                 options=options,
                 connect_wait_timeout=self._timeout,
@@ -413,25 +575,92 @@ class EtcdStore:
             self._loop = loop
         return self._client
 
-    async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]], *, lease: int = 0) -> T:
-        """Run op on the client within the timeout, translating errors to ours."""
+    async def _call(self, op: Callable[[_Client], Awaitable[T]], *, lease: int = 0) -> T:
+        """Run op on the client within the timeout, translating errors to ours; a
+        refused token is renewed and op run once more, within the same timeout."""
         client = await self._client_for_call()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
-            return await asyncio.wait_for(op(client), self._timeout)
+            token = client.metadata
+            try:
+                result = await asyncio.wait_for(op(client), self._timeout)
+            except (aetcd.ClientError, grpc.aio.AioRpcError) as e:
+                if not self._stale_token(_details(e)):
+                    raise
+                await self._renew_token(client, token, max(0.0, deadline - loop.time()))
+                result = await asyncio.wait_for(op(client), max(0.0, deadline - loop.time()))
         except TimeoutError:
             self._failed = True
-            raise StoreUnavailable(
-                f"etcd at {self.endpoint} did not answer within {self._timeout} s"
+            raise self._noted(
+                StoreUnavailable(f"etcd at {self.endpoint} did not answer within {self._timeout} s")
             ) from None
         except (aetcd.ClientError, grpc.aio.AioRpcError) as e:
-            raise self._translate(e, lease) from e
+            raise await self._failure(e, lease) from e
+        self._succeeded()
+        return result
+
+    def _stale_token(self, details: str) -> bool:
+        """etcd refused the token (expired, lost in a restart, older than a role change),
+        or auth was turned on since we connected without one."""
+        if self._security.username is None:
+            return False
+        return any(m in details for m in _STALE_TOKEN) or "user name is empty" in details
+
+    async def _renew_token(self, client: _Client, stale: Any, timeout: float) -> None:
+        """Authenticate again, unless a call that failed alongside already did."""
+        async with self._auth_lock:
+            if client.metadata is stale and client.channel is not None:
+                await asyncio.wait_for(client.authenticate(), timeout)
+                self.token_renewals += 1
+                log.info("etcd at %s: auth token renewed", self.endpoint)
+
+    def _who(self) -> str:
+        sec = self._security
+        if sec.username is not None:
+            return f"user {sec.username!r}"
+        if sec.cert_file is not None:
+            return f"the user named by the CN of {sec.cert_file}"
+        return "this client (no user)"
+
+    def _access_error(self, details: str) -> StoreAccessDenied | None:
+        """etcd's refusals in words an operator can act on (``details``: etcd's message)."""
+        at = f"etcd at {self.endpoint}"
+        if "authentication failed" in details:
+            return StoreAccessDenied(
+                "auth",
+                f"{at} refused {self._who()}: wrong password or no such user ({details}); "
+                "check username and password",
+            )
+        if "user name is empty" in details:
+            return StoreAccessDenied(
+                "auth",
+                f"{at} has authentication on and this client names no user ({details}); "
+                "set username and password (or a client certificate whose CN is an etcd user)",
+            )
+        if any(m in details for m in _STALE_TOKEN):
+            return StoreAccessDenied(
+                "auth",
+                f"{at} refused the auth token of {self._who()} even after renewing it ({details})",
+            )
+        if "permission denied" in details:
+            return StoreAccessDenied(
+                "permission",
+                f"{at} denied {self._who()} access to a key ({details}); grant its role "
+                "readwrite on the prefix overlay uses "
+                "(etcdctl role grant-permission ROLE --prefix=true readwrite /overlay/)",
+            )
+        return None
 
     def _translate(self, exc: BaseException, lease: int = 0) -> StoreError:
         err = _grpc_error(exc)
         code = err.code() if err is not None else None
-        details = (err.details() if err is not None else None) or str(exc)
+        details = _details(exc)
         if self._closed:
             return StoreError("the EtcdStore is closed")
+        denied = self._access_error(details)
+        if denied is not None:
+            return denied
         if isinstance(exc, (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError)) or (
             code in _UNAVAILABLE_CODES
         ):
@@ -440,6 +669,38 @@ class EtcdStore:
         if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details and lease:
             return LeaseNotFound(lease)
         return StoreError(f"etcd at {self.endpoint}: {details}")
+
+    async def _failure(self, exc: BaseException, lease: int = 0) -> StoreError:
+        """``_translate``, with a TLS diagnosis for connections that failed in TLS
+        (see ``probe_tls``), recorded in ``last_error``."""
+        error = self._translate(exc, lease)
+        details = _details(exc).lower()
+        if type(error) is StoreUnavailable and any(m in details for m in _TLS_TROUBLE):
+            endpoint = self._endpoints[self._index]
+            try:
+                verdict = await asyncio.wait_for(
+                    asyncio.to_thread(probe_tls, endpoint, self._security, self._timeout),
+                    self._timeout + 2.0,
+                )
+            except TimeoutError:
+                verdict = None
+            if verdict is not None:
+                error = StoreAccessDenied("tls", verdict)
+        return self._noted(error)
+
+    def _noted(self, error: StoreError) -> StoreError:
+        """Record an outage in ``last_error``; log each distinct access error once."""
+        if isinstance(error, StoreUnavailable) and not self._closed:
+            self._last_error = str(error)
+            if isinstance(error, StoreAccessDenied) and str(error) != self._logged_error:
+                self._logged_error = str(error)
+                log.error("%s", error)
+        return error
+
+    def _succeeded(self) -> None:
+        if self._logged_error:
+            log.warning("etcd at %s: access works again", self.endpoint)
+        self._last_error = self._logged_error = ""
 
 
 class _EtcdWatch:
@@ -511,15 +772,29 @@ class _EtcdWatch:
             client = await store._client_for_call()
             await asyncio.wait_for(client.connect(), store.timeout)
             start, end = _prefix_range(self._prefix)
-            stream = self._stream = _Stream(
-                lambda: rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
-            )
             create = rpc.WatchCreateRequest(key=start, range_end=end, start_revision=self._next)
-            await stream.open(rpc.WatchRequest(create_request=create), store.timeout)
-            call = stream.call
-            created = await asyncio.wait_for(call.read(), store.timeout)
-            if created is grpc.aio.EOF or not created.created or created.canceled:
-                raise StoreUnavailable(f"etcd at {store.endpoint} did not create the watch")
+            for attempt in (1, 2):
+                token = client.metadata
+                stream = self._stream = _Stream(
+                    lambda: rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+                )
+                await stream.open(rpc.WatchRequest(create_request=create), store.timeout)
+                call = stream.call
+                created = await asyncio.wait_for(call.read(), store.timeout)
+                if created is grpc.aio.EOF or not created.created:
+                    raise StoreUnavailable(f"etcd at {store.endpoint} did not create the watch")
+                if not created.canceled:
+                    break
+                # etcd creates and cancels at once a watch it refuses (auth).
+                reason = created.cancel_reason or "no reason given"
+                if attempt == 1 and store._stale_token(reason):
+                    await stream.end(store.timeout)
+                    await store._renew_token(client, token, store.timeout)
+                    continue
+                raise store._access_error(reason) or StoreUnavailable(
+                    f"etcd at {store.endpoint} refused the watch: {reason}"
+                )
+            store._succeeded()
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
@@ -537,6 +812,7 @@ class _EtcdWatch:
                         e.kv.key,
                         e.kv.value if e.type != rpc.Event.DELETE else b"",
                         int(e.kv.mod_revision),
+                        int(e.kv.create_revision) if e.type != rpc.Event.DELETE else 0,
                     )
                     for e in response.events
                 ]
@@ -548,24 +824,30 @@ class _EtcdWatch:
                 return  # aclose cancelled the call (or this task): a clean end
             raise
         except Exception as e:
+            # The stream ends before the consumer hears of the error: it may close
+            # the store and its loop at once, and gRPC must be done with this call.
+            if self._stream is not None:
+                await self._stream.end(store.timeout)
             if not self._done:
-                await queue.put(self._error(e))
+                await queue.put(await self._error(e))
         finally:
             if self._stream is not None:
                 await self._stream.end(store.timeout)
 
-    def _error(self, exc: Exception) -> StoreError:
+    async def _error(self, exc: Exception) -> StoreError:
         """What the consumer sees for exc (a watch ends with an error, never hangs)."""
         store = self._store
         if isinstance(exc, StoreError):
-            return exc
+            return store._noted(exc) if isinstance(exc, StoreAccessDenied) else exc
         if isinstance(exc, asyncio.TimeoutError):
             store._failed = True
-            return StoreUnavailable(
-                f"etcd at {store.endpoint} did not open the watch within {store.timeout} s"
+            return store._noted(
+                StoreUnavailable(
+                    f"etcd at {store.endpoint} did not open the watch within {store.timeout} s"
+                )
             )
         if isinstance(exc, (aetcd.ClientError, grpc.aio.AioRpcError)):
-            translated = store._translate(exc)
+            translated = await store._failure(exc)
         else:
             translated = StoreError(f"etcd watch failed: {exc!r}")
         translated.__cause__ = exc

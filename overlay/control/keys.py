@@ -13,10 +13,20 @@ on it through the version in the prefix: a later layout lives under
     /overlay/v1/addrs/<vni>/<ip>               endpoint MAC: the address is taken
                                                (created by compare-and-swap), under the
                                                owning node's lease
-    /overlay/v1/endpoints/<vni>/<mac>          Endpoint (JSON), under the node's lease
+    /overlay/v1/endpoints/<vni>/<node>/<mac>   Endpoint (JSON), under the node's lease
 
 Keys under a node's lease vanish when the node stops renewing it: its
 VTEP, endpoints and addresses leave every peer's tables within the TTL.
+
+Why the node is in an endpoint's key. Every record is a *claim* (see
+``overlay.control.claims``): a MAC, addresses, an underlay. With one key per
+MAC, a second writer of a MAC overwrote the first, and nobody could tell
+which came first; with the node in the key, two claims of one MAC are two
+keys, and the store's own order (create revisions) says which is first, the
+same on every node. It also lets store permissions give each node its own
+key space (``endpoints/<vni>/<node>/``). Records of the earlier layout,
+``endpoints/<vni>/<mac>``, are still read during a rolling upgrade (their
+owner is the node the value names) but never written.
 """
 
 from __future__ import annotations
@@ -64,8 +74,32 @@ def endpoints(vni: int) -> bytes:
     return ENDPOINTS + f"{vni}/".encode()
 
 
-def endpoint(vni: int, mac: str) -> bytes:
-    return endpoints(vni) + mac.encode()
+def endpoint(vni: int, node: str, mac: str) -> bytes:
+    return endpoints(vni) + f"{node}/{mac}".encode()
+
+
+def parse_endpoint(key: bytes) -> tuple[int, str | None, str] | None:
+    """(vni, node, mac) of an endpoint key; node is None for the earlier layout
+    ``endpoints/<vni>/<mac>``; None when the key follows neither."""
+    if not key.startswith(ENDPOINTS):
+        return None
+    try:
+        parts = key[len(ENDPOINTS) :].decode().split("/")
+    except UnicodeDecodeError:
+        return None
+    if not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 8) or not all(parts):
+        return None
+    if len(parts) == 3:
+        return int(parts[0]), parts[1], parts[2]
+    if len(parts) == 2:
+        return int(parts[0]), None, parts[1]
+    return None
+
+
+def vni_of(key: bytes, prefix: bytes) -> int | None:
+    """The VNI right after prefix in key (``subnets/<vni>/...``), or None."""
+    head = key[len(prefix) :].split(b"/", 1)[0]
+    return int(head) if head.isdigit() and len(head) <= 8 else None
 
 
 def last(key: bytes) -> str:

@@ -18,7 +18,8 @@ Semantics shared by both (the contract tests run against both):
   failed (nothing written).
 * ``watch(prefix, start_revision)`` yields lists of ``Event`` in revision
   order, beginning with every change at or after ``start_revision`` (>= 1;
-  an agent passes ``get_prefix``'s revision + 1). A revision that is no
+  an agent passes ``get_prefix``'s revision + 1); a put carries the key's
+  ``create_revision``, as ``get`` would return it. A revision that is no
   longer available raises ``Compacted`` (the agent then resynchronises from
   a fresh ``get_prefix``). Errors surface from iterating (the first
   ``__anext__`` at the latest), never from the ``watch()`` call; after an
@@ -95,6 +96,10 @@ class Event:
     key: bytes
     value: bytes  # empty for deletes
     mod_revision: int  # the revision of this change
+    # For puts, the revision that created the key (kept by later puts of it, as
+    # KeyValue.create_revision): the store-wide order of first claims, the same
+    # on every node whatever order it saw the events in. 0 for deletes.
+    create_revision: int = 0
 
 
 class Watch(Protocol):
@@ -376,7 +381,7 @@ class MemoryStore:
             self._leases[lease].keys.add(key)
         created = old.create_revision if old is not None else rev
         self._kv[key] = KeyValue(key, value, created, rev, lease)
-        self._record([Event("put", key, value, rev)])
+        self._record([Event("put", key, value, rev, created)])
         return rev
 
     def _remove(self, key: bytes) -> Event:

@@ -4,8 +4,8 @@ The ``overlay`` CLI and the ``overlay-cni`` plugin use it; so can scripts.
 
 The API, version 1 (every body is JSON; errors are
 ``{"error": {"kind", "message", "field", "value", "expected"}}`` with an HTTP
-status: 400 config, 404 not_found, 409 conflict, 507 capacity,
-503 unavailable, 500 internal):
+status: 400 and 413 config, 404 not_found, 409 conflict, 507 capacity,
+408 and 503 unavailable, 500 internal; limits in ``overlay.daemon.api``):
 
     GET    /v1/status                      node, store, counts, readiness
     GET    /v1/health                      readiness and the peers' probe results
@@ -23,10 +23,14 @@ status: 400 config, 404 not_found, 409 conflict, 507 capacity,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import time
 from typing import Any
 from urllib.parse import quote
+
+from overlay.cni.validate import Invalid, load_json
 
 DEFAULT_SOCKET = "/run/overlay/overlayd.sock"
 
@@ -60,15 +64,38 @@ class Client:
         self.path = path
         self.timeout = timeout
 
+    def _connect(self, s: socket.socket) -> None:
+        """Connect, waiting while the daemon's listen queue is full: a Unix socket
+        with a timeout answers that at once with EAGAIN instead of waiting, and a
+        burst of other connections (which the daemon sheds) can fill it briefly."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                s.connect(self.path)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    msg = f"its listen queue stayed full for {self.timeout:g} s"
+                    raise TimeoutError(msg) from None
+                time.sleep(0.005)
+
     def _exchange(self, data: bytes) -> bytes:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         s.settimeout(self.timeout)
         try:
-            s.connect(self.path)
-            s.sendall(data)
+            self._connect(s)
+            # The daemon answers some refusals (a body over its limit, every
+            # connection busy) without reading the whole request, and then the
+            # kernel resets the connection: the answer is what came before that.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                s.sendall(data)
             chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
+            try:
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            except ConnectionResetError:
+                if not chunks:
+                    raise
             return b"".join(chunks)
         finally:
             s.close()
@@ -157,6 +184,6 @@ def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:
                 raise DaemonUnavailable(f"overlayd at {path} cut its answer short")
             body = body[: int(value)]
     try:
-        return int(parts[1]), json.loads(body) if body.strip() else None
-    except ValueError:
+        return int(parts[1]), load_json(body) if body.strip() else None
+    except Invalid:  # not JSON, or nested absurdly deep: not an overlayd answer
         raise DaemonUnavailable(f"overlayd at {path} sent a non-JSON answer") from None

@@ -18,8 +18,16 @@ expected — the first problem found, in file order.
 
     [store]
     kind = "memory"                # or "etcd"
-    endpoints = ["http://127.0.0.1:2379"]   # etcd only
+    endpoints = ["http://127.0.0.1:2379"]   # etcd only; https:// for TLS
     ttl = 10
+    # etcd only, with https:// endpoints (flannel's -etcd-cafile/-certfile/-keyfile,
+    # etcdctl's --cacert/--cert/--key/--user):
+    # ca_file = "/etc/overlay/etcd/ca.pem"         the CA of etcd's certificate
+    # cert_file = "/etc/overlay/etcd/client.pem"   a client certificate and its key,
+    # key_file = "/etc/overlay/etcd/client.key"    when etcd has --client-cert-auth
+    # username = "overlay"                         when etcd has auth enabled;
+    # password_file = "/etc/overlay/etcd/password" its password (or password = "..."
+    #                                              in this file, then mode 600)
 
     [[store.peers]]                # memory only: static peers
     name = "node-b"
@@ -50,11 +58,15 @@ expected — the first problem found, in file order.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from overlay.control.etcd_security import check_security
 from overlay.daemon.client import DEFAULT_SOCKET
 from overlay.errors import ConfigError
 from overlay.model import VNI_MAX, NetworkSpec, NodeSpec
@@ -83,12 +95,30 @@ class HealthConfig:
     interval: float = 1.0
 
 
+class Secret(str):
+    """A password: the text itself for whoever uses it, ``'<hidden>'`` in every repr
+    (error messages, logs, the configuration's repr)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<hidden>'"
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreConfig:
     kind: str
     endpoints: tuple[str, ...]
     ttl: float
     peers: tuple[NodeSpec, ...]
+    # etcd's TLS and authentication (see overlay.control.etcd); password is the
+    # text of store.password or of the file store.password_file names.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    password_file: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +155,37 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 _SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks"}
+_STORE_KEYS = {
+    "kind",
+    "endpoints",
+    "ttl",
+    "peers",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "username",
+    "password",
+    "password_file",
+}
+_SECURITY_KEYS = ("ca_file", "cert_file", "key_file", "username", "password", "password_file")
+# The names other tools give these settings (flannel's flags, etcdctl's, etcd's
+# own): an operator who writes one is told the key this file calls it.
+_STORE_ALIASES = {
+    "etcd-cafile": "ca_file",
+    "cafile": "ca_file",
+    "cacert": "ca_file",
+    "trusted-ca-file": "ca_file",
+    "trusted_ca_file": "ca_file",
+    "etcd-certfile": "cert_file",
+    "certfile": "cert_file",
+    "cert": "cert_file",
+    "etcd-keyfile": "key_file",
+    "keyfile": "key_file",
+    "key": "key_file",
+    "etcd-username": "username",
+    "user": "username",
+    "etcd-password": "password",
+}
 
 
 def _table(raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -168,6 +229,87 @@ def _within(where: str, exc: ConfigError) -> ConfigError:
     if exc.field.startswith(where):
         return exc
     return ConfigError(where + exc.field.split(".")[-1], exc.value, exc.expected)
+
+
+def _store_security(s: Mapping[str, Any], kind: str, endpoints: list[str]) -> dict[str, Any]:
+    """store's TLS and authentication keys, checked together by the etcd store's own
+    rules (``overlay.control.etcd_security.check_security``: files readable and PEM, a key
+    matching its certificate, TLS only over https://, a password only over https://
+    or to loopback), with errors naming ``store.<key>``."""
+    where = "store."
+    values = {
+        k: get_key(
+            s, k, where, str, "an absolute path" if k.endswith("_file") else "a string", None
+        )
+        for k in _SECURITY_KEYS
+    }
+    if values["password"] is not None:
+        values["password"] = Secret(values["password"])
+    given = [k for k, v in values.items() if v is not None]
+    if kind != "etcd":
+        if given:
+            raise ConfigError(where + given[0], values[given[0]], 'nothing for kind = "memory"')
+        return {}
+    for k in given:
+        if k.endswith("_file") and not values[k].startswith("/"):
+            # overlayd runs from / as a service: a relative path would not mean
+            # what it meant where the file was written.
+            raise ConfigError(where + k, values[k], "an absolute path")
+    if values["password"] is not None and values["password_file"] is not None:
+        raise ConfigError(
+            "store.password", values["password"], "one of store.password or store.password_file"
+        )
+    path = values["password_file"]
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError("store.password_file", path, f"a readable file ({why})") from None
+        if not text:
+            raise ConfigError("store.password_file", path, "a file holding the etcd password")
+        values["password"] = Secret(text)
+    if importlib.util.find_spec("aetcd") is None:
+        raise ConfigError("store.kind", kind, "etcd support installed: pip install 'overlay[etcd]'")
+    try:
+        check_security(
+            endpoints,
+            ca_file=values["ca_file"],
+            cert_file=values["cert_file"],
+            key_file=values["key_file"],
+            username=values["username"],
+            password=values["password"],
+        )
+    except ConfigError as exc:
+        value = exc.value
+        if exc.field == "password" and values["password_file"] is not None:
+            field, value = "password_file", values["password_file"]
+        else:
+            field = exc.field
+        if field == "password" and value is not None:
+            value = Secret(str(value))
+        raise ConfigError(where + field, value, exc.expected) from None
+    return values
+
+
+def _check_private(path: str, config: DaemonConfig) -> None:
+    """A password written in the file itself: the file must be private to its owner
+    (as ssh insists for private keys); a password in a world-readable file is known
+    to every user of the machine."""
+    if config.store.password is None or config.store.password_file is not None:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        raise ConfigError(
+            "store.password",
+            config.store.password,
+            f"a secret: {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+            f"chmod 600 {path}, or move the password to a file named by store.password_file",
+        )
 
 
 def parse(text: str) -> DaemonConfig:
@@ -219,20 +361,28 @@ def parse(text: str) -> DaemonConfig:
     NodeSpec(name=name, underlay=underlay or "0.0.0.0")  # checks the name
 
     s = _table(raw, "store", "")
-    _unknown(s, {"kind", "endpoints", "ttl", "peers"}, "store.")
+    for k in s:
+        if k in _STORE_ALIASES:
+            raise ConfigError(
+                f"store.{k}", s[k], f"no such key: this file calls it store.{_STORE_ALIASES[k]}"
+            )
+    _unknown(s, _STORE_KEYS, "store.")
     kind = get_key(s, "kind", "store.", str, '"memory" or "etcd"', "memory")
     if kind not in ("memory", "etcd"):
         raise ConfigError("store.kind", kind, '"memory" or "etcd"')
     endpoints = get_key(
-        s, "endpoints", "store.", list, 'a list of URLs like "http://127.0.0.1:2379"', []
+        s, "endpoints", "store.", list, 'a list of URLs like "https://127.0.0.1:2379"', []
     )
     for i, url in enumerate(endpoints):
-        if not isinstance(url, str) or not url.startswith("http://"):
-            raise ConfigError(f"store.endpoints[{i}]", url, 'a URL like "http://127.0.0.1:2379"')
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"store.endpoints[{i}]", url, 'a URL like "https://127.0.0.1:2379" (or http://)'
+            )
     if kind == "etcd" and not endpoints:
         raise ConfigError("store.endpoints", endpoints, 'at least one etcd URL for kind = "etcd"')
     if kind == "memory" and endpoints:
         raise ConfigError("store.endpoints", endpoints, 'nothing for kind = "memory"')
+    security = _store_security(s, kind, endpoints)
     ttl = get_key(s, "ttl", "store.", (int, float), "a lease TTL of 1-3600 seconds", 10)
     if not 1 <= ttl <= 3600:
         raise ConfigError("store.ttl", ttl, "a lease TTL of 1-3600 seconds")
@@ -255,7 +405,7 @@ def parse(text: str) -> DaemonConfig:
             )
         except ConfigError as exc:
             raise _within(where, exc) from None
-    store = StoreConfig(kind, tuple(endpoints), float(ttl), tuple(peers))
+    store = StoreConfig(kind, tuple(endpoints), float(ttl), tuple(peers), **security)
 
     a = _table(raw, "api", "")
     _unknown(a, {"socket"}, "api.")
@@ -321,4 +471,6 @@ def load(path: str) -> DaemonConfig:
             text = f.read()
     except OSError as exc:
         raise ConfigError("--config", path, f"a readable file ({exc.strerror})") from None
-    return parse(text)
+    config = parse(text)
+    _check_private(path, config)
+    return config

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -71,6 +72,32 @@ async def _run(config: cfgmod.DaemonConfig, path: str) -> int:
     return 1 if daemon.failed else 0
 
 
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft, hard) as they are.
+
+    Every pod's TAP (one descriptor per queue), every API connection and every
+    store and netlink socket is a descriptor, and systemd starts services with a
+    soft limit of 1024 under a hard one of 524288. The soft limit exists for
+    programs that use select(), which cannot watch descriptors past 1023;
+    the daemon's loop uses epoll. An infinite hard limit is capped at the
+    kernel's fs.nr_open, the most a process may have."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if want == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = int(f.read())
+        except (OSError, ValueError):
+            want = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as exc:
+            log.warning("overlayd: cannot raise the descriptor limit to %d: %s", want, exc)
+    return soft, hard
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -85,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("overlay").setLevel(config.log_level.upper())
+    soft, _hard = raise_nofile_limit()
+    from overlay.daemon.api import MAX_CONNECTIONS
+
+    if soft < 4 * MAX_CONNECTIONS:
+        log.warning(
+            "overlayd: only %d file descriptors (ulimit -n); the API alone may use %d: "
+            "raise LimitNOFILE",
+            soft,
+            MAX_CONNECTIONS,
+        )
     try:
         import uvloop
     except ImportError:

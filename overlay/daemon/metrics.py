@@ -34,7 +34,9 @@ The snapshot, as the daemon provides it (every key optional)::
      "endpoints": [{"vni": 100, "local": 3, "remote": 7}],
      "peers": [{"name": "node-b", "underlay": "198.18.0.2",
                 "reachable": True, "rtt_ms": 0.4}],     # None: not known
-     "store": {"kind": "etcd", "connected": True}}
+     "store": {"kind": "etcd", "connected": True},
+     "store_rejected": {"total": {"mac_conflict": 3, ...},      # every reason,
+                        "current": {"mac_conflict": 1, ...}}}   # Agent.rejected_counts()
 """
 
 from __future__ import annotations
@@ -201,6 +203,25 @@ class SnapshotCollector(Collector):
             )
             conn.add_metric([str(store.get("kind", ""))], 1 if store.get("connected") else 0)
             yield conn
+
+        rejected = snap.get("store_rejected")
+        if rejected is not None:
+            # Reasons are overlay.control.claims.REASONS: a fixed, bounded label set.
+            total = CounterMetricFamily(
+                "overlay_store_records_rejected",
+                "store records the agent refused (skipped, logged once), by reason",
+                labels=["reason"],
+            )
+            for reason, value in sorted((rejected.get("total") or {}).items()):
+                total.add_metric([str(reason)], _num(value))
+            now = GaugeMetricFamily(
+                "overlay_store_rejected_records",
+                "store records refused at present (not programmed), by reason",
+                labels=["reason"],
+            )
+            for reason, value in sorted((rejected.get("current") or {}).items()):
+                now.add_metric([str(reason)], _num(value))
+            yield from (total, now)
 
     @staticmethod
     def _object_families(

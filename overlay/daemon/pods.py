@@ -8,15 +8,32 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from overlay.cni import validate
 from overlay.daemon.config import get_key
 from overlay.errors import ConfigError
-from overlay.nsenter import iproute, link_index
+from overlay.nsenter import iproute, link_index, netns_path
 
-_CID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+def _check(field: str, value: Any, rule: Callable[..., None], *args: Any) -> None:
+    """``rule(value, *args)`` from ``overlay.cni.validate`` (the plugin checks the same
+    values by the same rules), its refusal as a ConfigError naming ``field``."""
+    try:
+        rule(value, *args)
+    except validate.Invalid as exc:
+        raise ConfigError(field, validate.clip(value), exc.expected) from None
+
+
+def forbidden_netns(node_netns: str) -> dict[str, str]:
+    """The namespaces no pod may be given, each by what it is and a path to it:
+    overlayd's own (the host's, usually) and the node's underlay namespace
+    (``node.netns``, a name or a path; "" when it is overlayd's own)."""
+    out = {"overlayd's own network namespace": validate.OWN_NETNS}
+    if node_netns:
+        out["the node's underlay namespace (node.netns)"] = netns_path(node_netns)
+    return out
 
 
 @dataclasses.dataclass
@@ -36,26 +53,32 @@ class AttachRequest:
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def parse(cls, body: Any) -> AttachRequest:
+    def parse(cls, body: Any, forbidden: Mapping[str, str] | None = None) -> AttachRequest:
+        """Check ``body`` field by field (the CNI rules of ``overlay.cni.validate`` for
+        the IDs, names and namespace); ``forbidden`` maps what each namespace is to a
+        path of it: namespaces no pod may be given (``forbidden_netns``)."""
         if not isinstance(body, dict):
-            raise ConfigError("body", body, "a JSON object with container_id, ifname, netns, vni")
+            raise ConfigError(
+                "body", validate.clip(body), "a JSON object with container_id, ifname, netns, vni"
+            )
         known = {f.name for f in dataclasses.fields(cls)} | {"gateways"}
         for k in body:
             if k not in known:
-                raise ConfigError(k, body[k], f"no such field; known: {sorted(known)}")
+                raise ConfigError(
+                    str(validate.clip(k)),
+                    validate.clip(body[k]),
+                    f"no such field; known: {sorted(known)}",
+                )
 
         def get(key: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
             return get_key(body, key, "", kind, expected, default)
 
         cid = get("container_id", str, "the container ID", dataclasses.MISSING)
-        if not _CID_RE.match(cid):
-            raise ConfigError("container_id", cid, "alphanumeric first, then [A-Za-z0-9_.-]")
+        _check("container_id", cid, validate.container_id)
         ifname = get("ifname", str, "an interface name", dataclasses.MISSING)
-        if not _IFNAME_RE.match(ifname):
-            raise ConfigError("ifname", ifname, "1-15 characters of [A-Za-z0-9_.-]")
+        _check("ifname", ifname, validate.ifname)
         netns = get("netns", str, "the pod's namespace path", dataclasses.MISSING)
-        if not netns.startswith("/") or not os.path.exists(netns):
-            raise ConfigError("netns", netns, "the path of an existing network namespace")
+        _check("netns", netns, validate.netns, forbidden)
         vni = get("vni", int, "a VNI this node hosts", dataclasses.MISSING)
         ips = get("ips", (list, type(None)), "a list of CIDR addresses", None)
         if ips is not None:
@@ -88,9 +111,11 @@ class AttachRequest:
         mtu = get("mtu", int, "an MTU 68-65535, or 0 for the computed one", 0)
         mac = get("mac", (str, type(None)), "a unicast MAC like 02:00:00:00:00:01", None)
         name = get("name", str, "a name", "")
+        _check("name", name, validate.endpoint_name)
         labels = get("labels", dict, "a mapping of strings to strings", {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
-            raise ConfigError("labels", labels, "a mapping of strings to strings")
+            raise ConfigError("labels", validate.clip(labels), "a mapping of strings to strings")
+        _check("labels", labels, validate.labels)
         return cls(
             cid,
             ifname,

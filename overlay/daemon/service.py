@@ -49,7 +49,13 @@ from overlay.daemon import config as cfgmod
 from overlay.daemon.api import ApiServer, Router, Unavailable
 from overlay.daemon.config import DaemonConfig
 from overlay.daemon.health import HEALTH_TENANT, HealthProber
-from overlay.daemon.pods import AttachRequest, add_routes, delete_link, link_state
+from overlay.daemon.pods import (
+    AttachRequest,
+    add_routes,
+    delete_link,
+    forbidden_netns,
+    link_state,
+)
 from overlay.daemon.state import Attachment, StateFile
 from overlay.errors import ConfigError, ConflictError, NotFoundError, OverlayError
 from overlay.model import Endpoint, NetworkSpec, NodeSpec, from_json, to_json
@@ -124,6 +130,7 @@ class Daemon:
 
     async def _start(self) -> None:
         c = self.config
+        self.state.secure()  # files an older release left readable: private before use
         underlay = resolve_underlay(c.node)
         try:
             self.node = Node(
@@ -144,7 +151,14 @@ class Daemon:
         if c.store.kind == "etcd":
             from overlay.control.etcd import EtcdStore
 
-            self.store = EtcdStore(list(c.store.endpoints))
+            self.store = EtcdStore(
+                list(c.store.endpoints),
+                ca_file=c.store.ca_file,
+                cert_file=c.store.cert_file,
+                key_file=c.store.key_file,
+                username=c.store.username,
+                password=None if c.store.password is None else str(c.store.password),
+            )
         else:
             self.store = MemoryStore()
         self.agent = Agent(
@@ -384,7 +398,7 @@ class Daemon:
             raise Unavailable("overlayd is starting (waiting for the store); try again shortly")
 
     async def attach(self, body: Any) -> dict[str, Any]:
-        req = AttachRequest.parse(body)
+        req = AttachRequest.parse(body, forbidden_netns(self.config.node.netns))
         self._check_ready()
         assert self.agent is not None and self.node is not None
         async with self._lock:
@@ -502,6 +516,11 @@ class Daemon:
             "store.kind",
             "store.endpoints",
             "store.ttl",
+            "store.ca_file",
+            "store.cert_file",
+            "store.key_file",
+            "store.username",
+            "store.password",
             "api_socket",
             "metrics_address",
             "health",
@@ -581,6 +600,12 @@ class Daemon:
         """True while the agent is running and the store answers it."""
         return self.agent is not None and self.agent.connected
 
+    @property
+    def store_error(self) -> str:
+        """Why the store failed last ("" once it answers): etcd's TLS and auth refusals
+        name their cause and the setting to fix (``EtcdStore.last_error``)."""
+        return str(getattr(self.store, "last_error", "") or "")
+
     def serving(self) -> bool:
         """Ready for ADD: started, pods re-attached, and the store answering (an ADD
         needs it to lease an address and to announce the pod)."""
@@ -589,9 +614,15 @@ class Daemon:
     def not_serving_reason(self) -> str:
         """Why ADD cannot be served now ("" when it can)."""
         if not self.ready:
-            return "starting: waiting for the store to re-attach pods"
+            error = self.store_error
+            return "starting: waiting for the store to re-attach pods" + (
+                f" ({error})" if error else ""
+            )
         if not self.store_connected:
-            return f"the store ({self.config.store.kind}) is unreachable; retrying"
+            error = self.store_error
+            return f"the store ({self.config.store.kind}) is unreachable; retrying" + (
+                f": {error}" if error else ""
+            )
         return ""
 
     def _local_remote(self, endpoints: Iterable[Endpoint]) -> tuple[int, int]:
@@ -623,6 +654,8 @@ class Daemon:
                 "kind": c.store.kind,
                 "endpoints": list(c.store.endpoints),
                 "connected": self.store_connected,
+                "error": self.store_error,
+                "rejected_records": len(agent.claims.rejected) if agent else 0,
             },
             "networks": len(agent.spec.networks) if agent else 0,
             "attachments": len(self.attachments),
@@ -717,6 +750,7 @@ class Daemon:
         return {
             "ready": self.serving(),
             "store_connected": self.store_connected,
+            "store_error": self.store_error,
             "probing": self.prober is not None,
             "peers": self.peers(),
         }
@@ -748,6 +782,8 @@ class Daemon:
                 for p in self.peers()
             ],
             "store": {"kind": self.config.store.kind, "connected": self.store_connected},
+            # Store records the agent refuses (overlay.control.claims), by reason.
+            "store_rejected": agent.rejected_counts() if agent else None,
         }
 
     # -- the API ----------------------------------------------------------------------

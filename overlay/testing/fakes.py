@@ -52,10 +52,13 @@ class FakePort:
         ips: tuple[str, ...] = (),
         *,
         security: bool = True,
+        router: bool = False,
     ) -> None:
         self.pod, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.mac = mac
-        self.id = engine.port_add_fd(vni, theirs.detach(), mac_bytes(mac), security=security)
+        self.id = engine.port_add_fd(
+            vni, theirs.detach(), mac_bytes(mac), security=security, router=router
+        )
         for ip in ips:
             engine.port_add_ip(self.id, ipaddress.ip_address(ip))
 

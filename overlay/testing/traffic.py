@@ -27,6 +27,7 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +40,37 @@ __all__ = [
     "TransferResult",
     "iperf3",
     "ping",
+    "send_frames",
     "tcp_transfer",
     "udp_echo",
+    "wait_for",
     "wait_listening",
 ]
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll ``pred`` every 10 ms until it is true or ``timeout`` seconds pass; its
+    last value, as a bool (for ``assert wait_for(...)``: counters and tables that
+    a worker thread or another namespace updates a moment later)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return bool(pred())
+
+
+def send_frames(ns: Netns, *frames: bytes, ifname: str = "eth0") -> None:
+    """Send Ethernet frames as they are from ``ifname`` in ``ns`` (an AF_PACKET
+    socket: no IP stack, no checks), as a hostile or broken pod would."""
+    s = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        s.bind((ifname, 0))
+        for frame in frames:
+            s.send(frame)
+    finally:
+        s.close()
+
 
 _PING_SENT_RE = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _PING_RTT_RE = re.compile(r"time[=<]([\d.]+) ?ms")
