@@ -153,8 +153,8 @@ def _addr_in(result: dict[str, Any], net: str) -> str:
     return str(addr)
 
 
-def _overlay_side(overlayd_cluster: Callable[..., DaemonCluster]) -> Side:
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE], extra={"log": {"level": "info"}})
+def _overlay_side(overlay_daemons: Callable[..., DaemonCluster]) -> Side:
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE], extra={"log": {"level": "info"}})
     cluster.start()
     daemon = cluster.daemons[0]
     conf: dict[str, Any] = {
@@ -177,8 +177,8 @@ def _overlay_side(overlayd_cluster: Callable[..., DaemonCluster]) -> Side:
     return Side("overlay", conf, None, None, check_added, check_clean)
 
 
-def _bridge_side(topology: Topology, tmp_path: Path) -> Side:
-    node = topology.add_netns("brnode")
+def _bridge_side(overlay_topology: Topology, tmp_path: Path) -> Side:
+    node = overlay_topology.add_netns("brnode")
     data_dir = tmp_path / "host-local"
     name = "bench-bridge"
     conf: dict[str, Any] = {
@@ -205,9 +205,9 @@ def _bridge_side(topology: Topology, tmp_path: Path) -> Side:
 
 @pytest.fixture
 def sides(
-    topology: Topology, overlayd_cluster: Callable[..., DaemonCluster], tmp_path: Path
+    overlay_topology: Topology, overlay_daemons: Callable[..., DaemonCluster], tmp_path: Path
 ) -> list[Side]:
-    return [_overlay_side(overlayd_cluster), _bridge_side(topology, tmp_path)]
+    return [_overlay_side(overlay_daemons), _bridge_side(overlay_topology, tmp_path)]
 
 
 def _warm_up(side: Side, pod: Netns) -> dict[str, float]:
@@ -238,9 +238,11 @@ def _record(benchmark: Any, test: str, figures: dict[str, Any], raw: dict[str, A
     )
 
 
-def test_sequential_add_then_del(benchmark: Any, sides: list[Side], topology: Topology) -> None:
-    pods = [topology.add_netns(f"p{i}") for i in range(PODS)]
-    warm = topology.add_netns("pw")
+def test_sequential_add_then_del(
+    benchmark: Any, sides: list[Side], overlay_topology: Topology
+) -> None:
+    pods = [overlay_topology.add_netns(f"p{i}") for i in range(PODS)]
+    warm = overlay_topology.add_netns("pw")
 
     def measure() -> tuple[dict[str, Any], dict[str, Any]]:
         figures: dict[str, Any] = {}
@@ -304,9 +306,11 @@ def _at_once(side: Side, verb: str, pods: list[Netns]) -> tuple[list[float], flo
     return per_process, (max(ends) - min(starts)) * 1e3
 
 
-def test_concurrent_adds_then_dels(benchmark: Any, sides: list[Side], topology: Topology) -> None:
-    pods = [topology.add_netns(f"c{i}") for i in range(CONCURRENT)]
-    warm = topology.add_netns("cw")
+def test_concurrent_adds_then_dels(
+    benchmark: Any, sides: list[Side], overlay_topology: Topology
+) -> None:
+    pods = [overlay_topology.add_netns(f"c{i}") for i in range(CONCURRENT)]
+    warm = overlay_topology.add_netns("cw")
 
     def measure() -> tuple[dict[str, Any], dict[str, Any]]:
         figures: dict[str, Any] = {}

@@ -161,10 +161,10 @@ def overlay_side(node: Node) -> dict[str, Any]:
     return out
 
 
-def kernel_side(topology: Topology) -> dict[str, Any]:
+def kernel_side(overlay_topology: Topology) -> dict[str, Any]:
     """The same entries in a kernel VXLAN device's FDB and neighbour table (pyroute2)."""
-    ns, other = topology.add_netns("kv"), topology.add_netns("kv2")
-    topology.veth(ns, other)
+    ns, other = overlay_topology.add_netns("kv"), overlay_topology.add_netns("kv2")
+    overlay_topology.veth(ns, other)
     ns.run(["ip", "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "dstport", "4789",
             "local", ME, "dev", "ul0", "nolearning"])  # fmt: skip
     ns.addr_add("vx0", "10.245.255.254/15")
@@ -209,16 +209,16 @@ def kernel_side(topology: Topology) -> dict[str, Any]:
     return program()
 
 
-def test_program_100k_remote_endpoints(benchmark: Any, topology: Topology) -> None:
+def test_program_100k_remote_endpoints(benchmark: Any, overlay_topology: Topology) -> None:
     result: dict[str, Any] = {}
 
     def one() -> None:
-        a, b = topology.add_netns("me"), topology.add_netns("peer")
-        topology.veth(a, b)
+        a, b = overlay_topology.add_netns("me"), overlay_topology.add_netns("peer")
+        overlay_topology.veth(a, b)
         # FDB and neighbours each get 2^18 slots: 100,000 entries stay under 40 % load.
         with Node(ME, Encap.VXLAN, netns=a.path, fdb_size=1 << 18) as node:
             result["overlay"] = overlay_side(node)
-        result["kernel"] = kernel_side(topology)
+        result["kernel"] = kernel_side(overlay_topology)
 
     benchmark.pedantic(one, rounds=1, iterations=1)
     o, k = result["overlay"], result["kernel"]

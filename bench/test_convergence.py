@@ -134,7 +134,7 @@ def test_convergence(
             else:
                 from overlay.control.etcd import EtcdStore
 
-                server = request.getfixturevalue("etcd")
+                server = request.getfixturevalue("overlay_etcd")
                 store = EtcdStore([server.endpoint])
             result.update(loop.run_until_complete(converge(store, n, TRIALS)))
             loop.run_until_complete(store.close())

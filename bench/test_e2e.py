@@ -57,15 +57,15 @@ NODE_OPTIONS = bench_node_options()
 @pytest.fixture
 def sides(
     overlay_net: Callable[..., OverlayNet],
-    kernel_net: Callable[..., KernelNet],
-    veth_net: Callable[..., VethNet],
+    overlay_kernel_net: Callable[..., KernelNet],
+    overlay_veth_net: Callable[..., VethNet],
 ) -> dict[str, Side]:
     return sides_of(
         {
             "overlay": overlay_net(node_options=NODE_OPTIONS),
-            "kernel": kernel_net(),
-            "veth": veth_net(mtu=1450),
-            "veth1500": veth_net(mtu=1500),
+            "kernel": overlay_kernel_net(),
+            "veth": overlay_veth_net(mtu=1450),
+            "veth1500": overlay_veth_net(mtu=1500),
         }
     )
 

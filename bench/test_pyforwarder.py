@@ -42,10 +42,13 @@ NODE_OPTIONS = bench_node_options()
 
 @pytest.fixture
 def sides(
-    overlay_net: Callable[..., OverlayNet], pyforwarder_net: Callable[..., PyForwarderNet]
+    overlay_net: Callable[..., OverlayNet], overlay_pyforwarder_net: Callable[..., PyForwarderNet]
 ) -> dict[str, Side]:
     return sides_of(
-        {"overlay": overlay_net(node_options=NODE_OPTIONS), "pyforwarder": pyforwarder_net()}
+        {
+            "overlay": overlay_net(node_options=NODE_OPTIONS),
+            "pyforwarder": overlay_pyforwarder_net(),
+        }
     )
 
 

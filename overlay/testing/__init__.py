@@ -5,11 +5,17 @@ under pytest-benchmark ship with overlay, and plugin authors reuse the same
 topologies to test their own CNI plugins against a real data plane.
 
 Rooms:
-  netns    — namespaces, veth links, the kernel VXLAN twin, leftover cleanup
-  traffic  — ping, verified TCP transfer, UDP echo, iperf3 between namespaces
-  capture  — tshark capture inside a namespace and field extraction
-  plugin   — the pytest plugin (``pytest11`` entry point ``overlay``)
-  fakes    — in-process TAP/UDP stand-ins for the engine (no root needed)
+  netns       — namespaces, veth links, the kernel VXLAN twin, leftover cleanup
+  traffic     — ping, verified TCP transfer, UDP echo, iperf3, raw frames, wait_for
+  capture     — tshark capture inside a namespace and field extraction
+  cluster     — nodes, networks and pods on one underlay, programmed statically
+  daemon      — real overlayd processes on namespaced nodes; overlay-cni as runtimes run it
+  etcd        — a real etcd on loopback (TLS and users too), stopped by PID
+  aio         — one coroutine run on the stdlib loop or uvloop; ``until``
+  throughput  — test beds and side-by-side figures for pytest-benchmark
+  pyforwarder — the pure-Python forwarder, a benchmark baseline
+  fakes       — in-process TAP/UDP stand-ins for the engine (no root needed)
+  plugin      — the pytest plugin (``pytest11`` entry point ``overlay``)
 
 Names are re-exported lazily, so ``import overlay.testing`` (which pytest does
 in every run, for the plugin) imports neither pyroute2 nor the native engine.
@@ -21,7 +27,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from overlay.testing.aio import until
     from overlay.testing.capture import Capture, tshark_fields
+    from overlay.testing.cluster import Cluster, Pod
+    from overlay.testing.daemon import DaemonCluster
+    from overlay.testing.etcd import EtcdServer
+    from overlay.testing.fakes import FakePort, loopback_engine
     from overlay.testing.netns import (
         LinkInfo,
         Netns,
@@ -30,13 +41,17 @@ if TYPE_CHECKING:
         kernel_vxlan,
         run_prefix,
     )
+    from overlay.testing.pyforwarder import PyForwarder
+    from overlay.testing.throughput import compare, sides_of
     from overlay.testing.traffic import (
         PingResult,
         TransferResult,
         iperf3,
         ping,
+        send_frames,
         tcp_transfer,
         udp_echo,
+        wait_for,
     )
 
 _EXPORTS = {
@@ -54,23 +69,47 @@ _EXPORTS = {
     "ping": "traffic",
     "tcp_transfer": "traffic",
     "udp_echo": "traffic",
+    "send_frames": "traffic",
+    "wait_for": "traffic",
+    "Cluster": "cluster",
+    "Pod": "cluster",
+    "DaemonCluster": "daemon",
+    "EtcdServer": "etcd",
+    "FakePort": "fakes",
+    "loopback_engine": "fakes",
+    "PyForwarder": "pyforwarder",
+    "compare": "throughput",
+    "sides_of": "throughput",
+    "until": "aio",
 }
 
 __all__ = [
     "Capture",
+    "Cluster",
+    "DaemonCluster",
+    "EtcdServer",
+    "FakePort",
     "LinkInfo",
     "Netns",
     "PingResult",
+    "Pod",
+    "PyForwarder",
     "Topology",
     "TransferResult",
     "cleanup_leftovers",
+    "compare",
     "iperf3",
     "kernel_vxlan",
+    "loopback_engine",
     "ping",
     "run_prefix",
+    "send_frames",
+    "sides_of",
     "tcp_transfer",
     "tshark_fields",
     "udp_echo",
+    "until",
+    "wait_for",
 ]
 
 

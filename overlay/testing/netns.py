@@ -27,7 +27,7 @@ Nothing is ever created in the host namespace: a veth pair is created from
 inside its first namespace with its peer placed directly in the second.
 
 Addresses are checked against :data:`ALLOWED_NETWORKS` (the test bed's rules,
-see TESTBED.md) before they are configured, so a typo cannot put a real
+see tests/README.md) before they are configured, so a typo cannot put a real
 network's address on a link.
 """
 
@@ -92,6 +92,7 @@ ALLOWED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
     ipaddress.ip_network("198.18.0.0/15"),  # underlay: the benchmarking range (RFC 2544)
     ipaddress.ip_network("10.244.0.0/16"),  # overlay: the default cluster CIDR
     ipaddress.ip_network("10.245.0.0/16"),  # overlay: further tenants
+    ipaddress.ip_network("10.96.0.0/16"),  # Kubernetes Service ClusterIPs (DNAT in a node)
     ipaddress.ip_network("2001:2::/48"),  # IPv6 benchmarking range (RFC 5180), the v6 twin
     ipaddress.ip_network("fe80::/10"),  # link-local: never leaves the link
 )
@@ -133,7 +134,7 @@ def check_allowed(address: str, what: str = "address", *, loopback: bool = False
         nets = ", ".join(str(n) for n in allowed)
         raise ValueError(
             f"{what} {address!r} is outside the test bed's networks ({nets}); "
-            "pick an address from those ranges (see TESTBED.md)"
+            "pick an address from those ranges (see tests/README.md)"
         )
 
 
@@ -575,7 +576,7 @@ class Netns:
 
         Turning ``tx`` off on the kernel peer's underlay veth makes it finish
         inner checksums itself: needed whenever a userspace VTEP receives its
-        VXLAN traffic (see TESTBED.md, "Checksum offload on veth"). Further
+        VXLAN traffic (see tests/README.md, "Checksum offload on veth"). Further
         features by ethtool name, underscores for dashes: ``tso=False``,
         ``gro=False``, ``tx_checksum_ip_generic=False``.
         """
@@ -596,7 +597,7 @@ class TopologyCleanupError(RuntimeError):
 class Topology:
     """A set of namespaces and links that is removed as a whole.
 
-    Use as a context manager (or the ``topology`` pytest fixture)::
+    Use as a context manager (or the ``overlay_topology`` pytest fixture)::
 
         with Topology() as topo:
             n1, n2 = topo.add_netns("n1"), topo.add_netns("n2")

@@ -7,25 +7,29 @@ skip with a reason that says what is missing, not fail obscurely. A crashed run
 leaves namespaces behind; the next session removes them, but only those of
 runs that are over (``ovt<pid>-`` whose pid is gone) and its own, never another
 live run's. And most tests just want a :class:`~overlay.testing.netns.Topology`
-that is gone after the test, pass or fail: the ``topology`` fixture.
+that is gone after the test, pass or fail: the ``overlay_topology`` fixture.
+
+Every fixture's name starts with ``overlay_``: the plugin loads in every pytest
+run where the package is installed, and a generic name (``topology``, ``etcd``)
+would collide with a user's own fixture of that name.
 
 People who benchmark overlays with pytest-benchmark want ready-made test beds
-of one shape to compare: ``overlay_net`` (our data plane), ``kernel_net`` (the
-kernel's VXLAN twin), ``veth_net`` (no tunnel) and ``pyforwarder_net`` (a
-pure-Python forwarder). Each is a factory fixture (call it, maybe several
-times, with the shape you want); everything it built is removed after the
-test, also when the test fails. The figures and ``compare`` to use with them
-are in :mod:`overlay.testing.throughput`::
+of one shape to compare: ``overlay_net`` (our data plane), ``overlay_kernel_net``
+(the kernel's VXLAN twin), ``overlay_veth_net`` (no tunnel) and
+``overlay_pyforwarder_net`` (a pure-Python forwarder). Each is a factory
+fixture (call it, maybe several times, with the shape you want); everything it
+built is removed after the test, also when the test fails. The figures and
+``compare`` to use with them are in :mod:`overlay.testing.throughput`::
 
     from overlay.testing.throughput import TCP_GBPS, compare
 
-    def test_tcp(benchmark, overlay_net, kernel_net):
-        sides = {"overlay": overlay_net().side(), "kernel": kernel_net().side()}
+    def test_tcp(benchmark, overlay_net, overlay_kernel_net):
+        sides = {"overlay": overlay_net().side(), "kernel": overlay_kernel_net().side()}
         compare(benchmark, sides, TCP_GBPS)
 
-Control-plane tests want a real etcd (Debian's ``etcd-server``): ``etcd`` is
-a fresh one per test (empty, at revision 1; kill and restart it at will) and
-``etcd_session`` one shared by the whole session (faster; keep to your own
+Control-plane tests want a real etcd (Debian's ``etcd-server``): ``overlay_etcd``
+is a fresh one per test (empty, at revision 1; kill and restart it at will) and
+``overlay_etcd_session`` one shared by the whole session (faster; keep to your own
 key prefix and leave it running). Both skip where there is no etcd binary and
 are stopped by PID after use, pass or fail.
 
@@ -125,7 +129,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def topology() -> Iterator[Topology]:
+def overlay_topology() -> Iterator[Topology]:
     """A :class:`~overlay.testing.netns.Topology` with this run's prefix, removed after the test.
 
     Skips the test (with the reason) where namespaces cannot be made. A
@@ -144,8 +148,10 @@ def topology() -> Iterator[Topology]:
 
 
 @pytest.fixture
-def overlayd_cluster(topology: Topology, tmp_path: Path) -> Iterator[Callable[..., DaemonCluster]]:
-    """Factory: ``overlayd_cluster(n_nodes=2, store="memory" | etcd URL, networks=[...])``
+def overlay_daemons(
+    overlay_topology: Topology, tmp_path: Path
+) -> Iterator[Callable[..., DaemonCluster]]:
+    """Factory: ``overlay_daemons(n_nodes=2, store="memory" | etcd URL, networks=[...])``
     builds node namespaces running real ``overlayd`` processes (not yet started:
     call ``.start()``). Daemons are stopped by PID after the test, then the
     namespaces are removed."""
@@ -154,7 +160,7 @@ def overlayd_cluster(topology: Topology, tmp_path: Path) -> Iterator[Callable[..
     made: list[DaemonCluster] = []
 
     def make(**kw: Any) -> DaemonCluster:
-        c = DaemonCluster(topology, tmp_path / f"cluster{len(made)}", **kw)
+        c = DaemonCluster(overlay_topology, tmp_path / f"cluster{len(made)}", **kw)
         made.append(c)
         return c
 
@@ -192,8 +198,8 @@ def overlay_net() -> Iterator[Callable[..., OverlayNet]]:
 
 
 @pytest.fixture
-def kernel_net() -> Iterator[Callable[..., KernelNet]]:
-    """Factory: ``kernel_net(nodes=2, pods_per_node=1, mtu=1500, vni=100,
+def overlay_kernel_net() -> Iterator[Callable[..., KernelNet]]:
+    """Factory: ``overlay_kernel_net(nodes=2, pods_per_node=1, mtu=1500, vni=100,
     cidr="10.244.1.0/24")`` -> a :class:`~overlay.testing.throughput.KernelNet`:
     the same shape on the kernel's VXLAN device (VXLAN only). Removed after the test.
     """
@@ -202,8 +208,8 @@ def kernel_net() -> Iterator[Callable[..., KernelNet]]:
 
 
 @pytest.fixture
-def veth_net() -> Iterator[Callable[..., VethNet]]:
-    """Factory: ``veth_net(mtu=1450, cidr="10.244.1.0/24")`` -> a
+def overlay_veth_net() -> Iterator[Callable[..., VethNet]]:
+    """Factory: ``overlay_veth_net(mtu=1450, cidr="10.244.1.0/24")`` -> a
     :class:`~overlay.testing.throughput.VethNet`: two pods on one plain veth
     (10.244.1.2 <-> 10.244.1.3), the no-tunnel baseline. Removed after the test.
     """
@@ -212,8 +218,8 @@ def veth_net() -> Iterator[Callable[..., VethNet]]:
 
 
 @pytest.fixture
-def pyforwarder_net() -> Iterator[Callable[..., PyForwarderNet]]:
-    """Factory: ``pyforwarder_net(mtu=1500, vni=100, cidr="10.244.1.0/24",
+def overlay_pyforwarder_net() -> Iterator[Callable[..., PyForwarderNet]]:
+    """Factory: ``overlay_pyforwarder_net(mtu=1500, vni=100, cidr="10.244.1.0/24",
     use_uvloop=None)`` -> a started :class:`~overlay.testing.throughput.PyForwarderNet`:
     two nodes running the pure-Python asyncio forwarder. Removed after the test.
     """
@@ -236,7 +242,7 @@ def _etcd_server(directory: Path) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+def overlay_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     """A fresh :class:`~overlay.testing.etcd.EtcdServer` for this test (empty, revision 1).
 
     ``.endpoint`` is its client URL; ``.kill()`` and ``.start()`` take it away
@@ -246,10 +252,10 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture(scope="session")
-def etcd_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+def overlay_etcd_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """One :class:`~overlay.testing.etcd.EtcdServer` for the whole session.
 
     Shared: use keys under a prefix of your own test, do not assume absolute
-    revisions, and do not kill, restart or compact it (use ``etcd`` for that).
+    revisions, and do not kill, restart or compact it (use ``overlay_etcd`` for that).
     """
     yield from _etcd_server(tmp_path_factory.mktemp("etcd"))

@@ -15,7 +15,7 @@ This module packages that discipline so benchmark authors get it for free:
   :class:`PyForwarderNet` (the pure-Python forwarder of
   :mod:`overlay.testing.pyforwarder`, the floor). Each has ``pods``,
   ``pair()`` and ``side()``; the plugin exposes them as the factory fixtures
-  ``overlay_net``, ``kernel_net``, ``veth_net`` and ``pyforwarder_net``, and
+  ``overlay_net``, ``overlay_kernel_net``, ``overlay_veth_net`` and ``overlay_pyforwarder_net``, and
   :class:`Testbeds` removes everything they made, also when a test fails.
 * **Figures measured identically on every side** (a :class:`Side` is a
   client pod and a server pod): one TCP stream with iperf3, small UDP

@@ -45,9 +45,9 @@ def snmp(ns: Netns, proto: str, field: str) -> int:
     ],
 )
 def test_large_transfer_through_offloads_is_exact_and_checksum_clean(
-    topology: Topology, encap: Encap, cidrs: tuple[str, str], nbytes: int
+    overlay_topology: Topology, encap: Encap, cidrs: tuple[str, str], nbytes: int
 ) -> None:
-    with Cluster(topology, encap) as c:
+    with Cluster(overlay_topology, encap) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, cidrs[0])
         b = c.add_pod(1, 100, cidrs[1])
@@ -67,8 +67,8 @@ def test_large_transfer_through_offloads_is_exact_and_checksum_clean(
             assert not any(cnt["drops"].values()), cnt["drops"]
 
 
-def test_offloads_can_be_turned_off_and_traffic_still_flows(topology: Topology) -> None:
-    with Cluster(topology, Encap.VXLAN, node_options={"offloads": False}) as c:
+def test_offloads_can_be_turned_off_and_traffic_still_flows(overlay_topology: Topology) -> None:
+    with Cluster(overlay_topology, Encap.VXLAN, node_options={"offloads": False}) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "10.244.1.2/24")
         b = c.add_pod(1, 100, "10.244.1.3/24")
@@ -80,8 +80,10 @@ def test_offloads_can_be_turned_off_and_traffic_still_flows(topology: Topology) 
         assert cnt["node"]["gso_frames"] == 0 and cnt["node"]["udp_gso_sends"] == 0
 
 
-def test_some_offloads_only(topology: Topology) -> None:
-    with Cluster(topology, Encap.VXLAN, node_options={"offloads": ["udp_gso", "udp_gro"]}) as c:
+def test_some_offloads_only(overlay_topology: Topology) -> None:
+    with Cluster(
+        overlay_topology, Encap.VXLAN, node_options={"offloads": ["udp_gso", "udp_gro"]}
+    ) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "10.244.1.2/24")
         b = c.add_pod(1, 100, "10.244.1.3/24")
@@ -91,10 +93,12 @@ def test_some_offloads_only(topology: Topology) -> None:
         assert off == {"tap_tso": False, "tap_uso": False, "udp_gso": True, "udp_gro": True}
 
 
-def test_udp_segmentation_from_a_pod_arrives_as_separate_datagrams(topology: Topology) -> None:
+def test_udp_segmentation_from_a_pod_arrives_as_separate_datagrams(
+    overlay_topology: Topology,
+) -> None:
     """A pod sending with UDP_SEGMENT hands the node one USO super-frame; the peer pod
     must receive each datagram on its own, intact."""
-    with Cluster(topology, Encap.VXLAN) as c:
+    with Cluster(overlay_topology, Encap.VXLAN) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "10.244.1.2/24")
         b = c.add_pod(1, 100, "10.244.1.3/24")
@@ -117,10 +121,10 @@ def test_udp_segmentation_from_a_pod_arrives_as_separate_datagrams(topology: Top
         tx.close()
 
 
-def test_several_workers_keep_every_flow_in_order(topology: Topology) -> None:
+def test_several_workers_keep_every_flow_in_order(overlay_topology: Topology) -> None:
     """Multi-queue TAPs and one receive socket per worker: a flow stays on one
     queue and one worker, so numbered datagrams of each flow arrive in order."""
-    with Cluster(topology, Encap.VXLAN, node_options={"workers": 2}) as c:
+    with Cluster(overlay_topology, Encap.VXLAN, node_options={"workers": 2}) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "10.244.1.2/24")
         b = c.add_pod(1, 100, "10.244.1.3/24")

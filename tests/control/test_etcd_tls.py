@@ -27,7 +27,7 @@ import pytest
 
 from overlay.control.store import Event, StoreUnavailable
 from overlay.errors import ConfigError
-from overlay.testing.aio import LOOPS, run
+from overlay.testing.aio import run
 from overlay.testing.etcd import ROLE, EtcdServer, Pki, make_pki, tls_unavailable_reason
 
 pytest.importorskip("aetcd")
@@ -92,7 +92,6 @@ async def _next(watch: Any) -> list[Event]:
 # The store over TLS, as a certificate's user and as a password's user
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 @pytest.mark.parametrize("identity", ["certificate", "password"])
 def test_put_get_watch_and_leases_over_tls(
     secure_etcd: EtcdServer, pki: Pki, identity: str, loop_kind: str
@@ -126,7 +125,6 @@ def test_put_get_watch_and_leases_over_tls(
     run(loop_kind, main)
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_an_expired_token_is_renewed_for_calls_and_watches(
     secure_etcd: EtcdServer, pki: Pki, loop_kind: str
 ) -> None:
@@ -174,7 +172,6 @@ def _denied(loop_kind: str, store: EtcdStore, key: bytes = b"/overlay/test-denie
     return f"{caught[0].kind}: {caught[0]}"
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_wrong_ca_is_reported_as_an_untrusted_server_certificate(
     secure_etcd: EtcdServer, pki: Pki, loop_kind: str
 ) -> None:
@@ -184,7 +181,6 @@ def test_a_wrong_ca_is_reported_as_an_untrusted_server_certificate(
     assert "certificate verify failed" in message and "set ca_file" in message
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_missing_client_certificate_is_reported(
     secure_etcd: EtcdServer, pki: Pki, loop_kind: str
 ) -> None:
@@ -194,7 +190,6 @@ def test_a_missing_client_certificate_is_reported(
     assert "set cert_file and key_file" in message
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_client_certificate_of_another_ca_is_refused(
     secure_etcd: EtcdServer, pki: Pki, loop_kind: str
 ) -> None:
@@ -204,7 +199,6 @@ def test_a_client_certificate_of_another_ca_is_refused(
     assert f"refused the client certificate {pki.stranger_cert}" in message
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_wrong_password_is_reported_and_logged_once(
     secure_etcd: EtcdServer, pki: Pki, loop_kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -217,7 +211,6 @@ def test_a_wrong_password_is_reported_and_logged_once(
     assert logged == [message.removeprefix("auth: ")]  # two failures, one line
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_user_without_a_role_is_told_to_grant_one_for_calls_and_watches(
     secure_etcd: EtcdServer, pki: Pki, loop_kind: str
 ) -> None:
@@ -266,23 +259,23 @@ def test_http_to_a_tls_etcd_is_told_to_use_https(secure_etcd: EtcdServer) -> Non
 
 
 def test_https_to_a_plain_etcd_is_told_it_does_not_speak_tls(
-    etcd_session: EtcdServer, pki: Pki
+    overlay_etcd_session: EtcdServer, pki: Pki
 ) -> None:
-    url = etcd_session.endpoint.replace("http://", "https://")
+    url = overlay_etcd_session.endpoint.replace("http://", "https://")
     message = _denied("asyncio", EtcdStore([url], timeout=TIMEOUT_S, ca_file=pki.ca))
     assert message.startswith("tls: ") and "does not seem to speak TLS" in message
     assert "use http://" in message
 
 
 def test_a_user_set_before_etcd_turns_auth_on_still_works(
-    etcd_session: EtcdServer, caplog: pytest.LogCaptureFixture
+    overlay_etcd_session: EtcdServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="overlay.control.etcd")
 
     async def main() -> None:
         # etcd_session has no auth: etcd answers Authenticate with "authentication
         # is not enabled", and the store works without a token, as etcd's own client.
-        store = EtcdStore([etcd_session.endpoint], username=USER, password=PASSWORD)
+        store = EtcdStore([overlay_etcd_session.endpoint], username=USER, password=PASSWORD)
         async with store:
             rev = await store.put(b"/overlay/test-noauth/k", b"1")
             got = await store.get(b"/overlay/test-noauth/k")
@@ -291,7 +284,7 @@ def test_a_user_set_before_etcd_turns_auth_on_still_works(
 
     run("asyncio", main)
     assert [r.getMessage() for r in caplog.records] == [
-        f"etcd at {etcd_session.endpoint}: username {USER!r} is set but etcd's "
+        f"etcd at {overlay_etcd_session.endpoint}: username {USER!r} is set but etcd's "
         "authentication is off; working without a token"
     ]
 
@@ -364,7 +357,7 @@ def _password_file(directory: Path, text: str) -> Path:
 
 @pytest.mark.root
 def test_overlayd_with_tls_and_auth_becomes_ready_and_pods_talk(
-    topology: Any, overlayd_cluster: Any, pki: Pki, tmp_path: Path
+    overlay_topology: Any, overlay_daemons: Any, pki: Pki, tmp_path: Path
 ) -> None:
     from overlay.testing.traffic import ping
 
@@ -372,7 +365,7 @@ def test_overlayd_with_tls_and_auth_becomes_ready_and_pods_talk(
     try:
         tls = {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert)}
         tls["key_file"] = str(pki.client_key)
-        cl = overlayd_cluster(store=server.endpoint)
+        cl = overlay_daemons(store=server.endpoint)
         # node0: user and password (from a file); node1: its certificate's CN alone.
         node0 = {**tls, "username": USER, "password_file": str(_password_file(tmp_path, PASSWORD))}
         for d, store in zip(cl.daemons, (node0, tls), strict=True):
@@ -381,7 +374,7 @@ def test_overlayd_with_tls_and_auth_becomes_ready_and_pods_talk(
             d.write_config(config)
         try:
             cl.start()
-            pods = [topology.add_netns("pa"), topology.add_netns("pb")]
+            pods = [overlay_topology.add_netns("pa"), overlay_topology.add_netns("pb")]
             recs = [
                 d.client.attach({"container_id": f"c{i}", "ifname": "eth0", "netns": ns.path,
                                  "vni": 100})
@@ -406,9 +399,9 @@ def test_overlayd_with_tls_and_auth_becomes_ready_and_pods_talk(
 
 @pytest.mark.root
 def test_overlayd_says_why_etcd_refuses_it_and_keeps_trying(
-    overlayd_cluster: Any, secure_etcd: EtcdServer, pki: Pki, tmp_path: Path
+    overlay_daemons: Any, secure_etcd: EtcdServer, pki: Pki, tmp_path: Path
 ) -> None:
-    cl = overlayd_cluster(n_nodes=1, store=secure_etcd.endpoint)
+    cl = overlay_daemons(n_nodes=1, store=secure_etcd.endpoint)
     d = cl.daemons[0]
     config = d.config
     config["store"].update(

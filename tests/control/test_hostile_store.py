@@ -34,7 +34,7 @@ from overlay.control.store import Event, MemoryStore, Store
 from overlay.errors import ConfigError
 from overlay.model import Endpoint, NetworkSpec, NodeSpec, TooLarge, from_json, to_json
 from overlay.node import Encap, Node
-from overlay.testing.aio import LOOPS, run, until
+from overlay.testing.aio import run, until
 from overlay.testing.fakes import RecordingNode
 from overlay.testing.netns import Topology
 
@@ -48,7 +48,7 @@ def make_store(request: pytest.FixtureRequest) -> Callable[[], Store]:
     """Makes the store on the test's own loop (an EtcdStore belongs to one loop)."""
     if request.param == "memory":
         return MemoryStore
-    server = request.getfixturevalue("etcd")
+    server = request.getfixturevalue("overlay_etcd")
 
     def etcd_store() -> Store:
         from overlay.control.etcd import EtcdStore
@@ -59,10 +59,10 @@ def make_store(request: pytest.FixtureRequest) -> Callable[[], Store]:
 
 
 @pytest.fixture
-def me_node(topology: Topology) -> Iterator[Node]:
+def me_node(overlay_topology: Topology) -> Iterator[Node]:
     """A real node at 198.18.0.1 (its namespace has the address; nothing is started)."""
-    ns, other = topology.add_netns("me"), topology.add_netns("other")
-    topology.veth(ns, other)
+    ns, other = overlay_topology.add_netns("me"), overlay_topology.add_netns("other")
+    overlay_topology.veth(ns, other)
     with Node(ME, Encap.VXLAN, netns=ns.path) as node:
         yield node
 
@@ -198,7 +198,6 @@ def cluster_test(make_store: Callable[[], Store], node: Any, loop_kind: str, bod
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_an_address_already_in_use_is_refused_and_new_pods_are_still_programmed(
     loop_kind: str, make_store: Callable[[], Store], me_node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -228,7 +227,6 @@ def test_an_address_already_in_use_is_refused_and_new_pods_are_still_programmed(
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_node_with_an_ipv6_underlay_in_an_ipv4_cluster_is_refused_and_others_still_programmed(
     loop_kind: str, make_store: Callable[[], Store], me_node: Node
 ) -> None:
@@ -249,7 +247,6 @@ def test_a_node_with_an_ipv6_underlay_in_an_ipv4_cluster_is_refused_and_others_s
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_network_rewritten_to_another_tenant_or_cidr_changes_nothing(
     loop_kind: str, make_store: Callable[[], Store], me_node: Node
 ) -> None:
@@ -284,7 +281,6 @@ def test_a_network_rewritten_to_another_tenant_or_cidr_changes_nothing(
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_mac_claimed_by_a_second_node_does_not_divert_it_on_any_node_or_after_a_restart(
     loop_kind: str, make_store: Callable[[], Store], me_node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -327,7 +323,6 @@ def test_a_mac_claimed_by_a_second_node_does_not_divert_it_on_any_node_or_after_
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_an_endpoint_may_claim_only_its_own_node_and_addresses_of_its_lease(
     loop_kind: str, make_store: Callable[[], Store], me_node: Node
 ) -> None:
@@ -362,7 +357,6 @@ def test_an_endpoint_may_claim_only_its_own_node_and_addresses_of_its_lease(
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_node_records_with_this_nodes_or_a_taken_underlay_are_not_members(
     loop_kind: str, make_store: Callable[[], Store], me_node: Node
 ) -> None:
@@ -396,7 +390,6 @@ def test_node_records_with_this_nodes_or_a_taken_underlay_are_not_members(
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_oversized_records_are_refused_and_cost_nothing(
     loop_kind: str, make_store: Callable[[], Store], me_node: Node
 ) -> None:
@@ -422,15 +415,15 @@ def test_oversized_records_are_refused_and_cost_nothing(
 @pytest.mark.root
 @pytest.mark.parametrize("kind", ["memory", "etcd"])
 def test_a_hostile_mac_claim_does_not_divert_traffic_between_real_pods(
-    kind: str, topology: Topology, request: pytest.FixtureRequest
+    kind: str, overlay_topology: Topology, request: pytest.FixtureRequest
 ) -> None:
     from overlay.testing.cluster import underlay_ip
     from overlay.testing.traffic import ping
 
-    ns = [topology.add_netns(f"n{i}") for i in range(3)]
-    pods = [topology.add_netns(f"pod{i}") for i in range(2)]
-    topology.lan(ns, [f"{underlay_ip(i)}/24" for i in range(3)])
-    server = request.getfixturevalue("etcd") if kind == "etcd" else None
+    ns = [overlay_topology.add_netns(f"n{i}") for i in range(3)]
+    pods = [overlay_topology.add_netns(f"pod{i}") for i in range(2)]
+    overlay_topology.lan(ns, [f"{underlay_ip(i)}/24" for i in range(3)])
+    server = request.getfixturevalue("overlay_etcd") if kind == "etcd" else None
     nodes = [Node(underlay_ip(i), Encap.VXLAN, netns=n.path) for i, n in enumerate(ns)]
 
     async def main() -> None:
@@ -540,7 +533,6 @@ def test_adding_and_removing_a_remote_costs_the_same_at_any_table_size(me_node: 
     assert cost[1] == cost[0], cost
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_one_store_change_is_reconciled_with_the_same_work_at_any_table_size(
     loop_kind: str,
 ) -> None:
@@ -584,7 +576,6 @@ def test_one_store_change_is_reconciled_with_the_same_work_at_any_table_size(
 # -- pieces -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loop_kind", LOOPS)
 def test_watch_events_carry_the_keys_create_revision(
     loop_kind: str, make_store: Callable[[], Store]
 ) -> None:

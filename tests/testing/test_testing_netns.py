@@ -41,10 +41,10 @@ def _listed() -> set[str]:
 
 
 @pytest.fixture
-def two_nodes(topology: Topology) -> tuple[Netns, Netns]:
+def two_nodes(overlay_topology: Topology) -> tuple[Netns, Netns]:
     """n1 and n2 joined by a veth: 198.18.0.1/24 <-> 198.18.0.2/24 on ul0."""
-    n1, n2 = topology.add_netns("n1"), topology.add_netns("n2")
-    topology.veth(n1, n2)
+    n1, n2 = overlay_topology.add_netns("n1"), overlay_topology.add_netns("n2")
+    overlay_topology.veth(n1, n2)
     return n1, n2
 
 
@@ -81,15 +81,15 @@ def test_namespaces_are_removed_when_the_body_raises() -> None:
     assert not set(names) & _listed()
 
 
-def test_ipv6_can_be_kept(topology: Topology) -> None:
-    ns = topology.add_netns("v6", ipv6=True)
+def test_ipv6_can_be_kept(overlay_topology: Topology) -> None:
+    ns = overlay_topology.add_netns("v6", ipv6=True)
     assert ns.sysctl_get("net.ipv6.conf.all.disable_ipv6") == "0"
 
 
-def test_nothing_is_created_in_the_host_namespace(topology: Topology) -> None:
+def test_nothing_is_created_in_the_host_namespace(overlay_topology: Topology) -> None:
     before = set(os.listdir("/sys/class/net"))
-    n1, n2 = topology.add_netns("n1"), topology.add_netns("n2")
-    topology.veth(n1, n2)
+    n1, n2 = overlay_topology.add_netns("n1"), overlay_topology.add_netns("n2")
+    overlay_topology.veth(n1, n2)
     kernel_vxlan(n1, vni=VNI, local="198.18.0.1", remotes=["198.18.0.2"])
     assert set(os.listdir("/sys/class/net")) == before
     assert sorted(n1.links()) == ["lo", "ul0", "vx0"]
@@ -112,21 +112,21 @@ def test_ping_to_an_unreachable_address_reports_loss(two_nodes: tuple[Netns, Net
     assert result.sent == 2 and result.received == 0 and not result.ok
 
 
-def test_ping_over_ipv6_works_from_the_first_packet(topology: Topology) -> None:
-    a, b = topology.add_netns("a", ipv6=True), topology.add_netns("b", ipv6=True)
-    topology.veth(a, b, "2001:2::1/64", "2001:2::2/64")
+def test_ping_over_ipv6_works_from_the_first_packet(overlay_topology: Topology) -> None:
+    a, b = overlay_topology.add_netns("a", ipv6=True), overlay_topology.add_netns("b", ipv6=True)
+    overlay_topology.veth(a, b, "2001:2::1/64", "2001:2::2/64")
     # veth() waits for link-local addresses; without that the first neighbour
     # solicitation is lost and replies come a second late, past this timeout.
     result = ping(a, "2001:2::2", count=2, interval=0.05, timeout=0.5)
     assert result.ok, result.output
 
 
-def test_veth_ends_are_operationally_up_when_veth_returns(topology: Topology) -> None:
+def test_veth_ends_are_operationally_up_when_veth_returns(overlay_topology: Topology) -> None:
     # Until the kernel's link watch runs (up to a second after "up") a veth
     # drops what it sends; veth() waits, so the first frame is not lost.
     for i in range(3):
-        a, b = topology.add_netns(f"a{i}"), topology.add_netns(f"b{i}")
-        topology.veth(a, b)
+        a, b = overlay_topology.add_netns(f"a{i}"), overlay_topology.add_netns(f"b{i}")
+        overlay_topology.veth(a, b)
         assert a.link_info("ul0").operstate == "UP" and b.link_info("ul0").operstate == "UP"
         result = ping(a, "198.18.0.2", count=1, timeout=0.5)
         assert result.ok, result.output
@@ -137,17 +137,17 @@ def test_veth_ends_are_operationally_up_when_veth_returns(topology: Topology) ->
     a.wait_up("ul0")
 
 
-def test_three_nodes_share_a_lan(topology: Topology) -> None:
-    nodes = [topology.add_netns(f"n{i}") for i in (1, 2, 3)]
-    topology.lan(nodes, [f"198.18.0.{i}/24" for i in (1, 2, 3)])
+def test_three_nodes_share_a_lan(overlay_topology: Topology) -> None:
+    nodes = [overlay_topology.add_netns(f"n{i}") for i in (1, 2, 3)]
+    overlay_topology.lan(nodes, [f"198.18.0.{i}/24" for i in (1, 2, 3)])
     assert ping(nodes[0], "198.18.0.3", count=1).ok
     assert ping(nodes[2], "198.18.0.2", count=1).ok
 
 
-def test_routes_and_forwarding_through_a_router_namespace(topology: Topology) -> None:
-    a, r, b = (topology.add_netns(n) for n in ("a", "r", "b"))
-    topology.veth(a, r, "198.18.1.1/24", "198.18.1.254/24", name_b="ra")
-    topology.veth(b, r, "198.18.2.1/24", "198.18.2.254/24", name_b="rb")
+def test_routes_and_forwarding_through_a_router_namespace(overlay_topology: Topology) -> None:
+    a, r, b = (overlay_topology.add_netns(n) for n in ("a", "r", "b"))
+    overlay_topology.veth(a, r, "198.18.1.1/24", "198.18.1.254/24", name_b="ra")
+    overlay_topology.veth(b, r, "198.18.2.1/24", "198.18.2.254/24", name_b="rb")
     r.sysctl("net.ipv4.ip_forward", 1)
     a.route_add("198.18.2.0/24", gateway="198.18.1.254")
     b.route_add("default", gateway="198.18.2.254", dev="ul0")
@@ -155,9 +155,9 @@ def test_routes_and_forwarding_through_a_router_namespace(topology: Topology) ->
     assert tcp_transfer(b, a, "198.18.1.1", 256 * 1024, timeout=10).ok
 
 
-def test_move_link_between_namespaces(topology: Topology) -> None:
-    a, b = topology.add_netns("a"), topology.add_netns("b")
-    topology.veth(a, a, None, None, name_a="t0", name_b="t1")
+def test_move_link_between_namespaces(overlay_topology: Topology) -> None:
+    a, b = overlay_topology.add_netns("a"), overlay_topology.add_netns("b")
+    overlay_topology.veth(a, a, None, None, name_a="t0", name_b="t1")
     a.move_link("t1", b, new_name="eth0")
     assert "t1" not in a.links() and "eth0" in b.links()
     a.addr_add("t0", "10.244.0.1/24")
@@ -214,8 +214,8 @@ def test_run_and_popen_run_inside_the_namespace(two_nodes: tuple[Netns, Netns]) 
         n1.run(["sleep", "5"], timeout=0.2)
 
 
-def test_only_testbed_addresses_and_net_sysctls_are_accepted(topology: Topology) -> None:
-    ns = topology.add_netns("a")
+def test_only_testbed_addresses_and_net_sysctls_are_accepted(overlay_topology: Topology) -> None:
+    ns = overlay_topology.add_netns("a")
     with pytest.raises(ValueError, match="outside the test bed"):
         check_allowed("192.168.1.1")
     with pytest.raises(ValueError, match="outside the test bed"):
@@ -307,3 +307,26 @@ def test_root_tests_skip_with_a_reason_when_not_root(monkeypatch: pytest.MonkeyP
     assert root_unavailable_reason() is None
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert "needs root" in (root_unavailable_reason() or "")
+
+
+def test_the_package_names_every_room_and_imports_nothing_heavy() -> None:
+    """``overlay.testing`` lists a name of each of its modules (bar the plugin),
+    every name resolves, and importing the package (pytest does, in every run)
+    loads neither pyroute2 nor the native engine."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import overlay.testing as pkg
+
+    rooms = {p.stem for p in Path(pkg.__file__).parent.glob("*.py")} - {"__init__", "plugin"}
+    assert set(pkg._EXPORTS.values()) == rooms
+    assert pkg.__all__ == sorted(pkg._EXPORTS)
+    code = (
+        "import sys, overlay.testing; "
+        "print(any(m in sys.modules for m in ('pyroute2', 'overlay._native')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is not None

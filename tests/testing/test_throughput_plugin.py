@@ -42,7 +42,7 @@ from overlay.testing.traffic import ping, tcp_transfer
 pytest_plugins = ["pytester"]
 
 NETNS_DIR = "/var/run/netns"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeBenchmark:
@@ -76,21 +76,52 @@ import json, os
 import pytest
 from overlay.testing.throughput import PING_RTT_MS, compare, sides_of
 
-def test_body_raises(overlay_net, kernel_net, veth_net, pyforwarder_net):
+def test_body_raises(overlay_net, overlay_kernel_net, overlay_veth_net, overlay_pyforwarder_net):
     overlay_net()
-    kernel_net()
-    veth_net()
-    pyforwarder_net()
+    overlay_kernel_net()
+    overlay_veth_net()
+    overlay_pyforwarder_net()
     prefix = f"ovt{{os.getpid()}}-"
     seen = sorted(n for n in os.listdir("/var/run/netns") if n.startswith(prefix))
     with open({seen_path!r}, "w") as f:
         json.dump({{"prefix": prefix, "seen": seen}}, f)
     raise RuntimeError("the test body fails")
 
-def test_compare_records(benchmark, overlay_net, veth_net):
-    sides = sides_of({{"overlay": overlay_net(), "veth": veth_net()}})
+def test_compare_records(benchmark, overlay_net, overlay_veth_net):
+    sides = sides_of({{"overlay": overlay_net(), "veth": overlay_veth_net()}})
     compare(benchmark, sides, PING_RTT_MS.with_options(count=3), rounds=2, baseline="veth")
 """
+
+
+_OWN_FIXTURES = """
+import pytest
+
+@pytest.fixture
+def topology():
+    return "mine"
+
+@pytest.fixture
+def etcd():
+    return "my etcd"
+
+def test_my_fixtures_are_mine(topology, etcd):
+    assert (topology, etcd) == ("mine", "my etcd")
+"""
+
+
+def test_the_plugins_fixtures_leave_generic_names_to_the_user(pytester: pytest.Pytester) -> None:
+    """The plugin loads in every session where overlay is installed: each of its
+    fixtures is named overlay_*, so a user's own ``topology`` or ``etcd`` is theirs."""
+    pytester.makepyfile(test_own=_OWN_FIXTURES)
+    listing = pytester.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider", "--fixtures")
+    ours = [
+        line.split(" -- ")[0].split()[0]
+        for line in listing.stdout.lines
+        if " -- " in line and "overlay/testing/plugin.py" in line
+    ]
+    assert len(ours) >= 8 and all(name.startswith("overlay_") for name in ours), ours
+    result = pytester.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1)
 
 
 @pytest.mark.root
@@ -130,11 +161,11 @@ def test_fixtures_remove_everything_even_when_the_test_fails(pytester: pytest.Py
 
 @pytest.mark.root
 def test_helpers_give_sane_figures_and_record_them(
-    overlay_net: Callable[..., OverlayNet], veth_net: Callable[..., VethNet]
+    overlay_net: Callable[..., OverlayNet], overlay_veth_net: Callable[..., VethNet]
 ) -> None:
     net = overlay_net(node_options={"workers": 1})
     assert len(net.pods) == 2 and net.pair()[1].ip == "10.244.1.3"
-    side, base = net.side(), veth_net().side()
+    side, base = net.side(), overlay_veth_net().side()
     assert (side.name, base.name) == ("overlay", "veth")
     bench = FakeBenchmark()
     gbps = tcp_gbps(side, 1, benchmark=bench)
@@ -155,8 +186,8 @@ def test_helpers_give_sane_figures_and_record_them(
 
 
 @pytest.mark.root
-def test_kernel_net_has_the_overlay_shape(kernel_net: Callable[..., KernelNet]) -> None:
-    net = kernel_net(nodes=2, pods_per_node=2)
+def test_kernel_net_has_the_overlay_shape(overlay_kernel_net: Callable[..., KernelNet]) -> None:
+    net = overlay_kernel_net(nodes=2, pods_per_node=2)
     assert [p.ip for p in net.pods] == ["10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5"]
     a, b = net.pair()
     assert (a.node, b.node) == (0, 1)
@@ -165,9 +196,9 @@ def test_kernel_net_has_the_overlay_shape(kernel_net: Callable[..., KernelNet]) 
 
 @pytest.mark.root
 def test_pyforwarder_carries_ping_and_a_verified_tcp_stream(
-    pyforwarder_net: Callable[..., PyForwarderNet],
+    overlay_pyforwarder_net: Callable[..., PyForwarderNet],
 ) -> None:
-    net = pyforwarder_net()
+    net = overlay_pyforwarder_net()
     a, b = net.pair()
     assert ping(a.netns, b.ip, count=3, interval=0.05).ok
     result = tcp_transfer(a.netns, b.netns, b.ip, 1 << 20, timeout=15.0)

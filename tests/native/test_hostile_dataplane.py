@@ -11,7 +11,7 @@ local pod's MAC; the victims' captures, neighbour tables and routes show that
 nothing arrived, and the drop counters name each reason. Frames above the pod
 MTU and a datagram the underlay refuses cost exactly themselves.
 
-tests/test_native_sanitize.py runs this file again against an
+tests/native/test_native_sanitize.py runs this file again against an
 AddressSanitizer/UBSan build of the C module.
 """
 
@@ -339,11 +339,13 @@ def udp_marker(src: DualPod, dst: DualPod, text: bytes) -> bytes:
 
 
 @pytest.fixture
-def hostile(request: pytest.FixtureRequest, topology: Topology) -> Iterator[tuple[Cluster, dict]]:  # type: ignore[type-arg]
+def hostile(
+    request: pytest.FixtureRequest, overlay_topology: Topology
+) -> Iterator[tuple[Cluster, dict]]:  # type: ignore[type-arg]
     """Node 0: the attacker pod and a local victim; node 1: a remote victim.
     The victims know each other and the attacker (ARP and ND entries), will
     take an override at once (locktime 0) and accept router advertisements."""
-    with Cluster(topology, request.param) as c:
+    with Cluster(overlay_topology, request.param) as c:
         c.add_network(100, "blue")
         pods = {
             "atk": dual_pod(c, 0, 100, 2, "atk"),
@@ -501,9 +503,9 @@ def stopped(c: Cluster, node: int) -> Iterator[None]:
 @pytest.mark.root
 @pytest.mark.parametrize("encap", ENCAPS)
 def test_a_frame_above_the_pod_mtu_is_oversize_and_takes_no_frame_with_it(
-    topology: Topology, encap: Encap
+    overlay_topology: Topology, encap: Encap
 ) -> None:
-    with Cluster(topology, encap) as c:
+    with Cluster(overlay_topology, encap) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "10.244.1.2/24")
         b = c.add_pod(1, 100, "10.244.1.3/24")
@@ -532,8 +534,8 @@ def test_a_frame_above_the_pod_mtu_is_oversize_and_takes_no_frame_with_it(
 
 
 @pytest.mark.root
-def test_a_datagram_the_underlay_refuses_costs_only_itself(topology: Topology) -> None:
-    with Cluster(topology, Encap.VXLAN) as c:
+def test_a_datagram_the_underlay_refuses_costs_only_itself(overlay_topology: Topology) -> None:
+    with Cluster(overlay_topology, Encap.VXLAN) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "10.244.1.2/24")
         b = c.add_pod(1, 100, "10.244.1.3/24")
@@ -567,10 +569,10 @@ def test_a_datagram_the_underlay_refuses_costs_only_itself(topology: Topology) -
 
 
 @pytest.mark.root
-def test_a_super_frame_cut_above_the_pod_mtu_is_oversize(topology: Topology) -> None:
+def test_a_super_frame_cut_above_the_pod_mtu_is_oversize(overlay_topology: Topology) -> None:
     """A pod that raises its MTU hands the node a USO super-frame whose segments
     fit the underlay's MTU but not the pod MTU: one frame_oversize, nothing sent."""
-    with Cluster(topology, Encap.VXLAN) as c:
+    with Cluster(overlay_topology, Encap.VXLAN) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "10.244.1.2/24")
         b = c.add_pod(1, 100, "10.244.1.3/24")

@@ -467,15 +467,15 @@ def _connect(path: str) -> socket.socket | None:
 
 
 @pytest.fixture
-def daemon(overlayd_cluster: Callable[..., DaemonCluster]) -> Iterator[DaemonCluster]:
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE])
+def daemon(overlay_daemons: Callable[..., DaemonCluster]) -> Iterator[DaemonCluster]:
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE])
     cluster.start()
     yield cluster
 
 
 @pytest.mark.root
 def test_more_connections_than_the_cap_leave_health_and_cni_add_working(
-    daemon: DaemonCluster, topology: Topology
+    daemon: DaemonCluster, overlay_topology: Topology
 ) -> None:
     d = daemon.daemons[0]
     assert d.proc is not None
@@ -502,7 +502,7 @@ def test_more_connections_than_the_cap_leave_health_and_cni_add_working(
         # Health and a pod's ADD are served meanwhile.
         client = Client(d.socket, timeout=10)
         assert client.health()["ready"]
-        pod = topology.add_netns("flood")
+        pod = overlay_topology.add_netns("flood")
         conf = {"cniVersion": "1.1.0", "name": "blue", "type": "overlay-cni", "vni": 100,
                 "socket": d.socket}  # fmt: skip
         out = cni("ADD", conf, cid="flood1", netns=pod.path).success()
@@ -547,10 +547,10 @@ def test_a_running_overlayd_answers_malformed_requests_with_400(daemon: DaemonCl
 
 @pytest.mark.root
 def test_attach_fields_follow_the_cni_rules_and_a_refusal_changes_nothing(
-    daemon: DaemonCluster, topology: Topology, tmp_path: Path
+    daemon: DaemonCluster, overlay_topology: Topology, tmp_path: Path
 ) -> None:
     d = daemon.daemons[0]
-    pod = topology.add_netns("rules")
+    pod = overlay_topology.add_netns("rules")
     base = {"container_id": "c1", "ifname": "eth0", "netns": pod.path, "vni": 100}
     regular = tmp_path / "regular"
     regular.write_text("")
@@ -604,9 +604,9 @@ def test_the_node_namespace_through_the_plugin_is_code_4_naming_cni_netns(
 
 @pytest.mark.root
 def test_state_files_of_a_running_overlayd_are_private(
-    overlayd_cluster: Callable[..., DaemonCluster], topology: Topology
+    overlay_daemons: Callable[..., DaemonCluster], overlay_topology: Topology
 ) -> None:
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE])
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE])
     state_dir = Path(cluster.config(0)["node"]["state_dir"])
     state_dir.mkdir(parents=True, mode=0o755)
     os.chmod(state_dir, 0o755)
@@ -619,7 +619,7 @@ def test_state_files_of_a_running_overlayd_are_private(
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    pod = topology.add_netns("private")
+    pod = overlay_topology.add_netns("private")
     cluster.daemons[0].client.attach(
         {"container_id": "c1", "ifname": "eth0", "netns": pod.path, "vni": 100}
     )

@@ -82,9 +82,9 @@ NO_CONTAINER = ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")  # STATUS, GC and 
 Cluster = Callable[..., DaemonCluster]
 
 
-def _one_node(overlayd_cluster: Cluster) -> tuple[DaemonCluster, Overlayd, dict[str, Any]]:
+def _one_node(overlay_daemons: Cluster) -> tuple[DaemonCluster, Overlayd, dict[str, Any]]:
     """A started one-node cluster hosting BLUE, its daemon and overlay-cni's config for it."""
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE])
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE])
     cluster.start()
     return cluster, cluster.daemons[0], _conf(cluster.daemons[0])
 
@@ -122,13 +122,13 @@ def _leases(data_dir: Path) -> list[str]:
 
 @pytest.mark.parametrize("store", ["memory", "etcd"])
 def test_pods_added_on_two_nodes_talk_and_every_verb_works(
-    topology: Topology, overlayd_cluster: Cluster, store: str, request: pytest.FixtureRequest
+    overlay_topology: Topology, overlay_daemons: Cluster, store: str, request: pytest.FixtureRequest
 ) -> None:
-    url = request.getfixturevalue("etcd").endpoint if store == "etcd" else "memory"
-    cluster = overlayd_cluster(store=url, networks=[BLUE])
+    url = request.getfixturevalue("overlay_etcd").endpoint if store == "etcd" else "memory"
+    cluster = overlay_daemons(store=url, networks=[BLUE])
     cluster.start()
     daemons = cluster.daemons
-    pods = [topology.add_netns(f"web{i}") for i in range(2)]
+    pods = [overlay_topology.add_netns(f"web{i}") for i in range(2)]
     confs = [_conf(d) for d in daemons]
     added = [
         cni(
@@ -196,9 +196,9 @@ def _run_chain(verb: str, chain: Chain, cid: str, netns: str, prev: Any = None) 
 
 @needs_debian_plugins
 def test_a_chain_with_host_local_and_tuning_across_two_nodes(
-    topology: Topology, overlayd_cluster: Cluster, tmp_path: Path
+    overlay_topology: Topology, overlay_daemons: Cluster, tmp_path: Path
 ) -> None:
-    cluster = overlayd_cluster(networks=[BLUE])
+    cluster = overlay_daemons(networks=[BLUE])
     cluster.start()
     sysctl = "net.ipv4.conf.eth0.log_martians"
     pods: list[Netns] = []
@@ -218,7 +218,7 @@ def test_a_chain_with_host_local_and_tuning_across_two_nodes(
             (overlay_cni(), _conf(daemon, "1.0.0", ipam=ipam)),
             ((TUNING,), {"cniVersion": "1.0.0", "name": "blue", **tuning}),
         ]
-        pod = topology.add_netns(f"chain{i}")
+        pod = overlay_topology.add_netns(f"chain{i}")
         result = _run_chain("ADD", chain, f"chain{i}", pod.path)
         assert result["cniVersion"] == "1.0.0"
         assert [ip["address"] for ip in result["ips"]] == [f"10.244.{third}.2/16"]
@@ -240,11 +240,11 @@ def test_a_chain_with_host_local_and_tuning_across_two_nodes(
 
 
 def test_concurrent_adds_for_different_containers_are_all_served(
-    topology: Topology, overlayd_cluster: Cluster
+    overlay_topology: Topology, overlay_daemons: Cluster
 ) -> None:
-    cluster, daemon, conf = _one_node(overlayd_cluster)
+    cluster, daemon, conf = _one_node(overlay_daemons)
     n = 8
-    pods = [topology.add_netns(f"cc{i}") for i in range(n)]
+    pods = [overlay_topology.add_netns(f"cc{i}") for i in range(n)]
 
     def run_all(verb: str) -> list[Any]:
         def one(i: int) -> Any:
@@ -267,11 +267,11 @@ def test_concurrent_adds_for_different_containers_are_all_served(
 
 
 def test_gc_after_a_crash_removes_what_the_runtime_no_longer_lists(
-    topology: Topology, overlayd_cluster: Cluster
+    overlay_topology: Topology, overlay_daemons: Cluster
 ) -> None:
-    cluster, daemon, conf = _one_node(overlayd_cluster)
+    cluster, daemon, conf = _one_node(overlay_daemons)
     names = ("keep", "stale", "removed")
-    pods = {name: topology.add_netns(name) for name in names}
+    pods = {name: overlay_topology.add_netns(name) for name in names}
     added = {name: cni("ADD", conf, cid=name, netns=pods[name].path).success() for name in names}
 
     daemon.kill()  # a crash: no clean-up of any kind
@@ -302,9 +302,9 @@ def test_gc_after_a_crash_removes_what_the_runtime_no_longer_lists(
 
 @needs_debian_plugins
 def test_a_stopped_overlayd_is_try_again_later_and_status_50_until_it_is_back(
-    topology: Topology, overlayd_cluster: Cluster, tmp_path: Path
+    overlay_topology: Topology, overlay_daemons: Cluster, tmp_path: Path
 ) -> None:
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE])
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE])
     cluster.start()
     daemon = cluster.daemons[0]
     data_dir = tmp_path / "ipam"
@@ -315,7 +315,7 @@ def test_a_stopped_overlayd_is_try_again_later_and_status_50_until_it_is_back(
         "dataDir": str(data_dir),
     }  # fmt: skip
     conf = _conf(daemon, ipam=ipam)
-    pod, late = topology.add_netns("up"), topology.add_netns("late")
+    pod, late = overlay_topology.add_netns("up"), overlay_topology.add_netns("late")
     added = cni("ADD", conf, cid="up", netns=pod.path).success()
     check = {**conf, "prevResult": added}
     assert _leases(data_dir) == ["10.244.7.5"]

@@ -132,11 +132,6 @@ def _run(loop_kind: str, new_store: NewStore, body: Body[T]) -> T:
         loop.close()
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(params=["memory", "etcd"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -151,7 +146,7 @@ def new_store(store_kind: str, request: pytest.FixtureRequest) -> NewStore:
     pytest.importorskip("aetcd")
     from overlay.control.etcd import EtcdStore
 
-    endpoint = request.getfixturevalue("etcd_session").endpoint
+    endpoint = request.getfixturevalue("overlay_etcd_session").endpoint
     return lambda: EtcdStore([endpoint])
 
 
@@ -667,7 +662,7 @@ def test_racing_agents_never_get_a_subnet_or_an_address_twice(
 @given(nodes=st.integers(2, 30), **RACE_STRATEGIES)
 def test_racing_agents_on_etcd_never_get_a_subnet_or_an_address_twice(
     loop_kind: str,
-    etcd_session: Any,
+    overlay_etcd_session: Any,
     nodes: int,
     per_node: int,
     network: tuple[str, int],
@@ -677,7 +672,7 @@ def test_racing_agents_on_etcd_never_get_a_subnet_or_an_address_twice(
     pytest.importorskip("aetcd")
     from overlay.control.etcd import EtcdStore
 
-    store = lambda: EtcdStore([etcd_session.endpoint])  # noqa: E731
+    store = lambda: EtcdStore([overlay_etcd_session.endpoint])  # noqa: E731
     _run(loop_kind, store, race(nodes, per_node, network, again, rnd))
 
 

@@ -107,7 +107,7 @@ class Backend:
         from overlay.control.etcd import EtcdStore
 
         if self.server is None:
-            self.server = self.request.getfixturevalue("etcd")
+            self.server = self.request.getfixturevalue("overlay_etcd")
         return EtcdStore([self.server.endpoint], timeout=ETCD_TIMEOUT_S)
 
     def outage(self, store: Store) -> None:
@@ -665,12 +665,14 @@ def etcd_store_module() -> Iterator[Any]:
 
 
 def test_etcd_moves_to_the_next_endpoint_when_one_is_down(
-    etcd_store_module: Any, etcd_session: EtcdServer
+    etcd_store_module: Any, overlay_etcd_session: EtcdServer
 ) -> None:
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    store = etcd_store_module.EtcdStore([dead, etcd_session.endpoint], timeout=ETCD_TIMEOUT_S)
+    store = etcd_store_module.EtcdStore(
+        [dead, overlay_etcd_session.endpoint], timeout=ETCD_TIMEOUT_S
+    )
 
     async def main() -> None:
         key = b"/failover/test"
@@ -678,7 +680,7 @@ def test_etcd_moves_to_the_next_endpoint_when_one_is_down(
             await store.put(key, b"1")
         assert store.endpoint == dead  # the failed call does not retry by itself
         await store.put(key, b"2")
-        assert store.endpoint == etcd_session.endpoint
+        assert store.endpoint == overlay_etcd_session.endpoint
         assert (await store.get(key)) is not None
         await store.delete(key)
         await store.close()

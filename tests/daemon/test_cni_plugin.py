@@ -74,7 +74,7 @@ from overlay.testing.daemon import (
 )
 from overlay.testing.netns import Netns, Topology
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOST_LOCAL = os.path.join(CNI_DIR, "host-local")
 needs_host_local = pytest.mark.skipif(
     not os.access(HOST_LOCAL, os.X_OK),
@@ -519,12 +519,14 @@ BLUE = {"vni": 100, "tenant": "blue", "cidr": "10.244.0.0/16"}
 
 
 @pytest.fixture
-def cni_daemon(topology: Topology, overlayd_cluster: Callable[..., DaemonCluster]) -> CniDaemon:
+def cni_daemon(
+    overlay_topology: Topology, overlay_daemons: Callable[..., DaemonCluster]
+) -> CniDaemon:
     """A real overlayd on one namespaced node, hosting vni 100 (10.244.0.0/16), started
     and ready; stopped by PID after the test (skips where namespaces cannot be made)."""
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE])
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE])
     cluster.start()
-    return CniDaemon(cluster.daemons[0], topology)
+    return CniDaemon(cluster.daemons[0], overlay_topology)
 
 
 def _in_cidr(address: str, cidr: str) -> bool:
@@ -679,13 +681,13 @@ def test_a_refused_add_names_the_fix_and_releases_the_delegated_address(
 
 @pytest.mark.root
 def test_a_full_subnet_is_code_101_naming_the_fix(
-    topology: Topology, overlayd_cluster: Callable[..., DaemonCluster]
+    overlay_topology: Topology, overlay_daemons: Callable[..., DaemonCluster]
 ) -> None:
     # A /30 node subnet has one pod address (not the network, gateway or broadcast).
-    cluster = overlayd_cluster(n_nodes=1, networks=[{**BLUE, "subnet_prefix": 30}])
+    cluster = overlay_daemons(n_nodes=1, networks=[{**BLUE, "subnet_prefix": 30}])
     cluster.start()
     conf = config(cluster.daemons[0].socket)
-    one, two = topology.add_netns("one"), topology.add_netns("two")
+    one, two = overlay_topology.add_netns("one"), overlay_topology.add_netns("two")
     cni("ADD", conf, cid="one", netns=one.path).success()
     msg = cni("ADD", conf, cid="two", netns=two.path).error(NO_CAPACITY)
     assert "no free address left" in msg and "shorter subnet_prefix" in msg
@@ -696,13 +698,13 @@ def test_a_full_subnet_is_code_101_naming_the_fix(
 
 @pytest.mark.root
 def test_while_overlayd_waits_for_its_store_container_verbs_are_11_and_status_50(
-    topology: Topology, overlayd_cluster: Callable[..., DaemonCluster]
+    overlay_topology: Topology, overlay_daemons: Callable[..., DaemonCluster]
 ) -> None:
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE])
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE])
     cluster.start()
     daemon = cluster.daemons[0]
     conf = config(daemon.socket)
-    pod, other = topology.add_netns("pod"), topology.add_netns("other")
+    pod, other = overlay_topology.add_netns("pod"), overlay_topology.add_netns("other")
     added = cni("ADD", conf, cid="ctr1", netns=pod.path).success()
     # Restart it with its store down: its API answers, but it has not yet
     # re-attached ctr1, so it must not claim to know that ctr1 is gone.
@@ -808,13 +810,13 @@ def test_check_names_what_differs_from_prev_result(
 
 @pytest.mark.root
 def test_check_of_an_attachment_overlayd_could_not_reattach_fails(
-    topology: Topology, overlayd_cluster: Callable[..., DaemonCluster]
+    overlay_topology: Topology, overlay_daemons: Callable[..., DaemonCluster]
 ) -> None:
     green = {"vni": 200, "tenant": "green", "cidr": "10.245.0.0/16"}
-    cluster = overlayd_cluster(n_nodes=1, networks=[BLUE, green])
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE, green])
     cluster.start()
     daemon = cluster.daemons[0]
-    pod = topology.add_netns("orphan")
+    pod = overlay_topology.add_netns("orphan")
     conf = config(daemon.socket, vni=200)
     added = cni("ADD", conf, cid="ctr1", netns=pod.path).success()
     # Restarted without network 200, overlayd keeps the attachment (for DEL) but

@@ -32,11 +32,11 @@ ENCAPS = [pytest.param(Encap.VXLAN, id="vxlan"), pytest.param(Encap.GENEVE, id="
 
 @pytest.fixture
 def tenants(
-    request: pytest.FixtureRequest, topology: Topology
+    request: pytest.FixtureRequest, overlay_topology: Topology
 ) -> Iterator[tuple[Cluster, dict[str, Pod]]]:
     """Two nodes, tenants blue (VNI 100) and red (VNI 200) with the same addresses."""
     encap = request.param
-    with Cluster(topology, encap) as c:
+    with Cluster(overlay_topology, encap) as c:
         c.add_network(100, "blue")
         c.add_network(200, "red")
         pods = {
@@ -152,9 +152,9 @@ def test_underlay_packets_from_strangers_are_dropped_by_reason(tenants) -> None:
 
 @pytest.mark.parametrize("csum", [True, False], ids=["udp-csum", "zero-csum"])
 def test_tshark_dissects_our_vxlan_with_the_vni(
-    topology: Topology, tmp_path: Path, csum: bool
+    overlay_topology: Topology, tmp_path: Path, csum: bool
 ) -> None:
-    with Cluster(topology, Encap.VXLAN, node_options={"udp_checksum": csum}) as c:
+    with Cluster(overlay_topology, Encap.VXLAN, node_options={"udp_checksum": csum}) as c:
         c.add_network(4242, "blue")
         a = c.add_pod(0, 4242, "10.244.1.2/24")
         b = c.add_pod(1, 4242, "10.244.1.3/24")
@@ -190,10 +190,10 @@ def test_tshark_dissects_our_vxlan_with_the_vni(
 
 
 def test_tshark_dissects_our_geneve_with_vni_and_options(
-    topology: Topology, tmp_path: Path
+    overlay_topology: Topology, tmp_path: Path
 ) -> None:
     opt = GeneveOption(cls=0x0102, type=0x80, data=bytes.fromhex("00010002"))
-    with Cluster(topology, Encap.GENEVE) as c:
+    with Cluster(overlay_topology, Encap.GENEVE) as c:
         c.add_network(777, "blue", geneve_options=(opt,))
         a = c.add_pod(0, 777, "10.244.1.2/24")
         b = c.add_pod(1, 777, "10.244.1.3/24")
@@ -222,23 +222,25 @@ def test_tshark_dissects_our_geneve_with_vni_and_options(
 
 
 @pytest.fixture
-def kernel_peer(topology: Topology) -> Iterator[tuple[Cluster, Pod, Netns, str]]:
+def kernel_peer(overlay_topology: Topology) -> Iterator[tuple[Cluster, Pod, Netns, str]]:
     """Node 0 is ours; node 1 runs the kernel's VXLAN device bridged to a pod over veth."""
-    with Cluster(topology, Encap.VXLAN, n_nodes=2) as c:
+    with Cluster(overlay_topology, Encap.VXLAN, n_nodes=2) as c:
         n1 = c.node_ns[1]
         c.nodes[1].close()  # node 1 is the kernel's: free its port 4789
         c.nodes.pop()
         c.add_network(100, "blue", nodes=[0])
         ours = c.add_pod(0, 100, "10.244.1.2/24")
-        kpod = topology.add_netns("kpod")
+        kpod = overlay_topology.add_netns("kpod")
         with n1.ipr() as ipr:
             ipr.link("add", ifname="br0", kind="bridge")
         n1.link_set("br0", state="up")
         vx = kernel_vxlan(n1, "vx0", vni=100, local="198.18.0.2", remotes=["198.18.0.1"])
         n1.link_set("vx0", master=n1.ifindex("br0"), state="up")
-        topology.veth(n1, kpod, None, "10.244.1.3/24", name_a="kp0", name_b="eth0", mtu=1450)
+        overlay_topology.veth(
+            n1, kpod, None, "10.244.1.3/24", name_a="kp0", name_b="eth0", mtu=1450
+        )
         n1.link_set("kp0", master=n1.ifindex("br0"), state="up")
-        # The trap of TESTBED.md: the kernel side leaves inner checksums unfinished.
+        # The trap of tests/README.md: the kernel side leaves inner checksums unfinished.
         n1.ethtool_offload("ul0", tx=False)
         kpod.ethtool_offload("eth0", tx=False)
         kmac = kpod.link_info("eth0").mac
@@ -262,8 +264,8 @@ def test_kernel_vxlan_interop_ping_and_tcp_both_ways(kernel_peer) -> None:  # ty
     assert not any(drops.values()), drops
 
 
-def test_ipv6_pods_ping_and_move_tcp_with_nd_answered_locally(topology: Topology) -> None:
-    with Cluster(topology, Encap.GENEVE) as c:
+def test_ipv6_pods_ping_and_move_tcp_with_nd_answered_locally(overlay_topology: Topology) -> None:
+    with Cluster(overlay_topology, Encap.GENEVE) as c:
         c.add_network(100, "blue")
         a = c.add_pod(0, 100, "2001:2::2/64")
         b = c.add_pod(1, 100, "2001:2::3/64")

@@ -143,7 +143,7 @@ def test_the_example_configuration_is_valid() -> None:
 
     from overlay.daemon.config import load
 
-    cfg = load(str(Path(__file__).parent.parent / "examples" / "overlayd.toml"))
+    cfg = load(str(Path(__file__).resolve().parents[2] / "examples" / "overlayd.toml"))
     assert cfg.node.name == "node-a" and cfg.store.kind == "etcd"
     assert [n.vni for n in cfg.networks] == [100]
 

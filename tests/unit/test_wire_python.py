@@ -50,7 +50,7 @@ from scapy.utils import wrpcap
 from overlay import wire
 from overlay.wire import Drop, GeneveOption, Tunnel
 
-COUNTERS_DEF = Path(__file__).resolve().parent.parent / "native" / "counters.def"
+COUNTERS_DEF = Path(__file__).resolve().parents[2] / "native" / "counters.def"
 
 settings.register_profile(
     "wire", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]

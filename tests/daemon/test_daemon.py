@@ -71,8 +71,8 @@ def _raw_request(path: str, size: int) -> tuple[int, dict[str, Any]]:
     return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
 
 
-def _two_pods(topology: Topology, cl: DaemonCluster) -> tuple[Netns, Netns, dict, dict]:
-    pa, pb = _pod(topology, "pa"), _pod(topology, "pb")
+def _two_pods(overlay_topology: Topology, cl: DaemonCluster) -> tuple[Netns, Netns, dict, dict]:
+    pa, pb = _pod(overlay_topology, "pa"), _pod(overlay_topology, "pb")
     a = _attach(cl.daemons[0].client, "ca", pa, name="pod-a")
     b = _attach(cl.daemons[1].client, "cb", pb, name="pod-b")
     return pa, pb, a, b
@@ -80,12 +80,12 @@ def _two_pods(topology: Topology, cl: DaemonCluster) -> tuple[Netns, Netns, dict
 
 @pytest.mark.parametrize("store", ["memory", "etcd"])
 def test_two_nodes_pods_talk_and_every_view_answers(
-    topology: Topology, overlayd_cluster: Any, store: str, request: pytest.FixtureRequest
+    overlay_topology: Topology, overlay_daemons: Any, store: str, request: pytest.FixtureRequest
 ) -> None:
-    url = request.getfixturevalue("etcd").endpoint if store == "etcd" else "memory"
-    cl = overlayd_cluster(store=url)
+    url = request.getfixturevalue("overlay_etcd").endpoint if store == "etcd" else "memory"
+    cl = overlay_daemons(store=url)
     cl.start()
-    pa, pb, a, b = _two_pods(topology, cl)
+    pa, pb, a, b = _two_pods(overlay_topology, cl)
     assert a["mtu"] == 1450 and a["ipam"] == "node" and a["tenant"] == "blue"
     assert ping(pa, _ip(b), count=3).received == 3
     tr = tcp_transfer(pa, pb, _ip(b), 2_000_000)
@@ -125,12 +125,12 @@ def test_two_nodes_pods_talk_and_every_view_answers(
 
 
 def test_api_errors_name_the_field_and_change_nothing(
-    topology: Topology, overlayd_cluster: Any
+    overlay_topology: Topology, overlay_daemons: Any
 ) -> None:
-    cl = overlayd_cluster(n_nodes=1)
+    cl = overlay_daemons(n_nodes=1)
     cl.start()
     c = cl.daemons[0].client
-    pa = _pod(topology, "pa")
+    pa = _pod(overlay_topology, "pa")
     base = {"container_id": "x", "ifname": "eth0", "netns": pa.path, "vni": 100}
     cases = [
         ({k: v for k, v in base.items() if k != "vni"}, "vni"),
@@ -167,24 +167,26 @@ def test_api_errors_name_the_field_and_change_nothing(
     assert err.value.status == 409 and "DEL it first" in err.value.message
     assert c.attachment("x", "eth0")["mac"] == first["mac"]
     # An interface of that name in the pod already: a conflict, and it is left alone.
-    topology.veth(pa, pa, None, None, name_a="eth1", name_b="eth1p")
+    overlay_topology.veth(pa, pa, None, None, name_a="eth1", name_b="eth1p")
     with pytest.raises(ApiError) as err:
         _attach(c, "z", pa, ifname="eth1")
     assert err.value.status == 409 and "eth1" in err.value.message
     assert "eth1" in pa.links() and [a["container_id"] for a in c.attachments()] == ["x"]
     # Delegated addresses are taken as given.
-    pb = _pod(topology, "pb")
+    pb = _pod(overlay_topology, "pb")
     got = _attach(c, "y", pb, ips=["10.244.200.9/24"], routes=[{"dst": "10.245.0.0/16"}])
     assert got["ips"] == ["10.244.200.9/24"] and got["ipam"] == "delegated"
     routes = pb.run(["ip", "-4", "route"]).stdout
     assert "10.245.0.0/16 dev eth0" in routes
 
 
-def test_concurrent_attaches_are_all_served(topology: Topology, overlayd_cluster: Any) -> None:
-    cl = overlayd_cluster(n_nodes=1)
+def test_concurrent_attaches_are_all_served(
+    overlay_topology: Topology, overlay_daemons: Any
+) -> None:
+    cl = overlay_daemons(n_nodes=1)
     cl.start()
     c = cl.daemons[0].client
-    pods = [_pod(topology, f"p{i}") for i in range(8)]
+    pods = [_pod(overlay_topology, f"p{i}") for i in range(8)]
     results: dict[int, Any] = {}
 
     def go(i: int) -> None:
@@ -223,10 +225,12 @@ def _ping_stats(proc: subprocess.Popen[str]) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("how", ["sigterm", "crash"])
-def test_restart_keeps_pods_talking(topology: Topology, overlayd_cluster: Any, how: str) -> None:
-    cl = overlayd_cluster()
+def test_restart_keeps_pods_talking(
+    overlay_topology: Topology, overlay_daemons: Any, how: str
+) -> None:
+    cl = overlay_daemons()
     cl.start()
-    pa, pb, a, b = _two_pods(topology, cl)
+    pa, pb, a, b = _two_pods(overlay_topology, cl)
     assert ping(pa, _ip(b), count=2).received == 2
     before = pa.link_info("eth0")
     pinger = _pinger(pa, _ip(b), 8)
@@ -262,11 +266,11 @@ def _with_green(cl: Any, i: int) -> dict[str, Any]:
 
 
 def test_reload_adds_and_removes_networks_without_disturbing_others(
-    topology: Topology, overlayd_cluster: Any
+    overlay_topology: Topology, overlay_daemons: Any
 ) -> None:
-    cl = overlayd_cluster()
+    cl = overlay_daemons()
     cl.start()
-    pa, pb, a, b = _two_pods(topology, cl)
+    pa, pb, a, b = _two_pods(overlay_topology, cl)
     d0, d1 = cl.daemons
     for i, d in enumerate(cl.daemons):
         d.write_config(_with_green(cl, i))
@@ -279,7 +283,7 @@ def test_reload_adds_and_removes_networks_without_disturbing_others(
     assert {n["vni"] for n in d0.client.networks()} == {100, 200}
     sent, received = _ping_stats(pinger)
     assert received == sent, (sent, received)  # vni 100 never stopped
-    pg, ph = _pod(topology, "pg"), _pod(topology, "ph")
+    pg, ph = _pod(overlay_topology, "pg"), _pod(overlay_topology, "ph")
     g = _attach(d0.client, "cg", pg, vni=200)
     h = _attach(d1.client, "ch", ph, vni=200)
     assert ping(pg, _ip(h), count=2).received == 2
@@ -307,8 +311,8 @@ def test_reload_adds_and_removes_networks_without_disturbing_others(
     assert g["vni"] == 200
 
 
-def test_start_errors_exit_with_the_key(tmp_path: Path, topology: Topology) -> None:
-    ns = topology.add_netns("n0")
+def test_start_errors_exit_with_the_key(tmp_path: Path, overlay_topology: Topology) -> None:
+    ns = overlay_topology.add_netns("n0")
     run = [sys.executable, "-m", "overlay.daemon.main", "--config"]
     bad = tmp_path / "bad.toml"
     bad.write_text('[node]\nname = "n"\nunderlay = "198.18.0.1"\nencap = "gre"\n')
@@ -343,9 +347,9 @@ def test_start_errors_exit_with_the_key(tmp_path: Path, topology: Topology) -> N
 
 
 def test_second_daemon_on_one_socket_is_refused(
-    topology: Topology, overlayd_cluster: Any, tmp_path: Path
+    overlay_topology: Topology, overlay_daemons: Any, tmp_path: Path
 ) -> None:
-    cl = overlayd_cluster(n_nodes=1)
+    cl = overlay_daemons(n_nodes=1)
     cl.start()
     d0 = cl.daemons[0]
     cfg = cl.config(0)
@@ -357,8 +361,8 @@ def test_second_daemon_on_one_socket_is_refused(
     assert d0.client.status()["ready"]  # the first one is untouched
 
 
-def test_sigterm_is_clean(overlayd_cluster: Any) -> None:
-    cl = overlayd_cluster(n_nodes=1)
+def test_sigterm_is_clean(overlay_daemons: Any) -> None:
+    cl = overlay_daemons(n_nodes=1)
     cl.start()
     d0 = cl.daemons[0]
     assert d0.proc is not None
@@ -373,31 +377,31 @@ def test_sigterm_is_clean(overlayd_cluster: Any) -> None:
 
 
 def test_etcd_outage_keeps_pods_talking_and_refuses_new_ones_until_it_is_back(
-    topology: Topology, overlayd_cluster: Any, etcd: Any
+    overlay_topology: Topology, overlay_daemons: Any, overlay_etcd: Any
 ) -> None:
-    cl = overlayd_cluster(store=etcd.endpoint)
+    cl = overlay_daemons(store=overlay_etcd.endpoint)
     cl.start()
-    pa, pb, a, b = _two_pods(topology, cl)
+    pa, pb, a, b = _two_pods(overlay_topology, cl)
     c0 = cl.daemons[0].client
-    etcd.kill()
+    overlay_etcd.kill()
     _wait(lambda: not c0.status()["store"]["connected"], timeout=15, what="store disconnected")
     assert not c0.status()["ready"]
     assert ping(pa, _ip(b), count=3).received == 3  # the data plane forwards on its last state
-    pc = _pod(topology, "pc")
+    pc = _pod(overlay_topology, "pc")
     with pytest.raises(ApiError) as err:
         _attach(c0, "cc", pc)
     assert err.value.status == 503 and err.value.kind == "unavailable"
     assert pc.links() == ["lo"]  # nothing half made
-    etcd.start()
+    overlay_etcd.start()
     _wait(lambda: c0.status()["ready"], timeout=20, what="ready again")
     c = _attach(c0, "cc", pc)
     assert ping(pc, _ip(b), count=2).received == 2
     assert c["ips"] != a["ips"]
 
 
-def test_underlay_from_an_interface(topology: Topology, overlayd_cluster: Any) -> None:
+def test_underlay_from_an_interface(overlay_topology: Topology, overlay_daemons: Any) -> None:
     """node.interface instead of node.underlay: the interface's address is the VTEP."""
-    cl = overlayd_cluster(n_nodes=1)
+    cl = overlay_daemons(n_nodes=1)
     cfg = cl.config(0)
     del cfg["node"]["underlay"]
     cfg["node"]["interface"] = "ul0"
@@ -412,8 +416,10 @@ def test_underlay_from_an_interface(topology: Topology, overlayd_cluster: Any) -
     assert "node.interface='nosuch0'" in d.log()
 
 
-def test_reload_adds_and_removes_static_peers(topology: Topology, overlayd_cluster: Any) -> None:
-    cl = overlayd_cluster(n_nodes=3)
+def test_reload_adds_and_removes_static_peers(
+    overlay_topology: Topology, overlay_daemons: Any
+) -> None:
+    cl = overlay_daemons(n_nodes=3)
     full = [cl.config(i) for i in range(3)]
     for i in (0, 1):  # node0 and node1 do not know node2 yet
         cfg = cl.config(i)
@@ -422,7 +428,7 @@ def test_reload_adds_and_removes_static_peers(topology: Topology, overlayd_clust
     cl.start()
     d0, d1, d2 = cl.daemons
     assert [p["name"] for p in d0.client.peers()] == ["node1"]
-    p0, p2 = _pod(topology, "p0"), _pod(topology, "p2")
+    p0, p2 = _pod(overlay_topology, "p0"), _pod(overlay_topology, "p2")
     a = _attach(d0.client, "c0", p0)
     c = _attach(d2.client, "c2", p2)
     assert ping(p2, _ip(a), count=1, timeout=1).received == 0  # node0 refuses node2
@@ -447,11 +453,11 @@ def test_reload_adds_and_removes_static_peers(topology: Topology, overlayd_clust
 
 
 def test_reload_that_adds_the_first_peer_applies_the_new_file_to_new_networks(
-    topology: Topology, overlayd_cluster: Any
+    overlay_topology: Topology, overlay_daemons: Any
 ) -> None:
     # Static peers make a node's networks learn; a network added by the same
     # reload that adds the first peer must be made under the new file, not the old.
-    cl = overlayd_cluster()
+    cl = overlay_daemons()
     alone = cl.config(0)
     alone["store"]["peers"] = []
     cl.daemons[0].write_config(alone)
@@ -466,7 +472,7 @@ def test_reload_that_adds_the_first_peer_applies_the_new_file_to_new_networks(
         assert summary["networks_changed"] == ([100] if i == 0 else [])
     learning = {n["vni"]: n["learning"] for n in d0.client.networks()}
     assert learning == {100: True, 200: True}
-    pg, ph = _pod(topology, "pg"), _pod(topology, "ph")
+    pg, ph = _pod(overlay_topology, "pg"), _pod(overlay_topology, "ph")
     _attach(d0.client, "cg", pg, vni=200)
     h = _attach(d1.client, "ch", ph, vni=200)
     assert ping(pg, _ip(h), count=2).received == 2

@@ -24,10 +24,12 @@ def overlay(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_every_subcommand_as_table_and_json(topology: Topology, overlayd_cluster: Any) -> None:
-    cl = overlayd_cluster(extra={"metrics": {"address": "127.0.0.1:0"}})
+def test_every_subcommand_as_table_and_json(
+    overlay_topology: Topology, overlay_daemons: Any
+) -> None:
+    cl = overlay_daemons(extra={"metrics": {"address": "127.0.0.1:0"}})
     cl.start()
-    pa, pb = topology.add_netns("pa"), topology.add_netns("pb")
+    pa, pb = overlay_topology.add_netns("pa"), overlay_topology.add_netns("pb")
     c0, c1 = cl.daemons[0].client, cl.daemons[1].client
     a = c0.attach({"container_id": "ca", "ifname": "eth0", "netns": pa.path, "vni": 100})
     b = c1.attach({"container_id": "cb", "ifname": "eth0", "netns": pb.path, "vni": 100})
@@ -121,7 +123,7 @@ def test_pip_install_gives_the_three_commands() -> None:
     found = {c: shutil.which(c, path=bindir) for c in ("overlay", "overlayd", "overlay-cni")}
     if not all(found.values()):
         pytest.skip(f"overlay is not installed next to {sys.executable} (a source tree run)")
-    example = Path(__file__).parent.parent / "examples" / "overlayd.toml"
+    example = Path(__file__).resolve().parents[2] / "examples" / "overlayd.toml"
     done = subprocess.run(
         [str(found["overlayd"]), "--config", str(example), "--check"],
         capture_output=True,

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def node_ns(topology: Topology) -> Netns:
-    n0, n1 = topology.add_netns("n0"), topology.add_netns("n1")
-    topology.veth(n0, n1)
+def node_ns(overlay_topology: Topology) -> Netns:
+    n0, n1 = overlay_topology.add_netns("n0"), overlay_topology.add_netns("n1")
+    overlay_topology.veth(n0, n1)
     return n0
 
 
@@ -145,8 +145,8 @@ def test_bad_peer_arguments_are_refused_and_change_nothing(node: Node) -> None:
     assert state(node) == before
 
 
-def test_port_moves_into_a_pod_namespace_configured(topology: Topology, node: Node) -> None:
-    pod = topology.add_netns("pod", ipv6=True)
+def test_port_moves_into_a_pod_namespace_configured(overlay_topology: Topology, node: Node) -> None:
+    pod = overlay_topology.add_netns("pod", ipv6=True)
     blue = node.add_network(100, "blue")
     port = blue.add_port("02:00:00:00:01:02", ["10.244.1.2/24", "2001:2::2/64"])
     port.move_to_netns(pod.path, "eth0", gateway="10.244.1.1")
@@ -184,13 +184,15 @@ def test_removing_a_port_removes_its_tap_and_entries(node: Node, node_ns: Netns)
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_events_reach_an_asyncio_loop(node: Node, topology: Topology, loop_kind: str) -> None:
+def test_events_reach_an_asyncio_loop(
+    node: Node, overlay_topology: Topology, loop_kind: str
+) -> None:
     if loop_kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")
         loop = uvloop.new_event_loop()
     else:
         loop = asyncio.new_event_loop()
-    pod = topology.add_netns("pod")
+    pod = overlay_topology.add_netns("pod")
     blue = node.add_network(100, "blue")
     blue.add_vtep("198.18.0.2")
     port = blue.add_port("02:00:00:00:01:02", ["10.244.1.2/24"])

@@ -92,10 +92,14 @@ class Bed:
 
 
 @pytest.fixture
-def bed(topology: Topology) -> Iterator[Bed]:
-    n0, n1 = topology.add_netns("n0"), topology.add_netns("n1")
-    topology.veth(n0, n1, f"{underlay_ip(0)}/24", f"{underlay_ip(1)}/24")
-    b = Bed(topology, [n0, n1], [topology.add_netns("pa"), topology.add_netns("pb")])
+def bed(overlay_topology: Topology) -> Iterator[Bed]:
+    n0, n1 = overlay_topology.add_netns("n0"), overlay_topology.add_netns("n1")
+    overlay_topology.veth(n0, n1, f"{underlay_ip(0)}/24", f"{underlay_ip(1)}/24")
+    b = Bed(
+        overlay_topology,
+        [n0, n1],
+        [overlay_topology.add_netns("pa"), overlay_topology.add_netns("pb")],
+    )
     try:
         yield b
     finally:

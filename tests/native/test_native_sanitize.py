@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native"
 GCC = shutil.which("gcc") or "gcc"
 needs_gcc = pytest.mark.skipif(
@@ -86,7 +86,7 @@ def test_native_source_compiles_without_warnings(source: Path) -> None:
 
 # ---- the cffi module, sanitized, under hostile traffic ----
 
-SANITIZED_TESTS = ["tests/test_hostile_dataplane.py"]
+SANITIZED_TESTS = ["tests/native/test_hostile_dataplane.py"]
 BUILDER = ROOT / "overlay" / "_build.py"
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
 

@@ -101,10 +101,10 @@ def remotes(node: Node) -> set[str]:
 
 
 def test_nodes_discover_each_other_pods_reach_across_restart_and_removal(
-    topology: Topology,
+    overlay_topology: Topology,
 ) -> None:
     store = MemoryStore()
-    site = Site(topology, store, ttl=2.0)
+    site = Site(overlay_topology, store, ttl=2.0)
 
     async def main() -> None:
         await store.put(keys.network(100), to_json(NetworkSpec(vni=100, tenant="blue")))
