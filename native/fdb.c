@@ -1,153 +1,262 @@
 /*
- * fdb.c — fixed-capacity open-addressing hash map (see fdb.h for the why).
+ * fdb.c — the FDB, the neighbour table and learning (see fdb.h for the
+ * design notes).
  *
- * Slot layout: [uint32 hash][uint32 used][key][value], 8-byte aligned. The
- * stored hash gives each key's home slot during backward-shift deletion
- * without hashing again.
+ * Contracts. The public functions take the engine's lock themselves (writer
+ * for changes, reader for the dump); the helpers for other rooms assume the
+ * caller holds the writer lock. Learning is applied by a worker after its
+ * burst, as a writer, and never overrides an entry the control plane or a
+ * port owns.
  */
-#include "fdb.h"
+#include "counters.h"
+#include "network.h"
+#include "port.h"
 
 #include <errno.h>
-#include <stdlib.h>
 
-#define SLOT_HDR 8u
-
-uint64_t ovl_hash_bytes(const void *p, size_t n)
+static void nexthop_port(ovl_nexthop_t *nh, int32_t port_id)
 {
-    /* FNV-1a 64 then a murmur3 64-bit finaliser: keys are short (<= 24 bytes). */
-    const uint8_t *b = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3ull;
-    }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
+    memset(nh, 0, sizeof *nh);
+    nh->kind = OVL_NH_PORT;
+    nh->port_id = port_id;
 }
 
-static inline uint8_t *slot_at(const ovl_map_t *m, uint32_t i)
+static void nexthop_tunnel(ovl_nexthop_t *nh, const ovl_addr_t *vtep)
 {
-    return m->slots + (size_t)i * m->slot_size;
+    memset(nh, 0, sizeof *nh);
+    nh->kind = OVL_NH_TUNNEL;
+    nh->port_id = -1;
+    nh->addr = *vtep;
 }
 
-static inline uint32_t *slot_hash(uint8_t *s) { return (uint32_t *)s; }
-static inline uint32_t *slot_used(uint8_t *s) { return (uint32_t *)(s + 4); }
+/* ---- the control plane's FDB ---- */
 
-int ovl_map_init(ovl_map_t *m, uint32_t capacity, size_t key_size, size_t val_size)
+int ovl_fdb_add(ovl_engine_t *e, uint32_t vni, const uint8_t *mac, int family,
+                const uint8_t *vtep, uint16_t port)
 {
-    memset(m, 0, sizeof *m);
-    if (capacity == 0 || capacity > (1u << 28) || key_size == 0 || key_size > 64 || val_size > 256)
+    if (family != e->cfg.family)
+        return -EAFNOSUPPORT;
+    if (mac[0] & 1)
         return -EINVAL;
-    uint32_t slots = 16;
-    while (slots < capacity * 2u)
-        slots <<= 1;
-    m->mask = slots - 1;
-    m->limit = capacity;
-    m->key_size = (uint16_t)key_size;
-    m->val_size = (uint16_t)val_size;
-    m->val_off = (uint32_t)(SLOT_HDR + ((key_size + 7u) & ~7u));
-    m->slot_size = (uint32_t)(m->val_off + ((val_size + 7u) & ~7u));
-    m->slots = calloc(slots, m->slot_size);
-    return m->slots ? 0 : -ENOMEM;
-}
-
-void ovl_map_free(ovl_map_t *m)
-{
-    free(m->slots);
-    memset(m, 0, sizeof *m);
-}
-
-void ovl_map_clear(ovl_map_t *m)
-{
-    memset(m->slots, 0, (size_t)(m->mask + 1) * m->slot_size);
-    m->count = 0;
-}
-
-static int find(const ovl_map_t *m, const void *key, uint32_t h, uint32_t *where)
-{
-    uint32_t i = h & m->mask;
-    for (;;) {
-        uint8_t *s = slot_at(m, i);
-        if (!*slot_used(s)) {
-            *where = i;
-            return 0;
-        }
-        if (*slot_hash(s) == h && memcmp(s + SLOT_HDR, key, m->key_size) == 0) {
-            *where = i;
-            return 1;
-        }
-        i = (i + 1) & m->mask;
+    OVL_WRLOCK(e);
+    int rc = 0;
+    if (!ovl_network_lookup(e, vni)) {
+        rc = -ENOENT;
+        goto out;
     }
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, vni, mac);
+    ovl_fdb_val_t *v = ovl_map_get(&e->fdb, &k);
+    if (v && v->kind == OVL_FDB_LOCAL) {
+        rc = -EADDRINUSE; /* a local port has this MAC */
+        goto out;
+    }
+    if (!v && !(v = ovl_map_put(&e->fdb, &k, NULL))) {
+        rc = -ENOSPC;
+        goto out;
+    }
+    ovl_addr_t a;
+    ovl_addr_make(&a, family, vtep, port ? port : e->udp_port);
+    v->kind = OVL_FDB_REMOTE;
+    nexthop_tunnel(&v->nh, &a);
+    v->updated_ns = ovl_now_ns();
+out:
+    OVL_UNLOCK(e);
+    return rc;
 }
 
-void *ovl_map_get(const ovl_map_t *m, const void *key)
+int ovl_fdb_del(ovl_engine_t *e, uint32_t vni, const uint8_t *mac)
 {
-    uint32_t h = (uint32_t)ovl_hash_bytes(key, m->key_size), i;
-    if (!find(m, key, h, &i))
+    OVL_WRLOCK(e);
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, vni, mac);
+    ovl_fdb_val_t *v = ovl_map_get(&e->fdb, &k);
+    int rc;
+    if (!v)
+        rc = -ENOENT;
+    else if (v->kind == OVL_FDB_LOCAL)
+        rc = -EPERM; /* removed with its port */
+    else
+        rc = ovl_map_del(&e->fdb, &k);
+    OVL_UNLOCK(e);
+    return rc;
+}
+
+int ovl_fdb_dump(ovl_engine_t *e, ovl_fdb_entry_t *out, size_t n)
+{
+    OVL_RDLOCK(e);
+    size_t k = 0;
+    for (uint32_t s = 0; s <= e->fdb.mask; s++) {
+        ovl_fdb_key_t *key = ovl_map_key(&e->fdb, s);
+        if (!key)
+            continue;
+        if (k < n) {
+            ovl_fdb_val_t *v = ovl_map_val(&e->fdb, s);
+            ovl_fdb_entry_t *o = &out[k];
+            memset(o, 0, sizeof *o);
+            o->vni = key->vni;
+            memcpy(o->mac, key->mac, 6);
+            o->kind = v->kind;
+            o->nexthop = v->nh.kind;
+            o->port_id = v->nh.kind == OVL_NH_PORT ? v->nh.port_id : -1;
+            if (v->nh.kind == OVL_NH_TUNNEL) {
+                o->family = v->nh.addr.family;
+                memcpy(o->vtep, v->nh.addr.addr, 16);
+                o->vtep_port = v->nh.addr.port;
+            }
+            o->updated_ns = v->updated_ns;
+            o->used_ns = __atomic_load_n(&v->used_ns, __ATOMIC_RELAXED);
+        }
+        k++;
+    }
+    OVL_UNLOCK(e);
+    return (int)k;
+}
+
+/* ---- the neighbour table ---- */
+
+int ovl_fdb_neigh_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip,
+                      const uint8_t *mac)
+{
+    if (ovl_addr_len(family) < 0)
+        return -EAFNOSUPPORT;
+    OVL_WRLOCK(e);
+    int rc = ovl_network_lookup(e, vni) ? ovl_fdb_neigh_set(e, vni, family, ip, mac) : -ENOENT;
+    OVL_UNLOCK(e);
+    return rc;
+}
+
+int ovl_fdb_neigh_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip)
+{
+    if (ovl_addr_len(family) < 0)
+        return -EAFNOSUPPORT;
+    OVL_WRLOCK(e);
+    ovl_neigh_key_t k;
+    ovl_neigh_key_make(&k, vni, family, ip);
+    int rc = ovl_map_del(&e->neigh, &k);
+    OVL_UNLOCK(e);
+    return rc;
+}
+
+/* ---- helpers for the other rooms (writer lock held) ---- */
+
+ovl_fdb_val_t *ovl_fdb_put_port(ovl_engine_t *e, uint32_t vni, const uint8_t *mac, int32_t port_id)
+{
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, vni, mac);
+    ovl_fdb_val_t *v = ovl_map_put(&e->fdb, &k, NULL);
+    if (!v)
         return NULL;
-    return slot_at(m, i) + m->val_off;
+    v->kind = OVL_FDB_LOCAL;
+    nexthop_port(&v->nh, port_id);
+    v->updated_ns = ovl_now_ns();
+    return v;
 }
 
-void *ovl_map_put(ovl_map_t *m, const void *key, int *created)
+static int behind_port(const void *key, const void *val, void *ctx)
 {
-    uint32_t h = (uint32_t)ovl_hash_bytes(key, m->key_size), i;
-    if (find(m, key, h, &i)) {
-        if (created)
-            *created = 0;
-        return slot_at(m, i) + m->val_off;
-    }
-    if (m->count >= m->limit)
-        return NULL;
-    uint8_t *s = slot_at(m, i);
-    *slot_hash(s) = h;
-    *slot_used(s) = 1;
-    memcpy(s + SLOT_HDR, key, m->key_size);
-    memset(s + m->val_off, 0, m->slot_size - m->val_off);
-    m->count++;
-    if (created)
-        *created = 1;
-    return s + m->val_off;
+    (void)key;
+    const ovl_fdb_val_t *v = val;
+    return v->kind == OVL_FDB_LOCAL && v->nh.port_id == *(const int32_t *)ctx;
 }
 
-int ovl_map_del(ovl_map_t *m, const void *key)
+void ovl_fdb_forget_port(ovl_engine_t *e, int32_t port_id)
 {
-    uint32_t h = (uint32_t)ovl_hash_bytes(key, m->key_size), i;
-    if (!find(m, key, h, &i))
-        return -ENOENT;
-    /* Backward-shift: pull later members of the probe run into the hole so
-     * that every key stays reachable from its home slot. */
-    uint32_t j = i;
-    for (;;) {
-        j = (j + 1) & m->mask;
-        uint8_t *sj = slot_at(m, j);
-        if (!*slot_used(sj))
-            break;
-        uint32_t home = *slot_hash(sj) & m->mask;
-        /* Move j into the hole at i unless j's home lies cyclically in (i, j]. */
-        int home_between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
-        if (!home_between) {
-            memcpy(slot_at(m, i), sj, m->slot_size);
-            i = j;
-        }
-    }
-    memset(slot_at(m, i), 0, m->slot_size);
-    m->count--;
+    ovl_map_sweep(&e->fdb, behind_port, &port_id);
+}
+
+int ovl_fdb_neigh_set(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip,
+                      const uint8_t *mac)
+{
+    ovl_neigh_key_t k;
+    ovl_neigh_key_make(&k, vni, family, ip);
+    ovl_neigh_val_t *v = ovl_map_put(&e->neigh, &k, NULL);
+    if (!v)
+        return -ENOSPC;
+    memcpy(v->mac, mac, 6);
     return 0;
 }
 
-void *ovl_map_key(const ovl_map_t *m, uint32_t slot)
+void ovl_fdb_neigh_remove(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip)
 {
-    if (slot > m->mask)
-        return NULL;
-    uint8_t *s = slot_at(m, slot);
-    return *slot_used(s) ? s + SLOT_HDR : NULL;
+    ovl_neigh_key_t k;
+    ovl_neigh_key_make(&k, vni, family, ip);
+    ovl_map_del(&e->neigh, &k);
 }
 
-void *ovl_map_val(const ovl_map_t *m, uint32_t slot)
+/* Both key types start with the VNI. */
+static int in_vni(const void *key, const void *val, void *ctx)
 {
-    return slot_at(m, slot) + m->val_off;
+    (void)val;
+    return *(const uint32_t *)key == *(const uint32_t *)ctx;
+}
+
+void ovl_fdb_purge_vni(ovl_engine_t *e, uint32_t vni)
+{
+    ovl_map_sweep(&e->fdb, in_vni, &vni);
+    ovl_map_sweep(&e->neigh, in_vni, &vni);
+}
+
+/* ---- learning ---- */
+
+void ovl_fdb_learn_queue(ovl_worker_t *w, const ovl_learn_t *l)
+{
+    for (uint32_t i = w->n_learn; i-- > 0;) {
+        const ovl_learn_t *q = &w->learn[i];
+        if (q->vni == l->vni && memcmp(q->mac, l->mac, 6) == 0) {
+            if (ovl_learn_same(q, l->kind, l->port_id, &l->vtep))
+                return;
+            break;
+        }
+    }
+    if (w->n_learn < OVL_LEARN_MAX)
+        w->learn[w->n_learn++] = *l;
+}
+
+void ovl_fdb_learn_apply(ovl_worker_t *w)
+{
+    if (!w->n_learn)
+        return;
+    ovl_engine_t *e = w->e;
+    OVL_WRLOCK(e);
+    for (uint32_t i = 0; i < w->n_learn; i++) {
+        ovl_learn_t *l = &w->learn[i];
+        if (!ovl_network_lookup(e, l->vni))
+            continue;
+        ovl_fdb_key_t k;
+        ovl_fdb_key_make(&k, l->vni, l->mac);
+        int created = 0;
+        ovl_fdb_val_t *v = ovl_map_get(&e->fdb, &k);
+        /* Learning never overrides what the control plane or a port owns. */
+        if (v && (v->kind == OVL_FDB_REMOTE ||
+                  (v->kind == OVL_FDB_LOCAL && l->kind != OVL_FDB_LOCAL)))
+            continue;
+        if (v && v->kind == OVL_FDB_LOCAL && ovl_port_get(e, v->nh.port_id) &&
+            memcmp(e->ports[v->nh.port_id].sec.mac, l->mac, 6) == 0)
+            continue; /* a port's own MAC */
+        if (v && ovl_learn_same(l, v->kind, v->nh.port_id, &v->nh.addr)) {
+            v->updated_ns = w->now_ns; /* known already (another worker learned it) */
+            continue;
+        }
+        if (!v && !(v = ovl_map_put(&e->fdb, &k, &created)))
+            continue;
+        v->kind = l->kind;
+        if (l->kind == OVL_FDB_LOCAL)
+            nexthop_port(&v->nh, l->port_id);
+        else
+            nexthop_tunnel(&v->nh, &l->vtep);
+        v->updated_ns = w->now_ns;
+        ovl_count(w, OVL_C_MACS_LEARNED, 1);
+        if (created && l->kind == OVL_FDB_LEARNED) {
+            ovl_event_t ev = { .type = OVL_EVENT_LEARNED, .vni = l->vni, .port_id = -1,
+                               .family = l->vtep.family };
+            memcpy(ev.mac, l->mac, 6);
+            memcpy(ev.addr, l->vtep.addr, 16);
+            OVL_UNLOCK(e);
+            ovl_events_push(w, &ev);
+            OVL_WRLOCK(e);
+        }
+    }
+    w->n_learn = 0;
+    OVL_UNLOCK(e);
 }

@@ -1,66 +1,39 @@
 /*
- * fdb.h — the forwarding tables: a fixed-capacity open-addressing hash map,
- * and the keys and values the engine keeps in it.
+ * fdb.h — where a MAC lives (the FDB), which MAC an address has (the
+ * neighbour table, for ARP/ND suppression), and learning.
  *
- * Design notes. Every table is allocated once, at engine creation, with a
- * capacity from the config: the hot path never allocates, and a full table
- * is a clear -ENOSPC to the control plane rather than a slow rehash under a
- * writer lock. Linear probing with backward-shift deletion keeps lookups to a
- * few cache lines and leaves no tombstones behind. The map is not locked: the
- * engine guards all tables with one reader-writer lock (readers: workers,
- * once per batch; writers: the control plane).
+ * Design notes.
+ * - An FDB value says who wrote it (kind: the control plane, a port, or
+ *   learning, as the kernel's struct vxlan_fdb keeps its flags) apart from
+ *   where frames to the MAC go (its next hop: a local port, or a remote VTEP
+ *   through the tunnel transport). The forward decision reads only the next
+ *   hop, so a routed peer (a next hop through the direct transport) or the
+ *   node's gateway port joins as one more next-hop kind, without touching
+ *   what decides who may overwrite an entry.
+ * - Both tables are ovl_map_t (map.h) owned by the engine and guarded by its
+ *   lock (engine.h): the lookups below assume the caller holds it.
+ * - Learning needs a write, which a worker cannot do under its read lock: it
+ *   queues what a burst taught (ovl_fdb_learn_queue) and applies the queue
+ *   after the burst (ovl_fdb_learn_apply). A burst from one new MAC takes one
+ *   queue slot, not the whole queue.
+ * - Learning never overrides what the control plane or a port owns: a
+ *   remote entry does not move, a local entry does not move to a VTEP, and a
+ *   port's own MAC is never learned elsewhere (decap.c's design notes hold
+ *   the security side of this).
  */
 #ifndef OVL_FDB_H
 #define OVL_FDB_H
 
-#include "ovl.h"
+#include "map.h"
+#include "transport.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-
-typedef struct ovl_map {
-    uint32_t mask;        /* slots - 1; slots is a power of two */
-    uint32_t count;       /* keys present */
-    uint32_t limit;       /* keys allowed (the capacity asked for) */
-    uint16_t key_size;
-    uint16_t val_size;
-    uint32_t slot_size;   /* 8-byte header (hash, used) + key + value, 8-aligned */
-    uint32_t val_off;
-    uint8_t *slots;
-} ovl_map_t;
-
-/* Allocate room for capacity keys (load factor <= 1/2). 0 or -ENOMEM. */
-int ovl_map_init(ovl_map_t *m, uint32_t capacity, size_t key_size, size_t val_size);
-void ovl_map_free(ovl_map_t *m);
-/* The value stored under key, or NULL. */
-void *ovl_map_get(const ovl_map_t *m, const void *key);
-/* The value slot for key, inserted zeroed when absent (*created = 1).
- * NULL when the key is absent and the map holds its capacity already. */
-void *ovl_map_put(ovl_map_t *m, const void *key, int *created);
-/* Remove key; 0, or -ENOENT. */
-int ovl_map_del(ovl_map_t *m, const void *key);
-/* Iterate: slots 0..mask; a slot is in use when ovl_map_key() is not NULL. */
-void *ovl_map_key(const ovl_map_t *m, uint32_t slot);
-void *ovl_map_val(const ovl_map_t *m, uint32_t slot);
-void ovl_map_clear(ovl_map_t *m);
-
-uint64_t ovl_hash_bytes(const void *p, size_t n);
-
-typedef union ovl_sockaddr {
-    struct sockaddr sa;
-    struct sockaddr_in in4;
-    struct sockaddr_in6 in6;
-} ovl_sockaddr_t;
-
-/* An underlay address, with its socket address prebuilt for sendmmsg. */
-typedef struct ovl_addr {
-    uint8_t family;        /* 4 or 6 */
-    uint8_t pad;
-    uint16_t port;         /* host order */
-    uint8_t addr[16];
-    socklen_t salen;
-    ovl_sockaddr_t sa;
-} ovl_addr_t;
+/* Where frames to a MAC go. */
+typedef struct ovl_nexthop {
+    uint8_t kind;          /* OVL_NH_PORT or OVL_NH_TUNNEL */
+    uint8_t pad[3];
+    int32_t port_id;       /* OVL_NH_PORT: the port, else -1 */
+    ovl_addr_t addr;       /* OVL_NH_TUNNEL: the VTEP */
+} ovl_nexthop_t;
 
 /* (VNI, MAC) -> where the MAC lives. */
 typedef struct ovl_fdb_key {
@@ -70,10 +43,9 @@ typedef struct ovl_fdb_key {
 } ovl_fdb_key_t;
 
 typedef struct ovl_fdb_val {
-    uint8_t kind;          /* OVL_FDB_REMOTE / LOCAL / LEARNED */
-    uint8_t pad[3];
-    int32_t port_id;       /* LOCAL: the port */
-    ovl_addr_t vtep;       /* REMOTE, LEARNED: the VTEP */
+    uint8_t kind;          /* OVL_FDB_REMOTE / LOCAL / LEARNED: who wrote it */
+    uint8_t pad[7];
+    ovl_nexthop_t nh;      /* LOCAL: a port; REMOTE, LEARNED: a VTEP */
     uint64_t updated_ns;   /* when the control plane (or learning) last wrote it */
     uint64_t used_ns;      /* when a frame last went to it (written by workers, relaxed) */
 } ovl_fdb_val_t;
@@ -91,14 +63,6 @@ typedef struct ovl_neigh_val {
     uint8_t pad[2];
 } ovl_neigh_val_t;
 
-/* (VNI, VTEP address) -> member: the decap source check. */
-typedef struct ovl_member_key {
-    uint32_t vni;
-    uint8_t family;
-    uint8_t pad[3];
-    uint8_t addr[16];
-} ovl_member_key_t;
-
 static inline void ovl_fdb_key_make(ovl_fdb_key_t *k, uint32_t vni, const uint8_t *mac)
 {
     memset(k, 0, sizeof *k);
@@ -114,12 +78,65 @@ static inline void ovl_neigh_key_make(ovl_neigh_key_t *k, uint32_t vni, int fami
     memcpy(k->ip, ip, family == 4 ? 4 : 16);
 }
 
-static inline void ovl_member_key_make(ovl_member_key_t *k, uint32_t vni, int family, const uint8_t *addr)
+/* The FDB entry of mac in vni, or NULL (fdb: e->fdb, under the lock). */
+static inline ovl_fdb_val_t *ovl_fdb_lookup(const ovl_map_t *fdb, uint32_t vni, const uint8_t *mac)
 {
-    memset(k, 0, sizeof *k);
-    k->vni = vni;
-    k->family = (uint8_t)family;
-    memcpy(k->addr, addr, family == 4 ? 4 : 16);
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, vni, mac);
+    return ovl_map_get(fdb, &k);
 }
+
+/* The neighbour entry of (family, ip) in vni, or NULL (neigh: e->neigh). */
+static inline ovl_neigh_val_t *ovl_fdb_neigh_lookup(const ovl_map_t *neigh, uint32_t vni,
+                                                    int family, const uint8_t *ip)
+{
+    ovl_neigh_key_t k;
+    ovl_neigh_key_make(&k, vni, family, ip);
+    return ovl_map_get(neigh, &k);
+}
+
+/* ---- changes made by other rooms (caller holds the writer lock) ---- */
+
+/* Put port_id's own MAC in vni as a local entry. NULL when the table is full. */
+ovl_fdb_val_t *ovl_fdb_put_port(ovl_engine_t *e, uint32_t vni, const uint8_t *mac, int32_t port_id);
+/* Remove every local entry of port_id (its MAC and those learned behind it). */
+void ovl_fdb_forget_port(ovl_engine_t *e, int32_t port_id);
+/* Set the neighbour (family, ip) in vni to mac; 0 or -ENOSPC. */
+int ovl_fdb_neigh_set(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip,
+                      const uint8_t *mac);
+void ovl_fdb_neigh_remove(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip);
+/* Remove every FDB and neighbour entry of vni. */
+void ovl_fdb_purge_vni(ovl_engine_t *e, uint32_t vni);
+
+/* ---- learning ---- */
+
+typedef struct ovl_learn {
+    uint8_t kind;          /* OVL_FDB_LOCAL (behind a port) or OVL_FDB_LEARNED (behind a VTEP) */
+    uint32_t vni;
+    int32_t port_id;
+    uint8_t mac[6];
+    ovl_addr_t vtep;
+} ovl_learn_t;
+
+/* Does a learned entry say the same as (kind, port_id, vtep)? */
+static inline int ovl_learn_same(const ovl_learn_t *l, uint8_t kind, int32_t port_id,
+                                 const ovl_addr_t *vtep)
+{
+    if (l->kind != kind)
+        return 0;
+    if (kind == OVL_FDB_LOCAL)
+        return l->port_id == port_id;
+    return l->vtep.family == vtep->family && l->vtep.port == vtep->port &&
+           memcmp(l->vtep.addr, vtep->addr, 16) == 0;
+}
+
+/* Queue a learned entry, applied after the burst. When the latest entry
+ * queued in this burst for the same MAC says the same, it is not queued
+ * again (and a MAC that moves and comes back within the burst still ends
+ * where it came last). A full queue loses the entry: the next burst from
+ * the MAC queues it again. */
+void ovl_fdb_learn_queue(ovl_worker_t *w, const ovl_learn_t *l);
+/* Apply what the worker queued, as a writer; events for new remote MACs. */
+void ovl_fdb_learn_apply(ovl_worker_t *w);
 
 #endif /* OVL_FDB_H */

@@ -1,5 +1,5 @@
 /*
- * gen.c — a small-datagram traffic generator and sink (see overlay.h).
+ * gen.c — a small-datagram traffic generator and sink (see overlay_tools.h).
  * Not on the data path: used by tests and bench/ to offer load that Python
  * (or iperf3, for small packets) cannot produce.
  */

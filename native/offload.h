@@ -16,7 +16,8 @@
  * runs of equal-sized UDP datagrams of one flow become one USO super-frame
  * where the TAP takes USO (one write instead of one per datagram).
  * Each coalesced segment's TCP checksum is verified first: a corrupt segment
- * is never laundered into a trusted super-frame.
+ * is never laundered into a trusted super-frame. Checksums come from csum.h,
+ * the one implementation.
  */
 #ifndef OVL_OFFLOAD_H
 #define OVL_OFFLOAD_H
@@ -47,18 +48,6 @@ typedef struct ovl_vnet_hdr {
 #define OVL_VNET_GSO_TCPV6 4
 #define OVL_VNET_GSO_UDP_L4 5
 #define OVL_VNET_GSO_ECN 0x80
-
-/* ---- checksums: sums of native-order words; see RFC 1071 section 2 ---- */
-
-/* Add buf[0..len) to a running sum (start at 0); len odd only for the last piece. */
-uint64_t ovl_csum_add(const uint8_t *buf, size_t len, uint64_t sum);
-/* Fold a running sum to 16 bits, not complemented, in native order. */
-uint16_t ovl_csum_fold(uint64_t sum);
-/* The IPv4/IPv6 pseudo-header sum for an L4 segment of l4_len bytes. */
-uint64_t ovl_csum_pseudo(const ovl_frame_t *f, uint8_t proto, uint32_t l4_len);
-
-/* Complete the checksum a NEEDS_CSUM frame left open. 0 or -1 (out of range). */
-int ovl_csum_complete(uint8_t *frame, size_t len, uint16_t csum_start, uint16_t csum_offset);
 
 /* One output segment: inner headers (with OVL_SEG_TUN_ROOM writable bytes
  * before them for the tunnel header) and a payload slice. */

@@ -1,10 +1,19 @@
 /*
- * overlay.h — the whole ABI of overlay's data plane.
+ * overlay.h — the product ABI of overlay's data plane.
  *
  * cffi reads this file unchanged (ffi.cdef), so it holds only what cdef
  * understands: integer #defines, typedefs, structs and prototypes. No
  * #include and no include guard: C files include it through "ovl.h", which
- * brings the standard headers first.
+ * brings the standard headers first. Entry points used only by tests and
+ * benchmarks (the traffic generator, the batch codecs, the fake transport)
+ * live in overlay_tools.h, fed to cffi after this file.
+ *
+ * Sections follow the rooms of native/, in the order a packet meets them:
+ * constants, counters (counters.c), wire formats (wire.c), the checksum
+ * (csum.c), the engine's life cycle (engine.c), networks and VTEPs
+ * (network.c), ports (port.c), the FDB and neighbours (fdb.c), counter
+ * readers (counters.c) and events (events.c). A symbol's prefix names its
+ * room: ovl_<room>_<verb>.
  *
  * Conventions. Functions return 0 (or a length, or an id) on success and a
  * negative errno on failure; wire decoders return the negative id of a drop
@@ -60,12 +69,16 @@
 #define OVL_EVENT_MAC_SEEN 2
 #define OVL_EVENT_LEARNED 3
 
-/* FDB entry kinds */
-#define OVL_FDB_REMOTE 1
-#define OVL_FDB_LOCAL 2
-#define OVL_FDB_LEARNED 3
+/* FDB entry kinds: who wrote the entry */
+#define OVL_FDB_REMOTE 1         /* the control plane: a MAC behind a remote VTEP */
+#define OVL_FDB_LOCAL 2          /* a port's own MAC, or one learned behind a port */
+#define OVL_FDB_LEARNED 3        /* learned from a decapsulated frame */
 
-/* ---- counters (names and help come from counters.def) ---- */
+/* FDB next-hop kinds: where a frame to the MAC goes */
+#define OVL_NH_PORT 1            /* a local port: delivered */
+#define OVL_NH_TUNNEL 2          /* a remote VTEP: encapsulated, sent by the tunnel transport */
+
+/* ---- counters (counters.c; names and help come from counters.def) ---- */
 size_t ovl_counter_count(void);
 const char *ovl_counter_name(size_t id);
 const char *ovl_counter_help(size_t id);
@@ -92,16 +105,17 @@ int ovl_wire_encode(int encap, const ovl_tunnel_t *t, uint8_t *out, size_t cap);
 
 /* Read the header at buf[0..len). Returns the header length (the inner frame
  * starts there), or -(drop reason id). VXLAN reserved bits are ignored;
- * Geneve options are only bounds-checked (see ovl_geneve_check_options). */
+ * Geneve options are only bounds-checked (see ovl_wire_check_options). */
 int ovl_wire_decode(int encap, const uint8_t *buf, size_t len, ovl_tunnel_t *t);
 
 /* Walk Geneve TLV options. known[] holds (class << 8 | type) keys, type with
  * its critical bit cleared. Returns 0, or -(drop reason id): an option
  * overruns the area, or an option with the critical bit is not known. */
-int ovl_geneve_check_options(const uint8_t *opts, size_t len,
-                             const uint32_t *known, size_t n_known);
+int ovl_wire_check_options(const uint8_t *opts, size_t len,
+                           const uint32_t *known, size_t n_known);
 
-/* An Ethernet frame parsed as far as forwarding and port security need. */
+/* An Ethernet frame parsed as far as forwarding, port security and (later)
+ * policy and connection tracking need. */
 typedef struct ovl_frame {
     uint8_t dst[6];
     uint8_t src[6];
@@ -113,18 +127,21 @@ typedef struct ovl_frame {
     uint16_t l3_off;       /* offset of the L3 header in the frame */
     uint16_t l4_off;       /* offset of the L4 header, 0 if none */
     uint8_t ip_proto;      /* IPv4 protocol / IPv6 upper-layer next header */
-    uint8_t is_fragment;   /* a non-first fragment: no L4 ports */
+    uint8_t is_fragment;   /* a non-first fragment: no L4 header */
     uint8_t ip_src[16];    /* IPv4 in the first 4 bytes */
     uint8_t ip_dst[16];
     uint16_t sport;        /* TCP/UDP/SCTP ports, 0 otherwise */
     uint16_t dport;
+    uint8_t tcp_flags;     /* TCP: the flags byte (FIN 0x01 ... CWR 0x80), 0 otherwise */
+    uint8_t icmp_type;     /* ICMP (IPv4, protocol 1) or ICMPv6 (IPv6, next header 58)
+                            * type: 133..137 in IPv6 is neighbour discovery; 0 otherwise */
+    uint8_t icmp_code;     /* the ICMP or ICMPv6 code, 0 otherwise */
+    uint8_t nd_has_lladdr;
     uint16_t arp_op;
     uint8_t arp_sha[6];
     uint8_t arp_spa[4];
     uint8_t arp_tha[6];
     uint8_t arp_tpa[4];
-    uint8_t icmp6_type;    /* the ICMPv6 type (133..137: neighbour discovery), else 0 */
-    uint8_t nd_has_lladdr;
     uint8_t nd_lladdr[6];  /* source (NS, RS, RA) or target (NA, redirect) link-layer option */
     uint8_t nd_target[16]; /* NS, NA, redirect */
 } ovl_frame_t;
@@ -132,20 +149,16 @@ typedef struct ovl_frame {
 /* Parse frame[0..len). Returns 0 or -(drop reason id); an IPv6 packet that
  * cannot be classified down to its upper-layer header fails closed (wire.c,
  * design notes). */
-int ovl_frame_parse(const uint8_t *frame, size_t len, ovl_frame_t *f);
+int ovl_wire_parse_frame(const uint8_t *frame, size_t len, ovl_frame_t *f);
 
 /* The inner flow hash (RFC 7348 section 5): FNV-1a 32 over (ip_proto, src,
  * dst, sport, dport) for IP, (src mac, dst mac, ethertype) otherwise, then
  * the murmur3 32-bit finaliser. overlay/wire.py documents the exact bytes. */
-uint32_t ovl_flow_hash(const ovl_frame_t *f);
+uint32_t ovl_wire_flow_hash(const ovl_frame_t *f);
 
 /* The outer UDP source port for a flow hash: slot = hash % slots, port =
  * lo + slot * (hi - lo + 1) / slots. slots == 0 means one slot per port. */
-uint16_t ovl_source_port(uint32_t hash, uint16_t lo, uint16_t hi, uint16_t slots);
-
-/* The Internet checksum (RFC 1071) of buf folded into sum; returns the
- * complemented 16-bit result in host order. */
-uint16_t ovl_csum(const uint8_t *buf, size_t len, uint32_t sum);
+uint16_t ovl_wire_source_port(uint32_t hash, uint16_t lo, uint16_t hi, uint16_t slots);
 
 /* Build the ARP reply to request req (parsed) saying that req's target
  * address is at mac. Returns the frame length or -1. */
@@ -158,11 +171,18 @@ int ovl_wire_arp_reply(const ovl_frame_t *req, const uint8_t *mac,
 int ovl_wire_nd_advert(const ovl_frame_t *ns, const uint8_t *mac,
                        uint8_t *out, size_t cap);
 
-/* ---- the engine (engine.c) ---- */
+/* ---- the Internet checksum (csum.c) ---- */
+
+/* The Internet checksum (RFC 1071) of buf folded into sum; returns the
+ * complemented 16-bit result in host order. */
+uint16_t ovl_csum(const uint8_t *buf, size_t len, uint32_t sum);
+
+/* ---- the engine's life cycle (engine.c) ---- */
 typedef struct ovl_engine ovl_engine_t;
 
 typedef struct ovl_engine_config {
-    int encap;               /* OVL_ENCAP_* */
+    int encap;               /* OVL_ENCAP_*: the tunnel port's encapsulation, and the
+                              * one networks get when they are added with encap 0 */
     int family;              /* 4 or 6: the underlay */
     uint8_t local_addr[16];  /* underlay address to bind */
     uint16_t udp_port;       /* listen and destination port; 0: the encap's default */
@@ -188,7 +208,8 @@ typedef struct ovl_engine_config {
 } ovl_engine_config_t;
 
 void ovl_engine_config_default(ovl_engine_config_t *c);
-/* Create sockets and tables. Returns 0 and sets *out, or -errno. */
+/* Create the engine on the UDP transport: sockets, tables, workers (not
+ * started). Returns 0 and sets *out, or -errno. */
 int ovl_engine_create(const ovl_engine_config_t *c, ovl_engine_t **out);
 /* Start the worker threads; returns 0 or -errno. Idempotent. */
 int ovl_engine_start(ovl_engine_t *e);
@@ -196,32 +217,39 @@ int ovl_engine_start(ovl_engine_t *e);
 int ovl_engine_stop(ovl_engine_t *e);
 /* Stop, close every port and socket, free everything. */
 void ovl_engine_destroy(ovl_engine_t *e);
-/* The bound underlay port (useful when udp_port was taken from config). */
+/* The tunnel port: listened on, and the port of every VTEP given as 0. */
 int ovl_engine_udp_port(ovl_engine_t *e);
 /* The offloads in use (OVL_OFF_*): asked for and supported by this kernel.
  * The TAP ones are known once a TAP port exists. */
 uint32_t ovl_engine_offloads(ovl_engine_t *e);
 
-/* Networks. A VNI may be added once. */
-int ovl_network_add(ovl_engine_t *e, uint32_t vni, uint32_t flags);
+/* ---- networks, VTEPs, options (network.c) ---- */
+
+/* Add network vni with encapsulation encap (OVL_ENCAP_*; 0: the engine's).
+ * A VNI may be added once. Today every network of an engine uses the tunnel
+ * port's encapsulation: another is -EPROTONOSUPPORT. */
+int ovl_network_add(ovl_engine_t *e, uint32_t vni, int encap, uint32_t flags);
 int ovl_network_del(ovl_engine_t *e, uint32_t vni);
 /* Geneve options sent with every packet of the network (TLV bytes). */
 int ovl_network_set_options(ovl_engine_t *e, uint32_t vni, const uint8_t *tlv, size_t len);
 /* Declare a Geneve option (class, type without critical bit) as understood
  * by this node: packets carrying it with the critical bit are accepted. */
-int ovl_engine_known_option_add(ovl_engine_t *e, uint16_t cls, uint8_t type);
+int ovl_network_known_option_add(ovl_engine_t *e, uint16_t cls, uint8_t type);
 
 /* Member VTEPs of a network: flood list and accepted sources. port 0 means
  * the engine's udp_port. */
-int ovl_vtep_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr, uint16_t port);
-int ovl_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr);
+int ovl_network_vtep_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr,
+                         uint16_t port);
+int ovl_network_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr);
 
-/* Ports. ovl_port_add creates a TAP (ifname may be "" for a generated name,
- * written back to ifname_out, 16 bytes) in the network namespace netns_fd
- * (-1: the engine's) — a pod's TAP can be born in the pod's namespace under
- * its final name, with no move and no rename; ovl_port_add_fd adopts an open
- * packet fd (a TAP opened elsewhere, or a SOCK_SEQPACKET socket in tests).
- * Both return the port id (>= 0) or -errno. */
+/* ---- ports (port.c) ---- */
+
+/* ovl_port_add creates a TAP (ifname may be "" for a generated name, written
+ * back to ifname_out, 16 bytes) in the network namespace netns_fd (-1: the
+ * engine's) — a pod's TAP can be born in the pod's namespace under its final
+ * name, with no move and no rename; ovl_port_add_fd adopts an open packet fd
+ * (a TAP opened elsewhere, or a SOCK_SEQPACKET socket in tests). Both return
+ * the port id (>= 0) or -errno. */
 int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
                  const uint8_t *mac, uint32_t flags, char *ifname_out);
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd,
@@ -246,20 +274,24 @@ int ovl_port_add_ip(ovl_engine_t *e, int port_id, int family, const uint8_t *add
 int ovl_port_del(ovl_engine_t *e, int port_id);
 int ovl_port_detach(ovl_engine_t *e, int port_id);
 
+/* ---- the FDB and neighbours (fdb.c) ---- */
+
 /* Remote MACs (FDB) and neighbours (ARP/ND suppression). */
 int ovl_fdb_add(ovl_engine_t *e, uint32_t vni, const uint8_t *mac,
                 int family, const uint8_t *vtep, uint16_t port);
 int ovl_fdb_del(ovl_engine_t *e, uint32_t vni, const uint8_t *mac);
-int ovl_neigh_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip, const uint8_t *mac);
-int ovl_neigh_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip);
+int ovl_fdb_neigh_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip,
+                      const uint8_t *mac);
+int ovl_fdb_neigh_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *ip);
 
 typedef struct ovl_fdb_entry {
     uint32_t vni;
     uint8_t mac[6];
-    uint8_t kind;            /* OVL_FDB_* */
+    uint8_t kind;            /* OVL_FDB_*: who wrote it */
     uint8_t family;
     uint8_t vtep[16];        /* remote and learned entries */
     uint16_t vtep_port;
+    uint8_t nexthop;         /* OVL_NH_*: where frames to the MAC go */
     int32_t port_id;         /* local entries, else -1 */
     uint64_t updated_ns;     /* CLOCK_MONOTONIC */
     uint64_t used_ns;        /* 0: never used */
@@ -268,14 +300,19 @@ typedef struct ovl_fdb_entry {
 /* Copy up to n FDB entries into out; returns how many there are in all. */
 int ovl_fdb_dump(ovl_engine_t *e, ovl_fdb_entry_t *out, size_t n);
 
-/* Counters: the engine's (ovl_counter_count() values, summed over workers),
- * a network's and a port's (ovl_obj_counter_count() values). */
-int ovl_engine_counters(ovl_engine_t *e, uint64_t *out, size_t n);
-int ovl_network_counters(ovl_engine_t *e, uint32_t vni, uint64_t *out, size_t n);
-int ovl_port_counters(ovl_engine_t *e, int port_id, uint64_t *out, size_t n);
+/* ---- counter readers (counters.c) ---- */
 
-/* Events for the control plane: the eventfd becomes readable when events are
- * queued; ovl_engine_events drains up to n of them and returns the count. */
+/* The engine's counters (ovl_counter_count() values), a network's and a
+ * port's (ovl_obj_counter_count() values), each summed over the workers.
+ * Return how many values were written, or -ENOENT. */
+int ovl_counters_engine(ovl_engine_t *e, uint64_t *out, size_t n);
+int ovl_counters_network(ovl_engine_t *e, uint32_t vni, uint64_t *out, size_t n);
+int ovl_counters_port(ovl_engine_t *e, int port_id, uint64_t *out, size_t n);
+
+/* ---- events for the control plane (events.c) ---- */
+
+/* The eventfd becomes readable when events are queued; ovl_events_take
+ * drains up to n of them and returns the count. */
 typedef struct ovl_event {
     uint32_t type;           /* OVL_EVENT_* */
     uint32_t vni;
@@ -286,33 +323,5 @@ typedef struct ovl_event {
     uint8_t addr[16];        /* LEARNED: the VTEP's address */
 } ovl_event_t;
 
-int ovl_engine_event_fd(ovl_engine_t *e);
-int ovl_engine_events(ovl_engine_t *e, ovl_event_t *out, size_t n);
-
-/* ---- batch codecs (wirebatch.c): the per-packet work of the engine on a
- * batch in memory, without I/O; what bench/ measures against pure Python. */
-
-/* Prepend t's header (built once) in front of each frames[i], which must have
- * OVL_HEADROOM bytes before it, and compute each frame's flow hash into
- * hashes[i]. Returns the header length, or -1 when t cannot be encoded. */
-int ovl_wire_encap_batch(int encap, const ovl_tunnel_t *t, uint8_t **frames,
-                         const uint32_t *lens, size_t n, uint32_t *hashes);
-
-/* Decode n datagrams and parse each inner frame; out[i] is the inner offset,
- * or -(drop reason id). Returns how many were accepted. */
-int ovl_wire_decap_batch(int encap, uint8_t **bufs, const uint32_t *lens, size_t n,
-                         const uint32_t *known, size_t n_known, int32_t *out);
-
-/* ---- traffic generator (gen.c): small datagrams at line rate for tests and
- * benchmarks, where a per-packet Python loop would measure only itself. */
-
-/* Send up to count datagrams of payload[0..len) on the connected socket fd in
- * sendmmsg batches of batch, for at most duration_ns. Returns the number
- * sent, or -errno if nothing could be sent. */
-int64_t ovl_gen_send(int fd, const uint8_t *payload, size_t len, uint64_t count,
-                     uint32_t batch, uint64_t duration_ns);
-
-/* Receive datagrams on fd for at most duration_ns, stopping early after
- * idle_ns without any; writes the counts. Returns 0 or -errno. */
-int ovl_gen_recv(int fd, uint64_t duration_ns, uint64_t idle_ns,
-                 uint64_t *packets, uint64_t *bytes);
+int ovl_events_fd(ovl_engine_t *e);
+int ovl_events_take(ovl_engine_t *e, ovl_event_t *out, size_t n);

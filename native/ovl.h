@@ -1,6 +1,7 @@
 /*
  * ovl.h — what every C file of the data plane includes: the standard headers,
- * the public ABI (overlay.h) and the counter ids from counters.def.
+ * the product ABI (overlay.h), the tools ABI (overlay_tools.h) and the counter
+ * ids from counters.def.
  */
 #ifndef OVL_H
 #define OVL_H
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "overlay.h"
+#include "overlay_tools.h"
 
 #define OVL_STAT 0
 #define OVL_DROP 1
@@ -36,6 +38,13 @@ enum ovl_obj_counter_id {
 #undef OVL_OBJ_COUNTER
     OVL_O__COUNT
 };
+
+/* Stage verdicts (encap.c, decap.c, deliver.c): every stage of the packet
+ * path returns OVL_PASS (go on), a drop reason (an OVL_C_* id of kind
+ * OVL_DROP, always > 0: id 0 is tap_rx_frames, a statistic) or OVL_DONE (the
+ * frame was consumed: answered, delivered or queued, nothing more to do). */
+#define OVL_PASS 0
+#define OVL_DONE (-1)
 
 #define OVL_LIKELY(x) __builtin_expect(!!(x), 1)
 #define OVL_UNLIKELY(x) __builtin_expect(!!(x), 0)

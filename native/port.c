@@ -1,308 +1,252 @@
 /*
- * port.c — TAP devices (see port.h).
+ * port.c — ports: add (a new TAP, or an adopted fd), re-attach (an existing
+ * persistent TAP), addresses, remove (see port.h for the design notes).
  *
- * Offloads: IFF_VNET_HDR puts a virtio-net header before every frame, and
- * TUNSETOFFLOAD tells the kernel which it may leave to us (checksums, TSO,
- * USO): the pod's stack then hands us super-frames. With several workers a
- * TAP is multi-queue (IFF_MULTI_QUEUE), one queue per worker: the kernel
- * picks a pod's transmit queue by flow hash, so a flow stays on one queue
- * and one worker and is never reordered.
- *
- * Re-attaching: a persistent TAP outlives the process that made it, keeping
- * its name, ifindex, addresses and routes in the pod's namespace. A new
- * process opens it again with TUNSETIFF from inside that namespace (the name
- * is looked up in the namespace of the opener). TUNSETIFF alone is not a safe
- * "open existing": it creates a device that is missing, and joins a
- * multi-queue device that another process still serves. ovl_tap_attach
- * therefore asks rtnetlink first (does the name exist, is it a TAP, of which
- * queue mode, with how many queues held) and checks afterwards that the
- * device opened is the one it asked about.
+ * Contracts.
+ * - A port is one MAC in one network: its MAC goes into the FDB as a local
+ *   entry (next hop: the port) and each address into the neighbour table
+ *   (ARP/ND suppression, decap claims), and port security holds the port to
+ *   them (portsec.c).
+ * - Devices are opened outside the engine's lock (a TAP open may enter a
+ *   pod's namespace and talk rtnetlink); the tables change under the writer
+ *   lock, and what could refuse the port is checked before any device is
+ *   touched. On failure a device this call created is removed and an
+ *   attached one is left as found.
+ * - A port's queues are watched by their workers' epoll sets from the moment
+ *   it is in the tables; its counters start from zero.
  */
+#include "counters.h"
+#include "network.h"
 #include "port.h"
+#include "tap.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/if.h>
-#include <linux/if_arp.h>
-#include <linux/if_link.h>
-#include <linux/if_tun.h>
-#include <linux/netlink.h>
-#include <linux/rtnetlink.h>
 #include <stdio.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
-static int set_mac(const char *name, const uint8_t *mac)
+static int check_mac(const uint8_t *mac)
 {
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0)
-        return -errno;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
-    ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
-    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
-    int rc = ioctl(s, SIOCSIFHWADDR, &ifr) < 0 ? -errno : 0;
-    close(s);
-    return rc;
+    static const uint8_t zero[6];
+    /* A port's MAC must be unicast and not all zeros. */
+    return (mac[0] & 1) || memcmp(mac, zero, 6) == 0 ? -EINVAL : 0;
 }
 
-/* The ifindex of name in the calling thread's namespace, or -errno. */
-static int ifindex(const char *name)
+/* Close the queues fds[0..n) of a TAP; with unpersist, the device goes too. */
+static void tap_close(const int *fds, uint32_t n, int unpersist)
 {
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0)
-        return -errno;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
-    int rc = ioctl(s, SIOCGIFINDEX, &ifr) < 0 ? -errno : ifr.ifr_ifindex;
-    close(s);
-    return rc;
+    if (n && unpersist)
+        ovl_tap_unpersist(fds[0]);
+    for (uint32_t q = 0; q < n; q++)
+        close(fds[q]);
 }
 
-#ifndef TUN_F_USO4
-#define TUN_F_USO4 0x20
-#define TUN_F_USO6 0x40
-#endif
-
-/* Ask for the TAP offloads in *offloads, falling back to fewer; 0 or -errno. */
-static int tap_offloads(int fd, uint32_t *offloads)
+/* Stop watching queues 0..n of p. */
+static void unwatch(ovl_engine_t *e, ovl_port_t *p, uint32_t n)
 {
-    if (!(*offloads & OVL_OFF_TAP_TSO)) {
-        *offloads &= ~(uint32_t)OVL_OFF_TAP_USO;
-        return 0;
-    }
-    int hdr = 10;
-    if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0)
-        return -errno;
-    unsigned base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
-    if ((*offloads & OVL_OFF_TAP_USO) && ioctl(fd, TUNSETOFFLOAD, base | TUN_F_USO4 | TUN_F_USO6) == 0)
-        return 0;
-    *offloads &= ~(uint32_t)OVL_OFF_TAP_USO;
-    if (ioctl(fd, TUNSETOFFLOAD, base) == 0)
-        return 0;
-    return -errno;
+    for (uint32_t q = 0; q < n; q++)
+        ovl_worker_unwatch(ovl_port_queue_worker(e, p, q), p->fds[q]);
 }
 
-/* Open /dev/net/tun and bind it to the TAP name with TUNSETIFF (extra_flags:
- * IFF_TUN_EXCL to create only), then ask for *offloads. Where name does not
- * exist TUNSETIFF creates it, not persistent: closing the fd removes it. The
- * name bound goes to name_out when not NULL. Returns the fd or -errno. */
-static int tap_bind(const char *name, int multi_queue, int extra_flags, uint32_t *offloads,
-                    char *name_out)
+/* Make the open queues fds[0..n_fds) a port of vni. Caller holds the writer
+ * lock. Returns the port id or -errno; on failure the tables are unchanged
+ * (the fds stay the caller's). */
+static int port_insert(ovl_engine_t *e, uint32_t vni, const int *fds, uint32_t n_fds,
+                       const uint8_t *mac, uint32_t flags, uint32_t offloads)
 {
-    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = (short)(IFF_TAP | IFF_NO_PI | extra_flags |
-                            ((*offloads & OVL_OFF_TAP_TSO) ? IFF_VNET_HDR : 0) |
-                            (multi_queue ? IFF_MULTI_QUEUE : 0));
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
-    int rc = ioctl(fd, TUNSETIFF, &ifr) < 0 ? -errno : tap_offloads(fd, offloads);
-    if (rc < 0) {
-        close(fd);
+    ovl_network_t *n = ovl_network_lookup(e, vni);
+    if (!n)
+        return -ENOENT;
+    if (ovl_fdb_lookup(&e->fdb, vni, mac))
+        return -EADDRINUSE;
+    uint32_t id = 0;
+    while (id < e->cfg.max_ports && e->ports[id].used)
+        id++;
+    if (id == e->cfg.max_ports)
+        return -ENOSPC;
+    int rc = ovl_network_port_reserve(n);
+    if (rc < 0)
         return rc;
-    }
-    if (name_out)
-        snprintf(name_out, IFNAMSIZ, "%s", ifr.ifr_name);
-    return fd;
-}
-
-int ovl_tap_open_queue(const char *name, uint32_t offloads)
-{
-    return tap_bind(name, 1, 0, &offloads, NULL);
-}
-
-int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, uint32_t *offloads,
-                 int multi_queue, char *name_out)
-{
-    if (ifname && strlen(ifname) >= IFNAMSIZ)
-        return -ENAMETOOLONG;
-    char name[IFNAMSIZ];
-    /* IFF_TUN_EXCL: an existing device of that name is -EBUSY, never adopted
-     * (that is ovl_tap_attach's job, with its own checks). */
-    int fd = tap_bind((ifname && *ifname) ? ifname : "ovl%d", multi_queue, IFF_TUN_EXCL,
-                      offloads, name);
-    if (fd < 0)
-        return fd;
-    if (persist && ioctl(fd, TUNSETPERSIST, 1) < 0) {
-        int err = -errno;
-        close(fd);
-        return err;
-    }
-    if (mac) {
-        int rc = set_mac(name, mac);
+    ovl_port_t *p = &e->ports[id];
+    uint32_t gen = p->gen + 1;
+    memset(p, 0, sizeof *p);
+    p->id = id;
+    p->gen = gen & 0xffffff;
+    p->n_fds = n_fds;
+    memcpy(p->fds, fds, n_fds * sizeof *fds);
+    p->flags = flags;
+    p->vni = vni;
+    p->net_idx = n->idx;
+    p->worker = id % e->n_workers;
+    p->offloads = offloads;
+    p->vnet = (offloads & OVL_OFF_TAP_TSO) != 0;
+    ovl_portsec_init(&p->sec, mac, (flags & OVL_PORT_ROUTER) != 0);
+    if (!ovl_fdb_put_port(e, vni, mac, (int32_t)id))
+        return -ENOSPC;
+    for (uint32_t q = 0; q < n_fds; q++) {
+        rc = ovl_worker_watch(ovl_port_queue_worker(e, p, q), fds[q], OVL_EP_PORT(id, p->gen, q));
         if (rc < 0) {
-            if (persist)
-                ioctl(fd, TUNSETPERSIST, 0);
-            close(fd);
+            unwatch(e, p, q);
+            ovl_fdb_forget_port(e, (int32_t)id);
             return rc;
         }
     }
-    if (name_out)
-        snprintf(name_out, IFNAMSIZ, "%s", name);
-    return fd;
+    ovl_counters_reset_port(e, id);
+    ovl_network_port_link(n, (int32_t)id);
+    p->used = 1;
+    return (int)id;
 }
 
-/* What rtnetlink reports about one link. */
-typedef struct tap_info {
-    int ifindex;
-    int is_tun;          /* a device of the tun driver (IFLA_INFO_KIND "tun") */
-    int has_data;        /* IFLA_INFO_DATA present (kernel >= 4.15): the fields below */
-    int is_tap;          /* IFLA_TUN_TYPE is IFF_TAP */
-    int multi_queue;
-    uint32_t queues;     /* attached queues, enabled or disabled */
-    int has_mac;
-    uint8_t mac[6];
-} tap_info_t;
-
-static void tap_info_tun(const struct rtattr *data, int len, tap_info_t *ti)
+/* The one body of ovl_port_add (attach 0: create the TAP) and ovl_port_attach
+ * (attach 1: open the existing one): inside namespace netns_fd (-1: the
+ * caller's), open queue 0 and, with several workers, one more queue per
+ * worker; then make it a port. */
+static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
+                        int attach, const uint8_t *mac, uint32_t flags, char *ifname_out)
 {
-    for (const struct rtattr *a = data; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-        unsigned type = a->rta_type & NLA_TYPE_MASK;
-        const uint8_t *v = RTA_DATA(a);
-        size_t vlen = RTA_PAYLOAD(a);
-        uint32_t u32 = 0;
-        if (vlen >= 4)
-            memcpy(&u32, v, 4);
-        if (type == IFLA_TUN_TYPE && vlen >= 1)
-            ti->is_tap = v[0] == IFF_TAP;
-        else if (type == IFLA_TUN_MULTI_QUEUE && vlen >= 1)
-            ti->multi_queue = v[0] != 0;
-        else if (type == IFLA_TUN_NUM_QUEUES || type == IFLA_TUN_NUM_DISABLED_QUEUES)
-            ti->queues += u32;
-    }
-}
-
-/* Look link name up in the calling thread's namespace with RTM_GETLINK.
- * Returns 0, -ENODEV when there is no such link, or -errno. A query, not
- * configuration: it guards the open of the TAP fd and so lives beside it. */
-static int tap_query(const char *name, tap_info_t *ti)
-{
-    memset(ti, 0, sizeof *ti);
-    size_t nlen = strlen(name) + 1;
-    if (nlen > IFNAMSIZ)
-        return -ENAMETOOLONG;
-    struct {
-        struct nlmsghdr nh;
-        struct ifinfomsg ifi;
-        char attrs[RTA_SPACE(IFNAMSIZ)];
-    } req;
-    memset(&req, 0, sizeof req);
-    req.nh.nlmsg_len = NLMSG_LENGTH(sizeof req.ifi) + RTA_SPACE(nlen);
-    req.nh.nlmsg_type = RTM_GETLINK;
-    req.nh.nlmsg_flags = NLM_F_REQUEST;
-    req.nh.nlmsg_seq = 1;
-    req.ifi.ifi_family = AF_UNSPEC;
-    struct rtattr *rta = (struct rtattr *)req.attrs;
-    rta->rta_type = IFLA_IFNAME;
-    rta->rta_len = RTA_LENGTH(nlen);
-    memcpy(RTA_DATA(rta), name, nlen);
-
-    int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-    if (s < 0)
-        return -errno;
-    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-    int rc = 0;
-    if (sendto(s, &req, req.nh.nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
-        rc = -errno;
-        close(s);
-        return rc;
-    }
-    /* One link's message is a few KB; the buffer is aligned for nlmsghdr. */
-    union {
-        struct nlmsghdr nh;
-        char buf[32768];
-    } resp;
-    ssize_t n;
-    do
-        n = recv(s, &resp, sizeof resp, MSG_TRUNC);
-    while (n < 0 && errno == EINTR);
-    rc = n < 0 ? -errno : 0;
-    close(s);
+    if (check_mac(mac) < 0 ||
+        (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_PERSIST | OVL_PORT_ROUTER)))
+        return -EINVAL;
+    /* Refuse what port_insert would refuse before touching any device. */
+    OVL_RDLOCK(e);
+    int rc = !ovl_network_lookup(e, vni)               ? -ENOENT
+             : ovl_fdb_lookup(&e->fdb, vni, mac) ? -EADDRINUSE
+                                                       : 0;
+    OVL_UNLOCK(e);
     if (rc < 0)
         return rc;
-    if ((size_t)n > sizeof resp)
-        return -EMSGSIZE;
-    const struct nlmsghdr *h = &resp.nh;
-    if ((size_t)n < sizeof *h || h->nlmsg_len < sizeof *h || h->nlmsg_len > (size_t)n)
-        return -EIO;
-    if (h->nlmsg_type == NLMSG_ERROR) {
-        const struct nlmsgerr *err = NLMSG_DATA(h);
-        if (h->nlmsg_len < NLMSG_LENGTH(sizeof *err))
-            return -EIO;
-        return err->error < 0 ? err->error : -EIO;
+    int saved;
+    if ((rc = ovl_netns_enter(netns_fd, &saved)) < 0)
+        return rc;
+    char name[16];
+    uint32_t off = e->cfg.offloads & (OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO);
+    int mq = e->n_workers > 1;
+    int unpersist = !attach && (flags & OVL_PORT_PERSIST);
+    int fds[OVL_MAX_WORKERS];
+    uint32_t nq = 0;
+    int fd;
+    if (attach) {
+        fd = ovl_tap_attach(ifname, mac, &off, mq);
+        snprintf(name, sizeof name, "%s", ifname);
+    } else {
+        fd = ovl_tap_open(ifname, mac, (flags & OVL_PORT_PERSIST) != 0, &off, mq, name);
     }
-    if (h->nlmsg_type != RTM_NEWLINK || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifinfomsg)))
-        return -EIO;
-    const struct ifinfomsg *ifi = NLMSG_DATA(h);
-    ti->ifindex = ifi->ifi_index;
-    int len = (int)IFLA_PAYLOAD(h);
-    for (const struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-        unsigned type = a->rta_type & NLA_TYPE_MASK;
-        if (type == IFLA_ADDRESS && RTA_PAYLOAD(a) == 6) {
-            memcpy(ti->mac, RTA_DATA(a), 6);
-            ti->has_mac = 1;
+    if (fd >= 0)
+        fds[nq++] = fd;
+    while (fd >= 0 && mq && nq < e->n_workers) {
+        int qfd = ovl_tap_open_queue(name, off);
+        if (qfd < 0) {
+            tap_close(fds, nq, unpersist);
+            fd = qfd;
+            break;
         }
-        if (type != IFLA_LINKINFO)
-            continue;
-        int l2 = (int)RTA_PAYLOAD(a);
-        for (const struct rtattr *b = RTA_DATA(a); RTA_OK(b, l2); b = RTA_NEXT(b, l2)) {
-            unsigned bt = b->rta_type & NLA_TYPE_MASK;
-            if (bt == IFLA_INFO_KIND)
-                ti->is_tun = RTA_PAYLOAD(b) >= 4 && memcmp(RTA_DATA(b), "tun", 4) == 0;
-            else if (bt == IFLA_INFO_DATA) {
-                ti->has_data = 1;
-                tap_info_tun(RTA_DATA(b), (int)RTA_PAYLOAD(b), ti);
-            }
-        }
+        fds[nq++] = qfd;
     }
+    ovl_netns_leave(saved);
+    if (fd < 0)
+        return fd;
+    OVL_WRLOCK(e);
+    rc = port_insert(e, vni, fds, nq, mac, flags, off);
+    if (rc >= 0) {
+        uint32_t tap = OVL_OFF_TAP_TSO | OVL_OFF_TAP_USO;
+        uint32_t have = e->tap_probed ? (e->offloads & tap & off) : off;
+        e->offloads = (e->offloads & ~tap) | have;
+        e->tap_probed = 1;
+    }
+    OVL_UNLOCK(e);
+    if (rc < 0) {
+        tap_close(fds, nq, unpersist);
+        return rc;
+    }
+    if (ifname_out)
+        snprintf(ifname_out, 16, "%s", name);
+    return rc;
+}
+
+int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
+                 const uint8_t *mac, uint32_t flags, char *ifname_out)
+{
+    return port_add_tap(e, vni, ifname, netns_fd >= 0 ? netns_fd : e->netns_fd, 0, mac, flags,
+                        ifname_out);
+}
+
+int ovl_port_attach(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
+                    const uint8_t *mac, uint32_t flags)
+{
+    if (!ifname || !*ifname || strlen(ifname) >= 16)
+        return -EINVAL;
+    /* The device is persistent (no process held it), and so is the port:
+     * ovl_port_del removes the device, ovl_engine_destroy leaves it. */
+    return port_add_tap(e, vni, ifname, netns_fd >= 0 ? netns_fd : e->netns_fd, 1, mac,
+                        flags | OVL_PORT_PERSIST, NULL);
+}
+
+int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, uint32_t flags)
+{
+    if (fd < 0 || check_mac(mac) < 0 || (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_ROUTER)))
+        return -EINVAL;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    OVL_WRLOCK(e);
+    int rc = port_insert(e, vni, &fd, 1, mac, flags, 0);
+    OVL_UNLOCK(e);
+    return rc;
+}
+
+int ovl_port_add_ip(ovl_engine_t *e, int port_id, int family, const uint8_t *addr)
+{
+    if (ovl_addr_len(family) < 0)
+        return -EAFNOSUPPORT;
+    OVL_WRLOCK(e);
+    int rc;
+    ovl_port_t *p = ovl_port_get(e, port_id);
+    if (!p) {
+        rc = -ENOENT;
+        goto out;
+    }
+    const ovl_neigh_val_t *v = ovl_fdb_neigh_lookup(&e->neigh, p->vni, family, addr);
+    if (v && memcmp(v->mac, p->sec.mac, 6) != 0) {
+        rc = -EADDRINUSE;
+        goto out;
+    }
+    if ((rc = ovl_portsec_add_ip(&p->sec, family, addr)) < 0)
+        goto out;
+    /* -ENOSPC leaves the address in the port's allow-list: harmless. */
+    rc = ovl_fdb_neigh_set(e, p->vni, family, addr, p->sec.mac);
+out:
+    OVL_UNLOCK(e);
+    return rc;
+}
+
+/* The body of ovl_port_del (unpersist 1) and ovl_port_detach (unpersist 0). */
+static int port_remove(ovl_engine_t *e, int port_id, int unpersist)
+{
+    OVL_WRLOCK(e);
+    ovl_port_t *p = ovl_port_get(e, port_id);
+    if (!p) {
+        OVL_UNLOCK(e);
+        return -ENOENT;
+    }
+    ovl_network_port_unlink(&e->nets[p->net_idx], port_id);
+    ovl_fdb_forget_port(e, port_id);
+    for (unsigned i = 0; i < p->sec.n_ip4; i++)
+        ovl_fdb_neigh_remove(e, p->vni, 4, p->sec.ip4[i]);
+    for (unsigned i = 0; i < p->sec.n_ip6; i++)
+        ovl_fdb_neigh_remove(e, p->vni, 6, p->sec.ip6[i]);
+    unwatch(e, p, p->n_fds);
+    tap_close(p->fds, p->n_fds, unpersist && (p->flags & OVL_PORT_PERSIST));
+    p->used = 0;
+    OVL_UNLOCK(e);
     return 0;
 }
 
-int ovl_tap_attach(const char *ifname, const uint8_t *mac, uint32_t *offloads, int multi_queue)
+int ovl_port_del(ovl_engine_t *e, int port_id)
 {
-    if (!ifname || !*ifname)
-        return -EINVAL;
-    tap_info_t ti;
-    int rc = tap_query(ifname, &ti);
-    if (rc < 0)
-        return rc;
-    if (!ti.is_tun || (ti.has_data && !ti.is_tap))
-        return -EMEDIUMTYPE;
-    if (ti.has_data && ti.multi_queue != (multi_queue != 0))
-        return -ECHRNG;
-    /* TUNSETIFF would attach one more queue to a multi-queue device that
-     * another process serves; only a single-queue one refuses (EBUSY). */
-    if (ti.has_data && ti.queues > 0)
-        return -EBUSY;
-    char name[IFNAMSIZ];
-    int fd = tap_bind(ifname, multi_queue, 0, offloads, name);
-    if (fd == -EINVAL && !ti.has_data)
-        return -ECHRNG; /* an older kernel: the queue mode is what TUNSETIFF refused */
-    if (fd < 0)
-        return fd;
-    /* The device went away after the query and TUNSETIFF made a new one: it is
-     * not persistent, so closing the fd removes it again. */
-    if (ifindex(name) != ti.ifindex) {
-        close(fd);
-        return -ENODEV;
-    }
-    if (mac && (!ti.has_mac || memcmp(ti.mac, mac, 6) != 0)) {
-        rc = set_mac(name, mac);
-        if (rc < 0) {
-            close(fd);
-            return rc;
-        }
-    }
-    return fd;
+    return port_remove(e, port_id, 1);
 }
 
-void ovl_tap_unpersist(int fd)
+int ovl_port_detach(ovl_engine_t *e, int port_id)
 {
-    (void)ioctl(fd, TUNSETPERSIST, 0);
+    return port_remove(e, port_id, 0);
 }

@@ -1,45 +1,58 @@
 /*
- * port.h — TAP devices: open, name, MAC, persistence.
+ * port.h — a pod's attachment to a network: a TAP (tap.c) or an adopted
+ * packet fd, its MAC and addresses (port security, portsec.c), its queues
+ * and the worker each queue belongs to.
  *
- * The TAP fd is opened here, in C, in the namespace of the calling thread
- * (the engine enters its own, or a pod's, first); moving the device into a
- * pod's namespace is netlink work done by the control plane (pyroute2). The
- * fd keeps working across the move.
+ * Design notes.
+ * - A port id indexes e->ports and the workers' counter rows. Reusing an id
+ *   bumps gen, which is part of every epoll tag, so an event of the port's
+ *   previous life is recognised and ignored.
+ * - A multi-queue TAP has one queue per worker (fds[q] is served by worker
+ *   q % n_workers); a single-queue port belongs to worker id % n_workers.
+ *   A frame for the port is written by the delivering worker to its own
+ *   queue where there is one (ovl_port_wfd).
  */
 #ifndef OVL_PORT_H
 #define OVL_PORT_H
 
-#include "ovl.h"
+#include "engine.h"
+#include "portsec.h"
 
-/* Create a TAP (IFF_TAP | IFF_NO_PI), non-blocking, named ifname ("" for
- * "ovl%d") in the calling thread's namespace; the chosen name is written to
- * name_out (16 bytes). Never opens an existing device: -EBUSY when ifname
- * exists. Sets the device's MAC when mac is not NULL. With OVL_OFF_TAP_TSO
- * in *offloads, frames carry a virtio-net header and the TAP takes checksum
- * and segmentation offloads (USO too with OVL_OFF_TAP_USO, where the kernel
- * has it); *offloads is reduced to what the kernel accepted. Returns the fd
- * (queue 0) or -errno; on failure no device is left behind. */
-int ovl_tap_open(const char *ifname, const uint8_t *mac, int persist, uint32_t *offloads,
-                 int multi_queue, char *name_out);
+struct ovl_port {
+    int used;
+    uint32_t id;
+    uint32_t gen;                /* bumped on reuse: stale epoll events are ignored */
+    int fds[OVL_MAX_WORKERS];    /* one queue per worker (multi-queue TAP), or one */
+    uint32_t n_fds;
+    uint32_t flags;              /* OVL_PORT_* */
+    uint32_t vni;
+    uint32_t net_idx;
+    uint32_t worker;             /* the worker of a single-queue port */
+    uint32_t offloads;           /* OVL_OFF_TAP_* in use on this TAP */
+    int vnet;                    /* frames carry a virtio-net header */
+    int seen;                    /* the port's own MAC was reported (MAC_SEEN) */
+    ovl_portsec_t sec;
+};
 
-/* Open the existing TAP ifname of the calling thread's namespace (a
- * persistent one that no process holds), with offloads as ovl_tap_open.
- * Never creates a device and never changes its persistence. The device's MAC
- * is set to mac only where it differs. multi_queue must match how the device
- * was created. Returns the fd (queue 0) or -errno:
- *   -ENODEV       there is no interface ifname
- *   -EMEDIUMTYPE  ifname is not a TAP device (another kind, or a TUN)
- *   -ECHRNG       ifname is multi-queue and multi_queue is 0, or the reverse
- *   -EBUSY        another file holds a queue of ifname
- * The MAC is the last thing set: on failure the device is left as found. */
-int ovl_tap_attach(const char *ifname, const uint8_t *mac, uint32_t *offloads, int multi_queue);
+/* The port of id, or NULL (caller holds the lock). */
+static inline ovl_port_t *ovl_port_get(ovl_engine_t *e, int id)
+{
+    if (id < 0 || (uint32_t)id >= e->cfg.max_ports || !e->ports[id].used)
+        return NULL;
+    return &e->ports[id];
+}
 
-/* Open one more queue of the multi-queue TAP name (opened by ovl_tap_open
- * or ovl_tap_attach with multi_queue), with the same offloads. Returns the
- * fd or -errno. */
-int ovl_tap_open_queue(const char *name, uint32_t offloads);
+/* The worker that serves queue q of port p. */
+static inline ovl_worker_t *ovl_port_queue_worker(const ovl_engine_t *e, const ovl_port_t *p,
+                                                  uint32_t q)
+{
+    return e->workers[p->n_fds > 1 ? q % e->n_workers : p->worker];
+}
 
-/* Clear persistence so the device goes away when fd closes. */
-void ovl_tap_unpersist(int fd);
+/* The fd a worker writes port q's frames to: its own queue where there is one. */
+static inline int ovl_port_wfd(const ovl_worker_t *w, const ovl_port_t *q)
+{
+    return q->fds[w->idx % q->n_fds];
+}
 
 #endif

@@ -1,9 +1,10 @@
 /*
  * wire.c — the data plane's wire formats: VXLAN and Geneve headers, Geneve
  * TLV options, the inner Ethernet frame (802.1Q/802.1ad, ARP, IPv4, IPv6 and
- * neighbour discovery), the flow hash behind the outer UDP source port, the
- * Internet checksum, and the ARP replies and neighbour advertisements the
- * engine sends when it answers for a pod.
+ * neighbour discovery, the TCP flags and ICMP type and code that policy and
+ * connection tracking will need), the flow hash behind the outer UDP source
+ * port, and the ARP replies and neighbour advertisements the engine sends
+ * when it answers for a pod. The checksum is csum.c's, the one there is.
  *
  * Every function here runs per packet: no allocation, no globals, no logging.
  * Malformed input is never an error path, only a drop reason: decoders return
@@ -11,7 +12,7 @@
  * by the length the caller gave; nothing trusts a length field it has not
  * checked against that bound.
  *
- * overlay/wire.py is the readable reference for all of this; tests/
+ * overlay/wire.py is the readable reference for all of this; tests/native/
  * test_wire_c.py holds the two to the same bytes and the same drop reasons,
  * so a change here is a change there.
  *
@@ -29,9 +30,9 @@
  * the option area must fit in the datagram before it is walked. Then meaning:
  * a control (OAM) packet is counted as geneve_oam whatever its protocol type,
  * since control messages are not bound to carry Ethernet. The unknown-critical
- * rule is not part of decode: the engine applies ovl_geneve_check_options to
+ * rule is not part of decode: the engine applies ovl_wire_check_options to
  * t->opts afterwards with the node's known options, so it comes last (7).
- * ovl_geneve_check_options itself checks the structure of the whole area
+ * ovl_wire_check_options itself checks the structure of the whole area
  * before the critical rule, so it reports geneve_option_overrun exactly when
  * decode would.
  *
@@ -49,7 +50,12 @@
  * have no reason for it, the overlay is a switch (as a Linux bridge, it does
  * not judge L4), and the receiving stack drops such a packet itself. Code
  * that filters on ports must not read a 0 port as "any": it checks
- * l4_off + 4 <= len itself when it cares.
+ * l4_off + 4 <= len itself when it cares. The same holds for the TCP flags
+ * (read when the header reaches its flags byte, 14 bytes in) and the ICMP
+ * type and code (read when the 4-byte ICMP header is there; for ICMPv6 a
+ * shorter header is icmpv6_truncated, below): 0 otherwise. The type and code
+ * of an ICMP error are its own; the header of the packet it quotes is not
+ * parsed (a later field, for connection tracking to relate errors to flows).
  *
  * IPv6 fails closed. Port security and the decapsulation checks judge what a
  * packet claims (an ND target, a link-layer address, an RA); a receiver that
@@ -69,12 +75,13 @@
  *     (RFC 6980; Linux drops those itself, other stacks may not).
  * A non-first fragment is not a drop: it carries no upper-layer header to
  * judge, and it cannot be reassembled into anything without its first
- * fragment, which went through the rules above. icmp6_type reports the type
+ * fragment, which went through the rules above. icmp_type reports the type
  * of every readable ICMPv6 message (port security needs MLD's too).
  * The engine forwards a frame the parser refuses only from a port without
  * port security ("any valid Ethernet frame"); decapsulation refuses it too.
  */
-#include "ovl.h"
+#include "csum.h"
+#include "wire.h"
 
 /* ---- byte helpers: every multi-byte field on the wire is big-endian ---- */
 
@@ -114,6 +121,7 @@ static inline void wr24(uint8_t *p, uint32_t v)
 #define IPV6_EXT_MAX 8
 
 #define IPPROTO_HOPOPTS_ 0
+#define IPPROTO_ICMP_ 1
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 #define IPPROTO_ROUTING_ 43
@@ -308,8 +316,8 @@ int ovl_wire_decode(int encap, const uint8_t *buf, size_t len, ovl_tunnel_t *t)
     return -OVL_C__COUNT;
 }
 
-int ovl_geneve_check_options(const uint8_t *opts, size_t len,
-                             const uint32_t *known, size_t n_known)
+int ovl_wire_check_options(const uint8_t *opts, size_t len,
+                           const uint32_t *known, size_t n_known)
 {
     int critical;
     int rc = geneve_walk(opts, len, &critical);
@@ -366,13 +374,29 @@ static inline int has_ports(uint8_t proto)
     return proto == IPPROTO_TCP_ || proto == IPPROTO_UDP_ || proto == IPPROTO_SCTP_;
 }
 
-/* Ports of TCP (RFC 9293), UDP (RFC 768) and SCTP (RFC 9260) all sit in the
- * first 4 bytes: source port, destination port. */
-static void parse_ports(const uint8_t *frame, size_t len, ovl_frame_t *f)
+/* What the L4 header at l4_off tells (see the design notes for short ones).
+ * Ports of TCP (RFC 9293), UDP (RFC 768) and SCTP (RFC 9260) all sit in the
+ * first 4 bytes: source port, destination port. TCP's flags are byte 13:
+ *
+ *    | source port (2) | destination port (2) | sequence (4) | ack (4) |
+ *    | data offset (4) | reserved (4) | CWR ECE URG ACK PSH RST SYN FIN | ...
+ *
+ * ICMP (RFC 792) and ICMPv6 (RFC 4443) start with type (1), code (1) and a
+ * checksum (2); ICMPv4 is read here, ICMPv6 in parse_ipv6 (its truncation
+ * is a drop). */
+static void parse_l4(const uint8_t *frame, size_t len, ovl_frame_t *f)
 {
-    if (has_ports(f->ip_proto) && len - f->l4_off >= 4) {
-        f->sport = rd16(frame + f->l4_off);
-        f->dport = rd16(frame + f->l4_off + 2);
+    size_t avail = len - f->l4_off;
+    const uint8_t *p = frame + f->l4_off;
+    if (has_ports(f->ip_proto) && avail >= 4) {
+        f->sport = rd16(p);
+        f->dport = rd16(p + 2);
+    }
+    if (f->ip_proto == IPPROTO_TCP_ && avail >= 14)
+        f->tcp_flags = p[13];
+    if (f->ip_proto == IPPROTO_ICMP_ && f->l3 == OVL_L3_IPV4 && avail >= 4) {
+        f->icmp_type = p[0];
+        f->icmp_code = p[1];
     }
 }
 
@@ -413,7 +437,7 @@ static int parse_ipv4(const uint8_t *frame, size_t len, ovl_frame_t *f)
         return 0;
     }
     f->l4_off = (uint16_t)(f->l3_off + ihl);
-    parse_ports(frame, len, f);
+    parse_l4(frame, len, f);
     return 0;
 }
 
@@ -536,12 +560,13 @@ static int parse_ipv6(const uint8_t *frame, size_t len, ovl_frame_t *f)
     f->l4_off = (uint16_t)(f->l3_off + off);
     if (fragment && avail - off < upper_hlen(nh))
         return -OVL_C_IPV6_HEADER_CHAIN;
-    parse_ports(frame, len, f);
+    parse_l4(frame, len, f);
     if (nh != IPPROTO_ICMPV6_)
         return 0;
     if (avail - off < ICMPV6_HLEN)
         return -OVL_C_ICMPV6_TRUNCATED;
-    f->icmp6_type = p[off];
+    f->icmp_type = p[off];
+    f->icmp_code = p[off + 1];
     if (p[off] < ND_RS || p[off] > ND_REDIRECT)
         return 0;
     if (fragment)
@@ -549,7 +574,7 @@ static int parse_ipv6(const uint8_t *frame, size_t len, ovl_frame_t *f)
     return parse_nd(p + off, avail - off, f);
 }
 
-int ovl_frame_parse(const uint8_t *frame, size_t len, ovl_frame_t *f)
+int ovl_wire_parse_frame(const uint8_t *frame, size_t len, ovl_frame_t *f)
 {
     memset(f, 0, sizeof *f);
     if (len < ETH_HLEN)
@@ -593,7 +618,7 @@ int ovl_frame_parse(const uint8_t *frame, size_t len, ovl_frame_t *f)
  *   IPv6:  ip_proto, src (16), dst (16), sport (2, BE), dport (2, BE) 37 bytes
  *   other: src mac (6), dst mac (6), ethertype (2, BE)                14 bytes
  * then murmur3's fmix32, so that every input bit reaches the low bits the
- * modulo in ovl_source_port keeps. */
+ * modulo in ovl_wire_source_port keeps. */
 #define FNV_BASIS 0x811c9dc5u
 #define FNV_PRIME 0x01000193u
 
@@ -616,7 +641,7 @@ static inline uint32_t fmix32(uint32_t h)
     return h;
 }
 
-uint32_t ovl_flow_hash(const ovl_frame_t *f)
+uint32_t ovl_wire_flow_hash(const ovl_frame_t *f)
 {
     uint8_t b[37];
     size_t n;
@@ -639,69 +664,14 @@ uint32_t ovl_flow_hash(const ovl_frame_t *f)
 }
 
 /* hi < lo is a caller bug; it gets lo. */
-uint16_t ovl_source_port(uint32_t hash, uint16_t lo, uint16_t hi, uint16_t slots)
+uint16_t ovl_wire_source_port(uint32_t hash, uint16_t lo, uint16_t hi, uint16_t slots)
 {
     if (hi < lo)
         return lo;
     uint32_t range = (uint32_t)hi - lo + 1;        /* 1..65536 */
     uint32_t n = slots ? slots : range;
-    uint64_t slot = hash % n;
+    uint64_t slot = ovl_wire_source_slot(hash, n);
     return (uint16_t)(lo + slot * range / n);
-}
-
-/* ---- the Internet checksum (RFC 1071) ----
- *
- * The one's complement sum is independent of byte order (RFC 1071 section
- * 2(B)): we add native-order 32-bit words into a 64-bit accumulator, fold,
- * and swap once at the end on a little-endian machine. The odd last byte is
- * the high byte of a zero-padded big-endian word. */
-static inline uint32_t fold16(uint64_t acc)
-{
-    while (acc >> 16)
-        acc = (acc & 0xffff) + (acc >> 16);
-    return (uint32_t)acc;
-}
-
-/* The folded (not complemented) big-endian sum of buf. */
-static uint32_t csum_partial(const uint8_t *buf, size_t len)
-{
-    uint64_t acc = 0;
-    while (len >= 8) {
-        uint64_t w;
-        memcpy(&w, buf, 8);
-        acc += (w & 0xffffffffu) + (w >> 32);
-        buf += 8;
-        len -= 8;
-    }
-    if (len >= 4) {
-        uint32_t w;
-        memcpy(&w, buf, 4);
-        acc += w;
-        buf += 4;
-        len -= 4;
-    }
-    if (len >= 2) {
-        uint16_t w;
-        memcpy(&w, buf, 2);
-        acc += w;
-        buf += 2;
-        len -= 2;
-    }
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    if (len)
-        acc += buf[0];
-    uint32_t s = fold16(acc);
-    return (s >> 8 | s << 8) & 0xffff;
-#else
-    if (len)
-        acc += (uint32_t)buf[0] << 8;
-    return fold16(acc);
-#endif
-}
-
-uint16_t ovl_csum(const uint8_t *buf, size_t len, uint32_t sum)
-{
-    return (uint16_t)~fold16((uint64_t)csum_partial(buf, len) + sum);
 }
 
 /* ---- answers: ARP reply and neighbour advertisement ---- */
@@ -761,7 +731,7 @@ int ovl_wire_arp_reply(const ovl_frame_t *req, const uint8_t *mac,
 int ovl_wire_nd_advert(const ovl_frame_t *ns, const uint8_t *mac,
                        uint8_t *out, size_t cap)
 {
-    if (ns->l3 != OVL_L3_IPV6 || ns->ip_proto != IPPROTO_ICMPV6_ || ns->icmp6_type != ND_NS ||
+    if (ns->l3 != OVL_L3_IPV6 || ns->ip_proto != IPPROTO_ICMPV6_ || ns->icmp_type != ND_NS ||
         ns->is_fragment)
         return -1;
     uint8_t any = 0;
@@ -793,7 +763,10 @@ int ovl_wire_nd_advert(const ovl_frame_t *ns, const uint8_t *mac,
     na[25] = 1;
     memcpy(na + 26, mac, 6);
 
-    uint32_t sum = csum_partial(ip + 8, 32) + NA_LEN + IPPROTO_ICMPV6_;
-    wr16(na + 2, ovl_csum(na, NA_LEN, sum));
+    uint64_t sum = ovl_csum_add(ip + 8, 32, 0);  /* source and destination */
+    uint8_t tail[8] = {0, 0, 0, NA_LEN, 0, 0, 0, IPPROTO_ICMPV6_};
+    sum = ovl_csum_add(tail, sizeof tail, sum);   /* upper-layer length, next header */
+    uint16_t c = (uint16_t)~ovl_csum_fold(ovl_csum_add(na, NA_LEN, sum));
+    memcpy(na + 2, &c, 2);                        /* native-order sum: network order */
     return (int)(hlen + IPV6_HLEN + NA_LEN);
 }

@@ -17,8 +17,8 @@ int ovl_wire_encap_batch(int encap, const ovl_tunnel_t *t, uint8_t **frames,
         ovl_frame_t f;
         memcpy(frames[i] - hl, hdr, (size_t)hl);
         uint32_t h = 0;
-        if (ovl_frame_parse(frames[i], lens[i], &f) == 0)
-            h = ovl_flow_hash(&f);
+        if (ovl_wire_parse_frame(frames[i], lens[i], &f) == 0)
+            h = ovl_wire_flow_hash(&f);
         if (hashes)
             hashes[i] = h;
     }
@@ -34,12 +34,12 @@ int ovl_wire_decap_batch(int encap, uint8_t **bufs, const uint32_t *lens, size_t
         ovl_frame_t f;
         int hl = ovl_wire_decode(encap, bufs[i], lens[i], &t);
         if (hl >= 0 && t.opts_len) {
-            int rc = ovl_geneve_check_options(t.opts, t.opts_len, known, n_known);
+            int rc = ovl_wire_check_options(t.opts, t.opts_len, known, n_known);
             if (rc < 0)
                 hl = rc;
         }
         if (hl >= 0) {
-            int rc = ovl_frame_parse(bufs[i] + hl, lens[i] - (uint32_t)hl, &f);
+            int rc = ovl_wire_parse_frame(bufs[i] + hl, lens[i] - (uint32_t)hl, &f);
             if (rc < 0)
                 hl = rc;
         }

@@ -1,9 +1,11 @@
 """The cffi builder for ``overlay._native`` (API mode, out of line).
 
 setup.py names this file in ``cffi_modules``; cffi runs it before the package
-exists, so it must not import ``overlay``. ``native/overlay.h`` is fed to
-``ffi.cdef`` unchanged: it is the whole ABI, and the one file to review when
-the boundary between C and Python moves.
+exists, so it must not import ``overlay``. ``native/overlay.h`` (the product
+ABI) and ``native/overlay_tools.h`` (the test and benchmark tools: traffic
+generator, batch codecs, the fake transport) are fed to ``ffi.cdef``
+unchanged: they are the whole boundary between C and Python, and the files to
+review when it moves.
 
 ``OVERLAY_CFLAGS`` adds compiler flags (the tests build with ``-Werror``).
 :func:`make_ffi` builds the same module from another source tree or with other
@@ -26,9 +28,19 @@ NATIVE = os.path.join(os.path.dirname(_HERE), "native")
 CFLAGS = ["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-fvisibility=hidden"]
 
 
+#: The headers cffi reads, in order: the tools use the product's types.
+ABI_HEADERS = ("overlay.h", "overlay_tools.h")
+
+
 def native_sources(native: str = NATIVE) -> list[str]:
     """The data plane's C files, in a stable order (tests compile the same list)."""
     return sorted(glob.glob(os.path.join(native, "*.c")))
+
+
+def native_depends(native: str = NATIVE) -> list[str]:
+    """The files besides the sources whose change rebuilds the module: every
+    header and every ``.def`` list (counters.def is included by several rooms)."""
+    return sorted(glob.glob(os.path.join(native, "*.h")) + glob.glob(os.path.join(native, "*.def")))
 
 
 def make_ffi(
@@ -45,8 +57,9 @@ def make_ffi(
     passes False.
     """
     ffi = FFI()
-    with open(os.path.join(native, "overlay.h"), encoding="utf-8") as f:
-        ffi.cdef(f.read())
+    for header in ABI_HEADERS:
+        with open(os.path.join(native, header), encoding="utf-8") as f:
+            ffi.cdef(f.read())
     sources = native_sources(native)
     ffi.set_source(
         "overlay._native",
@@ -56,7 +69,7 @@ def make_ffi(
         extra_compile_args=CFLAGS + list(extra_cflags),
         extra_link_args=list(extra_ldflags),
         libraries=["pthread"],
-        depends=[os.path.join(native, n) for n in ("overlay.h", "ovl.h", "counters.def")],
+        depends=native_depends(native),
     )
     return ffi
 

@@ -209,7 +209,7 @@ VIEWS: dict[str, tuple[Callable[[Client, argparse.Namespace], Any], Callable[...
     ),
     "health": (lambda c, a: c.health(), _health),
     "reload": (
-        lambda c, a: c.request("POST", "/v1/reload"),
+        lambda c, a: c.reload(),
         lambda r: "\n".join(f"{k}: {', '.join(map(str, v)) or '-'}" for k, v in r.items()),
     ),
 }

@@ -23,6 +23,7 @@ from overlay.errors import CapacityError, ConfigError, ConflictError, EngineErro
 ENCAP_VXLAN: int = lib.OVL_ENCAP_VXLAN
 ENCAP_GENEVE: int = lib.OVL_ENCAP_GENEVE
 VNI_MAX: int = lib.OVL_VNI_MAX
+_ENCAP_NAMES = {ENCAP_VXLAN: "VXLAN", ENCAP_GENEVE: "Geneve"}
 
 COUNTER_NAMES: tuple[str, ...] = tuple(
     ffi.string(lib.ovl_counter_name(i)).decode() for i in range(lib.ovl_counter_count())
@@ -55,6 +56,7 @@ _FDB_KINDS = {
     lib.OVL_FDB_LOCAL: "local",
     lib.OVL_FDB_LEARNED: "learned",
 }
+_NEXTHOP_KINDS = {lib.OVL_NH_PORT: "port", lib.OVL_NH_TUNNEL: "tunnel"}
 
 
 def _check(rc: int, what: str) -> int:
@@ -123,12 +125,13 @@ class Event:
 class FdbEntry:
     vni: int
     mac: str
-    kind: str  # "remote", "local" or "learned"
+    kind: str  # who wrote it: "remote" (control plane), "local" (a port) or "learned"
     vtep: str | None
     vtep_port: int | None
     port_id: int | None
     updated_ns: int
     used_ns: int
+    nexthop: str = ""  # where frames to the MAC go: "port" or "tunnel"
 
 
 class Engine:
@@ -138,6 +141,8 @@ class Engine:
     method raises ConfigError for bad arguments before calling C, and the
     typed errors of ``_check`` for what C refuses; nothing changes then.
     """
+
+    _CREATE = "ovl_engine_create"  # the C constructor: the UDP transport
 
     def __init__(
         self,
@@ -207,7 +212,7 @@ class Engine:
             raise ConfigError("underlay_mtu", underlay_mtu, "576-65535 bytes, or 0 (not given)")
         cfg.underlay_mtu = underlay_mtu
         out = ffi.new("ovl_engine_t **")
-        rc = lib.ovl_engine_create(cfg, out)
+        rc = getattr(lib, self._CREATE)(cfg, out)
         if rc == -errno.EADDRINUSE:
             raise ConflictError(
                 f"underlay {local} port {udp_port or 'default'} is in use: "
@@ -253,9 +258,20 @@ class Engine:
         return {name: bool(active & bit) for name, bit in OFFLOADS.items()}
 
     # -- networks --
-    def network_add(self, vni: int, learning: bool = False) -> None:
+    def network_add(self, vni: int, learning: bool = False, encap: int | None = None) -> None:
+        """Add network ``vni``; ``encap`` (ENCAP_*) defaults to the engine's. The
+        engine has one tunnel port today: another encapsulation is refused."""
         flags = lib.OVL_NET_LEARNING if learning else 0
-        _check(lib.ovl_network_add(self._h(), vni, flags), f"adding network vni={vni}")
+        if encap is not None and encap not in (ENCAP_VXLAN, ENCAP_GENEVE):
+            raise ConfigError("encap", encap, "ENCAP_VXLAN or ENCAP_GENEVE")
+        rc = lib.ovl_network_add(self._h(), vni, encap or 0, flags)
+        if rc == -errno.EPROTONOSUPPORT:
+            raise ConfigError(
+                "encap",
+                encap,
+                f"the engine's encapsulation ({_ENCAP_NAMES[self.encap]}): one per node today",
+            )
+        _check(rc, f"adding network vni={vni}")
 
     def network_del(self, vni: int) -> None:
         _check(lib.ovl_network_del(self._h(), vni), f"removing network vni={vni}")
@@ -268,7 +284,7 @@ class Engine:
 
     def known_option_add(self, cls: int, type_: int) -> None:
         _check(
-            lib.ovl_engine_known_option_add(self._h(), cls, type_ & 0x7F),
+            lib.ovl_network_known_option_add(self._h(), cls, type_ & 0x7F),
             f"declaring Geneve option class={cls:#x} type={type_:#x}",
         )
 
@@ -277,13 +293,15 @@ class Engine:
     ) -> None:
         family, raw = addr_bytes(addr)
         _check(
-            lib.ovl_vtep_add(self._h(), vni, family, raw, port), f"adding VTEP {addr} to vni={vni}"
+            lib.ovl_network_vtep_add(self._h(), vni, family, raw, port),
+            f"adding VTEP {addr} to vni={vni}",
         )
 
     def vtep_del(self, vni: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         family, raw = addr_bytes(addr)
         _check(
-            lib.ovl_vtep_del(self._h(), vni, family, raw), f"removing VTEP {addr} from vni={vni}"
+            lib.ovl_network_vtep_del(self._h(), vni, family, raw),
+            f"removing VTEP {addr} from vni={vni}",
         )
 
     # -- ports --
@@ -413,14 +431,15 @@ class Engine:
     ) -> None:
         family, raw = addr_bytes(ip)
         _check(
-            lib.ovl_neigh_add(self._h(), vni, family, raw, mac),
+            lib.ovl_fdb_neigh_add(self._h(), vni, family, raw, mac),
             f"adding neighbour {ip} in vni={vni}",
         )
 
     def neigh_del(self, vni: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         family, raw = addr_bytes(ip)
         _check(
-            lib.ovl_neigh_del(self._h(), vni, family, raw), f"removing neighbour {ip} in vni={vni}"
+            lib.ovl_fdb_neigh_del(self._h(), vni, family, raw),
+            f"removing neighbour {ip} in vni={vni}",
         )
 
     def fdb_dump(self) -> list[FdbEntry]:
@@ -445,6 +464,7 @@ class Engine:
                     port_id=e.port_id if not remote else None,
                     updated_ns=e.updated_ns,
                     used_ns=e.used_ns,
+                    nexthop=_NEXTHOP_KINDS.get(e.nexthop, str(e.nexthop)),
                 )
             )
         return out
@@ -453,7 +473,7 @@ class Engine:
     def counters(self) -> dict[str, int]:
         n = len(COUNTER_NAMES)
         buf = ffi.new("uint64_t[]", n)
-        lib.ovl_engine_counters(self._h(), buf, n)
+        lib.ovl_counters_engine(self._h(), buf, n)
         return {name: int(buf[i]) for i, name in enumerate(COUNTER_NAMES)}
 
     def _obj(self, rc: int, buf: Any) -> dict[str, int]:
@@ -462,7 +482,7 @@ class Engine:
     def network_counters(self, vni: int) -> dict[str, int]:
         buf = ffi.new("uint64_t[]", len(OBJ_COUNTER_NAMES))
         rc = _check(
-            lib.ovl_network_counters(self._h(), vni, buf, len(OBJ_COUNTER_NAMES)),
+            lib.ovl_counters_network(self._h(), vni, buf, len(OBJ_COUNTER_NAMES)),
             f"counters of vni={vni}",
         )
         return self._obj(rc, buf)
@@ -470,18 +490,18 @@ class Engine:
     def port_counters(self, port_id: int) -> dict[str, int]:
         buf = ffi.new("uint64_t[]", len(OBJ_COUNTER_NAMES))
         rc = _check(
-            lib.ovl_port_counters(self._h(), port_id, buf, len(OBJ_COUNTER_NAMES)),
+            lib.ovl_counters_port(self._h(), port_id, buf, len(OBJ_COUNTER_NAMES)),
             f"counters of port {port_id}",
         )
         return self._obj(rc, buf)
 
     @property
     def event_fd(self) -> int:
-        return int(lib.ovl_engine_event_fd(self._h()))
+        return int(lib.ovl_events_fd(self._h()))
 
     def events(self, limit: int = 1024) -> list[Event]:
         buf = ffi.new("ovl_event_t[]", limit)
-        n = lib.ovl_engine_events(self._h(), buf, limit)
+        n = lib.ovl_events_take(self._h(), buf, limit)
         out = []
         for i in range(n):
             ev = buf[i]
@@ -521,3 +541,64 @@ def gen_recv(fd: int, seconds: float, idle_seconds: float) -> tuple[int, int]:
         "receiving generated datagrams",
     )
     return int(p[0]), int(b[0])
+
+
+# -- the fake transport (native/fake.c): engines without sockets, for tests --
+
+
+@dataclass(frozen=True)
+class SentDatagram:
+    """A datagram an engine on the fake transport sent to the underlay."""
+
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int  # the destination (tunnel) port
+    sport: int  # the outer source port its flow got
+    data: bytes  # tunnel header and inner frame
+
+
+class FakeTransportEngine(Engine):
+    """An ``Engine`` whose underlay is memory (wireguard-go's bindtest).
+
+    Everything above the transport is the real data plane: workers, stages,
+    tables, counters, events. :meth:`inject` hands it a datagram as if a peer
+    had sent it to the tunnel port; :meth:`sent` returns what it sent. No
+    socket is opened, so ``local`` and the ports are only recorded.
+    """
+
+    _CREATE = "ovl_fake_engine_create"
+
+    def inject(
+        self,
+        datagram: bytes,
+        src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        port: int = 0,
+    ) -> None:
+        """Deliver ``datagram`` to the engine from ``src`` (port ``port``)."""
+        family, raw = addr_bytes(src)
+        rc = lib.ovl_fake_inject(self._h(), family, raw, port, datagram, len(datagram))
+        if rc == -errno.ENOBUFS:
+            raise CapacityError(
+                f"the fake transport's inbox holds {lib.OVL_FAKE_INBOX} datagrams: "
+                "let the engine run (start it) before injecting more"
+            )
+        _check(rc, "injecting a datagram")
+
+    def sent(self) -> list[SentDatagram]:
+        """Every datagram the engine has sent since the last call, oldest first."""
+        meta = ffi.new("ovl_fake_sent_t *")
+        cap = 65536
+        buf = ffi.new("uint8_t[]", cap)
+        out: list[SentDatagram] = []
+        while True:
+            n = lib.ovl_fake_take(self._h(), meta, buf, cap)
+            if n == -errno.EAGAIN:
+                return out
+            _check(n, "reading sent datagrams")
+            out.append(
+                SentDatagram(
+                    dst=addr_from(meta.family, meta.addr),
+                    port=meta.port,
+                    sport=meta.sport,
+                    data=bytes(ffi.buffer(buf, min(n, cap))),
+                )
+            )

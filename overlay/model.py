@@ -1,4 +1,4 @@
-"""Plain data of the control plane: tenants, networks, nodes, endpoints.
+"""Plain data of the control plane: networks, nodes, endpoints.
 
 These are what the store holds (as JSON) and what the agent reconciles into a
 ``Node``. Each class validates itself on construction and raises
@@ -39,8 +39,22 @@ from overlay.errors import ConfigError
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+# The highest VNI (24 bits, RFC 7348 and 8926). Defined here once: the daemon,
+# the CNI plugin and IPAM import it; the data plane's ``OVL_VNI_MAX`` (read
+# from the C header by the bindings) is checked equal by tests/control.
 VNI_MAX = 0xFFFFFF
 ENCAPS = ("vxlan", "geneve")
+
+# A node's bounds, in one place for every layer that checks them (overlayd's
+# file, ``Node``, ``Engine``), each with the one way its refusal is worded.
+UDP_PORT_MIN, UDP_PORT_MAX = 1, 65535
+UDP_PORT_EXPECTED = f"a UDP port {UDP_PORT_MIN}-{UDP_PORT_MAX}"
+# 576: what every IPv4 host must accept (RFC 791); 65000: the most one UDP GSO
+# send carries (native OVL_GSO_BYTES_MAX), and a frame is at most the MTU.
+UNDERLAY_MTU_MIN, UNDERLAY_MTU_MAX = 576, 65000
+UNDERLAY_MTU_EXPECTED = f"the underlay MTU, {UNDERLAY_MTU_MIN}-{UNDERLAY_MTU_MAX} bytes"
+WORKERS_MAX = 16  # native OVL_MAX_WORKERS (engine.h): one TAP queue per worker
+WORKERS_EXPECTED = f"1-{WORKERS_MAX} worker threads"
 
 # Bounds of what a record may hold (see the module's design notes).
 RECORD_BYTES_MAX = 32 * 1024  # one JSON value in the store
@@ -119,14 +133,6 @@ def _mac(value: object, field: str) -> str:
         raise ConfigError(field, value, "a unicast MAC")
     low = value.lower()
     return value if low == value else low  # keep one string, not two equal ones
-
-
-@dataclasses.dataclass(frozen=True)
-class Tenant:
-    name: str
-
-    def __post_init__(self) -> None:
-        _name(self.name, "tenant.name")
 
 
 @dataclasses.dataclass(frozen=True)

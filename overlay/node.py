@@ -631,7 +631,9 @@ class Node:
             raise ConfigError("geneve_options", opts, "options need a node with Encap.GENEVE")
         if len(tlv) > 252:
             raise ConfigError("geneve_options", opts, "at most 252 bytes of options in all")
-        self.engine.network_add(vni, learning=learning)
+        # The node's encapsulation is the default of its networks; the engine
+        # keeps it per network, so that a later node can mix them.
+        self.engine.network_add(vni, learning=learning, encap=self.encap.value)
         try:
             if tlv:
                 self.engine.network_set_options(vni, tlv)

@@ -7,9 +7,10 @@ or a silent interop failure. This module says the same thing in plain Python,
 one function per C function, with the same checks in the same order and the
 same drop reasons (the names in ``native/counters.def``). It is
 
-* the reference the C is tested against: ``tests/test_wire_c.py`` feeds both
-  the same generated and random input and requires the same bytes and the
-  same reasons, and ``tests/test_wire_python.py`` holds this module to scapy;
+* the reference the C is tested against: ``tests/native/test_wire_c.py``
+  feeds both the same generated and random input and requires the same bytes
+  and the same reasons, and ``tests/unit/test_wire_python.py`` holds this
+  module to scapy;
 * a codec for tools (pcap inspection, traffic generators, the test harness),
   which can import it without the compiled ``overlay._native``.
 
@@ -33,7 +34,9 @@ then ``vxlan_bad_flags`` (I bit clear; reserved bits are ignored).
 
 Frame parsing reads only within the frame: the IPv4 total length and the IPv6
 payload length are not used (Ethernet padding, GSO frames). A TCP, UDP or
-SCTP header too short to hold both ports is not a drop: the ports are 0.
+SCTP header too short to hold both ports is not a drop: the ports are 0. So
+with the TCP flags (read when the header reaches byte 13) and the ICMP type
+and code (read when the 4-byte ICMP header is there): 0 when it does not.
 
 IPv6 fails closed: a packet that cannot be classified down to its upper-layer
 header is a drop of its own, so that nothing a receiver would act on hides
@@ -44,7 +47,9 @@ a first (or atomic) fragment without the whole upper-layer header (RFC 7112,
 ``nd_fragmented``: neighbour discovery behind any fragment header (RFC 6980).
 Hop-by-hop, routing, destination options, fragment and AH headers are walked.
 A non-first fragment is not a drop (no upper-layer header to judge).
-``icmp6_type`` is the type of every readable ICMPv6 message.
+``icmp_type`` is the type of every readable ICMPv6 message (in an IPv6 frame)
+and of every readable ICMP message (in an IPv4 frame); ``icmp_code`` its code.
+The header an ICMP error quotes is not parsed.
 
 The flow hash
 -------------
@@ -99,6 +104,7 @@ ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
 
+IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_AH = 51
@@ -373,13 +379,15 @@ class Frame:
     ip_dst: bytes = bytes(16)
     sport: int = 0
     dport: int = 0
+    tcp_flags: int = 0
+    icmp_type: int = 0
+    icmp_code: int = 0
+    nd_has_lladdr: bool = False
     arp_op: int = 0
     arp_sha: bytes = bytes(6)
     arp_spa: bytes = bytes(4)
     arp_tha: bytes = bytes(6)
     arp_tpa: bytes = bytes(4)
-    icmp6_type: int = 0
-    nd_has_lladdr: bool = False
     nd_lladdr: bytes = bytes(6)
     nd_target: bytes = bytes(16)
 
@@ -406,8 +414,9 @@ def parse_frame(data: bytes) -> Frame:
     kept), then ARP (Ethernet/IPv4 only), IPv4 or IPv6 with up to
     ``IPV6_EXT_MAX`` hop-by-hop, routing, destination-options, fragment and AH
     headers (failing closed past that, see the module docstring), TCP/UDP/SCTP
-    ports, the ICMPv6 type and neighbour discovery. ``l4_off`` points at the
-    header ``ip_proto`` names, or is 0 in a non-first fragment.
+    ports, TCP flags, the ICMP or ICMPv6 type and code, and neighbour
+    discovery. ``l4_off`` points at the header ``ip_proto`` names, or is 0 in
+    a non-first fragment.
     """
     b = bytes(data)
     f = Frame()
@@ -445,8 +454,13 @@ def _parse_arp(p: bytes, f: Frame) -> None:
     f.arp_sha, f.arp_spa, f.arp_tha, f.arp_tpa = p[8:14], p[14:18], p[18:24], p[24:28]
 
 
-def _parse_ports(b: bytes, f: Frame) -> None:
-    if f.ip_proto in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP) and len(b) - f.l4_off >= 4:
+def _parse_l4(b: bytes, f: Frame) -> None:
+    avail = len(b) - f.l4_off
+    if f.ip_proto == IPPROTO_TCP and avail >= 14:
+        f.tcp_flags = b[f.l4_off + 13]
+    if f.ip_proto == IPPROTO_ICMP and f.l3 == L3_IPV4 and avail >= 4:
+        f.icmp_type, f.icmp_code = b[f.l4_off], b[f.l4_off + 1]
+    if f.ip_proto in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP) and avail >= 4:
         f.sport, f.dport = _u16(b, f.l4_off), _u16(b, f.l4_off + 2)
 
 
@@ -465,7 +479,7 @@ def _parse_ipv4(b: bytes, f: Frame) -> None:
         f.is_fragment = True
         return
     f.l4_off = f.l3_off + ihl
-    _parse_ports(b, f)
+    _parse_l4(b, f)
 
 
 def _parse_ipv6(b: bytes, f: Frame) -> None:
@@ -507,12 +521,12 @@ def _parse_ipv6(b: bytes, f: Frame) -> None:
     f.l4_off = f.l3_off + off
     if fragment and len(p) - off < UPPER_HLEN.get(nh, 0):
         raise Drop("ipv6_header_chain")
-    _parse_ports(b, f)
+    _parse_l4(b, f)
     if nh != IPPROTO_ICMPV6:
         return
     if len(p) - off < ICMPV6_HLEN:
         raise Drop("icmpv6_truncated")
-    f.icmp6_type = p[off]
+    f.icmp_type, f.icmp_code = p[off], p[off + 1]
     if not ND_RS <= p[off] <= ND_REDIRECT:
         return
     if fragment:
@@ -648,7 +662,7 @@ def nd_advert(ns: bytes | Frame, mac: bytes | str) -> bytes:
     is a neighbour solicitation, or when it comes from :: (duplicate address
     detection is never answered)."""
     q = _frame(ns)
-    if q.l3 != L3_IPV6 or q.ip_proto != IPPROTO_ICMPV6 or q.icmp6_type != ND_NS or q.is_fragment:
+    if q.l3 != L3_IPV6 or q.ip_proto != IPPROTO_ICMPV6 or q.icmp_type != ND_NS or q.is_fragment:
         raise ValueError("nd_advert: the frame is not a neighbour solicitation")
     if q.ip_src == bytes(16):
         raise ValueError("nd_advert: a solicitation from :: (DAD) is never answered")

@@ -1,11 +1,12 @@
 /*
  * check_wire.c — feed wire.c random, mutated and truncated packets under
- * AddressSanitizer and UndefinedBehaviorSanitizer (tests/test_native_sanitize.py
- * builds and runs it).
+ * AddressSanitizer and UndefinedBehaviorSanitizer
+ * (tests/native/test_native_sanitize.py builds and runs it).
  *
  *   gcc -std=gnu11 -Wall -Wextra -Werror -fsanitize=address,undefined \
  *       -fno-sanitize-recover=all -g -Inative \
- *       native/tests/check_wire.c native/wire.c native/counters.c && ./a.out
+ *       native/tests/check_wire.c native/wire.c native/csum.c native/counters.c \
+ *       native/map.c && ./a.out
  *
  * Every input is copied into a heap block of exactly its length, so a read one
  * byte past the end is an ASan report, not a quiet read of the next byte.
@@ -112,7 +113,7 @@ static void check_tunnel(int encap, const uint8_t *buf, size_t len)
         CHECK((size_t)rc == 8u + t.opts_len && t.opts_len % 4 == 0, buf, len);
         CHECK(memcmp(t.opts, buf + 8, t.opts_len) == 0, buf, len);
         CHECK(!(t.flags & ~(OVL_GENEVE_F_OAM | OVL_GENEVE_F_CRITICAL)), buf, len);
-        CHECK(ovl_geneve_check_options(t.opts, t.opts_len, NULL, 0) != -OVL_C_GENEVE_OPTION_OVERRUN,
+        CHECK(ovl_wire_check_options(t.opts, t.opts_len, NULL, 0) != -OVL_C_GENEVE_OPTION_OVERRUN,
               buf, len);
     }
     /* What decodes re-encodes to the same header (reserved bits aside) and
@@ -146,7 +147,7 @@ static void check_answer(const ovl_frame_t *q, const uint8_t *buf, size_t len, r
     }
     CHECK((size_t)n <= cap, buf, len);
     ovl_frame_t a;
-    CHECK(ovl_frame_parse(out, (size_t)n, &a) == 0, out, (size_t)n);
+    CHECK(ovl_wire_parse_frame(out, (size_t)n, &a) == 0, out, (size_t)n);
     CHECK(memcmp(a.src, mac, 6) == 0 && memcmp(a.dst, q->src, 6) == 0, out, (size_t)n);
     CHECK(a.has_vlan == q->has_vlan && a.vlan_tci == q->vlan_tci, out, (size_t)n);
     if (arp) {
@@ -157,8 +158,8 @@ static void check_answer(const ovl_frame_t *q, const uint8_t *buf, size_t len, r
         CHECK(memcmp(a.arp_sha, mac, 6) == 0 && memcmp(a.arp_tha, q->arp_sha, 6) == 0,
               out, (size_t)n);
     } else {
-        CHECK(q->l3 == OVL_L3_IPV6 && q->icmp6_type == 135 && !q->is_fragment, buf, len);
-        CHECK(a.icmp6_type == 136 && a.nd_has_lladdr && memcmp(a.nd_lladdr, mac, 6) == 0,
+        CHECK(q->l3 == OVL_L3_IPV6 && q->icmp_type == 135 && !q->is_fragment, buf, len);
+        CHECK(a.icmp_type == 136 && a.nd_has_lladdr && memcmp(a.nd_lladdr, mac, 6) == 0,
               out, (size_t)n);
         CHECK(memcmp(a.nd_target, q->nd_target, 16) == 0 && memcmp(a.ip_dst, q->ip_src, 16) == 0,
               out, (size_t)n);
@@ -175,8 +176,8 @@ static void check_answer(const ovl_frame_t *q, const uint8_t *buf, size_t len, r
 static void check_frame(const uint8_t *buf, size_t len, rng_t *r)
 {
     ovl_frame_t f, f2;
-    int rc = ovl_frame_parse(buf, len, &f);
-    CHECK(ovl_frame_parse(buf, len, &f2) == rc, buf, len);
+    int rc = ovl_wire_parse_frame(buf, len, &f);
+    CHECK(ovl_wire_parse_frame(buf, len, &f2) == rc, buf, len);
     if (rc != 0) {
         CHECK(is_drop_in(rc, frame_drops, N(frame_drops)), buf, len);
         return;
@@ -191,11 +192,16 @@ static void check_frame(const uint8_t *buf, size_t len, rng_t *r)
           ((f.ip_proto == 6 || f.ip_proto == 17 || f.ip_proto == 132) && f.l4_off + 4u <= len),
           buf, len);
     CHECK(!f.is_fragment || (f.l4_off == 0 && !f.sport && !f.dport), buf, len);
-    /* Any ICMPv6 type, but only where the ICMPv6 header was read. */
-    CHECK(f.icmp6_type == 0 || (f.l3 == OVL_L3_IPV6 && f.ip_proto == 58 && !f.is_fragment &&
-                                f.l4_off + 4u <= len),
+    /* Any ICMP or ICMPv6 type and code, but only where that header was read. */
+    int icmp_read = !f.is_fragment && f.l4_off + 4u <= len &&
+                    ((f.l3 == OVL_L3_IPV6 && f.ip_proto == 58) || (f.l3 == OVL_L3_IPV4 && f.ip_proto == 1));
+    CHECK((f.icmp_type == 0 && f.icmp_code == 0) || icmp_read, buf, len);
+    CHECK(!icmp_read || (f.icmp_type == buf[f.l4_off] && f.icmp_code == buf[f.l4_off + 1]), buf, len);
+    /* TCP flags only from a TCP header that reaches them, and exactly them. */
+    int flags_read = f.ip_proto == 6 && f.l4_off && f.l4_off + 14u <= len;
+    CHECK(flags_read ? f.tcp_flags == buf[f.l4_off + 13] : f.tcp_flags == 0, buf, len);
+    CHECK(f.nd_has_lladdr <= (f.l3 == OVL_L3_IPV6 && f.icmp_type >= 133 && f.icmp_type <= 137),
           buf, len);
-    CHECK(f.nd_has_lladdr <= (f.icmp6_type >= 133 && f.icmp6_type <= 137), buf, len);
     /* Fail closed: an IPv6 packet that parses names an upper layer, not an
      * extension header it stopped at. */
     CHECK(f.l3 != OVL_L3_IPV6 || f.is_fragment ||
@@ -210,17 +216,17 @@ static void check_frame(const uint8_t *buf, size_t len, rng_t *r)
     default: CHECK(f.ip_proto == 0 && f.l4_off == 0 && !f.arp_op, buf, len); break;
     }
 
-    uint32_t h = ovl_flow_hash(&f);
-    CHECK(h == ovl_flow_hash(&f2), buf, len);
+    uint32_t h = ovl_wire_flow_hash(&f);
+    CHECK(h == ovl_wire_flow_hash(&f2), buf, len);
     uint16_t lo = (uint16_t)rnd(r), hi = (uint16_t)rnd(r), slots = (uint16_t)rnd_below(r, 40);
     if (lo > hi) {
         uint16_t x = lo;
         lo = hi;
         hi = x;
     }
-    uint16_t port = ovl_source_port(h, lo, hi, slots);
+    uint16_t port = ovl_wire_source_port(h, lo, hi, slots);
     CHECK(port >= lo && port <= hi, buf, len);
-    CHECK(ovl_source_port(h, 49152, 65535, 16) % 1024 == 0, buf, len);
+    CHECK(ovl_wire_source_port(h, 49152, 65535, 16) % 1024 == 0, buf, len);
 
     check_answer(&f, buf, len, r, 1);
     check_answer(&f, buf, len, r, 0);
@@ -234,10 +240,10 @@ static void check_options(const uint8_t *buf, size_t len, rng_t *r)
         known[i] = len >= 3 && rnd_below(r, 2)
                        ? (uint32_t)buf[0] << 16 | (uint32_t)buf[1] << 8 | (buf[2] & 0x7f)
                        : (uint32_t)rnd(r) & 0xffffff;
-    int rc = ovl_geneve_check_options(buf, len, known, n);
+    int rc = ovl_wire_check_options(buf, len, known, n);
     CHECK(rc == 0 || is_drop_in(rc, option_drops, N(option_drops)), buf, len);
     if (rc == -OVL_C_GENEVE_UNKNOWN_CRITICAL)
-        CHECK(ovl_geneve_check_options(buf, len, NULL, 0) == rc, buf, len);
+        CHECK(ovl_wire_check_options(buf, len, NULL, 0) == rc, buf, len);
 }
 
 static void check_csum(const uint8_t *buf, size_t len, rng_t *r)
@@ -388,26 +394,26 @@ static void check_corpus(void)
     ovl_frame_t f;
     ovl_tunnel_t t;
     for (size_t i = 0; i < N(corpus) - 4; i++)
-        CHECK(ovl_frame_parse(corpus[i].p, corpus[i].n, &f) == 0, corpus[i].p, corpus[i].n);
-    CHECK(ovl_frame_parse(nd_na_nine_ext, sizeof nd_na_nine_ext, &f) == -OVL_C_IPV6_HEADER_CHAIN,
+        CHECK(ovl_wire_parse_frame(corpus[i].p, corpus[i].n, &f) == 0, corpus[i].p, corpus[i].n);
+    CHECK(ovl_wire_parse_frame(nd_na_nine_ext, sizeof nd_na_nine_ext, &f) == -OVL_C_IPV6_HEADER_CHAIN,
           nd_na_nine_ext, sizeof nd_na_nine_ext);
-    CHECK(ovl_frame_parse(nd_ns_atomic_frag, sizeof nd_ns_atomic_frag, &f) == -OVL_C_ND_FRAGMENTED,
+    CHECK(ovl_wire_parse_frame(nd_ns_atomic_frag, sizeof nd_ns_atomic_frag, &f) == -OVL_C_ND_FRAGMENTED,
           nd_ns_atomic_frag, sizeof nd_ns_atomic_frag);
-    CHECK(ovl_frame_parse(ipv6_ah_echo, sizeof ipv6_ah_echo, &f) == 0 && f.ip_proto == 58 &&
-              f.icmp6_type == 128, ipv6_ah_echo, sizeof ipv6_ah_echo);
-    CHECK(ovl_frame_parse(mld_report, sizeof mld_report, &f) == 0 && f.icmp6_type == 143,
+    CHECK(ovl_wire_parse_frame(ipv6_ah_echo, sizeof ipv6_ah_echo, &f) == 0 && f.ip_proto == 58 &&
+              f.icmp_type == 128, ipv6_ah_echo, sizeof ipv6_ah_echo);
+    CHECK(ovl_wire_parse_frame(mld_report, sizeof mld_report, &f) == 0 && f.icmp_type == 143,
           mld_report, sizeof mld_report);
     CHECK(ovl_wire_decode(OVL_ENCAP_VXLAN, vxlan_pkt, sizeof vxlan_pkt, &t) == 8,
           vxlan_pkt, sizeof vxlan_pkt);
     CHECK(ovl_wire_decode(OVL_ENCAP_GENEVE, geneve_pkt, sizeof geneve_pkt, &t) == 28,
           geneve_pkt, sizeof geneve_pkt);
-    CHECK(ovl_frame_parse(nd_ns, sizeof nd_ns, &f) == 0 && f.icmp6_type == 135 && f.nd_has_lladdr,
+    CHECK(ovl_wire_parse_frame(nd_ns, sizeof nd_ns, &f) == 0 && f.icmp_type == 135 && f.nd_has_lladdr,
           nd_ns, sizeof nd_ns);
-    CHECK(ovl_frame_parse(nd_ra, sizeof nd_ra, &f) == 0 && f.icmp6_type == 134 && f.nd_has_lladdr,
+    CHECK(ovl_wire_parse_frame(nd_ra, sizeof nd_ra, &f) == 0 && f.icmp_type == 134 && f.nd_has_lladdr,
           nd_ra, sizeof nd_ra);
-    CHECK(ovl_frame_parse(ipv6_ext_udp, sizeof ipv6_ext_udp, &f) == 0 && f.ip_proto == 17 &&
+    CHECK(ovl_wire_parse_frame(ipv6_ext_udp, sizeof ipv6_ext_udp, &f) == 0 && f.ip_proto == 17 &&
               f.dport == 53 && !f.is_fragment, ipv6_ext_udp, sizeof ipv6_ext_udp);
-    CHECK(ovl_frame_parse(ipv4_tcp_qinq, sizeof ipv4_tcp_qinq, &f) == 0 && f.dport == 80 &&
+    CHECK(ovl_wire_parse_frame(ipv4_tcp_qinq, sizeof ipv4_tcp_qinq, &f) == 0 && f.dport == 80 &&
               f.vlan_tpid == 0x88a8 && f.vlan_tci == 100, ipv4_tcp_qinq, sizeof ipv4_tcp_qinq);
 }
 

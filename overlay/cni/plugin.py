@@ -85,13 +85,13 @@ from overlay.cni.spec import (
     valid_attachments,
 )
 from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
+from overlay.model import VNI_MAX
 
 if TYPE_CHECKING:  # imported when a configuration delegates IPAM (it costs start-up time)
     from overlay.cni.delegate import Delegate
 
 PLUGIN = "overlay-cni"
 OWN_KEYS = ("vni", "socket", "mtu", "routes")
-VNI_MAX = 0xFFFFFF
 MTU_MIN, MTU_MAX = 68, 65535
 
 # The plugin's own error codes (the spec leaves 100 and up to plugins).

@@ -1,14 +1,26 @@
-"""The agent: registers a node in the store and reconciles desired state into it.
+"""The agent's loop: registers a node in the store, reads and checks what the
+store holds, and has the reconcilers program it into the node.
+
+Where each part lives. This module is the loop: the node's registration
+under a lease, its own keys (its endpoints, subnet and addresses), the
+watches, batches of changes, store outages and resynchronisation. Every
+record read is checked in ``overlay.control.claims`` (bad data is skipped
+there); the checked updates go to one reconciler per resource of the node's
+tables in ``overlay.control.reconcilers`` (networks, peers; routes, gateways
+and policy will join), which program only what changed. The agent reaches
+the node through ``overlay.control.nodeapi``'s protocols only.
 
 Design notes.
-- **Level-triggered.** The agent keeps the desired state it read from the store
-  (nodes, networks, endpoints of the networks it hosts) and, after every batch
-  of changes, makes the node's tables equal to it: member VTEPs (flood list and
-  accepted sources), remote endpoints (FDB) and their addresses (neighbours,
-  for ARP/ND suppression). It compares against what the node *has*, not what
-  the agent remembers doing, so a restarted agent adopts the entries already
-  programmed — nothing is removed and re-added, traffic between existing pods
-  keeps flowing — and anything stale is removed.
+- **Level-triggered.** The agent keeps the desired state it read from the
+  store (nodes, networks, endpoints of the networks it hosts) and, after
+  every batch of changes, the reconcilers make the node's tables equal to it,
+  comparing with what the node *has*: a restarted agent adopts the entries
+  already programmed and removes what is stale (``reconcilers/peers.py``).
+- **One apply per batch.** Every batch of events already waiting is folded
+  (into the claims, then into each reconciler's ``on_update``) before one
+  ``apply`` per reconciler; also when a failure, or a change of watched
+  prefixes, is among them: its revision is recorded as seen, so it must not be
+  dropped.
 - **Tenant-scoped.** The agent reads endpoints only of the networks its node
   hosts (one watch per network); nodes and network definitions are global and
   small.
@@ -20,20 +32,18 @@ Design notes.
   state. The agent retries with exponential backoff, says so once (not per
   attempt), and when the store is back it resynchronises from the revision it
   last saw (a full read when that revision is compacted), re-publishing its
-  own keys if its lease expired meanwhile.
+  own keys if its lease expired meanwhile. After a (re)connection every
+  network is compared with the node once.
 - **Bad data is skipped, one record at a time.** Every record is a claim that
   ``overlay.control.claims`` checks against what the store already proves
   (an endpoint's node, its subnet lease, the first claim of a MAC, an address
   or an underlay, a network's definition) before anything is programmed. A
   record refused is logged once with its key and reason and counted
   (``rejected_counts()``); everything else is still programmed, in the same
-  reconcile.
-- **Work proportional to the change.** A batch of events is folded into
-  ``Claims``, which says which MACs and VTEPs changed; only those are
-  programmed (each compared with what the node has, so nothing right is
-  touched). One more endpoint costs the same with 10 or 100,000 in the
-  network. A whole network is compared with the node only when it is first
-  defined and when the agent (re)synchronises with the store.
+  batch.
+- **Work proportional to the change.** The claims say which MACs and VTEPs a
+  batch changed, and only those reach the reconcilers: one more endpoint
+  costs the same with 10 or 100,000 in the network.
 """
 
 from __future__ import annotations
@@ -46,11 +56,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Generic
 
 from overlay.control import keys
-from overlay.control.claims import REASONS, Claims, NetChanges, Rejection, Remote
+from overlay.control.claims import REASONS, Claims, Rejection
 from overlay.control.ipam import AddressAllocator, lease_subnet
+from overlay.control.nodeapi import HostNode, P
+from overlay.control.reconcilers import RECONCILERS, Reconciler, ReconcilerFactory
 from overlay.control.store import (
     Compacted,
     Event,
@@ -69,27 +81,26 @@ class _Resync(Exception):
     """Internal: the set of watched prefixes changed; start watching again."""
 
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class Agent:
+class Agent(Generic[P]):
     """Program ``node`` from ``store`` as node ``name``, hosting ``networks`` (VNIs).
 
-    ``node`` is an ``overlay.Node`` (or anything with the same network API:
-    ``networks``, ``add_network``, ``network(vni)`` with ``vteps``,
-    ``remotes``, ``add_vtep``, ``remove_vtep``, ``add_remote``,
-    ``remove_remote``, ``add_port``).
+    ``node`` is an ``overlay.Node`` or anything that fits
+    ``overlay.control.nodeapi.HostNode`` with ports of type P (the recording
+    fake of ``overlay.testing.fakes`` fits ``NodeTables``: everything but the
+    endpoint API). ``reconcilers``: the reconcilers to run, in the order they
+    apply (default ``overlay.control.reconcilers.RECONCILERS``).
     """
 
     def __init__(
         self,
-        node: Any,
+        node: HostNode[P],
         store: Store,
         name: str,
         *,
         networks: Iterable[int] = (),
         ttl: float = 10.0,
         backoff: tuple[float, float] = (0.1, 5.0),
+        reconcilers: Sequence[ReconcilerFactory] = RECONCILERS,
     ) -> None:
         hosted = tuple(sorted(set(networks) | set(getattr(node, "networks", {}))))
         self.spec = NodeSpec(
@@ -115,11 +126,14 @@ class Agent:
         self.nodes = self.claims.nodes
         self.specs = self.claims.specs
         self.endpoints = self.claims.endpoints
+        # One per resource, in the order they apply (networks before peers).
+        self.reconcilers: tuple[Reconciler, ...] = tuple(
+            make(node, self.claims, name) for make in reconcilers
+        )
         self.published: dict[bytes, bytes] = {}  # our own keys under the lease
         self.revisions: dict[bytes, int] = {}  # watched prefix -> last revision seen
         self.reconciles = 0
         self.synced = asyncio.Event()
-        self._failed: dict[tuple[int, str], str] = {}  # (vni, MAC) not programmed -> why
         self._down = False
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,7 +163,6 @@ class Agent:
             if vni not in hosted:
                 self.revisions.pop(keys.endpoints(vni), None)
                 self.revisions.pop(keys.subnets(vni), None)
-        self._failed = {k: v for k, v in self._failed.items() if k[0] in hosted}
         self.claims.set_hosted(hosted)
         if self.lease:
             with contextlib.suppress(StoreUnavailable, LeaseNotFound):
@@ -274,7 +287,7 @@ class Agent:
         ips: Sequence[str] | None = None,
         persist: bool = False,
         netns: str | None = None,
-    ) -> tuple[Endpoint, Any]:
+    ) -> tuple[Endpoint, P]:
         """A new pod on this node: an address from the node's subnet lease of the
         network (leased on first use) — or ``ips`` given by the caller (a delegated
         IPAM owns those) — a port (TAP, ``persist`` to outlive the process) on the
@@ -384,8 +397,8 @@ class Agent:
         ep = self.local.pop((vni, mac), None)
         await self.withdraw_endpoint(vni, mac)
         net = self.node.networks.get(vni)
-        for p in list(net.ports) if net else []:
-            if p.mac == mac:
+        for p in list(net.ports) if net is not None else []:
+            if p.mac == mac and net is not None:
                 net.remove_port(p)
         if ep:
             await self._release(vni, mac, ep.ips)
@@ -548,7 +561,8 @@ class Agent:
         """Program what changed in the desired state since the last call, and make
         sure each of ``vnis`` (default: all hosted) exists on the node once it is
         defined in the store. Costs O(the changes), not O(the tables)."""
-        for vni in self.spec.networks:
+        hosted = self.spec.networks
+        for vni in hosted:
             net = self.node.networks.get(vni)
             if net is not None:  # what is local wins over others' claims
                 self.claims.set_ports(
@@ -556,78 +570,12 @@ class Agent:
                     {p.mac for p in net.ports},
                     {getattr(ip, "ip", ip) for p in net.ports for ip in p.ips},
                 )
-        for vni, mac in self._failed:  # try again what the node refused last time
-            self.claims.retry(vni, mac)
-        changes = self.claims.settle()
-        wanted = set(self.spec.networks if vnis is None else vnis)
-        for vni in sorted(wanted | set(changes)):
-            if vni not in self.endpoints:
-                continue
-            try:
-                self._reconcile_network(vni, changes.get(vni))
-            except OverlayError as exc:
-                log.error("agent %s: vni %d: %s", self.name, vni, exc)
+        # The checked updates of the batch, to every reconciler (each takes the
+        # kinds it handles), then one apply each, in order.
+        for update in self.claims.settle().values():
+            for r in self.reconcilers:
+                r.on_update(update)
+        wanted = set(hosted if vnis is None else vnis)
+        for r in self.reconcilers:
+            r.apply(hosted, wanted)
         self.reconciles += 1
-
-    def _reconcile_network(self, vni: int, ch: NetChanges | None) -> None:
-        spec = self.specs.get(vni)
-        if spec is None:
-            return  # not defined yet: wait for networks/<vni>
-        if vni not in self.node.networks:
-            self.node.add_network(vni, spec.tenant, learning=spec.learning)
-            ch = NetChanges(True, self.claims.remotes(vni), dict(self.claims.vteps(vni)))
-        if ch is None:
-            return
-        net = self.node.network(vni)
-        if net.tenant != spec.tenant:  # a network made on the node by someone else
-            log.error(
-                "agent %s: vni %d belongs to tenant %r here but %r in the store; not touching it",
-                self.name,
-                vni,
-                net.tenant,
-                spec.tenant,
-            )
-            return
-        if ch.full:
-            for addr in set(net.vteps) - set(ch.vteps):
-                net.remove_vtep(str(addr))
-            for mac in set(net.remotes) - set(ch.remotes):
-                self._program(net, vni, mac, None)
-        for addr, port in ch.vteps.items():
-            if port is None:
-                if addr in net.vteps:
-                    net.remove_vtep(str(addr))
-            elif addr not in net.vteps:
-                net.add_vtep(str(addr), port or None)
-        # Two passes, so that an address moving from one MAC to another is free
-        # before it is taken: first what goes or shrinks, then what comes.
-        for mac, r in ch.remotes.items():
-            have = net.remotes.get(mac)
-            if have is None:
-                continue
-            if r is None:
-                self._program(net, vni, mac, None)
-            elif any(a not in r.ips for a in have[1]):
-                keep = Remote(r.vtep, tuple(a for a in have[1] if a in r.ips), r.port)
-                self._program(net, vni, mac, keep)
-        for mac, r in ch.remotes.items():
-            if r is not None:
-                self._program(net, vni, mac, r)
-
-    def _program(self, net: Any, vni: int, mac: str, r: Remote | None) -> None:
-        """Make the node's entry for mac equal r (None: no entry); a refusal is
-        logged (once per reason) and tried again at the next reconcile."""
-        have = net.remotes.get(mac)
-        try:
-            if r is None:
-                if have is not None:
-                    net.remove_remote(mac)
-            elif have is None or have[0] != r.vtep or tuple(have[1]) != r.ips:
-                net.add_remote(mac, str(r.vtep), [str(i) for i in r.ips], r.port or None)
-        except OverlayError as exc:
-            why = str(exc)
-            if self._failed.get((vni, mac)) != why:
-                log.error("agent %s: vni %d: %s not programmed: %s", self.name, vni, mac, why)
-            self._failed[(vni, mac)] = why
-            return
-        self._failed.pop((vni, mac), None)

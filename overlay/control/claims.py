@@ -118,10 +118,13 @@ class Remote:
 
 @dataclasses.dataclass
 class NetChanges:
-    """What to program in one network. ``full``: everything (``remotes`` and ``vteps``
-    are the whole desired tables; anything else on the node goes). Otherwise only
-    the entries named: a MAC (or VTEP) mapped to None is not wanted."""
+    """What changed in network ``vni``'s checked records: the update the
+    reconcilers fold (``overlay.control.reconcilers``). ``full``: everything
+    (``remotes`` and ``vteps`` are the whole desired tables; anything else on the
+    node goes). Otherwise only the entries named: a MAC (or VTEP) mapped to None
+    is not wanted."""
 
+    vni: int
     full: bool = False
     remotes: dict[str, Remote | None] = dataclasses.field(default_factory=dict)
     vteps: dict[IPAddress, int | None] = dataclasses.field(default_factory=dict)
@@ -316,6 +319,15 @@ class Claims:
         self._dirty_nodes: set[str] = set()
         self._pinned: dict[int, NetworkSpec] = {}  # last accepted definition per VNI
         self.nets: dict[int, _Net] = {}
+        # The dispatch table: the kind of a record (its key's top-level prefix,
+        # ``keys.kind``) -> the check that folds it. A new kind of record is one
+        # check and one line here, and its prefix in the agent's watches.
+        self._checks: dict[bytes, Callable[[Event], None]] = {
+            keys.NODES: self._node_event,
+            keys.NETWORKS: self._network_event,
+            keys.SUBNETS: self._subnet_event,
+            keys.ENDPOINTS: self._endpoint_event,
+        }
         self.set_hosted(hosted)
 
     # -- what is hosted --------------------------------------------------------
@@ -381,16 +393,11 @@ class Claims:
                             yield key, net.lease_revs[key]
 
     def apply(self, ev: Event) -> None:
-        """Fold one store change in; ``settle`` decides what it changes."""
-        k = ev.key
-        if k.startswith(keys.NODES):
-            self._node_event(ev)
-        elif k.startswith(keys.NETWORKS):
-            self._network_event(ev)
-        elif k.startswith(keys.ENDPOINTS):
-            self._endpoint_event(ev)
-        elif k.startswith(keys.SUBNETS):
-            self._subnet_event(ev)
+        """Fold one store change in; ``settle`` decides what it changes. A key of a
+        kind with no check is ignored (a retired kind such as ``tenants/``)."""
+        check = self._checks.get(keys.kind(ev.key))
+        if check is not None:
+            check(ev)
 
     def _decode(self, cls: type, ev: Event) -> object | None:
         try:
@@ -678,7 +685,7 @@ class Claims:
         return self._node_claims[name].order
 
     def _settle_net(self, net: _Net) -> NetChanges:
-        out = NetChanges(full=net.full)
+        out = NetChanges(net.vni, full=net.full)
         view = self.endpoints[net.vni]
         if net.full:
             net.full = False
@@ -819,11 +826,11 @@ class Claims:
         net = self.nets.get(vni)
         return {} if net is None else {m: self._remote(c) for m, c in net.accepted.items()}
 
-    def retry(self, vni: int, mac: str) -> None:
-        """Decide mac again at the next settle (the node refused it last time)."""
+    def remote(self, vni: int, mac: str) -> Remote | None:
+        """What the node should hold for mac in vni now (None: no entry). O(1)."""
         net = self.nets.get(vni)
-        if net is not None:
-            net.dirty.add(mac)
+        c = net.accepted.get(mac) if net is not None else None
+        return None if c is None else self._remote(c)
 
     def own(self, vni: int) -> list[tuple[bytes, Endpoint]]:
         """This node's endpoint records in vni (key, endpoint)."""

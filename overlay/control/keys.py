@@ -3,7 +3,6 @@ on it through the version in the prefix: a later layout lives under
 ``/overlay/v2/`` beside this one, never on top of it.
 
     /overlay/v1/version                        b"1"
-    /overlay/v1/tenants/<name>                 Tenant (JSON)
     /overlay/v1/networks/<vni>                 NetworkSpec (JSON)
     /overlay/v1/nodes/<name>                   NodeSpec (JSON), under the node's lease
     /overlay/v1/subnets/<vni>/<subnet>         node name; the node's subnet lease of the
@@ -27,6 +26,11 @@ same on every node. It also lets store permissions give each node its own
 key space (``endpoints/<vni>/<node>/``). Records of the earlier layout,
 ``endpoints/<vni>/<mac>``, are still read during a rolling upgrade (their
 owner is the node the value names) but never written.
+
+Retired: ``/overlay/v1/tenants/<name>``. A tenant is the ``tenant`` field of
+a network's definition; the separate record was written by nobody and read by
+nobody. A store that still holds such keys is harmless: no agent watches the
+prefix, and ``kind`` maps it to no checker (``overlay.control.claims``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from __future__ import annotations
 VERSION = 1
 PREFIX = b"/overlay/v1/"
 VERSION_KEY = PREFIX + b"version"
-TENANTS = PREFIX + b"tenants/"
 NETWORKS = PREFIX + b"networks/"
 NODES = PREFIX + b"nodes/"
 SUBNETS = PREFIX + b"subnets/"
@@ -42,8 +45,14 @@ ADDRS = PREFIX + b"addrs/"
 ENDPOINTS = PREFIX + b"endpoints/"
 
 
-def tenant(name: str) -> bytes:
-    return TENANTS + name.encode()
+def kind(key: bytes) -> bytes:
+    """The kind of record a key (or a prefix) is, as its top-level prefix
+    (``NODES`` for ``nodes/a``, ``ENDPOINTS`` for ``endpoints/7/``), or b""
+    outside this layout: what the checkers' dispatch tables are keyed on."""
+    if not key.startswith(PREFIX):
+        return b""
+    head, slash, _ = key[len(PREFIX) :].partition(b"/")
+    return PREFIX + head + slash if slash else b""
 
 
 def network(vni: int) -> bytes:

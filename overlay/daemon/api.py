@@ -8,7 +8,8 @@ state without locks of their own. Errors are one JSON shape everywhere,
 ``{"error": {"kind", "message", "field", "value", "expected"}}``, with the
 HTTP status of their kind: a ``ConfigError`` names the field at fault and
 what would be accepted, just as the config file and the Python API do.
-The routes are listed in ``overlay/daemon/client.py``.
+The routes are one table, ``overlay/daemon/routes.py``, registered by
+``overlay/daemon/rooms.py``; this module knows nothing of them.
 
 Connections are a budget: the kubelet's (or podman's) CNI ADD and health
 checks must get through while something else holds sockets open. So:

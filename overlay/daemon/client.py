@@ -2,23 +2,13 @@
 
 The ``overlay`` CLI and the ``overlay-cni`` plugin use it; so can scripts.
 
-The API, version 1 (every body is JSON; errors are
+The API, version 1, is the route table of ``overlay.daemon.routes``: one
+method here per route, named after it, sending the table's method and path
+(``Client.call``), so the client cannot lack a route or send it to the wrong
+path (a test calls every one). Every body is JSON; errors are
 ``{"error": {"kind", "message", "field", "value", "expected"}}`` with an HTTP
 status: 400 and 413 config, 404 not_found, 409 conflict, 507 capacity,
-408 and 503 unavailable, 500 internal; limits in ``overlay.daemon.api``):
-
-    GET    /v1/status                      node, store, counts, readiness
-    GET    /v1/health                      readiness and the peers' probe results
-    GET    /v1/networks                    the networks this node hosts
-    GET    /v1/endpoints[?vni=N]           endpoints (local and remote) of hosted networks
-    POST   /v1/endpoints                   attach a pod (CNI ADD); body: AttachRequest
-    GET    /v1/attachments                 local attachments (container_id, ifname, ...)
-    GET    /v1/attachments/<cid>/<ifname>  one attachment (CNI CHECK)
-    DELETE /v1/attachments/<cid>/<ifname>  detach (CNI DEL); idempotent
-    POST   /v1/gc                          {"valid": [{"container_id","ifname"}]} -> removed
-    GET    /v1/peers                       other nodes: underlay, networks, liveness, RTT
-    GET    /v1/fdb[?vni=N]                 the data plane's forwarding table
-    GET    /v1/counters                    node.counters()
+408 and 503 unavailable, 500 internal; limits in ``overlay.daemon.api``.
 """
 
 from __future__ import annotations
@@ -28,9 +18,9 @@ import json
 import socket
 import time
 from typing import Any
-from urllib.parse import quote
 
 from overlay.cni.validate import Invalid, load_json
+from overlay.daemon.routes import BY_NAME
 
 DEFAULT_SOCKET = "/run/overlay/overlayd.sock"
 
@@ -128,47 +118,57 @@ class Client:
             raise ApiError(status, decoded if isinstance(decoded, dict) else {})
         return decoded
 
-    # -- the API ---------------------------------------------------------------
+    # -- the API: one method per route of overlay.daemon.routes ------------------
+
+    def call(self, route: str, *params: str, body: Any = None, **query: Any) -> Any:
+        """Send the route named ``route`` of the table with its path ``params`` (in
+        order), ``query`` parameters (None: left out) and ``body``."""
+        r = BY_NAME[route]
+        return self.request(r.method, r.target(params, query), body)
 
     def status(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/status")
+        return self.call("status")
 
     def health(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/health")
+        return self.call("health")
 
     def networks(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/networks")
+        return self.call("networks")
 
     def endpoints(self, vni: int | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/endpoints" + (f"?vni={vni}" if vni is not None else ""))
+        return self.call("endpoints", vni=vni)
 
     def attach(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Attach a pod; ``request`` is an AttachRequest (see ``overlay.daemon.service``)."""
-        return self.request("POST", "/v1/endpoints", request)
+        """Attach a pod; ``request`` is an AttachRequest (see ``overlay.daemon.pods``)."""
+        return self.call("attach", body=request)
 
     def attachments(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/attachments")
+        return self.call("attachments")
 
     def attachment(self, container_id: str, ifname: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/attachments/{quote(container_id)}/{quote(ifname)}")
+        return self.call("attachment", container_id, ifname)
 
     def detach(self, container_id: str, ifname: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/attachments/{quote(container_id)}/{quote(ifname)}")
+        return self.call("detach", container_id, ifname)
 
     def gc(self, valid: list[dict[str, str]], vni: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"valid": valid}
         if vni is not None:
             body["vni"] = vni
-        return self.request("POST", "/v1/gc", body)
+        return self.call("gc", body=body)
 
     def peers(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/peers")
+        return self.call("peers")
 
     def fdb(self, vni: int | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/fdb" + (f"?vni={vni}" if vni is not None else ""))
+        return self.call("fdb", vni=vni)
 
     def counters(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/counters")
+        return self.call("counters")
+
+    def reload(self) -> dict[str, Any]:
+        """Apply the daemon's configuration file again (as SIGHUP does); what changed."""
+        return self.call("reload")
 
 
 def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:

@@ -69,7 +69,19 @@ from typing import Any
 from overlay.control.etcd_security import check_security
 from overlay.daemon.client import DEFAULT_SOCKET
 from overlay.errors import ConfigError
-from overlay.model import VNI_MAX, NetworkSpec, NodeSpec
+from overlay.model import (
+    UDP_PORT_EXPECTED,
+    UDP_PORT_MAX,
+    UDP_PORT_MIN,
+    UNDERLAY_MTU_EXPECTED,
+    UNDERLAY_MTU_MAX,
+    UNDERLAY_MTU_MIN,
+    VNI_MAX,
+    WORKERS_EXPECTED,
+    WORKERS_MAX,
+    NetworkSpec,
+    NodeSpec,
+)
 from overlay.wire import GENEVE_PORT, VXLAN_PORT
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -342,15 +354,17 @@ def parse(text: str) -> DaemonConfig:
     if encap not in ("vxlan", "geneve"):
         raise ConfigError("node.encap", encap, '"vxlan" or "geneve"')
     default_port = VXLAN_PORT if encap == "vxlan" else GENEVE_PORT
-    port = get_key(n, "port", "node.", int, "a UDP port 1-65535", default_port)
-    if not 1 <= port <= 65535:
-        raise ConfigError("node.port", port, "a UDP port 1-65535")
-    mtu = get_key(n, "mtu", "node.", int, "the underlay MTU, 576-65000", 1500)
-    if not 576 <= mtu <= 65000:
-        raise ConfigError("node.mtu", mtu, "the underlay MTU, 576-65000")
-    workers = get_key(n, "workers", "node.", int, "1-16 worker threads", 1)
-    if not 1 <= workers <= 16:
-        raise ConfigError("node.workers", workers, "1-16 worker threads")
+    # The bounds and their wording are the embedding API's (overlay.model), so the
+    # file refuses what Node would refuse, in the same words.
+    port = get_key(n, "port", "node.", int, UDP_PORT_EXPECTED, default_port)
+    if not UDP_PORT_MIN <= port <= UDP_PORT_MAX:
+        raise ConfigError("node.port", port, UDP_PORT_EXPECTED)
+    mtu = get_key(n, "mtu", "node.", int, UNDERLAY_MTU_EXPECTED, 1500)
+    if not UNDERLAY_MTU_MIN <= mtu <= UNDERLAY_MTU_MAX:
+        raise ConfigError("node.mtu", mtu, UNDERLAY_MTU_EXPECTED)
+    workers = get_key(n, "workers", "node.", int, WORKERS_EXPECTED, 1)
+    if not 1 <= workers <= WORKERS_MAX:
+        raise ConfigError("node.workers", workers, WORKERS_EXPECTED)
     netns = get_key(n, "netns", "node.", str, 'a namespace name or path, or ""', "")
     if netns and ("/" in netns and not netns.startswith("/") or netns in (".", "..")):
         raise ConfigError("node.netns", netns, "a namespace name or an absolute path")

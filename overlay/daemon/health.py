@@ -6,7 +6,7 @@ Design notes
   addresses says nothing about whether the overlay forwards: a peer whose
   engine is stopped, whose VTEP membership is missing or whose UDP port is
   wrong still answers ICMP. So each node hosts a small *health network*
-  (default VNI 0xFFFFFF, tenant ``overlay-health``) with one port of its own,
+  (default VNI ``VNI_MAX``, tenant ``overlay-health``) with one port of its own,
   and probe frames take the same path as a pod's: port checks, FDB, encap,
   UDP, the peer's decap and isolation checks, its FDB, its port.
 - **No addresses anywhere.** The health port is not a TAP but one end of an
@@ -58,10 +58,11 @@ from typing import Any
 
 from overlay.engine import mac_bytes, mac_str
 from overlay.errors import ConfigError, OverlayError
+from overlay.model import VNI_MAX
 
 log = logging.getLogger("overlay.health")
 
-HEALTH_VNI = 0xFFFFFF
+HEALTH_VNI = VNI_MAX
 HEALTH_TENANT = "overlay-health"
 ETHERTYPE = 0x88B5
 MAGIC = b"OVHP"
@@ -186,8 +187,8 @@ class HealthProber:
     ) -> None:
         if not isinstance(name, str) or not 1 <= len(name.encode()) <= NAME_MAX_BYTES:
             raise ConfigError("node.name", name, f"a name of 1-{NAME_MAX_BYTES} UTF-8 bytes")
-        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= 0xFFFFFF:
-            raise ConfigError("health.vni", vni, "an integer 0-16777215 no network uses")
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= VNI_MAX:
+            raise ConfigError("health.vni", vni, f"an integer 0-{VNI_MAX} no network uses")
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
             raise ConfigError("health.interval", interval, "seconds between probes, > 0")
         if timeout is None:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import logging
 import resource
-import signal
 import sys
 
 from overlay.daemon import config as cfgmod
@@ -39,7 +38,6 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(config: cfgmod.DaemonConfig, path: str) -> int:
     from overlay.daemon.service import Daemon
 
-    loop = asyncio.get_running_loop()
     daemon = Daemon(config, path)
     try:
         await daemon.start()
@@ -49,24 +47,7 @@ async def _run(config: cfgmod.DaemonConfig, path: str) -> int:
     except (OverlayError, OSError) as exc:
         print(f"overlayd: cannot start: {exc}", file=sys.stderr)
         return 1
-
-    def on_hup() -> None:
-        async def go() -> None:
-            try:
-                await daemon.reload()
-            except OverlayError as exc:
-                log.error("overlayd: reload refused, nothing changed: %s", exc)
-            except Exception:
-                log.exception("overlayd: reload failed")
-
-        loop.create_task(go())
-
-    def on_term() -> None:
-        loop.create_task(daemon.stop())
-
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    loop.add_signal_handler(signal.SIGTERM, on_term)
-    loop.add_signal_handler(signal.SIGINT, on_term)
+    daemon.handle_signals(asyncio.get_running_loop())
     await daemon.wait_stopped()
     log.info("overlayd: stopped")
     return 1 if daemon.failed else 0

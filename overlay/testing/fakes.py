@@ -2,9 +2,13 @@
 
 As wireguard-go's ``tuntest``/``bindtest``: a ``FakePort`` is a
 SOCK_SEQPACKET socket pair standing in for a TAP (each send is one frame, as
-with a TAP fd), and engines bound to 127.0.0.1 on per-test ports stand in for
-nodes, so forwarding, isolation, port security, counters and events can be
-tested in one process, without root, against the real C data plane.
+with a TAP fd). The underlay comes two ways: engines bound to 127.0.0.1 on
+per-test ports stand in for nodes (``loopback_engine``: real UDP sockets), or
+an engine runs on the in-memory fake transport (``fake_transport_engine``:
+datagrams are injected and read back, no socket at all, and the outer source
+port of every datagram is visible). Either way forwarding, isolation, port
+security, counters and events are tested in one process, without root,
+against the real C data plane.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from overlay.engine import Engine, mac_bytes
+from overlay.engine import Engine, FakeTransportEngine, mac_bytes
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
@@ -91,6 +95,23 @@ def loopback_engine(encap: int, **kw: object) -> Iterator[Engine]:
     """An engine on 127.0.0.1 with a fresh port, closed afterwards."""
     eng = Engine(encap=encap, local=LOOPBACK, udp_port=free_udp_port(), **kw)  # type: ignore[arg-type]
     try:
+        yield eng
+    finally:
+        eng.close()
+
+
+#: The underlay address a fake-transport engine records as its own (nothing is
+#: bound to it): the test bed's underlay range (tests/README.md).
+FAKE_LOCAL = ipaddress.ip_address("198.18.0.1")
+
+
+@contextmanager
+def fake_transport_engine(encap: int, **kw: object) -> Iterator[FakeTransportEngine]:
+    """An engine on the in-memory transport, started, and closed afterwards."""
+    kw.setdefault("local", FAKE_LOCAL)
+    eng = FakeTransportEngine(encap=encap, **kw)  # type: ignore[arg-type]
+    try:
+        eng.start()
         yield eng
     finally:
         eng.close()

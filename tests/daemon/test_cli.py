@@ -72,6 +72,13 @@ def test_every_subcommand_as_table_and_json(
     data = json.loads(overlay(*sock, "--json", "peers").stdout)
     assert data[0]["name"] == "node1" and data[0]["reachable"] is True
 
+    # reload, through the client's reload(): the file unchanged, nothing changes.
+    out = overlay(*sock, "reload")
+    assert out.returncode == 0, out.stderr
+    assert "networks_added: -" in out.stdout and "peers_removed: -" in out.stdout
+    assert json.loads(overlay(*sock, "--json", "reload").stdout)["networks_changed"] == []
+    assert c0.status()["reloads"] == 2 and c0.reload()["networks_removed"] == []
+
     # The daemon's metrics: drops by reason, per-network traffic, peers, store state.
     status = c0.status()
     assert status["ready"]

@@ -81,7 +81,7 @@ def c_decode(encap: int, data: bytes) -> tuple[Any, int] | str:
 
 def c_check_options(opts: bytes, known: list[int]) -> str | None:
     keys = ffi.new("uint32_t[]", known) if known else ffi.NULL
-    rc = lib.ovl_geneve_check_options(buf(opts), len(opts), keys, len(known))
+    rc = lib.ovl_wire_check_options(buf(opts), len(opts), keys, len(known))
     return reason(rc) if rc else None
 
 
@@ -102,7 +102,7 @@ def frame_from_c(f: Any) -> wire.Frame:
 
 def c_parse(data: bytes) -> tuple[Any, wire.Frame] | str:
     f = ffi.new("ovl_frame_t *")
-    rc = lib.ovl_frame_parse(buf(data), len(data), f)
+    rc = lib.ovl_wire_parse_frame(buf(data), len(data), f)
     if rc:
         return reason(rc)
     return f, frame_from_c(f)
@@ -322,7 +322,7 @@ def raw_frames(draw: st.DrawFn) -> bytes:
                 max_size=10 if kind == "ipv6" else 2,
             )
         )
-        upper = 58 if kind == "nd" else draw(st.sampled_from([6, 17, 132, 58, 59, 0, 43, 44]))
+        upper = 58 if kind == "nd" else draw(st.sampled_from([6, 17, 132, 58, 59, 0, 43, 44, 1]))
         nhs = chain + [upper]
         out += bytes([version << 4]) + draw(b(min_size=5, max_size=5)) + bytes([nhs[0]])
         out += draw(b(min_size=33, max_size=33))
@@ -384,7 +384,7 @@ def test_frame_parse_agrees_field_by_field(data: bytes) -> None:
     assert not isinstance(theirs, str), f"C drops ({theirs}) what Python parses"
     f, frame = theirs
     assert frame == ours
-    assert lib.ovl_flow_hash(f) == wire.flow_hash(ours)
+    assert lib.ovl_wire_flow_hash(f) == wire.flow_hash(ours)
 
 
 @MANY
@@ -405,14 +405,15 @@ def test_frame_parse_zeroes_the_whole_struct() -> None:
     f = ffi.new("ovl_frame_t *")
     ffi.memmove(f, b"\xab" * ffi.sizeof("ovl_frame_t"), ffi.sizeof("ovl_frame_t"))
     data = bytes(12) + b"\x88\xcc" + bytes(20)
-    assert lib.ovl_frame_parse(buf(data), len(data), f) == 0
+    assert lib.ovl_wire_parse_frame(buf(data), len(data), f) == 0
     assert frame_from_c(f) == wire.Frame(ethertype=0x88CC, l3_off=14)
 
 
 def corpus() -> dict[str, bytes]:
     """One valid packet of every kind the codecs know (built by scapy)."""
-    from scapy.layers.inet import IP, TCP, UDP, IPOption
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
     from scapy.layers.inet6 import (
+        ICMPv6DestUnreach,
         ICMPv6EchoRequest,
         ICMPv6MLDMultAddrRec,
         ICMPv6MLReport2,
@@ -452,6 +453,18 @@ def corpus() -> dict[str, bytes]:
         / IP(src="10.0.0.1", dst="10.0.0.2", options=IPOption(b"\x01" * 4))
         / TCP(sport=12345, dport=80),
         "ipv4_udp_first_frag": e / IP(flags=1) / UDP(sport=68, dport=67),
+        "ipv4_tcp_syn": e / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(flags="S", sport=1, dport=2),
+        # an ICMP error, quoting the header of what it answers
+        "ipv4_icmp_unreachable": e
+        / IP(src="10.0.0.2", dst="10.0.0.1")
+        / ICMP(type=3, code=4)
+        / IP(src="10.0.0.1", dst="10.0.0.2")
+        / UDP(sport=1, dport=2),
+        "ipv6_icmp_unreachable": e
+        / IPv6(src="2001:2::2", dst="2001:2::1")
+        / ICMPv6DestUnreach(code=1)
+        / IPv6(src="2001:2::1", dst="2001:2::2")
+        / TCP(flags="SA"),
         "ipv4_sctp_later_frag": e / IP(frag=2, proto=132) / SCTP(sport=1, dport=2),
         "ipv6_exts_udp": e
         / IPv6()
@@ -525,10 +538,16 @@ def test_corpus_is_what_it_claims() -> None:
             continue
         frame = wire.parse_frame(CORPUS[name])
         assert frame.l3 != wire.L3_NONE, name
-    assert wire.parse_frame(CORPUS["ah_echo"]).icmp6_type == 128
-    assert wire.parse_frame(CORPUS["mld2_from_unspecified"]).icmp6_type == 143
+    assert wire.parse_frame(CORPUS["ah_echo"]).icmp_type == 128
+    assert wire.parse_frame(CORPUS["mld2_from_unspecified"]).icmp_type == 143
     assert wire.parse_frame(CORPUS["ipv6_exts_udp"]).dport == 53
-    assert wire.parse_frame(CORPUS["redirect"]).icmp6_type == 137
+    assert wire.parse_frame(CORPUS["redirect"]).icmp_type == 137
+    assert wire.parse_frame(CORPUS["ipv4_tcp_syn"]).tcp_flags == 0x02
+    assert wire.parse_frame(CORPUS["ipv4_tcp_qinq"]).tcp_flags == 0x02  # scapy's default: SYN
+    unreachable = wire.parse_frame(CORPUS["ipv4_icmp_unreachable"])
+    assert (unreachable.icmp_type, unreachable.icmp_code, unreachable.tcp_flags) == (3, 4, 0)
+    unreachable6 = wire.parse_frame(CORPUS["ipv6_icmp_unreachable"])
+    assert (unreachable6.icmp_type, unreachable6.icmp_code, unreachable6.tcp_flags) == (1, 1, 0)
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -541,7 +560,7 @@ def test_every_cut_and_byte_change_agrees(name: str) -> None:
         else:
             assert not isinstance(theirs, str), data.hex()
             assert theirs[1] == ours, data.hex()
-            assert lib.ovl_flow_hash(theirs[0]) == wire.flow_hash(ours)
+            assert lib.ovl_wire_flow_hash(theirs[0]) == wire.flow_hash(ours)
             for c_fn, py_fn in (
                 (lib.ovl_wire_arp_reply, wire.arp_reply),
                 (lib.ovl_wire_nd_advert, wire.nd_advert),
@@ -587,7 +606,7 @@ frame_values = st.builds(
 @given(frame_values)
 def test_flow_hash_agrees_on_any_frame_value(frame: wire.Frame) -> None:
     # bytes past an IPv4 address, and fields outside the documented ones, do not count
-    assert lib.ovl_flow_hash(c_frame(frame)) == wire.flow_hash(frame)
+    assert lib.ovl_wire_flow_hash(c_frame(frame)) == wire.flow_hash(frame)
 
 
 @MANY
@@ -602,9 +621,9 @@ def test_flow_hash_agrees_on_any_frame_value(frame: wire.Frame) -> None:
 @example(h=2**32 - 1, a=0xFFFF, b=0xFFFF, slots=1)
 def test_source_port_agrees(h: int, a: int, b: int, slots: int) -> None:
     lo, hi = min(a, b), max(a, b)
-    assert lib.ovl_source_port(h, lo, hi, slots) == wire.source_port(h, lo, hi, slots)
+    assert lib.ovl_wire_source_port(h, lo, hi, slots) == wire.source_port(h, lo, hi, slots)
     if lo != hi:
-        assert lib.ovl_source_port(h, hi, lo, slots) == hi  # an inverted range gets lo
+        assert lib.ovl_wire_source_port(h, hi, lo, slots) == hi  # an inverted range gets lo
 
 
 @MANY
@@ -688,7 +707,7 @@ def test_answers_agree(data: bytes, mac: bytes) -> None:
             # what we send parses back as the answer it is
             back = c_parse(ours)
             assert not isinstance(back, str)
-            assert back[1].arp_op == 2 or back[1].icmp6_type == 136
+            assert back[1].arp_op == 2 or back[1].icmp_type == 136
 
 
 def test_nd_advert_checksum_verifies() -> None:

@@ -130,6 +130,48 @@ def test_every_error_names_the_key_and_the_fix(text: str, key: str, hint: str) -
     assert hint in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("port", 0),
+        ("port", 65536),
+        ("mtu", 575),
+        ("mtu", 65001),
+        ("workers", 0),
+        ("workers", 17),
+    ],
+)
+def test_the_file_refuses_node_values_as_the_embedding_api_does(key: str, value: int) -> None:
+    """One set of bounds (overlay.model) for the file and for Node: a value the file
+    refuses, Node refuses, and the file says why in the words of overlay.model."""
+    from overlay import model
+    from overlay.node import Node
+
+    def node_with(v: int) -> str:
+        line = f"{key} = {v}" if key == "workers" else f"workers = 2\n{key} = {v}"
+        return GOOD.replace("workers = 2", line)
+
+    with pytest.raises(ConfigError) as in_file:
+        parse(node_with(value))
+    assert in_file.value.field == f"node.{key}"
+    with pytest.raises(ConfigError) as in_api:
+        Node("198.18.0.1", **{key: value})  # refused before anything is made
+    assert in_api.value.field == key
+    words = {
+        "port": model.UDP_PORT_EXPECTED,
+        "mtu": model.UNDERLAY_MTU_EXPECTED,
+        "workers": model.WORKERS_EXPECTED,
+    }[key]
+    assert in_file.value.expected == words
+    if key != "workers":  # the engine words workers on its own until it imports the bound
+        assert in_api.value.expected == words
+    # The edges themselves are accepted by the file.
+    edge = {"port": (1, 65535), "mtu": (576, 65000), "workers": (1, 16)}[key]
+    for ok in edge:
+        cfg = parse(node_with(ok))
+        assert getattr(cfg.node, key) == ok
+
+
 def test_an_unreadable_file_names_the_option(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--config"):
         load(str(tmp_path / "missing.toml"))

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from scapy.contrib.geneve import GENEVE, GeneveOptions
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
 from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
     ICMPv6EchoRequest,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
@@ -532,12 +533,25 @@ def arp_frames(draw: st.DrawFn) -> Built:
 def l4(draw: st.DrawFn, proto: int) -> Packet:
     sport, dport = draw(ports), draw(ports)
     if proto == 6:
-        return TCP(sport=sport, dport=dport)
+        return TCP(sport=sport, dport=dport, flags=draw(st.integers(0, 255)))
     if proto == 17:
         return UDP(sport=sport, dport=dport)
     if proto == 132:
         return SCTP(sport=sport, dport=dport)
+    if proto == 1:
+        return ICMP(type=draw(st.integers(0, 255)), code=draw(st.integers(0, 255)))
     return Raw(draw(st.binary(max_size=12)))
+
+
+def l4_expect(l3: int, proto: int, upper: Packet) -> dict[str, Any]:
+    """What ``parse_frame`` reads from a whole L4 header built by ``l4``."""
+    if proto in (17, 132):
+        return {"sport": upper.sport, "dport": upper.dport}
+    if proto == 6:
+        return {"sport": upper.sport, "dport": upper.dport, "tcp_flags": int(upper.flags)}
+    if proto == 1 and l3 == wire.L3_IPV4:
+        return {"icmp_type": upper.type, "icmp_code": upper.code}
+    return {}
 
 
 @st.composite
@@ -566,9 +580,7 @@ def ipv4_frames(draw: st.DrawFn) -> Built:
     if frag:
         expect.update(is_fragment=True)
     else:
-        expect.update(l4_off=off + ihl)
-        if proto in (6, 17, 132):
-            expect.update(sport=upper.sport, dport=upper.dport)
+        expect.update(l4_off=off + ihl, **l4_expect(wire.L3_IPV4, proto, upper))
     return Built(pkt, expect, cuts)
 
 
@@ -634,9 +646,8 @@ def ipv6_frames(draw: st.DrawFn) -> Built:
         cuts.append((off, off + wire.UPPER_HLEN[proto], "ipv6_header_chain"))
     if proto == 58:
         cuts.append((off, off + 4, "icmpv6_truncated"))
-        expect.update(icmp6_type=128)
-    if proto in (6, 17, 132):
-        expect.update(sport=upper.sport, dport=upper.dport)
+        expect.update(icmp_type=128)
+    expect.update(l4_expect(wire.L3_IPV6, proto, upper))
     return Built(pkt, expect, cuts)
 
 
@@ -664,7 +675,7 @@ def nd_frames(draw: st.DrawFn) -> Built:
         ip_dst=dst,
         ip_proto=58,
         l4_off=nd_off,
-        icmp6_type=kind,
+        icmp_type=kind,
     )
     if kind in (135, 136, 137):
         expect["nd_target"] = target
@@ -818,15 +829,38 @@ def test_malformed_frame_is_dropped_with_its_reason(raw: bytes, reason: str) -> 
     assert drop_reason(wire.parse_frame, raw) == reason
 
 
+def test_tcp_flags_and_icmp_type_and_code_come_from_whole_headers_only() -> None:
+    syn_ack = bytes(IP(src="10.244.1.2", dst="10.244.1.3") / TCP(flags="SA"))
+    f = wire.parse_frame(eth(0x0800) + syn_ack)
+    assert (f.tcp_flags, f.icmp_type, f.icmp_code) == (0x12, 0, 0)
+    # a TCP header that stops before its flags byte: ports, no flags, no drop
+    f = wire.parse_frame(eth(0x0800) + syn_ack[: 20 + 13])
+    assert (f.sport, f.tcp_flags) == (20, 0)
+    unreachable = bytes(IP() / ICMP(type=3, code=4) / IP() / UDP())
+    f = wire.parse_frame(eth(0x0800) + unreachable)
+    assert (f.icmp_type, f.icmp_code, f.sport, f.tcp_flags) == (3, 4, 0, 0)
+    # an ICMP header cut short of its 4 bytes: no type, no code, no drop
+    f = wire.parse_frame(eth(0x0800) + unreachable[:23])
+    assert (f.ip_proto, f.icmp_type, f.icmp_code) == (1, 0, 0)
+    # ICMPv6 errors carry their code; ICMP (protocol 1) inside IPv6 is not read
+    f = wire.parse_frame(eth(0x86DD) + bytes(IPv6() / ICMPv6DestUnreach(code=4)))
+    assert (f.icmp_type, f.icmp_code) == (1, 4)
+    f = wire.parse_frame(eth(0x86DD) + bytes(IPv6(nh=1) / ICMP(type=8, code=1)))
+    assert (f.ip_proto, f.icmp_type, f.icmp_code) == (1, 0, 0)
+    # a later fragment has no L4 header to read
+    f = wire.parse_frame(eth(0x0800) + bytes(IP(frag=3, proto=6) / Raw(syn_ack[20:])))
+    assert (f.is_fragment, f.tcp_flags) == (True, 0)
+
+
 def test_frame_edge_cases_that_are_not_drops() -> None:
     # an ICMPv6 type that is not ND: its type, no ND fields
     f = wire.parse_frame(eth(0x86DD) + bytes(IPv6() / ICMPv6EchoRequest()))
-    assert (f.ip_proto, f.l4_off, f.icmp6_type, f.nd_has_lladdr) == (58, 54, 128, False)
+    assert (f.ip_proto, f.l4_off, f.icmp_type, f.nd_has_lladdr) == (58, 54, 128, False)
     # the later fragments of ICMPv6 (any ICMPv6, ND included) are not judged: no type,
     # and without the first fragment nothing can be reassembled from them
     later = bytes(IPv6() / IPv6ExtHdrFragment(offset=2, nh=58) / Raw(b"\x88" + bytes(31)))
     f = wire.parse_frame(eth(0x86DD) + later)
-    assert (f.is_fragment, f.ip_proto, f.l4_off, f.icmp6_type) == (True, 58, 0, 0)
+    assert (f.is_fragment, f.ip_proto, f.l4_off, f.icmp_type) == (True, 58, 0, 0)
     # AH is walked to what it protects
     ah = AH(nh=17, payloadlen=4, spi=1, icv=bytes(12))
     f = wire.parse_frame(eth(0x86DD) + bytes(IPv6() / ah / UDP(sport=7, dport=9)))
@@ -900,7 +934,7 @@ def test_nd_option_of_type_zero_is_never_a_link_layer_address(msg: Packet) -> No
     # found by native/tests/check_wire.c: a redirect wants no option, which is not "type 0"
     raw = eth(0x86DD) + bytes(IPv6() / msg) + b"\x00\x01" + bytes.fromhex("020000000001")
     f = wire.parse_frame(raw)
-    assert f.icmp6_type == msg.type and not f.nd_has_lladdr and f.nd_lladdr == bytes(6)
+    assert f.icmp_type == msg.type and not f.nd_has_lladdr and f.nd_lladdr == bytes(6)
 
 
 def test_frame_address_properties() -> None:

@@ -1,5 +1,5 @@
-/* policy.c — port security (see policy.h). */
-#include "policy.h"
+/* portsec.c — port security (see portsec.h). */
+#include "portsec.h"
 
 #include <errno.h>
 
@@ -14,7 +14,7 @@
 static const uint8_t zero16[16];
 static const uint8_t all_mldv2_routers[16] = {0xff, 0x02, [15] = 0x16};
 
-void ovl_port_sec_init(ovl_port_sec_t *s, const uint8_t *mac, int router)
+void ovl_portsec_init(ovl_portsec_t *s, const uint8_t *mac, int router)
 {
     memset(s, 0, sizeof *s);
     memcpy(s->mac, mac, 6);
@@ -32,7 +32,7 @@ void ovl_port_sec_init(ovl_port_sec_t *s, const uint8_t *mac, int router)
     s->lla[15] = mac[5];
 }
 
-static int has_ip4(const ovl_port_sec_t *s, const uint8_t *a)
+static int has_ip4(const ovl_portsec_t *s, const uint8_t *a)
 {
     for (unsigned i = 0; i < s->n_ip4; i++)
         if (memcmp(s->ip4[i], a, 4) == 0)
@@ -40,7 +40,7 @@ static int has_ip4(const ovl_port_sec_t *s, const uint8_t *a)
     return 0;
 }
 
-static int has_ip6(const ovl_port_sec_t *s, const uint8_t *a)
+static int has_ip6(const ovl_portsec_t *s, const uint8_t *a)
 {
     if (memcmp(s->lla, a, 16) == 0)
         return 1;
@@ -50,7 +50,7 @@ static int has_ip6(const ovl_port_sec_t *s, const uint8_t *a)
     return 0;
 }
 
-int ovl_port_sec_add_ip(ovl_port_sec_t *s, int family, const uint8_t *addr)
+int ovl_portsec_add_ip(ovl_portsec_t *s, int family, const uint8_t *addr)
 {
     if (family == 4) {
         if (has_ip4(s, addr))
@@ -84,12 +84,12 @@ static int is_solicited_node(const uint8_t *group, const uint8_t *target)
     return memcmp(group, prefix, 13) == 0 && memcmp(group + 13, target + 13, 3) == 0;
 }
 
-/* May this packet come from ::? See the design notes in policy.h. */
-static int from_unspecified_ok(const ovl_port_sec_t *s, const ovl_frame_t *f)
+/* May this packet come from ::? See the design notes in portsec.h. */
+static int from_unspecified_ok(const ovl_portsec_t *s, const ovl_frame_t *f)
 {
     if (f->ip_proto != 58)
         return 0;
-    switch (f->icmp6_type) {
+    switch (f->icmp_type) {
     case ND_NS:
         return !f->nd_has_lladdr && has_ip6(s, f->nd_target) &&
                is_solicited_node(f->ip_dst, f->nd_target);
@@ -102,7 +102,7 @@ static int from_unspecified_ok(const ovl_port_sec_t *s, const ovl_frame_t *f)
     }
 }
 
-int ovl_port_sec_check(const ovl_port_sec_t *s, const ovl_frame_t *f)
+int ovl_portsec_check(const ovl_portsec_t *s, const ovl_frame_t *f)
 {
     if (memcmp(f->src, s->mac, 6) != 0)
         return -OVL_C_SPOOFED_MAC;
@@ -124,13 +124,13 @@ int ovl_port_sec_check(const ovl_port_sec_t *s, const ovl_frame_t *f)
             return from_unspecified_ok(s, f) ? 0 : -OVL_C_SPOOFED_IP;
         if (!has_ip6(s, f->ip_src))
             return -OVL_C_SPOOFED_IP;
-        if (f->icmp6_type >= ND_RS && f->icmp6_type <= ND_REDIRECT) {
-            if ((f->icmp6_type == ND_RA || f->icmp6_type == ND_REDIRECT) && !s->router)
+        if (f->ip_proto == 58 && f->icmp_type >= ND_RS && f->icmp_type <= ND_REDIRECT) {
+            if ((f->icmp_type == ND_RA || f->icmp_type == ND_REDIRECT) && !s->router)
                 return -OVL_C_RA_GUARD;
-            if (f->icmp6_type != ND_REDIRECT && f->nd_has_lladdr &&
+            if (f->icmp_type != ND_REDIRECT && f->nd_has_lladdr &&
                 memcmp(f->nd_lladdr, s->mac, 6) != 0)
                 return -OVL_C_SPOOFED_ND;
-            if (f->icmp6_type == ND_NA && !has_ip6(s, f->nd_target))
+            if (f->icmp_type == ND_NA && !has_ip6(s, f->nd_target))
                 return -OVL_C_SPOOFED_ND;
         }
         return 0;

@@ -1,11 +1,13 @@
 /*
- * check_fdb.c — the FDB map under AddressSanitizer and UBSan.
+ * check_map.c — the hash map (map.c) under AddressSanitizer and UBSan, with
+ * the FDB's keys and values.
  *
- * Random puts, gets and deletes (fixed seed) against a plain reference array:
- * after every operation the map must agree with the reference, and after a
- * full sweep every key must still be reachable (backward-shift deletion keeps
- * probe runs intact). Also fills a map to its capacity and checks that one
- * more key is refused, not silently dropped.
+ * Random puts, gets, deletes and sweeps (fixed seed) against a plain
+ * reference array: after every operation the map must agree with the
+ * reference, and after a full check every key must still be reachable
+ * (backward-shift deletion keeps probe runs intact, also when a sweep
+ * deletes while it walks). Also fills a map to its capacity and checks that
+ * one more key is refused, not silently dropped.
  */
 #include "../fdb.h"
 
@@ -24,9 +26,31 @@ static uint64_t next(void)
     return rng;
 }
 
+/* A sweep's predicate: the key's index (mac[2..3], see main) is mod 7. */
+typedef struct sweep_ctx {
+    unsigned mod;
+    unsigned visits;
+} sweep_ctx_t;
+
+static int doomed(const void *key, const void *val, void *ctx)
+{
+    (void)val;
+    sweep_ctx_t *c = ctx;
+    c->visits++;
+    const ovl_fdb_key_t *k = key;
+    unsigned idx = (unsigned)k->mac[2] << 8 | k->mac[3];
+    return idx % 7 == c->mod;
+}
+
+static int everything(const void *key, const void *val, void *ctx)
+{
+    (void)key, (void)val, (void)ctx;
+    return 1;
+}
+
 static int fail(const char *what, unsigned i)
 {
-    fprintf(stderr, "check_fdb: %s (key %u)\n", what, i);
+    fprintf(stderr, "check_map: %s (key %u)\n", what, i);
     return 1;
 }
 
@@ -46,6 +70,23 @@ int main(void)
     unsigned count = 0;
     for (unsigned op = 0; op < OPS; op++) {
         unsigned i = (unsigned)(next() % KEYS);
+        if (next() % 4096 == 0) {
+            /* Sweep: remove every key whose index is r mod 7, checking that
+             * each present key is visited exactly once. */
+            sweep_ctx_t ctx = { .mod = (unsigned)(next() % 7) };
+            uint32_t gone = ovl_map_sweep(&m, doomed, &ctx);
+            unsigned expect = 0;
+            for (unsigned k = 0; k < KEYS; k++) {
+                if (present[k] && k % 7 == ctx.mod) {
+                    present[k] = 0;
+                    expect++;
+                }
+            }
+            if (gone != expect || ctx.visits != count)
+                return fail("sweep removed or visited the wrong keys", gone);
+            count -= expect;
+            continue;
+        }
         switch (next() % 3) {
         case 0: {
             int created = -1;
@@ -102,10 +143,10 @@ int main(void)
     uint32_t extra = 3;
     if (ovl_map_put(&small, &extra, NULL) != NULL)
         return fail("put past capacity accepted", 3);
-    ovl_map_clear(&small);
-    if (small.count != 0 || ovl_map_get(&small, &extra))
-        return fail("clear", 0);
+    if (ovl_map_sweep(&small, everything, NULL) != 3 || small.count != 0 ||
+        ovl_map_get(&small, &extra))
+        return fail("sweep of everything", 0);
     ovl_map_free(&small);
-    puts("check_fdb: ok");
+    puts("check_map: ok");
     return 0;
 }

@@ -1,0 +1,245 @@
+"""Pods on this node: attach (CNI ADD), detach (DEL), look up (CHECK), GC, and
+re-attach after a restart.
+
+Design notes.
+- **Pods outlive the daemon.** A pod's TAP is persistent and lives in the
+  pod's namespace; ``<state_dir>/attachments.json`` (``state.StateFile``)
+  remembers which TAP is whose, rewritten after every change. A restarted
+  daemon re-opens each TAP where it is (in the pod's namespace),
+  re-announces the endpoint, and traffic resumes: the pod keeps its
+  interface, addresses and routes, and sees only a short gap.
+- **Orphans are kept, not dropped.** A saved attachment that cannot be
+  re-attached for a reason other than the pod being gone (its network is no
+  longer hosted, the TAP cannot be opened) is kept, and saved, so that DEL
+  and GC can still remove its interface and the runtime release its address.
+- **Not found is not said while starting.** Until the saved attachments are
+  re-attached, a lookup answers 503: "not found" would let DEL succeed (and
+  the runtime release the pod's address) for a pod re-attached moments later.
+- **One writer.** Attach, detach and reload take ``parts.lock``; GC detaches
+  one by one through ``detach``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+from overlay.control.store import StoreUnavailable
+from overlay.daemon.parts import Parts
+from overlay.daemon.pods import (
+    AttachRequest,
+    add_routes,
+    delete_link,
+    forbidden_netns,
+    link_state,
+)
+from overlay.daemon.rooms import Room, handles
+from overlay.daemon.state import Attachment, StateFile
+from overlay.errors import ConfigError, ConflictError, NotFoundError
+from overlay.model import Endpoint
+
+log = logging.getLogger("overlay.daemon")
+
+
+class Attachments(Room):
+    """The pods attached on this node, and the state file that outlives the daemon."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.state = StateFile(parts.config.node.state_dir)
+        self.attached: dict[tuple[str, str], Attachment] = {}
+        # Attachments from the state file that could not be re-attached for a
+        # reason other than the pod being gone: kept (and saved) for DEL and GC.
+        self.orphans: dict[tuple[str, str], Attachment] = {}
+
+    # -- what is kept -------------------------------------------------------------
+
+    def records(self) -> list[Attachment]:
+        """Every attachment this daemon keeps: the attached ones, then the orphans."""
+        return [*self.attached.values(), *self.orphans.values()]
+
+    def in_use(self) -> set[int]:
+        """The VNIs pods are attached to."""
+        return {rec.vni for rec in self.attached.values()}
+
+    def by_mac(self) -> dict[tuple[int, str], Attachment]:
+        """The attached pods by (VNI, MAC)."""
+        return {(r.vni, r.mac): r for r in self.attached.values()}
+
+    def _save(self) -> None:
+        self.state.save(self.records())
+
+    # -- after a restart ----------------------------------------------------------
+
+    async def reattach(self) -> None:
+        """Re-open the TAPs of the pods attached before a restart, where they are."""
+        agent = self.parts.agent
+        assert agent is not None and self.parts.node is not None
+        for rec in self.state.load():
+            if rec.key in self.attached:
+                continue
+            if not os.path.exists(rec.netns):
+                log.info("overlayd: %s/%s: namespace gone; forgetting it", *rec.key)
+                continue
+            if rec.vni not in agent.spec.networks:
+                log.error(
+                    "overlayd: %s/%s: vni %d is no longer hosted; kept for DEL", *rec.key, rec.vni
+                )
+                self.orphans[rec.key] = rec
+                continue
+            try:
+                await self._reattach_one(rec)
+            except NotFoundError as exc:
+                log.info("overlayd: %s/%s: interface gone (%s); forgetting it", *rec.key, exc)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                log.error("overlayd: %s/%s: cannot re-attach (%s); kept for DEL", *rec.key, exc)
+                self.orphans[rec.key] = rec
+        self._save()
+
+    async def _reattach_one(self, rec: Attachment) -> None:
+        agent, node = self.parts.agent, self.parts.node
+        assert agent is not None and node is not None
+        agent.reconcile([rec.vni])  # the network exists before its port
+        net = node.network(rec.vni)
+        if not any(p.mac == rec.mac for p in net.ports):
+            await asyncio.to_thread(
+                net.attach_port, rec.mac, rec.ips, ifname=rec.ifname, netns=rec.netns
+            )
+        ep = Endpoint(
+            vni=rec.vni,
+            mac=rec.mac,
+            ips=tuple(rec.ips),
+            node=self.parts.node_name,
+            name=rec.name,
+            labels=dict(rec.labels),
+        )
+        await agent.register_endpoint(ep, delegated=rec.ipam == "delegated")
+        self.attached[rec.key] = rec
+        log.info("overlayd: re-attached %s/%s (%s in vni %d)", *rec.key, rec.mac, rec.vni)
+
+    # -- the routes ---------------------------------------------------------------
+
+    @handles("attach")
+    async def attach(self, body: Any) -> dict[str, Any]:
+        req = AttachRequest.parse(body, forbidden_netns(self.parts.config.node.netns))
+        self.parts.check_ready()
+        agent, node = self.parts.agent, self.parts.node
+        assert agent is not None and node is not None
+        async with self.parts.lock:
+            key = (req.container_id, req.ifname)
+            if key in self.attached:
+                raise ConflictError(
+                    f"attachment {req.container_id}/{req.ifname} exists already; DEL it first"
+                )
+            if req.vni not in agent.spec.networks:
+                raise ConfigError(
+                    "vni", req.vni, f"a network this node hosts: {list(agent.spec.networks)}"
+                )
+            for rec in self.attached.values():
+                if rec.netns == req.netns and rec.ifname == req.ifname:
+                    raise ConflictError(
+                        f"{req.netns} already has {req.ifname} from container "
+                        f"{rec.container_id}; choose another ifname"
+                    )
+            ep, port = await agent.add_endpoint(
+                req.vni,
+                mac=req.mac,
+                name=req.name,
+                labels=req.labels,
+                ips=req.ips,
+                persist=True,
+                ifname=req.ifname,
+                netns=req.netns,  # the TAP is born there under its name: no move, no rename
+            )
+            net = node.network(req.vni)
+            mtu = req.mtu or node.pod_mtu(net)
+            try:
+                await asyncio.to_thread(port.configure, mtu=mtu)
+                if req.routes:
+                    await asyncio.to_thread(add_routes, req.netns, req.ifname, req.routes)
+            except BaseException:
+                await agent.remove_endpoint(req.vni, ep.mac)
+                raise
+            rec = Attachment(
+                container_id=req.container_id,
+                ifname=req.ifname,
+                netns=req.netns,
+                vni=req.vni,
+                tenant=net.tenant,
+                mac=ep.mac,
+                ips=list(ep.ips),
+                mtu=mtu,
+                ipam="delegated" if req.ips is not None else "node",
+                gateway=req.gateway,
+                routes=req.routes,
+                name=req.name,
+                labels=req.labels,
+            )
+            self.attached[key] = rec
+            self._save()
+            log.info("overlayd: attached %s/%s: %s %s", *key, ep.mac, ",".join(ep.ips))
+            return rec.to_dict()
+
+    def find(self, container_id: str, ifname: str) -> Attachment:
+        """The attachment kept for (container_id, ifname), attached or orphaned;
+        NotFoundError when there is none, Unavailable while starting."""
+        self.parts.check_ready()
+        key = (container_id, ifname)
+        rec = self.attached.get(key) or self.orphans.get(key)
+        if rec is None:
+            raise NotFoundError(f"no attachment {container_id}/{ifname} on this node")
+        return rec
+
+    @handles("attachments")
+    def listing(self) -> list[dict[str, Any]]:
+        return [{**a.to_dict(), "attached": a.key in self.attached} for a in self.records()]
+
+    @handles("attachment")
+    async def describe(self, container_id: str, ifname: str) -> dict[str, Any]:
+        rec = self.find(container_id, ifname)
+        d = rec.to_dict()
+        d["attached"] = rec.key in self.attached
+        d["interface"] = await asyncio.to_thread(link_state, rec.netns, rec.ifname)
+        return d
+
+    @handles("detach")
+    async def detach(self, container_id: str, ifname: str) -> dict[str, Any]:
+        agent = self.parts.agent
+        assert agent is not None
+        async with self.parts.lock:
+            rec = self.find(container_id, ifname)
+            if self.orphans.pop(rec.key, None) is not None:
+                await asyncio.to_thread(delete_link, rec.netns, rec.ifname)
+                self._save()
+                return rec.to_dict()
+            await agent.remove_endpoint(rec.vni, rec.mac)  # the TAP goes with its port
+            del self.attached[rec.key]
+            self._save()
+            log.info("overlayd: detached %s/%s", container_id, ifname)
+            return rec.to_dict()
+
+    @handles("gc")
+    async def gc(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("valid"), list):
+            raise ConfigError("valid", body, 'a list of {"container_id", "ifname"}')
+        valid = set()
+        for v in body["valid"]:
+            if not isinstance(v, dict) or not isinstance(v.get("container_id"), str):
+                raise ConfigError("valid", v, '{"container_id": ..., "ifname": ...}')
+            valid.add((v["container_id"], str(v.get("ifname", ""))))
+        vni = body.get("vni")
+        if vni is not None and (isinstance(vni, bool) or not isinstance(vni, int)):
+            raise ConfigError("vni", vni, "a VNI, or no vni field for every network")
+        self.parts.check_ready()
+        removed = []
+        for rec in self.records():
+            if rec.key in valid or (vni is not None and rec.vni != vni):
+                continue
+            with contextlib.suppress(NotFoundError):
+                removed.append(await self.detach(*rec.key))
+        return {"removed": removed}
