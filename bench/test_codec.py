@@ -17,7 +17,8 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from overlay import wire
-from overlay._native import ffi, lib
+from overlay.bindings.tools import DecapBatch, EncapBatch
+from overlay.bindings.wire import CTunnel
 
 BATCH = 64
 SIZES = [64, 1400]
@@ -40,25 +41,11 @@ def per_packet(benchmark: Any, n: int = BATCH) -> None:
     benchmark.extra_info["ns_per_packet"] = benchmark.stats.stats.median / n * 1e9
 
 
-class CBatch:
-    """Frames laid out as the engine keeps them: each with OVL_HEADROOM in front."""
-
-    def __init__(self, data: list[bytes], headroom: int) -> None:
-        stride = headroom + max(len(d) for d in data)
-        self.mem = ffi.new("uint8_t[]", stride * len(data))
-        self.ptrs = ffi.new("uint8_t *[]", len(data))
-        self.lens = ffi.new("uint32_t[]", [len(d) for d in data])
-        for i, d in enumerate(data):
-            self.ptrs[i] = self.mem + i * stride + headroom
-            ffi.memmove(self.ptrs[i], d, len(d))
-
-
 @pytest.mark.parametrize("size", SIZES)
 def test_encap_c_batch(benchmark: Any, size: int) -> None:
-    b = CBatch(frames(size), lib.OVL_HEADROOM)
-    t = ffi.new("ovl_tunnel_t *", {"vni": 100, "protocol": 0x6558, "flags": 0x08})
-    hashes = ffi.new("uint32_t[]", BATCH)
-    benchmark(lib.ovl_wire_encap_batch, lib.OVL_ENCAP_VXLAN, t, b.ptrs, b.lens, BATCH, hashes)
+    # frames laid out as the engine keeps them, each with OVL_HEADROOM in front
+    run = EncapBatch(frames(size), wire.VXLAN, CTunnel(100, 0x6558, 0x08))
+    benchmark(run)
     per_packet(benchmark)
 
 
@@ -94,11 +81,8 @@ def datagrams(size: int) -> list[bytes]:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_decap_c_batch(benchmark: Any, size: int) -> None:
-    b = CBatch(datagrams(size), 0)
-    out = ffi.new("int32_t[]", BATCH)
-    benchmark(
-        lib.ovl_wire_decap_batch, lib.OVL_ENCAP_VXLAN, b.ptrs, b.lens, BATCH, ffi.NULL, 0, out
-    )
+    run = DecapBatch(datagrams(size), wire.VXLAN)
+    benchmark(run)
     per_packet(benchmark)
 
 

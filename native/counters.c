@@ -1,7 +1,7 @@
 /*
  * counters.c — names, help texts and kinds of the counters in counters.def,
- * and the readers that sum the workers' counters (see counters.h for why
- * every counter is per worker).
+ * and the readers that sum the workers' counters, and the learner's node
+ * counters (see counters.h for why every counter is per worker).
  */
 #include "counters.h"
 
@@ -38,9 +38,13 @@ static int sum_rows(ovl_engine_t *e, size_t off, int node, uint64_t *out, size_t
     size_t count = node ? OVL_C__COUNT : OVL_O__COUNT;
     size_t m = n < count ? n : count;
     memset(out, 0, m * sizeof *out);
-    for (uint32_t i = 0; i < e->n_workers; i++) {
-        const uint64_t *row = node ? e->workers[i]->c : e->workers[i]->obj_c + off;
-        for (size_t j = 0; j < m; j++)
+    for (uint32_t i = 0; i <= e->n_workers; i++) {
+        const uint64_t *row;
+        if (i == e->n_workers) /* the learner: node counters only */
+            row = node ? e->learner.c : NULL;
+        else
+            row = node ? e->workers[i]->c : e->workers[i]->obj_c + off;
+        for (size_t j = 0; row && j < m; j++)
             out[j] += __atomic_load_n(&row[j], __ATOMIC_RELAXED);
     }
     return (int)m;
@@ -49,6 +53,16 @@ static int sum_rows(ovl_engine_t *e, size_t off, int node, uint64_t *out, size_t
 int ovl_counters_engine(ovl_engine_t *e, uint64_t *out, size_t n)
 {
     return sum_rows(e, 0, 1, out, n);
+}
+
+int ovl_counters_worker(ovl_engine_t *e, uint32_t worker, uint64_t *out, size_t n)
+{
+    if (worker >= e->n_workers)
+        return -ENOENT;
+    size_t m = n < OVL_C__COUNT ? n : OVL_C__COUNT;
+    for (size_t j = 0; j < m; j++)
+        out[j] = __atomic_load_n(&e->workers[worker]->c[j], __ATOMIC_RELAXED);
+    return (int)m;
 }
 
 int ovl_counters_network(ovl_engine_t *e, uint32_t vni, uint64_t *out, size_t n)

@@ -2,7 +2,7 @@
  * decap.c — underlay -> pod: take a burst of receives from the tunnel
  * transport and each datagram through the stages of the decap path:
  *
- *   tunnel header -> VNI hosted -> source a member -> inner checks
+ *   tunnel header -> owner -> VNI hosted -> source a member -> inner checks
  *                 -> learn -> deliver (every local port, or the one it names)
  *
  * Each stage returns a verdict (ovl.h); decap_one runs them in order and is
@@ -41,7 +41,7 @@
  *   remote FDB entry) does not move: a frame from it through another VTEP is
  *   decap_spoofed_mac, as the kernel drops a frame from a static entry's MAC
  *   arriving from elsewhere. A MAC behind a local port never moves to a VTEP
- *   by learning (fdb.c, ovl_fdb_learn_apply), so its frames from a VTEP are
+ *   by learning (fdb.c, learn_one), so its frames from a VTEP are
  *   refused in every network. The checks run before learning: a refused
  *   frame teaches nothing.
  * - Every datagram received ends as exactly one of: delivered to one port
@@ -84,6 +84,19 @@ static int tunnel_header(ovl_worker_t *w, pkt_t *x)
         return -hl;
     x->frame = x->buf + hl;
     x->flen = x->len - (size_t)hl;
+    return OVL_PASS;
+}
+
+/* ---- owner: the worker that owns the inner frame's flow (engine.h) ---- */
+
+/* Never drops. A datagram whose inner flow another worker owns came through
+ * a receive socket the reuseport program did not choose (a coalesced receive
+ * whose first datagram is of another flow, or no program): counted. The slot
+ * where connection tracking will hand it to its owner. */
+static int owner(ovl_worker_t *w, pkt_t *x)
+{
+    if (OVL_UNLIKELY(ovl_flow_owner(w->e, x->frame, x->flen) != w->idx))
+        ovl_count(w, OVL_C_STEER_MISSES, 1);
     return OVL_PASS;
 }
 
@@ -215,7 +228,8 @@ static int learn(ovl_worker_t *w, pkt_t *x)
     ovl_fdb_val_t *v = ovl_fdb_lookup(&e->fdb, x->t.vni, src);
     if (!v || (v->kind == OVL_FDB_LEARNED &&
                (v->nh.addr.family != family || memcmp(v->nh.addr.addr, addr, 16) != 0))) {
-        ovl_learn_t l = { .kind = OVL_FDB_LEARNED, .vni = x->t.vni, .port_id = -1 };
+        ovl_learn_t l = { .kind = OVL_FDB_LEARNED, .vni = x->t.vni, .port_id = -1,
+                          .when_ns = w->now_ns };
         memcpy(l.mac, src, 6);
         ovl_addr_make(&l.vtep, family, addr, e->udp_port);
         ovl_fdb_learn_queue(w, &l);
@@ -255,6 +269,8 @@ static void decap_one(ovl_worker_t *w, uint8_t *buf, size_t len, const ovl_rx_t 
     ovl_count(w, OVL_C_UDP_RX_BYTES, len);
     pkt_t x = { .buf = buf, .len = len, .rx = rx };
     int v = tunnel_header(w, &x);
+    if (v == OVL_PASS)
+        v = owner(w, &x);
     if (v == OVL_PASS)
         v = vni_hosted(w, &x);
     if (v == OVL_PASS)
@@ -299,5 +315,5 @@ void ovl_decap_burst(ovl_worker_t *w)
             break;
     }
     OVL_UNLOCK(e);
-    ovl_fdb_learn_apply(w);
+    ovl_fdb_learn_commit(w);
 }

@@ -2,7 +2,7 @@
  * encap.c — pod -> underlay: read a burst of frames from one port's TAP
  * queue and take each through the stages of the encap path:
  *
- *   admit -> parse -> port security -> egress policy -> learn
+ *   admit -> owner -> parse -> port security -> egress policy -> learn
  *         -> finish checksum -> ARP/ND suppression -> forward
  *
  * Each stage returns a verdict (ovl.h): OVL_PASS to go on, a drop reason, or
@@ -76,6 +76,19 @@ static int admit(ovl_worker_t *w, pkt_t *x)
     return x->len > x->n->frame_limit ? OVL_C_FRAME_OVERSIZE : OVL_PASS;
 }
 
+/* ---- owner: the worker that owns the frame's flow (engine.h) ---- */
+
+/* Never drops. A frame whose flow another worker owns came through a TAP
+ * queue the steering program did not choose (a single-queue port, or no
+ * program): counted. The slot where connection tracking will hand such a
+ * frame to its owner. */
+static int owner(ovl_worker_t *w, pkt_t *x)
+{
+    if (OVL_UNLIKELY(ovl_flow_owner(w->e, x->frame, x->len) != w->idx))
+        ovl_count(w, OVL_C_STEER_MISSES, 1);
+    return OVL_PASS;
+}
+
 /* ---- parse ---- */
 
 /* The length of each segment super-frame f (parsed) will be cut into: its
@@ -120,12 +133,36 @@ static int parse(ovl_worker_t *w, pkt_t *x)
 
 /* ---- port security (portsec.c) ---- */
 
+/* A gateway port (the node's IP stack) forwards packets of the outside world
+ * (egress replies, Services' answers) into the network, so their source is
+ * not its own. It may send from any unicast address that no endpoint of the
+ * network holds (the neighbour table: local ports and remote pods alike);
+ * an address of the network's own endpoints from it is still a spoof. */
+static int gateway_forwards(ovl_worker_t *w, const pkt_t *x)
+{
+    const ovl_frame_t *f = &x->f;
+    int family;
+    if (f->l3 == OVL_L3_IPV4) {
+        if (f->ip_src[0] >= 224 || f->ip_src[0] == 0)
+            return 0;
+        family = 4;
+    } else if (f->l3 == OVL_L3_IPV6) {
+        if (f->ip_src[0] == 0xff || (f->ip_src[0] == 0xfe && (f->ip_src[1] & 0xc0) == 0x80))
+            return 0;
+        family = 6;
+    } else {
+        return 0;
+    }
+    return ovl_fdb_neigh_lookup(&w->e->neigh, x->p->vni, family, f->ip_src) == NULL;
+}
+
 static int port_security(ovl_worker_t *w, pkt_t *x)
 {
-    (void)w;
     if (x->p->flags & OVL_PORT_NO_SECURITY)
         return OVL_PASS;
     int rc = ovl_portsec_check(&x->p->sec, &x->f);
+    if (rc == -OVL_C_SPOOFED_IP && (x->p->flags & OVL_PORT_GATEWAY) && gateway_forwards(w, x))
+        return OVL_PASS;
     return rc < 0 ? -rc : OVL_PASS;
 }
 
@@ -151,7 +188,8 @@ static int learn(ovl_worker_t *w, pkt_t *x)
         memcmp(f->src, p->sec.mac, 6) != 0) {
         ovl_fdb_val_t *v = ovl_fdb_lookup(&w->e->fdb, p->vni, f->src);
         if (!v || (v->kind != OVL_FDB_REMOTE && v->nh.port_id != (int32_t)p->id)) {
-            ovl_learn_t l = { .kind = OVL_FDB_LOCAL, .vni = p->vni, .port_id = (int32_t)p->id };
+            ovl_learn_t l = { .kind = OVL_FDB_LOCAL, .vni = p->vni, .port_id = (int32_t)p->id,
+                              .port_gen = p->gen, .when_ns = w->now_ns };
             memcpy(l.mac, f->src, 6);
             ovl_fdb_learn_queue(w, &l);
         }
@@ -162,7 +200,7 @@ static int learn(ovl_worker_t *w, pkt_t *x)
         __atomic_store_n(&p->seen, 1, __ATOMIC_RELAXED);
         ovl_event_t ev = { .type = OVL_EVENT_MAC_SEEN, .vni = p->vni, .port_id = (int32_t)p->id };
         memcpy(ev.mac, f->src, 6);
-        ovl_events_push(w, &ev);
+        ovl_events_push(&w->e->events, w->c, &ev, 0);
     }
     return OVL_PASS;
 }
@@ -314,7 +352,7 @@ static void report_miss(ovl_worker_t *w, const ovl_port_t *p, const uint8_t *dst
     w->miss[h].when_ns = w->now_ns;
     ovl_event_t ev = { .type = OVL_EVENT_MISS, .vni = p->vni, .port_id = (int32_t)p->id };
     memcpy(ev.mac, dst, 6);
-    ovl_events_push(w, &ev);
+    ovl_events_push(&w->e->events, w->c, &ev, 0);
 }
 
 static int forward(ovl_worker_t *w, pkt_t *x)
@@ -356,6 +394,8 @@ static void encap_one(ovl_worker_t *w, ovl_port_t *p, uint8_t *frame, size_t len
     pkt_t x = { .p = p, .n = &w->e->nets[p->net_idx], .frame = frame, .len = len, .vh = vh,
                 .gso = vh && vh->gso_type != OVL_VNET_GSO_NONE };
     int v = admit(w, &x);
+    if (v == OVL_PASS)
+        v = owner(w, &x);
     if (v == OVL_PASS)
         v = parse(w, &x);
     if (v == OVL_PASS)
@@ -405,5 +445,5 @@ void ovl_encap_burst(ovl_worker_t *w, uint32_t port_id, uint32_t gen, uint32_t q
     }
     e->tp->flush(w);
     OVL_UNLOCK(e);
-    ovl_fdb_learn_apply(w);
+    ovl_fdb_learn_commit(w);
 }

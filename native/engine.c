@@ -7,8 +7,15 @@
  *   opens the transport and every worker's receive endpoint in the engine's
  *   network namespace, and on any failure frees all it made: nothing is left
  *   behind (destroy copes with a half-built engine).
- * - Workers start and stop as a group; stopping keeps tables and ports, so
- *   an engine can be stopped, changed and started again.
+ * - Workers start and stop as a group, with the learner; stopping keeps
+ *   tables and ports, so an engine can be stopped, changed and started
+ *   again. The learner stops after the workers and applies what they handed
+ *   it last, so nothing learned before a stop is lost.
+ * - Steering (engine.h, "Per-flow state"): with several workers the engine
+ *   loads the TAP steering program once, here, and port.c attaches it to
+ *   each multi-queue TAP; the transport attaches its own program to its
+ *   receive sockets. What cannot be loaded or attached is left out of
+ *   e->steering, never fatal.
  * - The worker loop is one epoll set per worker: its transport fd (a burst
  *   of receives, decap.c), its ports' TAP queues (a burst of frames,
  *   encap.c) and the stop eventfd. A stale event (a port removed or reused
@@ -17,9 +24,11 @@
 #include "counters.h"
 #include "network.h"
 #include "port.h"
+#include "steer.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -139,6 +148,7 @@ static void worker_free(ovl_engine_t *e, ovl_worker_t *w)
     free(w->seg_hdrs);
     free(w->rx);
     free(w->obj_c);
+    free(w->learned);
     free(w);
 }
 
@@ -160,8 +170,11 @@ static int worker_make(ovl_engine_t *e, uint32_t idx, ovl_worker_t **out)
     w->seg_hdrs = malloc((size_t)OVL_SEG_SLOTS * OVL_SEG_HDR_MAX);
     w->rx = calloc(c->batch, sizeof *w->rx);
     w->obj_c = calloc(((size_t)c->max_networks + c->max_ports) * OVL_O__COUNT, sizeof *w->obj_c);
+    w->learned = aligned_alloc(64, sizeof *w->learned);
+    if (w->learned)
+        memset(w->learned, 0, sizeof *w->learned);
     int rc = 0;
-    if (!w->tap_bufs || !w->seg_hdrs || !w->rx || !w->obj_c)
+    if (!w->tap_bufs || !w->seg_hdrs || !w->rx || !w->obj_c || !w->learned)
         rc = -ENOMEM;
     else
         w->port_c = w->obj_c + (size_t)c->max_networks * OVL_O__COUNT;
@@ -199,6 +212,11 @@ void ovl_engine_destroy(ovl_engine_t *e)
     for (uint32_t i = 0; i < e->n_workers; i++)
         worker_free(e, e->workers[i]);
     e->tp->close(e);
+    if (e->steer_fd >= 0)
+        close(e->steer_fd);
+    if (e->learner.fd >= 0)
+        close(e->learner.fd);
+    free(e->learner.events);
     free(e->nets);
     free(e->ports);
     ovl_events_free(&e->events);
@@ -225,11 +243,21 @@ int ovl_engine_create_on(const ovl_engine_config_t *cfg, const ovl_transport_ops
         return -ENOMEM;
     e->cfg = *cfg;
     e->tp = tp;
-    e->netns_fd = e->stop_fd = -1;
+    e->netns_fd = e->stop_fd = e->steer_fd = e->learner.fd = -1;
     pthread_rwlock_init(&e->lock, NULL);
     const ovl_engine_config_t *c = &e->cfg;
     if ((rc = ovl_events_init(&e->events, c->event_ring)) < 0)
         goto fail;
+    e->learner.events = calloc((size_t)c->workers * OVL_LEARN_RING, sizeof *e->learner.events);
+    if (!e->learner.events) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    e->learner.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->learner.fd < 0) {
+        rc = -errno;
+        goto fail;
+    }
     e->udp_port = c->udp_port ? c->udp_port
                               : (c->encap == OVL_ENCAP_VXLAN ? OVL_VXLAN_PORT : OVL_GENEVE_PORT);
     e->nets = calloc(c->max_networks, sizeof *e->nets);
@@ -259,6 +287,18 @@ int ovl_engine_create_on(const ovl_engine_config_t *cfg, const ovl_transport_ops
     if ((rc = ovl_netns_enter(e->netns_fd, &saved)) < 0)
         goto fail;
     e->offloads = c->offloads; /* the transport takes away what it cannot do */
+    /* With one worker every flow is its own. Else the transport sets
+     * OVL_STEER_UNDERLAY when its receive sockets steer, and the TAP bit
+     * holds when the TAP program loads. */
+    e->steering = c->workers > 1 ? 0 : OVL_STEER_UNDERLAY | OVL_STEER_TAP;
+    if (c->workers > 1) {
+        ovl_steer_prog_t prog;
+        if (ovl_steer_build(&prog, OVL_STEER_AT_TAP, c->workers) == 0 &&
+            (e->steer_fd = ovl_steer_load(&prog, NULL, 0)) >= 0)
+            e->steering |= OVL_STEER_TAP;
+        else
+            e->steer_fd = -1;
+    }
     rc = tp->open(e);
     e->n_workers = 0;
     for (uint32_t i = 0; i < c->workers && rc == 0; i++) {
@@ -292,20 +332,36 @@ uint32_t ovl_engine_offloads(ovl_engine_t *e)
     return e->tap_probed ? e->offloads : e->offloads & ~tap;
 }
 
+uint32_t ovl_engine_steering(ovl_engine_t *e)
+{
+    OVL_RDLOCK(e);
+    uint32_t s = e->steering;
+    OVL_UNLOCK(e);
+    return s;
+}
+
 static void *worker_main(void *arg);
+static void *learner_main(void *arg);
 
 int ovl_engine_start(ovl_engine_t *e)
 {
     if (e->running)
         return 0;
+    e->running = 1; /* ovl_engine_stop undoes a partial start */
+    e->learner.stop = 0;
+    int rc = pthread_create(&e->learner.thread, NULL, learner_main, e);
+    if (rc != 0) {
+        e->running = 0;
+        return -rc;
+    }
+    e->learner.started = 1;
     for (uint32_t i = 0; i < e->n_workers; i++) {
-        int rc = pthread_create(&e->workers[i]->thread, NULL, worker_main, e->workers[i]);
+        rc = pthread_create(&e->workers[i]->thread, NULL, worker_main, e->workers[i]);
         if (rc != 0) {
             ovl_engine_stop(e);
             return -rc;
         }
         e->workers[i]->started = 1;
-        e->running = 1;
     }
     return 0;
 }
@@ -314,7 +370,7 @@ int ovl_engine_stop(ovl_engine_t *e)
 {
     if (!e->running)
         return 0;
-    uint64_t one = 1;
+    uint64_t one = 1, v;
     ssize_t r = write(e->stop_fd, &one, sizeof one);
     (void)r;
     for (uint32_t i = 0; i < e->n_workers; i++) {
@@ -323,8 +379,14 @@ int ovl_engine_stop(ovl_engine_t *e)
             e->workers[i]->started = 0;
         }
     }
-    uint64_t v;
     r = read(e->stop_fd, &v, sizeof v);
+    /* The workers are gone: the learner applies what they left, and ends. */
+    if (e->learner.started) {
+        __atomic_store_n(&e->learner.stop, 1, __ATOMIC_RELEASE);
+        r = write(e->learner.fd, &one, sizeof one);
+        pthread_join(e->learner.thread, NULL);
+        e->learner.started = 0;
+    }
     (void)r;
     e->running = 0;
     return 0;
@@ -365,6 +427,26 @@ static void *worker_main(void *arg)
                 break;
             }
         }
+    }
+    return NULL;
+}
+
+/* ---- the learner ---- */
+
+static void *learner_main(void *arg)
+{
+    ovl_engine_t *e = arg;
+    struct pollfd pfd = { .fd = e->learner.fd, .events = POLLIN };
+    for (;;) {
+        if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+            break;
+        uint64_t v;
+        ssize_t r = read(e->learner.fd, &v, sizeof v);
+        (void)r;
+        int stop = __atomic_load_n(&e->learner.stop, __ATOMIC_ACQUIRE);
+        ovl_fdb_learn_drain(e);
+        if (stop)
+            break;
     }
     return NULL;
 }

@@ -12,39 +12,59 @@
  *   encap.c     pod -> underlay, as stages         decap.c  underlay -> pod, as stages
  *   deliver.c   every frame for a local port
  *   udp.c       the tunnel transport               fake.c  the in-memory transport
- *   portsec.c   anti-spoofing
+ *   portsec.c   anti-spoofing                      steer.c  flow steering (owner worker)
  *   wire.c offload.c csum.c   formats; segmentation/coalescing; the checksum
  *
  * Design notes.
- * - Locking, as it is today. One reader-writer lock (e->lock) guards every
- *   table: networks, ports, FDB, neighbours, members, known options. A
+ * - Locking. One reader-writer lock (e->lock) guards the configuration
+ *   tables: networks, ports, FDB, neighbours, members, known options. A
  *   worker takes it as reader once per burst, not per packet, and holds it
  *   through the burst's system calls (TAP reads and writes, the transport's
- *   flush); the control plane takes it as writer for each change. Changes
- *   are rare and short, so a worker waits at most for one table update.
- *   Everything a burst points at (FDB values, VTEP lists, ports) therefore
- *   stays in place until the burst's flush (transport.h, "Memory").
- * - Learning needs a write: a worker queues what it learned during the
- *   burst and applies it after the burst as a writer (fdb.c). This is the
- *   one place a worker writes a table; the next step takes it off the writer
- *   lock (see below).
+ *   flush); the control plane and the learner (below) take it as writer for
+ *   each change. Changes are rare and short, so a worker waits at most for
+ *   one table update. Everything a burst points at (FDB values, VTEP lists,
+ *   ports) therefore stays in place until the burst's flush (transport.h,
+ *   "Memory"). A worker never takes the writer lock.
+ * - Learning is off the workers' path. A worker queues what a burst taught
+ *   (ovl_fdb_learn_queue) and, after the burst, hands the queue to the
+ *   learner through its own single-producer ring (ovl_fdb_learn_commit: no
+ *   lock, one eventfd write when it handed anything). The learner, one thread
+ *   per engine beside the workers, applies the rings as a writer and pushes
+ *   the LEARNED events (fdb.c). It has counters of its own (e->learner.c),
+ *   summed with the workers' when read.
  * - Per-worker state. Each worker owns its epoll set, its transport state
- *   (receive socket, send queues: w->tp), its buffers, its learn queue, its
- *   miss cache and all its counters: node counters (w->c) and per-network
- *   and per-port counters (w->obj_c), each written by that worker alone and
- *   summed when read (counters.c). Nothing is written per frame to memory
- *   another worker writes. Ports are spread over workers by id; a
- *   multi-queue TAP gives each worker its own queue.
- * - What comes next. Per-flow state (sessions of connection tracking) will be
- *   written per packet, which the one-lock model cannot carry. The worker
- *   structure is ready for per-worker tables: a worker's own tables would
- *   hang off ovl_worker_t beside obj_c and need no lock at all, provided both
- *   directions of a flow reach the same worker. Today they need not: a pod's
- *   flow is steered to a worker by the TAP's queue selection (the kernel's
- *   flow hash), the reply from the underlay by SO_REUSEPORT's choice of
- *   receive socket, and the two are independent. That decision, its reasons
- *   and the steering that would make it true are written here by the change
- *   that adds per-flow state, before the code that relies on it.
+ *   (receive socket, send queues: w->tp), its buffers, its learn queue and
+ *   ring, its miss cache and all its counters: node counters (w->c) and
+ *   per-network and per-port counters (w->obj_c), each written by that
+ *   worker alone and summed when read (counters.c). Nothing is written per
+ *   frame to memory another worker writes.
+ * - Per-flow state: the decision. State written per packet (the sessions of
+ *   connection tracking) lives in per-worker tables, hanging off
+ *   ovl_worker_t beside obj_c, read and written by their worker alone: no
+ *   lock and no shared cache line per packet. That holds only if both
+ *   directions of a flow reach the same worker, so every flow has one owner,
+ *   ovl_wire_steer_hash(inner frame) % workers (wire.c: symmetric, and read
+ *   at fixed offsets), and the kernel is told to deliver both directions
+ *   there (steer.c): the underlay's SO_REUSEPORT group picks the owner's
+ *   receive socket by a classic BPF program that reads the inner frame
+ *   behind the tunnel header (udp.c), and a multi-queue TAP picks the
+ *   owner's queue by the same program in eBPF (TUNSETSTEERINGEBPF, port.c);
+ *   the fake transport runs the program too (fake.c). The UDP transport
+ *   keeps a GSO send to one flow, so that a coalesced receive on the far
+ *   side, which the kernel steers by its first datagram, holds one flow.
+ *   Why not a sharded table with per-shard locks: a lock (or an atomic) per
+ *   packet on a line other workers write is the cost this engine avoids
+ *   everywhere else (counters are per worker for the same reason); steering
+ *   costs one BPF run in the kernel and nothing here. Why not hand-offs
+ *   alone: copying every frame of half the flows to another worker's ring
+ *   doubles the memory traffic that steering avoids. What steering cannot
+ *   reach is known and counted, never silent: a frame handled by a worker
+ *   other than its owner is steer_misses (an adopted fd port has one queue
+ *   and one worker; a coalesced receive from a peer that mixes flows in one
+ *   GSO send; no CAP_BPF for the TAP program: ovl_engine_steering says what
+ *   is in force). Connection tracking will hand those frames to their owner
+ *   through a per-worker ring; its room is conntrack.c. With one worker
+ *   every flow is its own.
  * - Every frame buffer has OVL_HEADROOM bytes in front, so the tunnel header,
  *   prebuilt per network, is copied in place and the datagram goes out as
  *   one iovec.
@@ -60,7 +80,6 @@
 
 #include <pthread.h>
 
-#define OVL_MAX_WORKERS 16
 #define OVL_SEG_SLOTS 512        /* segment header slots (OVL_SEG_HDR_MAX bytes each) */
 #define OVL_SUPER_MAX 65536      /* the largest super-frame or coalesced receive */
 #define OVL_LEARN_MAX 64         /* learned entries queued per burst */
@@ -100,12 +119,23 @@ struct ovl_worker {
     ovl_gro_t gro;               /* the coalesced train being built (deliver.c) */
     uint32_t n_learn;
     ovl_learn_t learn[OVL_LEARN_MAX];
+    ovl_learn_ring_t *learned;   /* to the learner (fdb.h) */
     struct { uint64_t key, when_ns; } miss[OVL_MISS_CACHE];
     uint8_t scratch[256];        /* ARP/ND replies */
     uint64_t *obj_c;             /* (max_networks + max_ports) x OVL_O__COUNT (counters.h) */
     uint64_t *port_c;            /* obj_c's rows of ports: obj_c + max_networks rows */
     uint64_t c[OVL_C__COUNT] __attribute__((aligned(64)));
 };
+
+/* The learner: applies what the workers learned (fdb.c), off their path. */
+typedef struct ovl_learner {
+    pthread_t thread;
+    int started;
+    int fd;                      /* eventfd: a worker handed it something, or stop */
+    int stop;                    /* set before fd is written to end the thread */
+    ovl_event_t *events;         /* LEARNED events of one round */
+    uint64_t c[OVL_C__COUNT] __attribute__((aligned(64)));
+} ovl_learner_t;
 
 struct ovl_engine {
     ovl_engine_config_t cfg;
@@ -118,6 +148,9 @@ struct ovl_engine {
     uint32_t tap_probed;         /* a TAP has been opened: the TAP bits are known */
     uint32_t n_workers;
     ovl_worker_t *workers[OVL_MAX_WORKERS];
+    ovl_learner_t learner;
+    uint32_t steering;           /* OVL_STEER_* in force (steer.h) */
+    int steer_fd;                /* the TAP steering program (eBPF), or -1 */
     const ovl_transport_ops_t *tp;  /* the tunnel transport */
     void *tp_state;              /* its engine-wide state */
     ovl_network_t *nets;         /* max_networks */
@@ -151,6 +184,12 @@ void ovl_netns_leave(int saved);
 /* Have worker w's epoll watch fd for input with tag (OVL_EP_*); 0 or -errno. */
 int ovl_worker_watch(ovl_worker_t *w, int fd, uint64_t tag);
 void ovl_worker_unwatch(ovl_worker_t *w, int fd);
+
+/* The worker that owns the flow of frame[0..len) (see "Per-flow state"). */
+static inline uint32_t ovl_flow_owner(const ovl_engine_t *e, const uint8_t *frame, size_t len)
+{
+    return e->n_workers > 1 ? ovl_wire_steer_hash(frame, len) % e->n_workers : 0;
+}
 
 /* The two directions, one burst each: the worker loop calls them when a
  * port's TAP queue (encap.c) or the transport (decap.c) is readable. */

@@ -39,24 +39,23 @@ static void wake(const ovl_events_t *q)
     (void)r;
 }
 
-void ovl_events_push(ovl_worker_t *w, const ovl_event_t *ev)
+void ovl_events_push(ovl_events_t *q, uint64_t *c, const ovl_event_t *ev, int wait)
 {
-    ovl_events_t *q = &w->e->events;
     /* Never block a worker on the control plane: a busy ring loses the event. */
-    if (pthread_mutex_trylock(&q->lock) != 0) {
-        ovl_count(w, OVL_C_EVENTS_LOST, 1);
+    if (wait ? pthread_mutex_lock(&q->lock) != 0 : pthread_mutex_trylock(&q->lock) != 0) {
+        ovl_bump(&c[OVL_C_EVENTS_LOST], 1);
         return;
     }
     if (q->head - q->tail >= q->cap) {
         pthread_mutex_unlock(&q->lock);
-        ovl_count(w, OVL_C_EVENTS_LOST, 1);
+        ovl_bump(&c[OVL_C_EVENTS_LOST], 1);
         return;
     }
     int was_empty = q->head == q->tail;
     q->ring[q->head & (q->cap - 1)] = *ev;
     q->head++;
     pthread_mutex_unlock(&q->lock);
-    ovl_count(w, OVL_C_EVENTS, 1);
+    ovl_bump(&c[OVL_C_EVENTS], 1);
     if (was_empty)
         wake(q);
 }

@@ -16,8 +16,6 @@
 
 #include <pthread.h>
 
-typedef struct ovl_worker ovl_worker_t;
-
 typedef struct ovl_events {
     pthread_mutex_t lock;
     ovl_event_t *ring;
@@ -29,7 +27,9 @@ typedef struct ovl_events {
 /* Room for at least n events (rounded up to a power of two); 0 or -errno. */
 int ovl_events_init(ovl_events_t *q, uint32_t n);
 void ovl_events_free(ovl_events_t *q);
-/* Queue ev from worker w, never blocking; counts events or events_lost. */
-void ovl_events_push(ovl_worker_t *w, const ovl_event_t *ev);
+/* Queue ev, counting events or events_lost in the counters c of the thread
+ * that pushes (a worker's w->c, the learner's). A worker passes wait 0 and
+ * never blocks: a busy ring loses the event. The learner passes 1. */
+void ovl_events_push(ovl_events_t *q, uint64_t *c, const ovl_event_t *ev, int wait);
 
 #endif

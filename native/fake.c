@@ -9,11 +9,14 @@
  *   sends is kept in an outbox for the test to take (ovl_fake_take), what
  *   the test injects (ovl_fake_inject) waits in an inbox and arrives as if a
  *   peer had sent it to the tunnel port.
- * - One inbox for the engine, under a mutex, with an eventfd that every
- *   worker's epoll watches: readable exactly while the inbox holds a
- *   datagram (written when it goes from empty to non-empty, drained when it
- *   goes back, both under the mutex). With several workers, whichever takes
- *   the mutex first takes the burst, as SO_REUSEPORT spreads receives.
+ * - One inbox per worker, as the UDP transport has one receive socket per
+ *   worker, under the transport's mutex, each with an eventfd its worker's
+ *   epoll watches: readable exactly while the inbox holds a datagram
+ *   (written when it goes from empty to non-empty, drained when it goes
+ *   back, both under the mutex). An injected datagram goes to the inbox the
+ *   steering program chooses: the classic program the UDP transport gives
+ *   its SO_REUSEPORT group, run by steer.c's interpreter, so tests without
+ *   root see the worker the kernel would choose.
  * - Each worker queues into its own pending list (no lock, as the UDP
  *   transport's queue) and moves it to the shared outbox at flush. Each
  *   datagram is recorded with the source port the UDP transport would give
@@ -28,6 +31,7 @@
  *   injected datagram is reported truncated, as MSG_TRUNC would be.
  */
 #include "counters.h"
+#include "steer.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -82,10 +86,18 @@ static void list_free(list_t *l)
 
 /* ---- engine-wide: inbox and outbox ---- */
 
+typedef struct inbox {
+    list_t l;
+    int fd;                      /* eventfd: readable while l is not empty */
+} inbox_t;
+
 typedef struct fake {
     pthread_mutex_t lock;
-    int fd;                      /* eventfd: readable while the inbox is not empty */
-    list_t in, out;
+    uint32_t n_in;               /* datagrams in all inboxes */
+    uint32_t n_inboxes;          /* one per worker */
+    inbox_t in[OVL_MAX_WORKERS];
+    list_t out;
+    ovl_steer_prog_t prog;       /* the receive steering (several workers) */
 } fake_t;
 
 static void fake_close(ovl_engine_t *e)
@@ -93,10 +105,12 @@ static void fake_close(ovl_engine_t *e)
     fake_t *f = e->tp_state;
     if (!f)
         return;
-    list_free(&f->in);
+    for (uint32_t i = 0; i < f->n_inboxes; i++) {
+        list_free(&f->in[i].l);
+        if (f->in[i].fd >= 0)
+            close(f->in[i].fd);
+    }
     list_free(&f->out);
-    if (f->fd >= 0)
-        close(f->fd);
     pthread_mutex_destroy(&f->lock);
     free(f);
     e->tp_state = NULL;
@@ -110,8 +124,19 @@ static int fake_open(ovl_engine_t *e)
     pthread_mutex_init(&f->lock, NULL);
     e->tp_state = f;
     e->offloads &= ~(uint32_t)(OVL_OFF_UDP_GSO | OVL_OFF_UDP_GRO);
-    f->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    return f->fd < 0 ? -errno : 0;
+    f->n_inboxes = e->cfg.workers;
+    for (uint32_t i = 0; i < f->n_inboxes; i++)
+        f->in[i].fd = -1;
+    for (uint32_t i = 0; i < f->n_inboxes; i++)
+        if ((f->in[i].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+            return -errno;
+    if (f->n_inboxes > 1) {
+        int rc = ovl_steer_build(&f->prog, e->cfg.encap, f->n_inboxes);
+        if (rc < 0)
+            return rc;
+        e->steering |= OVL_STEER_UNDERLAY;
+    }
+    return 0;
 }
 
 /* ---- per worker: receive buffers, pending sends ---- */
@@ -146,7 +171,7 @@ static int fake_worker_open(ovl_worker_t *w)
 
 static int fake_fd(const ovl_worker_t *w)
 {
-    return ((const fake_t *)w->e->tp_state)->fd;
+    return ((const fake_t *)w->e->tp_state)->in[w->idx].fd;
 }
 
 static void fake_queue(ovl_worker_t *w, const ovl_addr_t *to, const struct iovec *iov,
@@ -209,12 +234,14 @@ static int fake_recv(ovl_worker_t *w, ovl_rx_t *out, uint32_t max)
     uint32_t b = max < w->e->cfg.batch ? max : w->e->cfg.batch;
     dgram_t *got[1024];
     uint32_t n = 0;
+    inbox_t *in = &f->in[w->idx];
     pthread_mutex_lock(&f->lock);
-    while (n < b && f->in.head)
-        got[n++] = list_pop(&f->in);
-    if (n && !f->in.head) {
+    while (n < b && in->l.head)
+        got[n++] = list_pop(&in->l);
+    f->n_in -= n;
+    if (n && !in->l.head) {
         uint64_t v;
-        ssize_t r = read(f->fd, &v, sizeof v); /* empty again: not readable */
+        ssize_t r = read(in->fd, &v, sizeof v); /* empty again: not readable */
         (void)r;
     }
     pthread_mutex_unlock(&f->lock);
@@ -268,17 +295,21 @@ int ovl_fake_inject(ovl_engine_t *e, int family, const uint8_t *addr, uint16_t p
     d->port = port;
     d->len = (uint32_t)len;
     memcpy(d->data, buf, len);
+    /* The worker whose receive socket the kernel would choose. */
+    uint32_t i = f->n_inboxes > 1 ? ovl_steer_run(&f->prog, buf, len) : 0;
+    inbox_t *in = &f->in[i < f->n_inboxes ? i : 0];
     pthread_mutex_lock(&f->lock);
-    if (f->in.n >= OVL_FAKE_INBOX) {
+    if (f->n_in >= OVL_FAKE_INBOX) {
         pthread_mutex_unlock(&f->lock);
         free(d);
         return -ENOBUFS;
     }
-    int was_empty = !f->in.head;
-    list_push(&f->in, d);
+    int was_empty = !in->l.head;
+    list_push(&in->l, d);
+    f->n_in++;
     if (was_empty) {
         uint64_t one = 1;
-        ssize_t r = write(f->fd, &one, sizeof one);
+        ssize_t r = write(in->fd, &one, sizeof one);
         (void)r;
     }
     pthread_mutex_unlock(&f->lock);

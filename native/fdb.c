@@ -4,15 +4,15 @@
  *
  * Contracts. The public functions take the engine's lock themselves (writer
  * for changes, reader for the dump); the helpers for other rooms assume the
- * caller holds the writer lock. Learning is applied by a worker after its
- * burst, as a writer, and never overrides an entry the control plane or a
- * port owns.
+ * caller holds the writer lock. Learning is applied by the learner thread,
+ * as a writer, and never overrides an entry the control plane or a port owns.
  */
 #include "counters.h"
 #include "network.h"
 #include "port.h"
 
 #include <errno.h>
+#include <unistd.h>
 
 static void nexthop_port(ovl_nexthop_t *nh, int32_t port_id)
 {
@@ -104,7 +104,7 @@ int ovl_fdb_dump(ovl_engine_t *e, ovl_fdb_entry_t *out, size_t n)
                 memcpy(o->vtep, v->nh.addr.addr, 16);
                 o->vtep_port = v->nh.addr.port;
             }
-            o->updated_ns = v->updated_ns;
+            o->updated_ns = __atomic_load_n(&v->updated_ns, __ATOMIC_RELAXED);
             o->used_ns = __atomic_load_n(&v->used_ns, __ATOMIC_RELAXED);
         }
         k++;
@@ -213,50 +213,87 @@ void ovl_fdb_learn_queue(ovl_worker_t *w, const ovl_learn_t *l)
         w->learn[w->n_learn++] = *l;
 }
 
-void ovl_fdb_learn_apply(ovl_worker_t *w)
+void ovl_fdb_learn_commit(ovl_worker_t *w)
 {
     if (!w->n_learn)
         return;
-    ovl_engine_t *e = w->e;
-    OVL_WRLOCK(e);
-    for (uint32_t i = 0; i < w->n_learn; i++) {
-        ovl_learn_t *l = &w->learn[i];
-        if (!ovl_network_lookup(e, l->vni))
-            continue;
-        ovl_fdb_key_t k;
-        ovl_fdb_key_make(&k, l->vni, l->mac);
-        int created = 0;
-        ovl_fdb_val_t *v = ovl_map_get(&e->fdb, &k);
-        /* Learning never overrides what the control plane or a port owns. */
-        if (v && (v->kind == OVL_FDB_REMOTE ||
-                  (v->kind == OVL_FDB_LOCAL && l->kind != OVL_FDB_LOCAL)))
-            continue;
-        if (v && v->kind == OVL_FDB_LOCAL && ovl_port_get(e, v->nh.port_id) &&
-            memcmp(e->ports[v->nh.port_id].sec.mac, l->mac, 6) == 0)
-            continue; /* a port's own MAC */
-        if (v && ovl_learn_same(l, v->kind, v->nh.port_id, &v->nh.addr)) {
-            v->updated_ns = w->now_ns; /* known already (another worker learned it) */
-            continue;
-        }
-        if (!v && !(v = ovl_map_put(&e->fdb, &k, &created)))
-            continue;
-        v->kind = l->kind;
-        if (l->kind == OVL_FDB_LOCAL)
-            nexthop_port(&v->nh, l->port_id);
-        else
-            nexthop_tunnel(&v->nh, &l->vtep);
-        v->updated_ns = w->now_ns;
-        ovl_count(w, OVL_C_MACS_LEARNED, 1);
-        if (created && l->kind == OVL_FDB_LEARNED) {
-            ovl_event_t ev = { .type = OVL_EVENT_LEARNED, .vni = l->vni, .port_id = -1,
-                               .family = l->vtep.family };
-            memcpy(ev.mac, l->mac, 6);
-            memcpy(ev.addr, l->vtep.addr, 16);
-            OVL_UNLOCK(e);
-            ovl_events_push(w, &ev);
-            OVL_WRLOCK(e);
-        }
-    }
+    ovl_learn_ring_t *r = w->learned;
+    uint32_t head = r->head, tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < w->n_learn && head - tail < OVL_LEARN_RING; i++)
+        r->slot[head++ & (OVL_LEARN_RING - 1)] = w->learn[i];
+    __atomic_store_n(&r->head, head, __ATOMIC_RELEASE);
     w->n_learn = 0;
+    uint64_t one = 1;
+    ssize_t n = write(w->e->learner.fd, &one, sizeof one);
+    (void)n;
+}
+
+/* Apply one learned entry (writer lock held); 1 when it made a new remote
+ * entry (a LEARNED event). */
+static int learn_one(ovl_engine_t *e, const ovl_learn_t *l)
+{
+    if (!ovl_network_lookup(e, l->vni))
+        return 0;
+    if (l->kind == OVL_FDB_LOCAL) {
+        const ovl_port_t *p = ovl_port_get(e, l->port_id);
+        if (!p || p->gen != l->port_gen || p->vni != l->vni)
+            return 0; /* the port went away after the frame */
+    }
+    ovl_fdb_key_t k;
+    ovl_fdb_key_make(&k, l->vni, l->mac);
+    int created = 0;
+    ovl_fdb_val_t *v = ovl_map_get(&e->fdb, &k);
+    /* Learning never overrides what the control plane or a port owns. */
+    if (v && (v->kind == OVL_FDB_REMOTE ||
+              (v->kind == OVL_FDB_LOCAL && l->kind != OVL_FDB_LOCAL)))
+        return 0;
+    if (v && v->kind == OVL_FDB_LOCAL && ovl_port_get(e, v->nh.port_id) &&
+        memcmp(e->ports[v->nh.port_id].sec.mac, l->mac, 6) == 0)
+        return 0; /* a port's own MAC */
+    if (v && ovl_learn_same(l, v->kind, v->nh.port_id, &v->nh.addr)) {
+        if (l->when_ns > __atomic_load_n(&v->updated_ns, __ATOMIC_RELAXED))
+            __atomic_store_n(&v->updated_ns, l->when_ns, __ATOMIC_RELAXED);
+        return 0; /* known already (learned from an earlier burst) */
+    }
+    if (!v && !(v = ovl_map_put(&e->fdb, &k, &created)))
+        return 0;
+    v->kind = l->kind;
+    if (l->kind == OVL_FDB_LOCAL)
+        nexthop_port(&v->nh, l->port_id);
+    else
+        nexthop_tunnel(&v->nh, &l->vtep);
+    __atomic_store_n(&v->updated_ns, l->when_ns, __ATOMIC_RELAXED);
+    ovl_bump(&e->learner.c[OVL_C_MACS_LEARNED], 1);
+    return created && l->kind == OVL_FDB_LEARNED;
+}
+
+void ovl_fdb_learn_drain(ovl_engine_t *e)
+{
+    ovl_learner_t *ln = &e->learner;
+    uint32_t n_ev = 0;
+    OVL_WRLOCK(e);
+    for (uint32_t i = 0; i < e->n_workers; i++) {
+        ovl_learn_ring_t *r = e->workers[i]->learned;
+        uint32_t tail = r->tail, head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+        for (; tail != head; tail++) {
+            const ovl_learn_t *l = &r->slot[tail & (OVL_LEARN_RING - 1)];
+            if (!learn_one(e, l))
+                continue;
+            ovl_event_t *ev = &ln->events[n_ev++];
+            memset(ev, 0, sizeof *ev);
+            ev->type = OVL_EVENT_LEARNED;
+            ev->vni = l->vni;
+            ev->port_id = -1;
+            ev->family = l->vtep.family;
+            memcpy(ev->mac, l->mac, 6);
+            memcpy(ev->addr, l->vtep.addr, 16);
+        }
+        __atomic_store_n(&r->tail, tail, __ATOMIC_RELEASE);
+    }
+    /* Reported before the entries are visible: whoever sees a learned entry
+     * finds its event queued. The learner may wait for the ring's lock (it is
+     * not a worker); a full ring still loses the event, counted. */
+    for (uint32_t i = 0; i < n_ev; i++)
+        ovl_events_push(&e->events, ln->c, &ln->events[i], 1);
     OVL_UNLOCK(e);
 }

@@ -12,10 +12,14 @@
  *   what decides who may overwrite an entry.
  * - Both tables are ovl_map_t (map.h) owned by the engine and guarded by its
  *   lock (engine.h): the lookups below assume the caller holds it.
- * - Learning needs a write, which a worker cannot do under its read lock: it
- *   queues what a burst taught (ovl_fdb_learn_queue) and applies the queue
- *   after the burst (ovl_fdb_learn_apply). A burst from one new MAC takes one
- *   queue slot, not the whole queue.
+ * - Learning needs a write, which a worker never makes (engine.h): it queues
+ *   what a burst taught (ovl_fdb_learn_queue; a burst from one new MAC takes
+ *   one queue slot, not the whole queue), hands the queue to the learner
+ *   after the burst through its ring (ovl_fdb_learn_commit), and the learner
+ *   thread applies the rings as a writer (ovl_fdb_learn_drain). Until then
+ *   later bursts may queue the same MAC again; the learner finds it known
+ *   and only refreshes it, so it is learned (counted, reported) once. An
+ *   entry whose port or network went away meanwhile is dropped.
  * - Learning never overrides what the control plane or a port owns: a
  *   remote entry does not move, a local entry does not move to a VTEP, and a
  *   port's own MAC is never learned elsewhere (decap.c's design notes hold
@@ -114,9 +118,21 @@ typedef struct ovl_learn {
     uint8_t kind;          /* OVL_FDB_LOCAL (behind a port) or OVL_FDB_LEARNED (behind a VTEP) */
     uint32_t vni;
     int32_t port_id;
+    uint32_t port_gen;     /* LOCAL: the port's generation (a reused id is another port) */
     uint8_t mac[6];
     ovl_addr_t vtep;
+    uint64_t when_ns;      /* when the frame came (the burst's clock) */
 } ovl_learn_t;
+
+/* A worker's learned entries on their way to the learner: one producer (the
+ * worker), one consumer (the learner), no lock. head and tail run freely;
+ * head - tail entries wait. */
+#define OVL_LEARN_RING 256       /* a power of two */
+typedef struct ovl_learn_ring {
+    uint32_t head __attribute__((aligned(64)));   /* written by the worker */
+    uint32_t tail __attribute__((aligned(64)));   /* written by the learner */
+    ovl_learn_t slot[OVL_LEARN_RING];
+} ovl_learn_ring_t;
 
 /* Does a learned entry say the same as (kind, port_id, vtep)? */
 static inline int ovl_learn_same(const ovl_learn_t *l, uint8_t kind, int32_t port_id,
@@ -130,13 +146,17 @@ static inline int ovl_learn_same(const ovl_learn_t *l, uint8_t kind, int32_t por
            memcmp(l->vtep.addr, vtep->addr, 16) == 0;
 }
 
-/* Queue a learned entry, applied after the burst. When the latest entry
- * queued in this burst for the same MAC says the same, it is not queued
- * again (and a MAC that moves and comes back within the burst still ends
- * where it came last). A full queue loses the entry: the next burst from
- * the MAC queues it again. */
+/* Queue a learned entry in the burst's queue. When the latest entry queued
+ * in this burst for the same MAC says the same, it is not queued again (and
+ * a MAC that moves and comes back within the burst still ends where it came
+ * last). A full queue loses the entry: the next burst from the MAC queues it
+ * again. */
 void ovl_fdb_learn_queue(ovl_worker_t *w, const ovl_learn_t *l);
-/* Apply what the worker queued, as a writer; events for new remote MACs. */
-void ovl_fdb_learn_apply(ovl_worker_t *w);
+/* After the burst: hand the burst's queue to the learner and wake it, without
+ * a lock. What does not fit in the ring is lost as above. */
+void ovl_fdb_learn_commit(ovl_worker_t *w);
+/* The learner's round: apply every worker's ring as a writer, count what was
+ * learned and report new remote MACs (LEARNED events). */
+void ovl_fdb_learn_drain(ovl_engine_t *e);
 
 #endif /* OVL_FDB_H */

@@ -39,6 +39,9 @@
 #define OVL_GENEVE_TYPE_CRITICAL 128
 #define OVL_ETH_P_TEB 25944
 
+/* The most worker threads an engine runs (one TAP queue each). */
+#define OVL_MAX_WORKERS 16
+
 /* Bytes reserved in front of every frame buffer for the tunnel header, so
  * encapsulation writes in place: 8 bytes of Geneve + 252 of options, rounded. */
 #define OVL_HEADROOM 320
@@ -53,6 +56,9 @@
 #define OVL_PORT_NO_SECURITY 1
 #define OVL_PORT_PERSIST 2
 #define OVL_PORT_ROUTER 4        /* may send router advertisements and redirects */
+#define OVL_PORT_GATEWAY 8       /* the node's IP stack: a router (as OVL_PORT_ROUTER) that
+                                  * also forwards for addresses outside the network: any
+                                  * source address no endpoint of the network holds */
 
 /* offloads (ovl_engine_config_t.offloads, ovl_engine_offloads) */
 #define OVL_OFF_TAP_TSO 1        /* TAP virtio-net header: checksum offload, TSO in and GSO out */
@@ -60,6 +66,11 @@
 #define OVL_OFF_UDP_GSO 4        /* underlay sends: several datagrams per send (UDP_SEGMENT) */
 #define OVL_OFF_UDP_GRO 8        /* underlay receives: several datagrams per receive (UDP_GRO) */
 #define OVL_OFF_ALL 15
+
+/* flow steering in force (ovl_engine_steering): the kernel hands each
+ * direction of a flow to the worker that owns it */
+#define OVL_STEER_UNDERLAY 1     /* the tunnel port's receive sockets (reuseport program) */
+#define OVL_STEER_TAP 2          /* multi-queue TAPs' queues (TAP steering program) */
 
 /* network flags */
 #define OVL_NET_LEARNING 1
@@ -156,6 +167,12 @@ int ovl_wire_parse_frame(const uint8_t *frame, size_t len, ovl_frame_t *f);
  * the murmur3 32-bit finaliser. overlay/wire.py documents the exact bytes. */
 uint32_t ovl_wire_flow_hash(const ovl_frame_t *f);
 
+/* The steering hash of frame[0..len): symmetric (both directions of a flow
+ * hash alike) and read at fixed offsets only, so that the kernel's steering
+ * programs compute it too; steer % workers is the worker that owns the flow
+ * (engine.h). wire.c documents the bytes; 0 for a frame too short to read. */
+uint32_t ovl_wire_steer_hash(const uint8_t *frame, size_t len);
+
 /* The outer UDP source port for a flow hash: slot = hash % slots, port =
  * lo + slot * (hi - lo + 1) / slots. slots == 0 means one slot per port. */
 uint16_t ovl_wire_source_port(uint32_t hash, uint16_t lo, uint16_t hi, uint16_t slots);
@@ -222,6 +239,10 @@ int ovl_engine_udp_port(ovl_engine_t *e);
 /* The offloads in use (OVL_OFF_*): asked for and supported by this kernel.
  * The TAP ones are known once a TAP port exists. */
 uint32_t ovl_engine_offloads(ovl_engine_t *e);
+/* The flow steering in force (OVL_STEER_*). With one worker every flow is
+ * its own: both bits. Without a bit, frames the kernel hands to a worker
+ * other than their flow's owner are counted (steer_misses). */
+uint32_t ovl_engine_steering(ovl_engine_t *e);
 
 /* ---- networks, VTEPs, options (network.c) ---- */
 

@@ -48,8 +48,10 @@ int ovl_gen_recv(int fd, uint64_t duration_ns, uint64_t idle_ns,
 int ovl_fake_engine_create(const ovl_engine_config_t *c, ovl_engine_t **out);
 
 /* Hand the engine buf[0..len) as a datagram from (family, addr, port) to
- * its tunnel port. Returns 0, -EINVAL (not a fake engine, bad family),
- * -ENOBUFS (the inbox holds OVL_FAKE_INBOX datagrams already) or -ENOMEM. */
+ * its tunnel port; with several workers it reaches the worker the UDP
+ * transport's steering program would choose. Returns 0, -EINVAL (not a fake
+ * engine, bad family), -ENOBUFS (OVL_FAKE_INBOX datagrams wait already) or
+ * -ENOMEM. */
 #define OVL_FAKE_INBOX 4096
 int ovl_fake_inject(ovl_engine_t *e, int family, const uint8_t *addr, uint16_t port,
                     const uint8_t *buf, size_t len);
@@ -72,3 +74,12 @@ typedef struct ovl_fake_sent {
  * counts any more as udp_send_failed. */
 #define OVL_FAKE_OUTBOX 65536
 int ovl_fake_take(ovl_engine_t *e, ovl_fake_sent_t *meta, uint8_t *buf, size_t cap);
+
+/* ---- per-worker counters (counters.c): which worker handled what ----
+ *
+ * The node counters (ovl_counter_count() values) of worker `worker` alone,
+ * not summed: tests see which worker a flow's frames reached (flow steering,
+ * engine.h). Returns how many values were written, or -ENOENT when the
+ * engine has no such worker. What the learner counts (macs_learned, its
+ * events) is in the engine's sums only. */
+int ovl_counters_worker(ovl_engine_t *e, uint32_t worker, uint64_t *out, size_t n);

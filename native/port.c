@@ -80,7 +80,7 @@ static int port_insert(ovl_engine_t *e, uint32_t vni, const int *fds, uint32_t n
     p->worker = id % e->n_workers;
     p->offloads = offloads;
     p->vnet = (offloads & OVL_OFF_TAP_TSO) != 0;
-    ovl_portsec_init(&p->sec, mac, (flags & OVL_PORT_ROUTER) != 0);
+    ovl_portsec_init(&p->sec, mac, (flags & (OVL_PORT_ROUTER | OVL_PORT_GATEWAY)) != 0);
     if (!ovl_fdb_put_port(e, vni, mac, (int32_t)id))
         return -ENOSPC;
     for (uint32_t q = 0; q < n_fds; q++) {
@@ -105,7 +105,8 @@ static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int n
                         int attach, const uint8_t *mac, uint32_t flags, char *ifname_out)
 {
     if (check_mac(mac) < 0 ||
-        (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_PERSIST | OVL_PORT_ROUTER)))
+        (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_PERSIST | OVL_PORT_ROUTER |
+                             OVL_PORT_GATEWAY)))
         return -EINVAL;
     /* Refuse what port_insert would refuse before touching any device. */
     OVL_RDLOCK(e);
@@ -145,6 +146,9 @@ static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int n
     ovl_netns_leave(saved);
     if (fd < 0)
         return fd;
+    /* The queue a pod's frame takes is its flow's owner (engine.h); set on
+     * every (re)attach: a persistent TAP may keep an older engine's. */
+    int steered = !mq || (e->steer_fd >= 0 && ovl_tap_steer(fds[0], e->steer_fd) == 0);
     OVL_WRLOCK(e);
     rc = port_insert(e, vni, fds, nq, mac, flags, off);
     if (rc >= 0) {
@@ -152,6 +156,8 @@ static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int n
         uint32_t have = e->tap_probed ? (e->offloads & tap & off) : off;
         e->offloads = (e->offloads & ~tap) | have;
         e->tap_probed = 1;
+        if (!steered)
+            e->steering &= ~(uint32_t)OVL_STEER_TAP;
     }
     OVL_UNLOCK(e);
     if (rc < 0) {
@@ -183,7 +189,7 @@ int ovl_port_attach(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns
 
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, uint32_t flags)
 {
-    if (fd < 0 || check_mac(mac) < 0 || (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_ROUTER)))
+    if (fd < 0 || check_mac(mac) < 0 || (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_ROUTER | OVL_PORT_GATEWAY)))
         return -EINVAL;
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)

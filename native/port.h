@@ -8,9 +8,11 @@
  *   bumps gen, which is part of every epoll tag, so an event of the port's
  *   previous life is recognised and ignored.
  * - A multi-queue TAP has one queue per worker (fds[q] is served by worker
- *   q % n_workers); a single-queue port belongs to worker id % n_workers.
- *   A frame for the port is written by the delivering worker to its own
- *   queue where there is one (ovl_port_wfd).
+ *   q % n_workers), opened in order, so the kernel's queue q is fds[q] and
+ *   the steering program's choice is the owner's queue (engine.h); a
+ *   single-queue port (an adopted fd) belongs to worker id % n_workers. A
+ *   frame for the port is written by the delivering worker to its own queue
+ *   where there is one (ovl_port_wfd).
  */
 #ifndef OVL_PORT_H
 #define OVL_PORT_H

@@ -4,9 +4,11 @@
  * Offloads: IFF_VNET_HDR puts a virtio-net header before every frame, and
  * TUNSETOFFLOAD tells the kernel which it may leave to us (checksums, TSO,
  * USO): the pod's stack then hands us super-frames. With several workers a
- * TAP is multi-queue (IFF_MULTI_QUEUE), one queue per worker: the kernel
- * picks a pod's transmit queue by flow hash, so a flow stays on one queue
- * and one worker and is never reordered.
+ * TAP is multi-queue (IFF_MULTI_QUEUE), one queue per worker, and the
+ * engine's steering program (TUNSETSTEERINGEBPF, steer.c) picks the queue of
+ * each frame a pod sends: the worker that owns its flow (engine.h). Without
+ * the program the kernel picks by its own flow hash. Either way a flow stays
+ * on one queue and one worker and is never reordered.
  *
  * Re-attaching: a persistent TAP outlives the process that made it, keeping
  * its name, ifindex, addresses and routes in the pod's namespace. A new
@@ -300,6 +302,11 @@ int ovl_tap_attach(const char *ifname, const uint8_t *mac, uint32_t *offloads, i
         }
     }
     return fd;
+}
+
+int ovl_tap_steer(int fd, int prog_fd)
+{
+    return ioctl(fd, TUNSETSTEERINGEBPF, &prog_fd) < 0 ? -errno : 0;
 }
 
 void ovl_tap_unpersist(int fd)

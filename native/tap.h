@@ -41,6 +41,12 @@ int ovl_tap_attach(const char *ifname, const uint8_t *mac, uint32_t *offloads, i
  * fd or -errno. */
 int ovl_tap_open_queue(const char *name, uint32_t offloads);
 
+/* Have the TAP behind queue fd choose the queue of each frame a pod sends
+ * by the eBPF program prog_fd (TUNSETSTEERINGEBPF: the program's value,
+ * modulo the queues); the device keeps it until another replaces it. 0 or
+ * -errno. */
+int ovl_tap_steer(int fd, int prog_fd);
+
 /* Clear persistence so the device goes away when fd closes. */
 void ovl_tap_unpersist(int fd);
 

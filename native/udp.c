@@ -11,12 +11,18 @@
  *   same arithmetic). Kernel UDP sockets (not raw ones) keep UDP GSO/GRO and
  *   checksum offload within reach. The pool is shared by the workers
  *   (sendmmsg is thread-safe); each worker has its own receive socket, bound
- *   to the tunnel port with SO_REUSEPORT when there are several.
+ *   to the tunnel port with SO_REUSEPORT when there are several, in worker
+ *   order, and the group gets the classic steering program (steer.c,
+ *   SO_ATTACH_REUSEPORT_CBPF): it returns the owner of the inner flow, which
+ *   is the index of that worker's socket in the group.
  * - Sending. Datagrams are queued as iovecs (the tunnel header sits in the
  *   frame's headroom; a segment is its headers plus a payload slice) and sent
  *   at flush: sorted by slot (stably: a flow keeps its order), one sendmmsg
- *   per slot, where runs of equal-sized datagrams to one VTEP (the last may
- *   be shorter) leave as single UDP GSO sends.
+ *   per slot, where runs of equal-sized datagrams of one flow to one VTEP
+ *   (the last may be shorter) leave as single UDP GSO sends. One flow: a
+ *   receiver with UDP GRO takes a GSO send as one receive and steers it by
+ *   its first datagram (engine.h, "Per-flow state"), so a run that mixed
+ *   flows would put all but the first on a worker that does not own them.
  * - A failed send costs exactly the datagram that failed. sendmmsg stops at
  *   the first message that fails; that message is counted (udp_send_failed)
  *   and the rest are sent again from the one after it. A GSO send fails as a
@@ -28,6 +34,7 @@
  *   buffer is reported truncated (decap.c counts it frame_oversize).
  */
 #include "counters.h"
+#include "steer.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -228,6 +235,7 @@ typedef struct txe {
     uint16_t iov_n;
     uint16_t slot;
     uint32_t len;
+    uint32_t hash;               /* the flow's: a GSO run holds one flow */
     const ovl_addr_t *dst;
 } txe_t;
 
@@ -315,6 +323,18 @@ static int udp_worker_open(ovl_worker_t *w)
         return fd;
     big_buffers(fd);
     uw->rx_fd = fd;
+    /* The group's program, set through its first socket: the others join
+     * behind it in worker order, so socket i of the group is worker i's. */
+    if (c->workers > 1 && w->idx == 0) {
+        ovl_steer_prog_t prog;
+        struct sock_fprog fp;
+        if (ovl_steer_build(&prog, c->encap, c->workers) == 0) {
+            fp.len = prog.len;
+            fp.filter = prog.ins;
+            if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof fp) == 0)
+                e->steering |= OVL_STEER_UNDERLAY;
+        }
+    }
     if (e->offloads & OVL_OFF_UDP_GRO) {
         int one = 1;
         if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) < 0)
@@ -392,7 +412,8 @@ static void udp_flush(ovl_worker_t *w)
             uint32_t run = 1, total = first->len;
             while (gso && i + run < end && run < max_run) {
                 const txe_t *t = &uw->txq[uw->tx_order[i + run]];
-                if (t->dst != first->dst || t->len > first->len || total + t->len > GSO_BYTES_MAX)
+                if (t->dst != first->dst || t->hash != first->hash || t->len > first->len ||
+                    total + t->len > GSO_BYTES_MAX)
                     break;
                 total += t->len;
                 run++;
@@ -464,6 +485,7 @@ static void udp_queue(ovl_worker_t *w, const ovl_addr_t *to, const struct iovec 
     t->iov_off = uw->n_iov;
     t->iov_n = (uint16_t)k;
     t->slot = uw->last_slot;
+    t->hash = hash;
     t->dst = to;
     t->len = 0;
     for (uint32_t i = 0; i < k; i++) {

@@ -663,6 +663,76 @@ uint32_t ovl_wire_flow_hash(const ovl_frame_t *f)
     return fmix32(fnv1a(FNV_BASIS, b, n));
 }
 
+/* ---- the steering hash ----
+ *
+ * Which worker owns a flow (engine.h, "Per-flow state"): steer % workers.
+ * Symmetric, so that both directions of a flow have one owner; read only at
+ * fixed offsets from the frame's first byte, because the kernel computes the
+ * same value with the BPF programs of steer.c (for the underlay after the
+ * tunnel header, for a TAP from byte 0), and a BPF load past the end stops
+ * the program with 0: so does this function (owner: worker 0).
+ *
+ *   ethertype (12, 2)  0x0800 IPv4          0x86dd IPv6             other
+ *   fold               src ^ dst (26, 30)   the 8 address words     dst mac ^ src mac:
+ *                                           of src and dst (22..54) W(0)^W(6)^H(4)^H(10)
+ *   ports              TCP/UDP/SCTP, not    next header (20) is     none
+ *                      a fragment (flags    TCP/UDP/SCTP: at 54
+ *                      and offset at 20 &
+ *                      0x3fff == 0): at
+ *                      14 + 4 * IHL (14)
+ *   k2                 proto << 16 | (sport ^ dport) with ports, else 0
+ *   hash               fmix32(fold ^ k2 * 0x9e3779b1)
+ *
+ * What has no ports at a fixed offset (ICMP, fragments, IPv6 with extension
+ * headers) is steered by its address pair alone, as the kernel's flow
+ * dissector leaves out the ports of fragments. XOR makes the fold and the
+ * ports symmetric; the multiply spreads the ports over the word before the
+ * finaliser. overlay/wire.py (steer_hash) is the reference. */
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+uint32_t ovl_wire_steer_hash(const uint8_t *frame, size_t len)
+{
+    if (len < 14)
+        return 0;
+    uint16_t type = rd16(frame + 12);
+    uint32_t fold = 0, k2 = 0, ports = 0;
+    uint8_t proto = 0;
+    int with_ports = 0;
+    if (type == 0x0800) {
+        if (len < 34)
+            return 0;
+        fold = rd32(frame + 26) ^ rd32(frame + 30);
+        proto = frame[23];
+        if (has_ports(proto) && (rd16(frame + 20) & 0x3fff) == 0) {
+            size_t l4 = 14 + (size_t)(frame[14] & 0x0f) * 4;
+            if (len < l4 + 4)
+                return 0;
+            ports = rd32(frame + l4);
+            with_ports = 1;
+        }
+    } else if (type == 0x86dd) {
+        if (len < 54)
+            return 0;
+        for (size_t off = 22; off < 54; off += 4)
+            fold ^= rd32(frame + off);
+        proto = frame[20];
+        if (has_ports(proto)) {
+            if (len < 58)
+                return 0;
+            ports = rd32(frame + 54);
+            with_ports = 1;
+        }
+    } else {
+        fold = rd32(frame) ^ rd32(frame + 6) ^ rd16(frame + 4) ^ rd16(frame + 10);
+    }
+    if (with_ports)
+        k2 = (uint32_t)proto << 16 | ((ports >> 16) ^ (ports & 0xffff));
+    return fmix32(fold ^ k2 * 0x9e3779b1u);
+}
+
 /* hi < lo is a caller bug; it gets lo. */
 uint16_t ovl_wire_source_port(uint32_t hash, uint16_t lo, uint16_t hi, uint16_t slots)
 {

@@ -1,7 +1,7 @@
 """overlay: a userspace VXLAN/Geneve overlay network for containers.
 
 The embedding API is ``Node`` (see overlay.node); the data plane is C
-(native/, reached only through overlay.engine); the pure-Python codecs in
+(native/, reached only through overlay.bindings); the pure-Python codecs in
 overlay.wire are the readable reference of the wire formats.
 """
 

@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overlay import engine as _engine
+from overlay import bindings as _bindings
+from overlay import model
+from overlay.bindings import Engine, Event, FdbEntry, mac_bytes, mac_str
 from overlay.cni import validate
-from overlay.engine import Engine, Event, FdbEntry, mac_bytes, mac_str
 from overlay.errors import ConfigError, ConflictError, NotFoundError
 from overlay.nsenter import move_link, netns_path, setup_link
 
@@ -50,8 +51,8 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 class Encap(enum.Enum):
     """The tunnel encapsulation of a node (one per node, as with the kernel's devices)."""
 
-    VXLAN = _engine.ENCAP_VXLAN
-    GENEVE = _engine.ENCAP_GENEVE
+    VXLAN = _bindings.ENCAP_VXLAN
+    GENEVE = _bindings.ENCAP_GENEVE
 
     @property
     def default_port(self) -> int:
@@ -452,8 +453,8 @@ class Network:
             raise ConfigError(
                 "vtep", address, f"an IPv{self.node.family} address like the underlay"
             )
-        if port is not None and not 1 <= port <= 65535:
-            raise ConfigError("port", port, "a UDP port 1-65535")
+        if port is not None and not model.UDP_PORT_MIN <= port <= model.UDP_PORT_MAX:
+            raise ConfigError("port", port, model.UDP_PORT_EXPECTED)
         self.node.engine.vtep_add(self.vni, addr, port or 0)
         self.vteps.add(addr)
 
@@ -541,22 +542,22 @@ class Node:
         addr = _parse_ip(underlay, "underlay")
         if not isinstance(encap, Encap):
             raise ConfigError("encap", encap, "Encap.VXLAN or Encap.GENEVE")
-        if port is not None and not 1 <= port <= 65535:
-            raise ConfigError("port", port, "a UDP port 1-65535")
-        if not 576 <= mtu <= 65000:
-            raise ConfigError("mtu", mtu, "the underlay MTU, 576-65000 bytes")
+        if port is not None and not model.UDP_PORT_MIN <= port <= model.UDP_PORT_MAX:
+            raise ConfigError("port", port, model.UDP_PORT_EXPECTED)
+        if not model.UNDERLAY_MTU_MIN <= mtu <= model.UNDERLAY_MTU_MAX:
+            raise ConfigError("mtu", mtu, model.UNDERLAY_MTU_EXPECTED)
         if offloads is True:
-            mask = sum(_engine.OFFLOADS.values())
+            mask = sum(_bindings.OFFLOADS.values())
         elif offloads is False:
             mask = 0
         else:
             names = [offloads] if isinstance(offloads, str) else list(offloads)
-            bad = [n for n in names if n not in _engine.OFFLOADS]
+            bad = [n for n in names if n not in _bindings.OFFLOADS]
             if bad:
                 raise ConfigError(
-                    "offloads", bad, f"True, False or names from {sorted(_engine.OFFLOADS)}"
+                    "offloads", bad, f"True, False or names from {sorted(_bindings.OFFLOADS)}"
                 )
-            mask = sum(_engine.OFFLOADS[n] for n in set(names))
+            mask = sum(_bindings.OFFLOADS[n] for n in set(names))
         self.underlay = addr
         self.family = addr.version
         self.encap = encap
@@ -618,8 +619,8 @@ class Node:
         learning: bool = False,
     ) -> Network:
         """Host a network: one VNI, owned by one tenant."""
-        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _engine.VNI_MAX:
-            raise ConfigError("vni", vni, f"an integer 0-{_engine.VNI_MAX}")
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _bindings.VNI_MAX:
+            raise ConfigError("vni", vni, f"an integer 0-{_bindings.VNI_MAX}")
         if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
             raise ConfigError("tenant", tenant, "1-63 characters of [A-Za-z0-9_.-]")
         if vni in self.networks:
@@ -678,8 +679,8 @@ class Node:
     def counters(self) -> dict[str, Any]:
         """Every counter in one dict: engine totals, drops by reason, per network, per port."""
         totals = self.engine.counters()
-        drops = {k: v for k, v in totals.items() if k in _engine.DROP_REASONS}
-        stats = {k: v for k, v in totals.items() if k not in _engine.DROP_REASONS}
+        drops = {k: v for k, v in totals.items() if k in _bindings.DROP_REASONS}
+        stats = {k: v for k, v in totals.items() if k not in _bindings.DROP_REASONS}
         return {
             "offloads": self.engine.offloads,
             "node": stats,

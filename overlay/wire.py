@@ -66,6 +66,28 @@ followed by murmur3's 32-bit finaliser (fmix32). Ports are those of
 :class:`Frame`: 0 for non-TCP/UDP/SCTP protocols and for non-first fragments.
 :func:`source_port` then maps the hash onto ``slots`` evenly spaced ports of
 ``lo..hi``.
+
+The steering hash
+-----------------
+Which worker of an engine owns a flow: ``steer_hash(frame) % workers``
+(native/engine.h, "Per-flow state"). Unlike the flow hash it is symmetric
+(a flow's reply hashes alike, so both directions have one owner) and it is
+read from the raw frame at fixed offsets only, because the kernel computes
+it too, with the BPF programs of native/steer.c; a field past the end of the
+frame gives 0, as a BPF load past the end does::
+
+    ethertype (12)  0x0800                 0x86dd                    other
+    fold            W(26) ^ W(30)          W(22) ^ ... ^ W(50)       W(0) ^ W(6) ^ H(4) ^ H(10)
+    ports           TCP/UDP/SCTP (23), not TCP/UDP/SCTP (20):        none
+                    a fragment (H(20) &    W(54)
+                    0x3fff == 0): W(14 +
+                    4 * (B(14) & 15))
+    k2              proto << 16 | (sport ^ dport) with ports, else 0
+    hash            fmix32(fold ^ k2 * 0x9e3779b1)
+
+(W, H, B: a big-endian 32-, 16-, 8-bit read at that offset; the ports word
+is sport << 16 | dport.) ICMP, fragments and IPv6 with extension headers
+are steered by their address pair alone.
 """
 
 from __future__ import annotations
@@ -74,6 +96,8 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+
+from overlay.model import VNI_MAX  # defined once (pinned to OVL_VNI_MAX by tests/native)
 
 # ---- constants (the same values as native/overlay.h) ----
 VXLAN = 1
@@ -84,7 +108,6 @@ VXLAN_HLEN = 8
 GENEVE_HLEN = 8
 GENEVE_OPTS_MAX = 252
 GENEVE_OPT_DATA_MAX = 124  # 5-bit length in 4-byte words
-VNI_MAX = 0xFFFFFF
 ETH_P_TEB = 0x6558
 GENEVE_F_OAM = 0x80
 GENEVE_F_CRITICAL = 0x40
@@ -590,6 +613,50 @@ def flow_hash(frame: Frame) -> int:
     for byte in flow_hash_input(frame):
         h = ((h ^ byte) * FNV_PRIME) & 0xFFFFFFFF
     return _fmix32(h)
+
+
+_STEER_PORTS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
+
+
+def steer_hash(data: bytes) -> int:
+    """The steering hash of frame bytes ``data`` (``ovl_wire_steer_hash``; see the
+    module docstring): the same for both directions of a flow."""
+
+    def w(off: int) -> int:
+        return int.from_bytes(data[off : off + 4], "big")
+
+    def h(off: int) -> int:
+        return int.from_bytes(data[off : off + 2], "big")
+
+    if len(data) < ETH_HLEN:
+        return 0
+    ports: int | None = None
+    proto = 0
+    if h(12) == ETH_P_IPV4:
+        if len(data) < 34:
+            return 0
+        fold = w(26) ^ w(30)
+        proto = data[23]
+        if proto in _STEER_PORTS and h(20) & 0x3FFF == 0:
+            l4 = ETH_HLEN + (data[14] & 0x0F) * 4
+            if len(data) < l4 + 4:
+                return 0
+            ports = w(l4)
+    elif h(12) == ETH_P_IPV6:
+        if len(data) < 54:
+            return 0
+        fold = 0
+        for off in range(22, 54, 4):
+            fold ^= w(off)
+        proto = data[20]
+        if proto in _STEER_PORTS:
+            if len(data) < 58:
+                return 0
+            ports = w(54)
+    else:
+        fold = w(0) ^ w(6) ^ h(4) ^ h(10)
+    k2 = 0 if ports is None else proto << 16 | ((ports >> 16) ^ (ports & 0xFFFF))
+    return _fmix32(fold ^ ((k2 * 0x9E3779B1) & 0xFFFFFFFF))
 
 
 def source_port(hash: int, lo: int = SPORT_LO, hi: int = SPORT_HI, slots: int = 0) -> int:

@@ -25,11 +25,30 @@ it can remove: the attachment, its port in the data plane and its endpoint in
 the cluster store, all still claiming the pod's address. Releasing the lease
 now would let the IPAM plugin hand that address to a new pod while the old
 endpoint still announces it; keeping it means the address has one owner
-until the daemon has detached. The runtime retries a failed DEL, and the
-retry, with the daemon back, detaches and then releases. (Returning success
-instead would make the runtime forget the container and leave the daemon's
-attachment behind for good on runtimes without GC.) An ADD that failed for
-the same reason has already released its lease, so nothing is held then.
+until the daemon has detached. Runtimes differ after a failed DEL: one may
+send DEL again (kubelet keeps stopping a pod sandbox until its teardown
+succeeds), another logs the error and forgets the container (podman 4.3), and
+then the lease stays with the IPAM plugin: an address lost, never one given
+twice. The daemon forgets such an attachment when, started again, it finds
+the pod's namespace gone. (Returning success instead would let the runtime
+forget the container while the daemon still serves it.) The message says
+what is held, and how far that is known: a DEL with ``prevResult`` follows a
+successful ADD; one without it, from a runtime that caches results (libcni's
+runtimes: podman, containerd, CRI-O), cleans up after a failed ADD, which
+left nothing attached and has already released its lease.
+
+What a runtime asks for. The address in ``CNI_ARGS`` ``IP=`` (podman's
+``--ip``; several joined by ',') and in the ``ips`` capability
+(``runtimeConfig.ips``, also ``args.cni.ips``), and the MAC in ``CNI_ARGS``
+``MAC=`` (podman's ``--mac-address``) and the ``mac`` capability
+(``runtimeConfig.mac``, which wins, as with the bridge plugin). Without an
+``ipam`` plugin the daemon reserves the address in the node's subnet lease
+(one per pod; refused outside the lease or when taken: the error names the
+variable or field it came from); with one, the plugin honours them itself
+(host-local reads all three) and the plugin checks that it did. Without a
+MAC asked for, the pod's MAC is derived from its address
+(``overlay.control.ipam.mac_of``), so it is the same whenever the address
+is.
 
 GC forwards to a delegate that speaks 1.1.0. One that stops at 1.0.0, like
 host-local, has no GC verb; instead each attachment the daemon reports
@@ -85,7 +104,8 @@ from overlay.cni.spec import (
     valid_attachments,
 )
 from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
-from overlay.model import VNI_MAX
+from overlay.errors import ConfigError
+from overlay.model import VNI_MAX, _mac
 
 if TYPE_CHECKING:  # imported when a configuration delegates IPAM (it costs start-up time)
     from overlay.cni.delegate import Delegate
@@ -103,15 +123,17 @@ CHECK_MISMATCH = 103  # CHECK: the attachment is not what prevResult or the netn
 # CNI_ARGS keys this plugin reads; others need IgnoreUnknown=1 (the CNI convention).
 KNOWN_ARGS = (
     "IgnoreUnknown",
+    "IP",
+    "MAC",
     "K8S_POD_NAME",
     "K8S_POD_NAMESPACE",
     "K8S_POD_UID",
     "K8S_POD_INFRA_CONTAINER_ID",
 )
 
-# The client's messages name the daemon's fix; in a CNI configuration the
-# socket's path is the "socket" key.
-_SOCKET_HINT = ' (this network\'s "socket" key names the path)'
+# What the client says to do when no daemon serves the socket, in the words of
+# a CNI configuration's reader (the CLI's own hint names its --socket option).
+_START_HINT = 'start overlayd, or set this network\'s "socket" key to the socket it serves'
 
 # Fields of overlayd's attach request that are the runtime's CNI_* variables.
 _ENV_FIELDS = {"container_id": "CNI_CONTAINERID", "ifname": "CNI_IFNAME", "netns": "CNI_NETNS"}
@@ -190,7 +212,7 @@ class OverlayConf:
         return cls(net, vni, sock, mtu, _parse_routes(raw.get("routes", [])), ipam_type)
 
     def client(self) -> Client:
-        return Client(self.socket)
+        return Client(self.socket, start_hint=_START_HINT)
 
     def delegate(self, env: CniEnv) -> Delegate | None:
         """The IPAM delegate, or None when the daemon allocates."""
@@ -302,18 +324,104 @@ def endpoint_identity(env: CniEnv, net: NetConf) -> tuple[str, dict[str, str]]:
     return name, labels
 
 
+@dataclasses.dataclass(frozen=True)
+class Asked:
+    """What the runtime asked for: addresses and a MAC, each with where it was
+    asked, in the words of the user who set it (e.g. "CNI_ARGS IP")."""
+
+    ips: tuple[str, ...] = ()
+    ips_from: str = ""
+    mac: str | None = None
+    mac_from: str = ""
+
+    def code(self, source: str) -> int:
+        """A refusal's code: 4 for a CNI_ARGS variable, 7 for the configuration."""
+        return INVALID_ENV if source.startswith("CNI_ARGS") else INVALID_CONFIG
+
+    def shown(self) -> str:
+        """What was asked, for a message ("" when nothing was)."""
+        parts = [f"{self.ips_from}={','.join(self.ips)}"] if self.ips else []
+        parts += [f"{self.mac_from}={self.mac}"] if self.mac else []
+        return " and ".join(parts)
+
+
+def asked(env: CniEnv, net: NetConf) -> Asked:
+    """The addresses and the MAC the runtime asks for (see the design notes); a bad
+    one is code 4 naming its CNI_ARGS variable, or 7 naming its configuration field."""
+    runtime = net.raw.get("runtimeConfig") or {}
+    args = net.raw.get("args")
+    cni_args = args.get("cni") if isinstance(args, dict) else None
+    ip_sources: list[tuple[str, object]] = [
+        ("runtimeConfig.ips", runtime.get("ips")),
+        ("args.cni.ips", cni_args.get("ips") if isinstance(cni_args, dict) else None),
+    ]
+    if env.args.get("IP"):
+        ip_sources.append(("CNI_ARGS IP", [a.strip() for a in env.args["IP"].split(",")]))
+    found: dict[str, str] = {}  # the address without its prefix -> as it was asked
+    used: list[str] = []
+    for source, value in ip_sources:
+        if value is None:
+            continue
+        code = INVALID_ENV if source.startswith("CNI_ARGS") else INVALID_CONFIG
+        expected = "addresses like 10.244.1.9 or 10.244.1.9/16"
+        if not isinstance(value, list):
+            raise CniError(code, f"{source}={validate.shown(value)}: a list of {expected}")
+        for item in value:
+            try:
+                if not isinstance(item, str):
+                    raise TypeError
+                found.setdefault(str(ipaddress.ip_interface(item).ip), item)
+            except (TypeError, ValueError):
+                joined = ", joined by ','" if code == INVALID_ENV else ""
+                raise CniError(
+                    code, f"{source} has {validate.shown(item)}: {expected}{joined}"
+                ) from None
+        if value:
+            used.append(source)
+    # runtimeConfig.mac wins over CNI_ARGS MAC, as in the bridge plugin.
+    for source, raw in (("runtimeConfig.mac", runtime.get("mac")), ("CNI_ARGS MAC", None)):
+        value = env.args.get("MAC") if source == "CNI_ARGS MAC" else raw
+        if value is None or value == "":
+            continue
+        try:
+            return Asked(tuple(found.values()), " and ".join(used), _mac(value, source), source)
+        except ConfigError as exc:
+            code = INVALID_ENV if source.startswith("CNI_ARGS") else INVALID_CONFIG
+            raise CniError(code, f"{source}={validate.shown(value)}: {exc.expected}") from None
+    return Asked(tuple(found.values()), " and ".join(used))
+
+
 # -- the daemon's answers ------------------------------------------------------
 
 
-def daemon_error(exc: ApiError | DaemonUnavailable, verb: str) -> CniError:
-    """An API failure as a CNI error (see the table in examples/README.md)."""
+def daemon_error(
+    exc: ApiError | DaemonUnavailable, verb: str, wanted: Asked | None = None
+) -> CniError:
+    """An API failure as a CNI error (see the table in examples/README.md); for
+    ADD, ``wanted`` is what the runtime asked the daemon for (addresses, MAC):
+    a refusal of one names the variable or field it was asked in."""
     if isinstance(exc, DaemonUnavailable):
-        return CniError(TRY_AGAIN_LATER, f"{verb}: {exc}{_SOCKET_HINT}")
+        return CniError(TRY_AGAIN_LATER, f"{verb}: {exc}")
     variable = _ENV_FIELDS.get(str(exc.field)) if exc.kind == "config" else None
     if variable is not None:
         # The daemon refuses what only it can see (its own namespaces, the node's
         # underlay namespace): the fault is still the runtime's variable, code 4.
         return CniError(INVALID_ENV, f"{verb}: {variable} refused by overlayd: {exc.message}")
+    if wanted is not None and exc.kind == "config" and exc.field in ("ips", "mac"):
+        source, value = (
+            (wanted.ips_from, ",".join(wanted.ips))
+            if exc.field == "ips"
+            else (wanted.mac_from, wanted.mac or "")
+        )
+        if source:
+            return CniError(
+                wanted.code(source), f"{verb}: {source}={value} refused by overlayd: {exc.expected}"
+            )
+    if wanted is not None and exc.kind == "conflict" and wanted.shown():
+        return CniError(
+            ATTACHMENT_CONFLICT,
+            f"{verb}: overlayd answered conflict: {exc.message} (asked for {wanted.shown()})",
+        )
     if exc.kind == "not_found":
         # Not found means an unknown container only where the verb names one
         # that should exist; for ADD and GC it is the network (a config error).
@@ -371,6 +479,15 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
     routes = list(conf.routes)
     dns: Mapping[str, Any] = net.dns
     delegate = conf.delegate(env)
+    wanted = asked(env, net)
+    if wanted.mac:
+        request["mac"] = wanted.mac
+    if delegate is None and len(wanted.ips) > 1:
+        raise CniError(
+            wanted.code(wanted.ips_from),
+            f"{wanted.ips_from}={','.join(wanted.ips)}: overlayd gives a pod one address "
+            "of the node's subnet; ask for one, or configure an ipam plugin for several",
+        )
     env.check_netns()  # before anything is allocated
     if delegate is not None:
         ipam = delegate.add()
@@ -380,12 +497,26 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
                 INVALID_CONFIG,
                 f"ipam.type={delegate.type!r} returned no addresses: check its configuration",
             )
+        given = {str(ipaddress.ip_interface(ip.address).ip) for ip in ipam.ips}
+        missed = [a for a in wanted.ips if str(ipaddress.ip_interface(a).ip) not in given]
+        if missed:
+            _release(delegate)
+            raise CniError(
+                wanted.code(wanted.ips_from),
+                f"{wanted.ips_from}={','.join(wanted.ips)}: ipam.type={delegate.type!r} gave "
+                f"{', '.join(ip.address for ip in ipam.ips)} instead of {', '.join(missed)}: "
+                "use an IPAM plugin that honours asked-for addresses (host-local does)",
+            )
         request["ips"] = [ip.address for ip in ipam.ips]
+        request["ipam"] = "delegated"
         gateways = {ip.address: ip.gateway for ip in ipam.ips if ip.gateway}
         if gateways:
             request["gateways"] = gateways
         routes = [*ipam.routes, *(r for r in routes if r not in ipam.routes)]
         dns = ipam.dns or dns
+    elif wanted.ips:
+        request["ips"] = list(wanted.ips)
+        request["ipam"] = "node"
     if routes:
         request["routes"] = [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in routes]
     if conf.mtu is not None:
@@ -393,7 +524,7 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
     try:
         record = conf.client().attach(request)
     except (ApiError, DaemonUnavailable) as exc:
-        error = daemon_error(exc, "ADD")
+        error = daemon_error(exc, "ADD", wanted)
         if delegate is not None:
             _release(delegate, error)
         raise error from None
@@ -404,8 +535,8 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
 
 def _release(delegate: Delegate, error: CniError | None = None) -> None:
     """Give back the delegate's addresses after a failed ADD. When that fails too,
-    raise ``error`` with the failure added to its message (the runtime's DEL
-    after a failed ADD will try again), or the failure itself without ``error``."""
+    raise ``error`` with the failure added to its message, or the failure itself
+    without ``error``."""
     try:
         delegate.delete()
     except CniError as exc:
@@ -413,7 +544,7 @@ def _release(delegate: Delegate, error: CniError | None = None) -> None:
             raise
         raise error.with_msg(
             f"{error.msg} (and releasing the address with {delegate.type} failed too: "
-            f"{exc.msg}; it is released by the DEL the runtime sends next)"
+            f"{exc.msg}; a DEL of this container that reaches overlayd releases it)"
         ) from None
 
 
@@ -423,17 +554,34 @@ def cmd_del(env: CniEnv, net: NetConf) -> None:
         conf.client().detach(env.container_id, env.ifname)
     except DaemonUnavailable as exc:
         # Keep the IPAM lease: see "DEL with the daemon unreachable" above.
-        raise CniError(
-            TRY_AGAIN_LATER,
-            f"DEL: {exc}{_SOCKET_HINT}; attachment {env.container_id}/{env.ifname} and "
-            "its address stay reserved until a DEL reaches overlayd",
-        ) from None
+        raise CniError(TRY_AGAIN_LATER, f"DEL: {exc}; {_del_held(env, net)}") from None
     except ApiError as exc:
         if exc.kind != "not_found":  # gone already: DEL is idempotent
             raise daemon_error(exc, "DEL") from None
     delegate = conf.delegate(env)
     if delegate is not None:
         delegate.delete()
+
+
+def _del_held(env: CniEnv, net: NetConf) -> str:
+    """What a DEL that cannot reach overlayd leaves held, as far as it is known
+    (see "DEL with the daemon unreachable" in the design notes)."""
+    attachment = f"{env.container_id}/{env.ifname}"
+    if net.prev_result is None:
+        return (
+            f"the runtime passed no result of an ADD of {attachment}: after a failed ADD "
+            "nothing was attached and nothing is held; if an ADD did succeed, overlayd "
+            "keeps its attachment and address until a DEL reaches it"
+        )
+    try:
+        ips = [ip.address for ip in Result.from_dict(net.prev_result).ips]
+    except CniError:
+        ips = []
+    what = f"its address {', '.join(ips)}" if ips else "its address"
+    return (
+        f"overlayd keeps attachment {attachment} and {what} until a DEL reaches it or, "
+        "started again, it finds the pod's network namespace gone"
+    )
 
 
 def cmd_check(env: CniEnv, net: NetConf) -> None:
@@ -479,7 +627,7 @@ def cmd_status(env: CniEnv, net: NetConf) -> None:
         status = client.status()
         networks = client.networks() if isinstance(status, dict) and status.get("ready") else []
     except DaemonUnavailable as exc:
-        raise CniError(PLUGIN_NOT_AVAILABLE, f"STATUS: {exc}{_SOCKET_HINT}") from None
+        raise CniError(PLUGIN_NOT_AVAILABLE, f"STATUS: {exc}") from None
     except ApiError as exc:
         raise CniError(
             PLUGIN_NOT_AVAILABLE,

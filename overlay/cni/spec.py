@@ -9,8 +9,11 @@ a ``CniError`` with the spec's code and a message that names the variable or
 field and the fix: 1 incompatible version, 2 unsupported field, 4 bad
 environment, 6 decoding failure, 7 invalid configuration. Versions: this
 plugin speaks 0.3.0 through 1.1.0; results are printed in the version the
-configuration asked for (1.0.0 and 1.1.0 share a format), so chaining with
-1.0.0 plugins such as Debian's host-local works. The container ID, interface
+configuration asked for, converted to that version's format
+(``RESULT_FORMATS``: a "version" on each IP before 1.0.0, no 1.1.0-only keys
+before 1.1.0), because a runtime parses only the format it asked for (podman
+4.3 cannot parse a 1.1.0 result), so chaining with 1.0.0 plugins such as
+Debian's host-local works too. The container ID, interface
 name, network name and namespace are checked by ``overlay.cni.validate``, the
 rules overlayd's API applies too; stdin is decoded by its ``load_json``
 (nesting bounded: code 6, never an uncaught ``RecursionError``).
@@ -274,6 +277,23 @@ class Route:
     scope: int = 0
 
 
+#: What a result looks like in each version this module speaks (runtimes parse
+#: only the format of the version they asked for: podman 4.3 reads up to 1.0.0).
+#: ``Result.to_dict`` follows it; the README's table of versions says the same.
+RESULT_FORMATS = {
+    "0.3.0": "ips[].version ('4' or '6'); interfaces: name, mac, sandbox; routes: dst, gw",
+    "0.3.1": "as 0.3.0",
+    "0.4.0": "as 0.3.0 (adds CHECK and prevResult on DEL, not result keys)",
+    "1.0.0": "no ips[].version; interfaces: name, mac, sandbox; routes: dst, gw",
+    "1.1.0": "as 1.0.0, plus interfaces[].mtu and routes[].mtu, advmss, priority, table, scope",
+}
+# Result keys that 1.1.0 added; left out of a result for an earlier version.
+_SINCE_1_1_0 = {
+    "interface": frozenset({"mtu"}),
+    "route": frozenset({"mtu", "advmss", "priority", "table", "scope"}),
+}
+
+
 def _own_fields(cls: Any, raw: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of ``raw`` that are fields of dataclass ``cls`` (a newer spec's extra
     keys are left out)."""
@@ -292,21 +312,32 @@ class Result:
     dns: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The result in the format of its ``cni_version`` (see ``RESULT_FORMATS``):
+        keys a version lacks are left out, and 0.3.x/0.4.0 IPs carry "version"."""
+        newer = version_at_least(self.cni_version, "1.1.0")
         out: dict[str, Any] = {"cniVersion": self.cni_version}
         if self.interfaces:  # an IPAM plugin's result has none, and leaves the key out
             out["interfaces"] = [
-                {k: v for k, v in dataclasses.asdict(i).items() if v not in ("", 0)}
+                {
+                    k: v
+                    for k, v in dataclasses.asdict(i).items()
+                    if v not in ("", 0) and (newer or k not in _SINCE_1_1_0["interface"])
+                }
                 for i in self.interfaces
             ]
         out["ips"] = [
             {k: v for k, v in dataclasses.asdict(ip).items() if v not in ("", None)}
             for ip in self.ips
         ]
-        if self.cni_version in ("0.3.0", "0.3.1"):
+        if not version_at_least(self.cni_version, "1.0.0"):
             for ip in out["ips"]:
                 ip["version"] = str(ipaddress.ip_interface(ip["address"]).version)
         out["routes"] = [
-            {k: v for k, v in dataclasses.asdict(r).items() if v not in ("", 0)}
+            {
+                k: v
+                for k, v in dataclasses.asdict(r).items()
+                if v not in ("", 0) and (newer or k not in _SINCE_1_1_0["route"])
+            }
             for r in self.routes
         ]
         if self.dns:

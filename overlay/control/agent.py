@@ -60,7 +60,13 @@ from typing import Generic
 
 from overlay.control import keys
 from overlay.control.claims import REASONS, Claims, Rejection
-from overlay.control.ipam import AddressAllocator, lease_subnet
+from overlay.control.ipam import (
+    AddressAllocator,
+    is_derived,
+    lease_subnet,
+    mac_of,
+    primary_address,
+)
 from overlay.control.nodeapi import HostNode, P
 from overlay.control.reconcilers import RECONCILERS, Reconciler, ReconcilerFactory
 from overlay.control.store import (
@@ -71,10 +77,13 @@ from overlay.control.store import (
     Store,
     StoreUnavailable,
 )
-from overlay.errors import ConfigError, OverlayError
-from overlay.model import Endpoint, NodeSpec, to_json
+from overlay.errors import ConfigError, ConflictError, OverlayError
+from overlay.model import Endpoint, NodeSpec, _mac, to_json
 
 log = logging.getLogger("overlay.agent")
+
+# Stands in for a MAC not chosen yet when a new endpoint's name and labels are checked.
+_ANY_MAC = "02:00:00:00:00:00"
 
 
 class _Resync(Exception):
@@ -139,7 +148,6 @@ class Agent(Generic[P]):
         self._tasks: list[asyncio.Task[None]] = []
         self.subnets: dict[int, str] = {}  # vni -> the subnet this node leases
         self.local: dict[tuple[int, str], Endpoint] = {}  # our endpoints (vni, mac)
-        self._macs = 0
         self._delegated: set[tuple[int, str]] = set()  # endpoints whose IPs we did not lease
         self._queue: asyncio.Queue[list[Event] | BaseException] | None = None
         # Called with the seconds from a batch of store changes arriving to the
@@ -285,15 +293,25 @@ class Agent(Generic[P]):
         ifname: str | None = None,
         port_security: bool = True,
         ips: Sequence[str] | None = None,
+        reserve: bool = False,
         persist: bool = False,
         netns: str | None = None,
     ) -> tuple[Endpoint, P]:
-        """A new pod on this node: an address from the node's subnet lease of the
-        network (leased on first use) — or ``ips`` given by the caller (a delegated
-        IPAM owns those) — a port (TAP, ``persist`` to outlive the process) on the
-        node (born in the pod's namespace ``netns`` when given: see
-        ``Network.add_port``), and the endpoint announced to the cluster. Returns
-        (endpoint, port)."""
+        """A new pod on this node: its address, a port (TAP, ``persist`` to outlive
+        the process) on the node (born in the pod's namespace ``netns`` when given:
+        see ``Network.add_port``), and the endpoint announced to the cluster.
+        Returns (endpoint, port).
+
+        The address comes first, then the MAC. Addresses: one from the node's
+        subnet lease of the network (leased on first use); or ``ips`` given by the
+        caller, which a delegated IPAM owns; or, with ``reserve``, the one address
+        in ``ips`` asked of the node's subnet lease, reserved there as if the node
+        had picked it (ConfigError naming ``ips`` outside the lease, ConflictError
+        when it is taken). The MAC is ``mac`` when given (ConflictError when the
+        network has it already; ConfigError when it lies in a range kept for
+        derived MACs and is not its own address's), otherwise the one the pod's
+        address derives (``overlay.control.ipam.mac_of``): the same for the same
+        address after any restart, and unique in the network."""
         if vni not in self.spec.networks:
             raise ConfigError(
                 "vni", vni, f"one of the networks this node hosts: {self.spec.networks}"
@@ -301,19 +319,54 @@ class Agent(Generic[P]):
         await asyncio.wait_for(self.synced.wait(), self.ttl * 3)
         if vni not in self.specs:
             raise ConfigError("vni", vni, "a network defined in the store (networks/<vni>)")
-        mac = self._new_mac(vni) if mac is None else mac.lower()
+        if mac is not None:
+            mac = _mac(mac, "mac")
         # The record is checked before anything is taken: a bad name or label
         # (overlay.model's bounds) is refused here, not after the port exists.
-        Endpoint(vni=vni, mac=mac, ips=(), node=self.name, name=name, labels=dict(labels or {}))
-        if ips is not None:
-            addrs = [str(ip) for ip in ips]
-            self._delegated.add((vni, mac.lower()))
+        Endpoint(
+            vni=vni,
+            mac=mac or _ANY_MAC,
+            ips=(),
+            node=self.name,
+            name=name,
+            labels=dict(labels or {}),
+        )
+        given = None if ips is None else [str(ip) for ip in ips]
+        if reserve and (given is None or len(given) != 1):
+            raise ConfigError(
+                "ips", given, "one address: the node's subnet lease gives a pod one address"
+            )
+        if mac is not None:
+            self._check_mac(vni, mac, given)
+        if given is not None and not reserve:  # a delegated IPAM's addresses
+            addrs = given
+            if mac is None:
+                primary = primary_address(addrs)
+                assert primary is not None  # at least one address (checked by the caller)
+                mac = mac_of(primary)
+                holder = self._mac_holder(vni, mac)
+                if holder:
+                    raise ConflictError(
+                        f"network {vni}: address {primary} derives MAC {mac}, which {holder} "
+                        "has; ask for a MAC for this pod"
+                    )
+            self._delegated.add((vni, mac))
         else:
             if vni not in self.subnets:
                 self.subnets[vni] = await lease_subnet(
                     self.store, self.specs[vni], self.name, self.lease
                 )
-            addrs = [await self._allocator(vni).allocate(mac)]
+            want = given[0] if given is not None else None
+            try:
+                addr = await self._allocator(vni).allocate(
+                    mac, want=want, mac_taken=lambda m: bool(self._mac_holder(vni, m))
+                )
+            except ConfigError as exc:
+                if exc.field == "want":  # the caller's name for it
+                    raise ConfigError("ips", want, exc.expected) from None
+                raise
+            mac = mac or mac_of(addr)
+            addrs = [addr]
         try:
             self.reconcile([vni])  # the network exists on the node before its port
             port = self.node.network(vni).add_port(
@@ -338,6 +391,40 @@ class Agent(Generic[P]):
         self.local[(vni, ep.mac)] = ep
         await self.publish_endpoint(ep)
         return ep, port
+
+    def _mac_holder(self, vni: int, mac: str) -> str:
+        """Who has ``mac`` in network ``vni`` as far as this node knows ("" when
+        nobody): a port of this node, one of its endpoints, another node's endpoint
+        (the store's, as checked) or a remote the node was given."""
+        net = self.node.networks.get(vni)
+        if net is not None and any(p.mac == mac for p in net.ports):
+            return "a port of this node"
+        ep = self.local.get((vni, mac)) or self.endpoints.get(vni, {}).get(mac)
+        if ep is not None:
+            return f"endpoint {ep.name or '(unnamed)'} on node {ep.node}"
+        if net is not None and mac in net.remotes:
+            return "a remote endpoint of this node's table"
+        return ""
+
+    def _check_mac(self, vni: int, mac: str, ips: Sequence[str] | None) -> None:
+        """A MAC asked for: free in the network, and outside the derived ranges
+        unless it is the one its own address derives (see ``overlay.control.ipam``)."""
+        if is_derived(mac):
+            primary = primary_address(ips or ())
+            if primary is None or mac != mac_of(primary):
+                raise ConfigError(
+                    "mac",
+                    mac,
+                    "a unicast MAC outside 0a:58:00:00:00:00/16 and 0e:00:00:00:00:00/8, "
+                    "which overlay keeps for MACs derived from addresses; or no MAC, to get "
+                    "the one derived from the pod's address",
+                )
+        holder = self._mac_holder(vni, mac)
+        if holder:
+            raise ConflictError(
+                f"network {vni}: MAC {mac} is in use by {holder}; ask for another MAC, or for "
+                "none to get the one derived from the pod's address"
+            )
 
     async def register_endpoint(self, ep: Endpoint, *, delegated: bool = False) -> None:
         """Announce an endpoint whose port the node already has (a restarted daemon
@@ -365,23 +452,6 @@ class Agent(Generic[P]):
                 await self._allocator(ep.vni).allocate(ep.mac, want=ip)
         self.local[(ep.vni, ep.mac)] = ep
         await self.publish_endpoint(ep)
-
-    def _new_mac(self, vni: int) -> str:
-        """A locally administered MAC from the node's name and a counter, skipping any
-        in use in the network (a restarted daemon starts counting again)."""
-        net = self.node.networks.get(vni)
-        ports = {p.mac for p in net.ports} if net is not None else set()
-        remotes = net.remotes if net is not None else {}
-        claimed = self.endpoints.get(vni, {})
-        h = int.from_bytes(self.name.encode()[-3:].rjust(3, b"\0"), "big")
-        while True:
-            self._macs += 1
-            mac = (
-                f"02:{(h >> 16) & 255:02x}:{(h >> 8) & 255:02x}:{h & 255:02x}:"
-                f"{(self._macs >> 8) & 255:02x}:{self._macs & 255:02x}"
-            )
-            if not (mac in ports or mac in remotes or mac in claimed or (vni, mac) in self.local):
-                return mac
 
     async def _release(self, vni: int, mac: str, ips: Iterable[str]) -> None:
         if (vni, mac) in self._delegated:

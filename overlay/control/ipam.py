@@ -52,8 +52,10 @@ Decisions:
   the value. If two calls for the same owner race and both create, the grant
   with the lower create revision wins for both and the other is deleted.
 * Every loop is bounded: a walk visits each candidate at most once and ends
-  with ``CapacityError`` when all are taken; a snapshot that goes stale under
-  contention is re-read at most ``_ROUNDS`` times before ``ConflictError``.
+  with ``CapacityError`` when all are taken (``ConflictError`` after
+  ``_MAC_COLLISIONS`` free addresses in a row whose derived MAC is held); a
+  snapshot that goes stale under contention is re-read at most ``_ROUNDS``
+  times before ``ConflictError``.
 * Arguments are checked before anything is read or written (``ConfigError``
   naming the argument), and a call that raises ``CapacityError`` or
   ``ConflictError`` has written nothing that stays. A call cut short by the
@@ -62,6 +64,23 @@ Decisions:
 * ``CapacityError`` means every candidate was held in a snapshot read during
   the call; a grant that a racing call for the same owner gives back a moment
   later can be counted as held.
+
+Pod MACs follow addresses. A pod that asks for no MAC gets one derived from
+its address (``mac_of``), as OVN-Kubernetes does: ``0a:58:`` and the four
+bytes of an IPv4 address; for IPv6 ``0e:`` and five bytes of the address's
+SHA-256. The MAC is then stable for the address with no state anywhere (a
+container restarted with the same address comes back with the same MAC, and
+its peers' neighbour caches stay right), and unique in the network by
+construction for IPv4, because the address is. A hash can collide, so for
+IPv6 the allocator makes it unique: the address keys of an IPv6 network are
+read whole (see ``_addr_scan_prefix``), a candidate whose MAC another address
+already holds is skipped, and after a create the earliest key (create
+revision) holding the MAC keeps it while a later one is deleted and the walk
+goes on; two nodes racing for two colliding addresses thus end with one of
+them, as with everything else here. The two prefixes are reserved for derived
+MACs (``is_derived``): a MAC someone asks for must lie outside them, unless it
+is the one its own address derives, so an asked-for MAC never takes the MAC of
+an address handed out later.
 
 Known limit: the protocol's ``delete`` is unconditional, so a release reads
 the key, checks its owner and then deletes it. Were the owner's lease to
@@ -74,7 +93,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeAlias
 
 from overlay.control import keys
@@ -84,6 +103,14 @@ from overlay.model import VNI_MAX, NetworkSpec, _mac, _name
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Derived MACs (see the module notes): both are locally administered unicast.
+DERIVED_V4 = (0x0A, 0x58)  # 0a:58: + the IPv4 address
+DERIVED_V6 = 0x0E  # 0e: + the first 5 bytes of sha256(the 16 bytes of the IPv6 address)
+
+# How many free addresses in a row a walk skips because their derived MAC is held
+# (the walk's bound when hashes collide; with 40 bits of hash it is never reached).
+_MAC_COLLISIONS = 64
 
 # How many times a call re-reads its snapshot when the store changes under it
 # (a holder's key moved, a requested address created concurrently).
@@ -136,6 +163,37 @@ def _parse_address(text: str) -> IPAddress | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+# ---------------------------------------------------------------- MACs
+
+
+def mac_of(address: str | IPAddress) -> str:
+    """The MAC a pod with ``address`` gets when it asks for none ("10.244.3.2",
+    "10.244.3.2/16" or an address object): ``0a:58:0a:f4:03:02`` for that IPv4
+    address, ``0e:`` and five bytes of its SHA-256 for an IPv6 address."""
+    ip = address if not isinstance(address, str) else ipaddress.ip_interface(address).ip
+    if ip.version == 4:
+        raw = bytes(DERIVED_V4) + ip.packed
+    else:
+        raw = bytes([DERIVED_V6]) + hashlib.sha256(ip.packed).digest()[:5]
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def is_derived(mac: str) -> bool:
+    """``mac`` lies in a range reserved for MACs derived from addresses."""
+    head = mac.lower()
+    return head.startswith(f"{DERIVED_V4[0]:02x}:{DERIVED_V4[1]:02x}:") or head.startswith(
+        f"{DERIVED_V6:02x}:"
+    )
+
+
+def primary_address(ips: Iterable[str]) -> str | None:
+    """The address a pod's MAC is derived from: its first IPv4 one, else its first."""
+    ips = list(ips)
+    v4 = [ip for ip in ips if ipaddress.ip_interface(ip).version == 4]
+    first = v4 or ips
+    return first[0] if first else None
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -402,20 +460,34 @@ class AddressAllocator:
                 f"{self.subnet} (held by {holder}); lease a subnet again with lease_subnet()"
             )
 
-    async def allocate(self, mac: str, *, want: str | None = None) -> str:
+    async def allocate(
+        self,
+        mac: str | None = None,
+        *,
+        want: str | None = None,
+        mac_taken: Callable[[str], bool] | None = None,
+    ) -> str:
         """The address ("10.244.3.2/16") of mac, reserving one if mac holds none.
 
-        Requires: mac a unicast MAC; want, if given, a pod address of the
-        subnet. Guarantees: on return ``keys.addr(vni, ip)`` holds mac under
-        the allocator's lease and no other MAC holds ip. A MAC that already
-        holds an address of the subnet gets it back (it is the same pod asking
-        again). Without want, addresses are taken round-robin from just after
-        the last one granted, so a released address is not reused at once.
+        Requires: mac a unicast MAC, or None: the pod's MAC is the one its
+        address derives (``mac_of``); want, if given, a pod address of the
+        subnet. Guarantees: on return ``keys.addr(vni, ip)`` holds the MAC
+        (mac, or ``mac_of(ip)``) under the allocator's lease and no other MAC
+        holds ip; with mac None, no other address of the network holds that
+        MAC either, and ``mac_taken`` (a MAC the caller knows is in use: a port,
+        another node's endpoint) said no to it. A MAC that already holds an
+        address of the subnet gets it back (it is the same pod asking again);
+        without mac there is no such pod, so a taken want is refused. Without
+        want, addresses are taken round-robin from just after the last one
+        granted, so a released address is not reused at once.
         Two calls for the same MAC at once end with one address for both.
         Raises ConfigError for a bad argument, ConflictError when want is
-        taken or mac holds another address, or when the node no longer holds
-        the subnet, CapacityError when the subnet is full.
+        taken (or, without mac, its MAC is) or mac holds another address, or
+        when the node no longer holds the subnet, CapacityError when the
+        subnet is full.
         """
+        if mac is None:
+            return await self._allocate_derived(want, mac_taken or (lambda _mac: False))
         mac = _mac(mac, "mac")
         wanted = None if want is None else self._address_arg(want, "want")
         owner = mac.encode()
@@ -466,14 +538,103 @@ class AddressAllocator:
                 return await self._granted(key, owner)
             if lost:  # all taken meanwhile, maybe one by a racing call for this MAC: look again
                 continue
-            raise CapacityError(
-                f"network {vni} ({self.spec.cidr}): subnet {self.subnet} of node {self.node!r} "
-                f"has no free address left (all {self.capacity} are taken); release addresses "
-                "of pods that are gone, or give the network a shorter subnet_prefix"
-            )
+            raise self._full()
         raise ConflictError(
             f"network {vni}: the addresses of MAC {mac} changed under every one of {_ROUNDS} "
             "attempts; try again"
+        )
+
+    async def _allocate_derived(self, want: str | None, mac_taken: Callable[[str], bool]) -> str:
+        """``allocate`` for a pod whose MAC is derived from its address (see there)."""
+        wanted = None if want is None else self._address_arg(want, "want")
+        vni = self.spec.vni
+        await self._check_holder()
+        for _ in range(_ROUNDS):
+            kvs, _rev = await self._store.get_prefix(self._prefix)
+            taken: dict[int, bytes] = {}
+            macs: dict[bytes, IPAddress] = {}  # MACs held by addresses (the whole network for IPv6)
+            for kv in kvs:
+                ip = _parse_address(keys.last(kv.key))
+                if ip is None:
+                    continue
+                macs.setdefault(kv.value, ip)
+                if ip in self.subnet:
+                    taken[int(ip) - self._base] = kv.value
+            if wanted is not None:
+                owner = mac_of(wanted).encode()
+                holder = taken.get(int(wanted) - self._base)
+                if holder is not None:
+                    raise ConflictError(
+                        f"network {vni}: address {wanted} is taken by MAC "
+                        f"{holder.decode(errors='replace')}"
+                    )
+                if owner in macs or mac_taken(owner.decode()):
+                    raise ConflictError(
+                        f"network {vni}: address {wanted} derives MAC {owner.decode()}, which "
+                        "another pod holds; ask for another address, or for a MAC as well"
+                    )
+                key = keys.addr(vni, str(wanted))
+                if await self._store.cas(key, 0, owner, self.lease) is None:
+                    continue  # taken meanwhile: the next snapshot says by whom
+                if await self._keeps_mac(key, owner):
+                    return self._interface(wanted)
+                raise ConflictError(
+                    f"network {vni}: address {wanted} derives MAC {owner.decode()}, which "
+                    "another pod took at the same moment; ask for another address"
+                )
+            lost = False  # a create failed, or a MAC was lost: the snapshot went stale
+            collisions = 0
+            for offset in self._order() if len(taken) < self.capacity else ():
+                if offset in taken:
+                    continue
+                ip = self.subnet.network_address + offset
+                owner = mac_of(ip).encode()
+                if owner in macs or mac_taken(owner.decode()):
+                    collisions += 1  # an IPv6 hash collision: this address stays free
+                    if collisions > _MAC_COLLISIONS:
+                        raise ConflictError(
+                            f"network {vni}: {collisions} free addresses of subnet "
+                            f"{self.subnet} in a row derive MACs that other pods hold; ask "
+                            "for a MAC for this pod"
+                        )
+                    continue
+                key = keys.addr(vni, str(ip))
+                if await self._store.cas(key, 0, owner, self.lease) is None:
+                    taken[offset] = b"?"  # another allocation was quicker
+                    lost = True
+                    continue
+                if not await self._keeps_mac(key, owner):
+                    macs[owner] = ip  # another address was quicker to the MAC
+                    lost = True
+                    continue
+                self._cursor = offset + 1 if offset < self._last else self._first
+                return self._interface(ip)
+            if lost:
+                continue
+            raise self._full()
+        raise ConflictError(
+            f"network {vni}: the addresses of subnet {self.subnet} changed under every one of "
+            f"{_ROUNDS} attempts; try again"
+        )
+
+    async def _keeps_mac(self, key: bytes, owner: bytes) -> bool:
+        """After creating ``key`` for the derived MAC ``owner``: whether it keeps the
+        MAC. The earliest key (create revision) holding a MAC keeps it; a later one
+        is deleted again (two colliding IPv6 hashes created at once)."""
+        kvs, _ = await self._store.get_prefix(self._prefix)
+        held = [kv for kv in kvs if kv.value == owner and _parse_address(keys.last(kv.key))]
+        if not held:  # ours already gone again (lease ended): report what we made
+            return True
+        if min(held, key=lambda kv: (kv.create_revision, kv.key)).key == key:
+            return True
+        await self._store.delete(key)
+        return False
+
+    def _full(self) -> CapacityError:
+        return CapacityError(
+            f"network {self.spec.vni} ({self.spec.cidr}): subnet {self.subnet} of node "
+            f"{self.node!r} has no free address left (all {self.capacity} are taken); release "
+            "addresses of pods that are gone, or give the network a shorter subnet_prefix"
         )
 
     def _order(self) -> Iterator[int]:

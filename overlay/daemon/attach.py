@@ -32,6 +32,7 @@ from overlay.daemon.parts import Parts
 from overlay.daemon.pods import (
     AttachRequest,
     add_routes,
+    announce,
     delete_link,
     forbidden_netns,
     link_state,
@@ -152,6 +153,7 @@ class Attachments(Room):
                 name=req.name,
                 labels=req.labels,
                 ips=req.ips,
+                reserve=req.ips is not None and req.ipam == "node",
                 persist=True,
                 ifname=req.ifname,
                 netns=req.netns,  # the TAP is born there under its name: no move, no rename
@@ -174,7 +176,7 @@ class Attachments(Room):
                 mac=ep.mac,
                 ips=list(ep.ips),
                 mtu=mtu,
-                ipam="delegated" if req.ips is not None else "node",
+                ipam=req.ipam,
                 gateway=req.gateway,
                 routes=req.routes,
                 name=req.name,
@@ -183,7 +185,11 @@ class Attachments(Room):
             self.attached[key] = rec
             self._save()
             log.info("overlayd: attached %s/%s: %s %s", *key, ep.mac, ",".join(ep.ips))
-            return rec.to_dict()
+        try:
+            await asyncio.to_thread(announce, req.netns, req.ifname, ep.mac, ep.ips)
+        except OSError as exc:  # best effort (see overlay.daemon.pods)
+            log.warning("overlayd: %s/%s: announcing %s failed: %s", *key, ep.mac, exc)
+        return rec.to_dict()
 
     def find(self, container_id: str, ifname: str) -> Attachment:
         """The attachment kept for (container_id, ifname), attached or orphaned;

@@ -50,9 +50,18 @@ class Client:
     the end, as the daemon closes every connection): http.client would cost the
     CNI plugin, which starts as a new process for every pod, 20 ms of imports."""
 
-    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str = DEFAULT_SOCKET,
+        timeout: float = 30.0,
+        *,
+        start_hint: str = "start it with `overlayd --config FILE`, or pass --socket",
+    ) -> None:
         self.path = path
         self.timeout = timeout
+        # What to do when no daemon serves ``path``, in the words of the caller's
+        # user (the CLI's --socket; a CNI configuration's "socket" key).
+        self.start_hint = start_hint
 
     def _connect(self, s: socket.socket) -> None:
         """Connect, waiting while the daemon's listen queue is full: a Unix socket
@@ -99,8 +108,7 @@ class Client:
             raw = self._exchange(head.encode() + b"\r\n" + payload)
         except FileNotFoundError:
             raise DaemonUnavailable(
-                f"overlayd is not running: no socket at {self.path} "
-                "(start it with `overlayd --config FILE`, or pass --socket)"
+                f"overlayd is not running: no socket at {self.path} ({self.start_hint})"
             ) from None
         except ConnectionRefusedError:
             raise DaemonUnavailable(

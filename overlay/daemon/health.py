@@ -56,7 +56,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from overlay.engine import mac_bytes, mac_str
+from overlay.bindings import mac_bytes, mac_str
 from overlay.errors import ConfigError, OverlayError
 from overlay.model import VNI_MAX
 

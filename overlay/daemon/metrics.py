@@ -58,7 +58,7 @@ from overlay.daemon.config import parse_address
 from overlay.errors import ConfigError
 
 try:  # the engine's help texts; the collector works on plain dicts without them
-    from overlay.engine import COUNTER_HELP
+    from overlay.bindings import COUNTER_HELP
 except ImportError:  # pragma: no cover - the native module is not built
     COUNTER_HELP = {}
 

@@ -1,6 +1,28 @@
 """Pods as overlayd sees them: the attach request (CNI ADD's body), and what the
 daemon does or asks inside a pod's network namespace (routes, the interface as
-the kernel sees it, removing one) — netlink through pyroute2, from a thread.
+the kernel sees it, removing one, the pod's announcement) — netlink through
+pyroute2 and a packet socket, from a thread.
+
+Design notes.
+- **Addresses asked for.** ``ips`` in an attach request are either a delegated
+  IPAM's (``ipam: "delegated"``, the default when ``ips`` are given: the
+  daemon takes them as they are) or one address asked of the node's subnet
+  lease (``ipam: "node"``: reserved there as if the node had picked it,
+  refused outside the lease or when taken). The CNI plugin sends the latter
+  for a runtime's ``IP=`` or ``runtimeConfig.ips`` when no ``ipam`` plugin is
+  configured.
+- **A new pod announces itself.** Once its interface is up, the pod sends a
+  gratuitous ARP (an RFC 5227 announcement) for each IPv4 address and an
+  unsolicited neighbour advertisement (override flag set, to all nodes) for
+  each IPv6 address, from inside its namespace through a packet socket on
+  its interface, as the bridge plugin's ``arping`` does. The MAC of an
+  address is normally the one it derives, so peers' neighbour caches are
+  right already; the announcement covers an address that comes back with
+  another MAC (one the runtime asked for), which peers would otherwise keep
+  sending to the old MAC until their cache entry times out (30-40 s). The
+  frames come from the pod's own MAC and addresses, so port security passes
+  them, and they are broadcast and multicast, so they reach every member.
+  An announcement is best effort: a failure is logged, never the attach's.
 """
 
 from __future__ import annotations
@@ -8,13 +30,17 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from overlay.cni import validate
 from overlay.daemon.config import get_key
 from overlay.errors import ConfigError
-from overlay.nsenter import iproute, link_index, netns_path
+from overlay.nsenter import call_in, iproute, link_index, netns_path
+from overlay.wire import checksum, mac_to_bytes
+
+IPAM_KINDS = ("node", "delegated")
 
 
 def _check(field: str, value: Any, rule: Callable[..., None], *args: Any) -> None:
@@ -44,7 +70,8 @@ class AttachRequest:
     ifname: str
     netns: str
     vni: int
-    ips: list[str] | None = None  # given by a delegated IPAM; None: the node allocates
+    ips: list[str] | None = None  # given (see ipam); None: the node allocates
+    ipam: str = "node"  # "delegated": ips are a delegated IPAM's; "node": asked of the lease
     gateway: str = ""
     routes: list[dict[str, str]] = dataclasses.field(default_factory=list)
     mtu: int = 0  # 0: the node's underlay MTU less the encapsulation overhead
@@ -89,6 +116,18 @@ class AttachRequest:
                     ipaddress.ip_interface(ip)
                 except (ValueError, TypeError):
                     raise ConfigError("ips", ip, "addresses like 10.244.1.2/24") from None
+        ipam = get(
+            "ipam",
+            str,
+            '"node" (ips asked of the node\'s subnet lease) or "delegated"',
+            "delegated" if ips is not None else "node",
+        )
+        if ipam not in IPAM_KINDS:
+            raise ConfigError(
+                "ipam", ipam, '"node" (ips asked of the node\'s subnet lease) or "delegated"'
+            )
+        if ipam == "delegated" and ips is None:
+            raise ConfigError("ipam", ipam, 'ips from the delegated IPAM, or "node" without ips')
         gateway = get("gateway", str, "an IP address", "")
         gws = get("gateways", dict, "a mapping of address to gateway", {})
         if not gateway and gws:
@@ -122,6 +161,7 @@ class AttachRequest:
             netns,
             vni,
             list(ips) if ips is not None else None,
+            ipam,
             gateway,
             [{k: str(v) for k, v in r.items() if k in ("dst", "gw")} for r in routes],
             mtu,
@@ -175,3 +215,51 @@ def link_state(netns: str, ifname: str) -> dict[str, Any]:
             "up": bool(link["flags"] & 1),
             "addresses": addrs,
         }
+
+
+# -- the pod's announcement ------------------------------------------------------
+
+_ETH_BROADCAST = b"\xff" * 6
+_ALL_NODES = ipaddress.IPv6Address("ff02::1")
+_ETH_MIN_BYTES = 60  # an Ethernet frame's minimum, FCS excluded: short frames are padded
+
+
+def announcements(mac: str, ips: Iterable[str]) -> list[bytes]:
+    """The frames a pod with ``mac`` sends to announce ``ips`` (see the design notes):
+    per IPv4 address an ARP request with sender and target both that address
+    (RFC 5227 section 2.3), per IPv6 address (not link-local) a neighbour
+    advertisement with the override flag to ff02::1 (RFC 4861 section 7.2.6)."""
+    m = mac_to_bytes(mac)
+    frames = []
+    for text in ips:
+        ip = ipaddress.ip_interface(text).ip
+        if ip.version == 4:
+            arp = bytes.fromhex("0001080006040001") + m + ip.packed + bytes(6) + ip.packed
+            frame = _ETH_BROADCAST + m + b"\x08\x06" + arp
+        elif not ip.is_link_local:
+            dst = _ALL_NODES.packed
+            body = bytes([136, 0, 0, 0, 0x20, 0, 0, 0]) + ip.packed + bytes([2, 1]) + m
+            pseudo = ip.packed + dst + len(body).to_bytes(4, "big") + bytes([0, 0, 0, 58])
+            csum = checksum(pseudo + body)
+            body = body[:2] + csum.to_bytes(2, "big") + body[4:]
+            head = bytes([0x60, 0, 0, 0]) + len(body).to_bytes(2, "big") + bytes([58, 255])
+            frame = b"\x33\x33\x00\x00\x00\x01" + m + b"\x86\xdd" + head + ip.packed + dst + body
+        else:
+            continue
+        frames.append(frame.ljust(_ETH_MIN_BYTES, b"\0"))
+    return frames
+
+
+def announce(netns: str, ifname: str, mac: str, ips: Iterable[str]) -> int:
+    """Send the pod's announcements (``announcements``) out of its interface
+    ``ifname`` in ``netns``, through a packet socket made in that namespace.
+    Returns how many frames were sent; OSError when the interface is gone."""
+    frames = announcements(mac, ips)
+    if not frames:
+        return 0
+    sock: socket.socket = call_in(netns, socket.socket, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with sock:
+        sock.bind((ifname, 0))
+        for frame in frames:
+            sock.send(frame)
+    return len(frames)

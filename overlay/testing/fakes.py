@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from overlay.engine import Engine, FakeTransportEngine, mac_bytes
+from overlay.bindings import Engine, mac_bytes
+from overlay.bindings.tools import FakeTransportEngine
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 

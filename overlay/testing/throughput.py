@@ -577,7 +577,7 @@ def small_udp(
     side: Side, seconds: float = 2.0, *, payload_bytes: int = 18, warmup_s: float = 0.5
 ) -> UdpFigures:
     """Small UDP datagrams pod to pod, offered as fast as possible (see :func:`small_udp_pps`)."""
-    from overlay.engine import gen_recv, gen_send  # the generator lives in the C module
+    from overlay.bindings.tools import gen_recv, gen_send  # the generator lives in the C module
 
     if not 0 < seconds <= _MAX_SECONDS or not 0 <= warmup_s <= 60:
         raise ValueError(

@@ -25,8 +25,15 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overlay.control import keys
-from overlay.control.ipam import AddressAllocator, lease_subnet, release_subnet
+from overlay.control import ipam, keys
+from overlay.control.ipam import (
+    AddressAllocator,
+    is_derived,
+    lease_subnet,
+    mac_of,
+    primary_address,
+    release_subnet,
+)
 from overlay.control.store import KeyValue, MemoryStore, Store, Watch
 from overlay.errors import CapacityError, ConfigError, ConflictError
 from overlay.model import NetworkSpec
@@ -457,6 +464,93 @@ def test_the_walk_wraps_round_to_freed_addresses(run: Callable[[Body[Any]], Any]
         got = [await alloc.allocate(mac(i)) for i in range(5)]
         await alloc.release(got[1])
         assert await alloc.allocate(mac(9)) == got[1]
+
+    run(body)
+
+
+# ---------------------------------------------------------------- derived MACs
+
+
+def test_a_mac_is_derived_from_its_address_and_only_from_it() -> None:
+    assert mac_of("10.244.3.2/16") == "0a:58:0a:f4:03:02" == mac_of("10.244.3.2")
+    assert mac_of(ipaddress.ip_address("10.244.3.3")) == "0a:58:0a:f4:03:03"
+    v6 = mac_of("fd00:244::2/48")
+    assert v6.startswith("0e:") and v6 == mac_of("fd00:244::2") != mac_of("fd00:244::3")
+    assert all(is_derived(m) for m in (mac_of("10.0.0.1"), v6, "0A:58:01:02:03:04"))
+    assert not any(is_derived(m) for m in ("02:00:00:00:00:01", "0a:59:00:00:00:01"))
+    for m in (mac_of("10.0.0.1"), v6):  # locally administered unicast
+        assert int(m[:2], 16) & 0b11 == 0b10
+    assert primary_address(["fd00::2/64", "10.1.0.2/16"]) == "10.1.0.2/16"
+    assert primary_address(["fd00::2/64"]) == "fd00::2/64" and primary_address([]) is None
+
+
+@pytest.mark.parametrize("spec", [V4, V6], ids=["v4", "v6"])
+def test_without_a_mac_the_address_key_holds_the_mac_its_address_derives(
+    run: Callable[[Body[Any]], Any], spec: NetworkSpec
+) -> None:
+    async def body(store: Store) -> None:
+        alloc = AddressAllocator(store, spec, "a", await lease_subnet(store, spec, "a", 0), 0)
+        got = [await alloc.allocate() for _ in range(3)]
+        assert len(set(got)) == 3
+        for address in got:
+            kv = await store.get(keys.addr(spec.vni, address.split("/")[0]))
+            assert kv is not None and kv.value == mac_of(address).encode()
+        # The lowest free address comes back after a release (a new allocator per
+        # call, as the agent makes): a restarted pod gets its address and MAC again.
+        await alloc.release(got[0])
+        again = AddressAllocator(store, spec, "a", alloc.subnet.with_prefixlen, 0)
+        assert await again.allocate() == got[0]
+
+    run(body)
+
+
+def test_a_wanted_address_without_a_mac_is_refused_when_taken(
+    run: Callable[[Body[Any]], Any],
+) -> None:
+    """With a MAC, asking again for the address it holds is the same pod asking
+    again; without one there is no such pod, so a taken address is refused."""
+
+    async def body(store: Store) -> None:
+        sub = await lease_subnet(store, V4, "a", 0, prefer="10.244.3.0/24")
+        alloc = AddressAllocator(store, V4, "a", sub, 0)
+        assert await alloc.allocate(want="10.244.3.9") == "10.244.3.9/16"
+        with pytest.raises(ConflictError, match=r"10\.244\.3\.9 is taken by MAC 0a:58:0a:f4:03:09"):
+            await alloc.allocate(want="10.244.3.9")
+        with pytest.raises(ConflictError, match="derives MAC 0a:58:0a:f4:03:0a"):
+            await alloc.allocate(want="10.244.3.10", mac_taken=lambda m: m == mac_of("10.244.3.10"))
+        assert await alloc.allocate(mac_taken=lambda m: m == mac_of("10.244.3.2")) == (
+            "10.244.3.3/16"  # the address whose MAC is in use elsewhere stays free
+        )
+
+    run(body)
+
+
+def test_colliding_derived_macs_never_go_to_two_addresses(
+    run: Callable[[Body[Any]], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IPv6 MACs are hashes. With a hash that collides all the time (four MACs for
+    every address), nodes racing through a jittery store end with each MAC held by
+    one address; the rest give up after a bounded walk, naming the fix."""
+    monkeypatch.setattr(
+        ipam, "mac_of", lambda a: f"0e:00:00:00:00:{int(ipaddress.ip_interface(a).ip) % 4:02x}"
+    )
+
+    async def body(store: Store) -> None:
+        racing = JitterStore(store, random.Random(5))
+        allocs = [
+            AddressAllocator(racing, V6, n, await lease_subnet(store, V6, n, 0), 0) for n in "abc"
+        ]
+        got = await asyncio.gather(*(a.allocate() for a in allocs * 2), return_exceptions=True)
+        won = [g for g in got if isinstance(g, str)]
+        assert len(won) == 4, got
+        for g in got:  # the others end, bounded, naming the fix
+            assert isinstance(g, str) or (
+                isinstance(g, ConflictError) and "ask for a MAC" in str(g)
+            )
+        kvs, _ = await store.get_prefix(keys.addrs(V6.vni))
+        values = [kv.value for kv in kvs]
+        assert len(values) == len(set(values)) == 4
+        assert sorted(values) == sorted(ipam.mac_of(a).encode() for a in won)
 
     run(body)
 

@@ -62,6 +62,7 @@ from overlay.cni.spec import (
     UNKNOWN_CONTAINER,
     UNSUPPORTED_FIELD,
 )
+from overlay.control.ipam import mac_of
 from overlay.daemon.client import Client, DaemonUnavailable
 from overlay.testing.daemon import (
     CNI_DIR,
@@ -429,7 +430,8 @@ def test_the_plugin_and_the_api_apply_the_same_rules(pod_netns: str) -> None:
 def test_status_without_a_daemon_is_50_naming_the_socket_and_the_fix(sockdir: Path) -> None:
     sock = sockdir / "none.sock"
     msg = cni("STATUS", config(sock), unset=NO_CONTAINER).error(PLUGIN_NOT_AVAILABLE)
-    assert str(sock) in msg and "overlayd" in msg and "start it" in msg and '"socket"' in msg
+    assert str(sock) in msg and "start overlayd" in msg and '"socket" key' in msg
+    assert "--socket" not in msg  # the CLI's option means nothing to a CNI configuration
 
 
 def test_a_stale_socket_is_a_daemon_that_is_not_running(sockdir: Path, pod_netns: str) -> None:
@@ -452,6 +454,28 @@ def test_container_verbs_without_a_daemon_are_try_again_later(
         conf["prevResult"] = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0"}]}
     msg = cni(command, conf, netns=pod_netns).error(TRY_AGAIN_LATER)
     assert msg.startswith(f"{command}: overlayd is not running") and "none.sock" in msg
+    assert "--socket" not in msg and '"socket" key' in msg
+
+
+def test_del_without_a_daemon_says_what_is_held_as_far_as_it_is_known(sockdir: Path) -> None:
+    """After a failed ADD the runtime's cleanup DEL has no prevResult: nothing was
+    attached, and the message must not say an attachment stays reserved. A DEL
+    with the result of a successful ADD says what overlayd keeps, and until when;
+    neither promises that the runtime will send DEL again."""
+    conf = config(sockdir / "none.sock")
+    after_failed_add = cni("DEL", conf, cid="ctr1").error(TRY_AGAIN_LATER)
+    assert "nothing was attached and nothing is held" in after_failed_add
+    assert "stay reserved" not in after_failed_add
+    prev = {
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "eth0", "mac": MAC, "sandbox": "/var/run/netns/x"}],
+        "ips": [{"address": "10.244.1.2/16", "interface": 0}],
+    }
+    after_add = cni("DEL", {**conf, "prevResult": prev}, cid="ctr1").error(TRY_AGAIN_LATER)
+    assert "keeps attachment ctr1/eth0 and its address 10.244.1.2/16" in after_add
+    assert "namespace gone" in after_add
+    for msg in (after_failed_add, after_add):
+        assert "retr" not in msg and "the runtime sends" not in msg
 
 
 def test_gc_without_a_daemon_is_try_again_later(sockdir: Path) -> None:
@@ -584,19 +608,157 @@ def test_add_attaches_the_pod_as_asked_and_prints_the_result(cni_daemon: CniDaem
     assert "10.245.0.0/16 dev eth0" in pod.run(["ip", "-4", "route"]).stdout
 
 
+# ADD: what the runtime asks for (podman's --ip and --mac-address, the capabilities)
+
+
+def _subnet(cni_daemon: CniDaemon) -> ipaddress.IPv4Network:
+    """The node's subnet lease of vni 100 (leased by the first ADD)."""
+    [net] = [n for n in cni_daemon.client.networks() if n["vni"] == cni_daemon.vni]
+    return ipaddress.IPv4Network(net["subnet"])
+
+
+@pytest.mark.root
+def test_add_gives_the_address_and_the_mac_asked_for_in_cni_args(cni_daemon: CniDaemon) -> None:
+    """podman passes --ip and --mac-address as CNI_ARGS IP= and MAC= (with
+    IgnoreUnknown=1); without them the MAC is the one the address derives."""
+    first = cni_daemon.pod("first")
+    out = cni("ADD", cni_daemon.conf(), cid="c0", netns=first.path).success()
+    [ip] = out["ips"]
+    assert out["interfaces"][0]["mac"] == mac_of(ip["address"]) == first.link_info("eth0").mac
+    want = _subnet(cni_daemon).network_address + 9
+    pod = cni_daemon.pod("asked")
+    args = f"IgnoreUnknown=1;K8S_POD_NAME=asked;MAC=02:00:00:00:aa:01;IP={want}"
+    out = cni("ADD", cni_daemon.conf("1.0.0"), cid="c1", netns=pod.path, cni_args=args).success()
+    assert out["ips"] == [{"address": f"{want}/16", "interface": 0}]
+    assert out["interfaces"][0]["mac"] == "02:00:00:00:aa:01"
+    eth0 = pod.link_info("eth0")
+    assert eth0.mac == "02:00:00:00:aa:01" and f"{want}/16" in eth0.addresses
+    rec = cni_daemon.client.attachment("c1", "eth0")
+    assert rec["ipam"] == "node"  # reserved in the node's lease: never handed out again
+    later = cni("ADD", cni_daemon.conf(), cid="c2", netns=cni_daemon.pod_netns("later")).success()
+    assert later["ips"][0]["address"] != f"{want}/16"
+    # The same address again, or the same MAC, is a conflict naming what was asked.
+    again = cni_daemon.pod_netns("again")
+    msg = cni("ADD", cni_daemon.conf(), cid="c3", netns=again, cni_args=f"IP={want}").error(
+        ATTACHMENT_CONFLICT
+    )
+    assert f"{want} is taken" in msg and f"CNI_ARGS IP={want}" in msg
+    args = "MAC=02:00:00:00:aa:01"
+    msg = cni("ADD", cni_daemon.conf(), cid="c3", netns=again, cni_args=args).error(
+        ATTACHMENT_CONFLICT
+    )
+    assert "02:00:00:00:aa:01 is in use" in msg and "CNI_ARGS MAC=02:00:00:00:aa:01" in msg
+    assert cni("DEL", cni_daemon.conf(), cid="c1").success() is None  # gives the address back
+    out = cni("ADD", cni_daemon.conf(), cid="c4", netns=cni_daemon.pod_netns("reuse"),
+              cni_args=f"IgnoreUnknown=1;IP={want}").success()  # fmt: skip
+    assert out["interfaces"][0]["mac"] == mac_of(str(want))
+
+
+@pytest.mark.root
+def test_add_refuses_an_address_outside_the_nodes_range_naming_where_it_was_asked(
+    cni_daemon: CniDaemon,
+) -> None:
+    cni("ADD", cni_daemon.conf(), cid="c0", netns=cni_daemon.pod_netns("first")).success()
+    subnet = _subnet(cni_daemon)
+    outside = ipaddress.ip_network(cni_daemon.cidr).network_address + 0xFF00 + 9
+    assert outside not in subnet
+    pod = cni_daemon.pod_netns("p")
+    msg = cni("ADD", cni_daemon.conf(), cid="c1", netns=pod,
+              cni_args=f"IgnoreUnknown=1;IP={outside}").error(INVALID_ENV)  # fmt: skip
+    assert msg.startswith(f"ADD: CNI_ARGS IP={outside} refused by overlayd") and str(subnet) in msg
+    conf = cni_daemon.conf(runtimeConfig={"ips": [f"{outside}/16"]})
+    msg = cni("ADD", conf, cid="c1", netns=pod).error(INVALID_CONFIG)
+    assert f"runtimeConfig.ips={outside}/16 refused" in msg and str(subnet) in msg
+    gateway = subnet.network_address + 1  # kept for the node's gateway
+    msg = cni("ADD", cni_daemon.conf(), cid="c1", netns=pod,
+              cni_args=f"IgnoreUnknown=1;IP={gateway}").error(INVALID_ENV)  # fmt: skip
+    assert f"CNI_ARGS IP={gateway}" in msg
+    # Nothing was attached or reserved by the refusals.
+    assert {a["container_id"] for a in cni_daemon.client.attachments()} == {"c0"}
+
+
+@pytest.mark.root
+def test_the_capabilities_ips_and_mac_are_honoured_and_mac_wins_over_cni_args(
+    cni_daemon: CniDaemon,
+) -> None:
+    cni("ADD", cni_daemon.conf(), cid="c0", netns=cni_daemon.pod_netns("first")).success()
+    want = _subnet(cni_daemon).network_address + 20
+    conf = cni_daemon.conf(
+        capabilities={"ips": True, "mac": True},
+        runtimeConfig={"ips": [f"{want}/16"], "mac": "02:00:00:00:bb:01"},
+    )
+    args = "IgnoreUnknown=1;MAC=02:00:00:00:bb:02"
+    out = cni("ADD", conf, cid="c1", netns=cni_daemon.pod_netns("p"), cni_args=args).success()
+    assert out["ips"][0]["address"] == f"{want}/16"
+    assert out["interfaces"][0]["mac"] == "02:00:00:00:bb:01"
+
+
+def test_bad_asked_addresses_and_macs_name_their_variable_or_field(
+    sockdir: Path, pod_netns: str
+) -> None:
+    """Checked before the daemon is asked (there is none here): code 4 for CNI_ARGS,
+    7 for the configuration, each naming where it was asked and what is accepted."""
+    conf = config(sockdir / "none.sock")
+    cases: list[tuple[str, dict[str, Any], int, str]] = [
+        ("IgnoreUnknown=1;IP=10.244.1.300", conf, INVALID_ENV, "CNI_ARGS IP has '10.244.1.300'"),
+        ("IgnoreUnknown=1;IP=10.244.1.2,10.244.1.3", conf, INVALID_ENV,
+         "CNI_ARGS IP=10.244.1.2,10.244.1.3: overlayd gives a pod one address"),
+        ("IgnoreUnknown=1;MAC=02:00:00:00:00", conf, INVALID_ENV, "CNI_ARGS MAC='02:00:00:00:00'"),
+        ("IgnoreUnknown=1;MAC=01:00:00:00:00:01", conf, INVALID_ENV, "a unicast MAC"),
+        ("", {**conf, "runtimeConfig": {"ips": "10.244.1.2"}}, INVALID_CONFIG,
+         "runtimeConfig.ips='10.244.1.2': a list of addresses"),
+        ("", {**conf, "runtimeConfig": {"mac": 5}}, INVALID_CONFIG, "runtimeConfig.mac=5"),
+        ("", {**conf, "args": {"cni": {"ips": ["x"]}}}, INVALID_CONFIG, "args.cni.ips has 'x'"),
+    ]  # fmt: skip
+    for cni_args, c, code, text in cases:
+        msg = cni("ADD", c, netns=pod_netns, cni_args=cni_args).error(code)
+        assert text in msg, (cni_args, c, msg)
+
+
+def test_ip_and_mac_in_cni_args_need_no_ignore_unknown(sockdir: Path, pod_netns: str) -> None:
+    """IP and MAC are the plugin's own CNI_ARGS keys now; anything else still needs
+    IgnoreUnknown=1."""
+    conf = config(sockdir / "none.sock")
+    run = cni("ADD", conf, netns=pod_netns, cni_args="IP=10.244.1.9;MAC=02:00:00:00:00:09")
+    run.error(TRY_AGAIN_LATER)  # got as far as the (missing) daemon
+    msg = cni("ADD", conf, netns=pod_netns, cni_args="IP=10.244.1.9;FOO=1").error(INVALID_ENV)
+    assert "FOO" in msg
+
+
+@needs_host_local
+@pytest.mark.root
+def test_with_host_local_the_asked_address_is_host_locals_and_is_checked(
+    tmp_path: Path, cni_daemon: CniDaemon
+) -> None:
+    """host-local reads CNI_ARGS IP itself; the plugin checks it did, and passes the
+    MAC asked for to overlayd."""
+    conf = cni_daemon.conf("1.0.0", ipam=host_local_ipam(tmp_path, last=9))
+    args = "IgnoreUnknown=1;IP=10.244.7.8;MAC=02:00:00:00:cc:01"
+    out = cni("ADD", conf, cid="c1", netns=cni_daemon.pod_netns("p"), cni_args=args).success()
+    assert out["ips"][0]["address"] == "10.244.7.8/24"
+    assert out["interfaces"][0]["mac"] == "02:00:00:00:cc:01"
+    assert leases(tmp_path) == ["10.244.7.8"]
+    assert cni_daemon.client.attachment("c1", "eth0")["ipam"] == "delegated"
+
+
 @pytest.mark.root
 def test_add_prints_the_result_in_the_configurations_version(cni_daemon: CniDaemon) -> None:
-    for i, version in enumerate(["0.3.0", "0.3.1", "0.4.0", "1.0.0"]):
+    """Each version's own format (a runtime parses only the one it asked for):
+    "version" on IPs before 1.0.0, the interface's MTU only from 1.1.0 on."""
+    for i, version in enumerate(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]):
         pod = cni_daemon.pod(f"v{i}")
         out = cni("ADD", cni_daemon.conf(version), cid=f"v{i}", netns=pod.path).success()
         rec = cni_daemon.client.attachment(f"v{i}", "eth0")
         assert out["cniVersion"] == version
-        assert out["interfaces"] == [
-            {"name": "eth0", "mac": rec["mac"], "mtu": rec["mtu"], "sandbox": pod.path}
-        ]
+        interface = {"name": "eth0", "mac": rec["mac"], "sandbox": pod.path}
+        if version == "1.1.0":
+            interface["mtu"] = rec["mtu"]
+        assert out["interfaces"] == [interface], version
         [ip] = out["ips"]
         assert ip["address"] == rec["ips"][0] and ip["interface"] == 0
-        assert ("version" in ip) == version.startswith("0.3"), (version, ip)
+        assert ("version" in ip) == (version < "1.0.0"), (version, ip)
+        if "version" in ip:
+            assert ip["version"] == "4"
 
 
 @pytest.mark.root

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from overlay.bindings import mac_bytes
 from overlay.daemon.health import (
     ETHERTYPE,
     HEALTH_TENANT,
@@ -29,7 +30,6 @@ from overlay.daemon.health import (
     encode_probe,
     health_mac,
 )
-from overlay.engine import mac_bytes
 from overlay.errors import ConfigError, ConflictError
 from overlay.node import Node
 from overlay.testing.aio import LOOPS, run, until

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from overlay import engine
+from overlay import bindings as engine
 from overlay.daemon.health import HealthProber
 from overlay.daemon.metrics import Metrics, parse_address
 from overlay.errors import ConfigError

@@ -37,7 +37,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
-from overlay.engine import (
+from overlay.bindings import (
     COUNTER_HELP,
     COUNTER_NAMES,
     DROP_REASONS,

@@ -20,13 +20,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from overlay import wire
-from overlay.engine import (
-    ENCAP_GENEVE,
-    ENCAP_VXLAN,
-    FakeTransportEngine,
-    SentDatagram,
-    mac_bytes,
-)
+from overlay.bindings import ENCAP_GENEVE, ENCAP_VXLAN, mac_bytes
+from overlay.bindings.tools import FakeTransportEngine, SentDatagram
 from overlay.errors import ConfigError
 from overlay.testing.fakes import FakePort, fake_transport_engine
 from overlay.testing.traffic import wait_for

@@ -47,7 +47,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
-from overlay.engine import DROP_REASONS, ENCAP_GENEVE, ENCAP_VXLAN, mac_bytes
+from overlay.bindings import DROP_REASONS, ENCAP_GENEVE, ENCAP_VXLAN, mac_bytes
 from overlay.node import Encap
 from overlay.testing.cluster import Cluster
 from overlay.testing.fakes import LOOPBACK, FakePort, free_udp_port, loopback_engine

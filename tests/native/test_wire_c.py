@@ -17,30 +17,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from overlay import wire
+from overlay.bindings import COUNTER_NAMES, DROP_REASONS
+from overlay.bindings import wire as cw
+from overlay.bindings.counters import counter_name
+from overlay.bindings.wire import CTunnel
 from overlay.wire import Drop, GeneveOption, Tunnel
-
-try:
-    from overlay._native import ffi, lib
-except ModuleNotFoundError:  # an ImportError of a built module is a failure, not a skip
-    pytest.skip(
-        "overlay._native is not built: run `python overlay/_build.py`", allow_module_level=True
-    )
 
 MANY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-# ---- calling the C side ----
-
-
-def reason(rc: int) -> str:
-    assert rc < 0
-    assert lib.ovl_counter_is_drop(-rc), f"{-rc} is not a drop reason id"
-    return str(ffi.string(lib.ovl_counter_name(-rc)).decode())
-
-
-def buf(data: bytes) -> Any:
-    """An exactly sized C copy of data (so a read past the end is past the allocation)."""
-    return ffi.new("uint8_t[]", data) if data else ffi.NULL
+# ---- calling the C side (overlay.bindings.wire speaks overlay.wire's contract) ----
 
 
 def py(fn: Callable[..., Any], *args: Any) -> Any:
@@ -53,70 +39,44 @@ def py(fn: Callable[..., Any], *args: Any) -> Any:
         return ValueError
 
 
-def c_tunnel(vni: int, protocol: int, flags: int, opts: bytes) -> Any:
-    t = ffi.new("ovl_tunnel_t *")
-    t.vni, t.protocol, t.flags, t.opts_len = vni, protocol, flags, len(opts)
-    ffi.memmove(t.opts, opts, len(opts))
-    return t
+def c_tunnel(vni: int, protocol: int, flags: int, opts: bytes) -> CTunnel:
+    return CTunnel(vni, protocol, flags, opts)
 
 
-def c_encode(encap: int, t: Any, cap: int = 512) -> bytes | type[ValueError]:
-    out = ffi.new("uint8_t[]", cap) if cap else ffi.NULL
-    n = lib.ovl_wire_encode(encap, t, out, cap)
-    if n < 0:
-        assert n == -1
+def c_encode(encap: int, t: CTunnel, cap: int = 512) -> bytes | type[ValueError]:
+    try:
+        out = cw.encode(encap, t, cap)
+    except ValueError:
         return ValueError
-    assert n <= cap
-    return bytes(ffi.buffer(out, n))
+    assert len(out) <= cap
+    return out
 
 
-def c_decode(encap: int, data: bytes) -> tuple[Any, int] | str:
-    t = ffi.new("ovl_tunnel_t *")
-    rc = lib.ovl_wire_decode(encap, buf(data), len(data), t)
-    if rc < 0:
-        return reason(rc)
+def c_decode(encap: int, data: bytes) -> tuple[CTunnel, int] | str:
+    try:
+        t, rc = cw.decode(encap, data)
+    except Drop as d:
+        return d.reason
     assert rc <= len(data)
     return t, rc
 
 
 def c_check_options(opts: bytes, known: list[int]) -> str | None:
-    keys = ffi.new("uint32_t[]", known) if known else ffi.NULL
-    rc = lib.ovl_wire_check_options(buf(opts), len(opts), keys, len(known))
-    return reason(rc) if rc else None
+    try:
+        cw.check_options(opts, known)
+    except Drop as d:
+        return d.reason
+    return None
 
 
 FRAME_FIELDS = [f.name for f in dataclasses.fields(wire.Frame)]
 
 
-def frame_from_c(f: Any) -> wire.Frame:
-    values: dict[str, Any] = {}
-    for name in FRAME_FIELDS:
-        v = getattr(f, name)
-        if isinstance(v, int):
-            kind = type(getattr(wire.Frame, name, 0))
-            values[name] = bool(v) if kind is bool else v
-        else:
-            values[name] = bytes(v)
-    return wire.Frame(**values)
-
-
-def c_parse(data: bytes) -> tuple[Any, wire.Frame] | str:
-    f = ffi.new("ovl_frame_t *")
-    rc = lib.ovl_wire_parse_frame(buf(data), len(data), f)
-    if rc:
-        return reason(rc)
-    return f, frame_from_c(f)
-
-
-def c_frame(frame: wire.Frame) -> Any:
-    f = ffi.new("ovl_frame_t *")
-    for name in FRAME_FIELDS:
-        v = getattr(frame, name)
-        if isinstance(v, bytes):
-            ffi.memmove(getattr(f, name), v, len(v))
-        else:
-            setattr(f, name, int(v))
-    return f
+def c_parse(data: bytes) -> wire.Frame | str:
+    try:
+        return cw.parse_frame(data)
+    except Drop as d:
+        return d.reason
 
 
 def py_decode(encap: int, data: bytes) -> tuple[Tunnel, int] | str:
@@ -130,24 +90,18 @@ def py_decode(encap: int, data: bytes) -> tuple[Tunnel, int] | str:
 
 
 def test_frame_fields_are_ovl_frame_t_fields() -> None:
-    c_fields = [name for name, _ in ffi.typeof("ovl_frame_t").fields]
-    assert c_fields == FRAME_FIELDS
+    assert list(cw.FRAME_FIELDS) == FRAME_FIELDS
 
 
 def test_every_python_reason_is_a_c_reason() -> None:
-    names = {
-        ffi.string(lib.ovl_counter_name(i)).decode()
-        for i in range(lib.ovl_counter_count())
-        if lib.ovl_counter_is_drop(i)
-    }
-    assert set(wire.DROP_REASONS) <= names
+    assert set(wire.DROP_REASONS) <= set(DROP_REASONS)
 
 
 def test_constants_agree() -> None:
-    assert (lib.OVL_ENCAP_VXLAN, lib.OVL_ENCAP_GENEVE) == (wire.VXLAN, wire.GENEVE)
-    assert (lib.OVL_VXLAN_PORT, lib.OVL_GENEVE_PORT) == (wire.VXLAN_PORT, wire.GENEVE_PORT)
-    assert lib.OVL_VNI_MAX == wire.VNI_MAX and lib.OVL_GENEVE_OPTS_MAX == wire.GENEVE_OPTS_MAX
-    assert lib.OVL_HEADROOM >= wire.GENEVE_HLEN + wire.GENEVE_OPTS_MAX
+    assert (cw.VXLAN, cw.GENEVE) == (wire.VXLAN, wire.GENEVE)
+    assert (cw.VXLAN_PORT, cw.GENEVE_PORT) == (wire.VXLAN_PORT, wire.GENEVE_PORT)
+    assert cw.VNI_MAX == wire.VNI_MAX and cw.GENEVE_OPTS_MAX == wire.GENEVE_OPTS_MAX
+    assert cw.HEADROOM >= wire.GENEVE_HLEN + wire.GENEVE_OPTS_MAX
 
 
 # ---- tunnel headers ----
@@ -255,15 +209,15 @@ def test_decode_agrees(encap: int, data: bytes) -> None:
     tun, py_off = ours
     assert off == py_off
     assert (t.vni, t.protocol, t.flags) == (tun.vni, tun.protocol, tun.flags)
-    c_opts = bytes(ffi.buffer(t.opts, t.opts_len))
-    assert c_opts == data[8:off]  # copied as received
-    assert wire.decode_options(c_opts) == tun.options
+    assert t.opts == data[8:off]  # copied as received
+    assert wire.decode_options(t.opts) == tun.options
 
 
 def test_decode_with_an_unknown_encap_is_not_a_counter() -> None:
-    t = ffi.new("ovl_tunnel_t *")
-    rc = lib.ovl_wire_decode(9, buf(bytes(16)), 16, t)
-    assert rc == -lib.ovl_counter_count() and lib.ovl_counter_name(-rc) == ffi.NULL
+    # C returns -(the number of counters): one past the last id, a reason of none
+    with pytest.raises(ValueError, match=f"^-{len(COUNTER_NAMES)} is not a drop reason"):
+        cw.decode(9, bytes(16))
+    assert counter_name(len(COUNTER_NAMES)) is None
 
 
 @MANY
@@ -366,7 +320,7 @@ def raw_frames(draw: st.DrawFn) -> bytes:
     return bytes(out)
 
 
-def parse_both(data: bytes) -> tuple[wire.Frame | str, tuple[Any, wire.Frame] | str]:
+def parse_both(data: bytes) -> tuple[wire.Frame | str, wire.Frame | str]:
     try:
         ours: wire.Frame | str = wire.parse_frame(data)
     except Drop as d:
@@ -382,16 +336,17 @@ def test_frame_parse_agrees_field_by_field(data: bytes) -> None:
         assert theirs == ours
         return
     assert not isinstance(theirs, str), f"C drops ({theirs}) what Python parses"
-    f, frame = theirs
-    assert frame == ours
-    assert lib.ovl_wire_flow_hash(f) == wire.flow_hash(ours)
+    assert theirs == ours
+    assert cw.flow_hash(theirs) == wire.flow_hash(ours)
+    assert cw.steer_hash(data) == wire.steer_hash(data)
 
 
 @MANY
 @given(st.binary(max_size=256))
 def test_garbage_gets_the_same_answer(data: bytes) -> None:
     ours, theirs = parse_both(data)
-    assert (theirs if isinstance(theirs, str) else theirs[1]) == ours
+    assert theirs == ours
+    assert cw.steer_hash(data) == wire.steer_hash(data)
     for encap in (wire.VXLAN, wire.GENEVE):
         ours_t, theirs_t = py_decode(encap, data), c_decode(encap, data)
         assert isinstance(ours_t, str) == isinstance(theirs_t, str)
@@ -402,11 +357,8 @@ def test_garbage_gets_the_same_answer(data: bytes) -> None:
 
 
 def test_frame_parse_zeroes_the_whole_struct() -> None:
-    f = ffi.new("ovl_frame_t *")
-    ffi.memmove(f, b"\xab" * ffi.sizeof("ovl_frame_t"), ffi.sizeof("ovl_frame_t"))
     data = bytes(12) + b"\x88\xcc" + bytes(20)
-    assert lib.ovl_wire_parse_frame(buf(data), len(data), f) == 0
-    assert frame_from_c(f) == wire.Frame(ethertype=0x88CC, l3_off=14)
+    assert cw.parse_frame(data, fill=0xAB) == wire.Frame(ethertype=0x88CC, l3_off=14)
 
 
 def corpus() -> dict[str, bytes]:
@@ -559,13 +511,11 @@ def test_every_cut_and_byte_change_agrees(name: str) -> None:
             assert theirs == ours, data.hex()
         else:
             assert not isinstance(theirs, str), data.hex()
-            assert theirs[1] == ours, data.hex()
-            assert lib.ovl_wire_flow_hash(theirs[0]) == wire.flow_hash(ours)
-            for c_fn, py_fn in (
-                (lib.ovl_wire_arp_reply, wire.arp_reply),
-                (lib.ovl_wire_nd_advert, wire.nd_advert),
-            ):
-                assert c_answer(c_fn, theirs[0], mac) == py(py_fn, ours, mac), data.hex()
+            assert theirs == ours, data.hex()
+            assert cw.flow_hash(theirs) == wire.flow_hash(ours)
+            for c_fn, py_fn in ((cw.arp_reply, wire.arp_reply), (cw.nd_advert, wire.nd_advert)):
+                assert c_answer(c_fn, theirs, mac) == py(py_fn, ours, mac), data.hex()
+        assert cw.steer_hash(data) == wire.steer_hash(data), data.hex()
         for encap in (wire.VXLAN, wire.GENEVE):
             ours_t, theirs_t = py_decode(encap, data), c_decode(encap, data)
             if isinstance(ours_t, str):
@@ -606,7 +556,7 @@ frame_values = st.builds(
 @given(frame_values)
 def test_flow_hash_agrees_on_any_frame_value(frame: wire.Frame) -> None:
     # bytes past an IPv4 address, and fields outside the documented ones, do not count
-    assert lib.ovl_wire_flow_hash(c_frame(frame)) == wire.flow_hash(frame)
+    assert cw.flow_hash(frame) == wire.flow_hash(frame)
 
 
 @MANY
@@ -621,30 +571,28 @@ def test_flow_hash_agrees_on_any_frame_value(frame: wire.Frame) -> None:
 @example(h=2**32 - 1, a=0xFFFF, b=0xFFFF, slots=1)
 def test_source_port_agrees(h: int, a: int, b: int, slots: int) -> None:
     lo, hi = min(a, b), max(a, b)
-    assert lib.ovl_wire_source_port(h, lo, hi, slots) == wire.source_port(h, lo, hi, slots)
+    assert cw.source_port(h, lo, hi, slots) == wire.source_port(h, lo, hi, slots)
     if lo != hi:
-        assert lib.ovl_wire_source_port(h, hi, lo, slots) == hi  # an inverted range gets lo
+        assert cw.source_port(h, hi, lo, slots) == hi  # an inverted range gets lo
 
 
 @MANY
 @given(data=st.binary(max_size=1600), initial=st.integers(0, 2**32 - 1), shift=st.integers(0, 7))
 @example(data=b"\xff" * 1600, initial=2**32 - 1, shift=1)
 def test_checksum_agrees_at_any_alignment(data: bytes, initial: int, shift: int) -> None:
-    mem = ffi.new("uint8_t[]", len(data) + 8)
-    ffi.memmove(mem + shift, data, len(data))
-    assert lib.ovl_csum(mem + shift, len(data), initial) == wire.checksum(data, initial)
+    assert cw.checksum(data, initial, offset=shift) == wire.checksum(data, initial)
 
 
 # ---- answers ----
 
 
-def c_answer(fn: Any, frame_ptr: Any, mac: bytes, cap: int = 128) -> bytes | type[ValueError]:
-    out = ffi.new("uint8_t[]", cap)
-    n = fn(frame_ptr, mac, out, cap)
-    if n < 0:
-        assert n == -1
+def c_answer(fn: Any, frame: wire.Frame, mac: bytes, cap: int = 128) -> bytes | type[ValueError]:
+    try:
+        out: bytes = fn(frame, mac, cap)
+    except ValueError:
         return ValueError
-    return bytes(ffi.buffer(out, n))
+    assert len(out) <= cap
+    return out
 
 
 @st.composite
@@ -691,23 +639,19 @@ def requests(draw: st.DrawFn) -> bytes:
 @MANY
 @given(data=st.one_of(requests(), raw_frames()), mac=st.binary(min_size=6, max_size=6))
 def test_answers_agree(data: bytes, mac: bytes) -> None:
-    parsed = c_parse(data)
-    if isinstance(parsed, str):
+    frame = c_parse(data)
+    if isinstance(frame, str):
         return
-    f, frame = parsed
-    for c_fn, py_fn in (
-        (lib.ovl_wire_arp_reply, wire.arp_reply),
-        (lib.ovl_wire_nd_advert, wire.nd_advert),
-    ):
+    for c_fn, py_fn in ((cw.arp_reply, wire.arp_reply), (cw.nd_advert, wire.nd_advert)):
         ours = py(py_fn, frame, mac)
-        assert c_answer(c_fn, f, mac) == ours
+        assert c_answer(c_fn, frame, mac) == ours
         if isinstance(ours, bytes):
-            assert c_answer(c_fn, f, mac, len(ours)) == ours
-            assert c_answer(c_fn, f, mac, len(ours) - 1) is ValueError
+            assert c_answer(c_fn, frame, mac, len(ours)) == ours
+            assert c_answer(c_fn, frame, mac, len(ours) - 1) is ValueError
             # what we send parses back as the answer it is
             back = c_parse(ours)
             assert not isinstance(back, str)
-            assert back[1].arp_op == 2 or back[1].icmp_type == 136
+            assert back.arp_op == 2 or back.icmp_type == 136
 
 
 def test_nd_advert_checksum_verifies() -> None:
@@ -723,9 +667,8 @@ def test_nd_advert_checksum_verifies() -> None:
     )
     parsed = c_parse(ns)
     assert not isinstance(parsed, str)
-    f = parsed[0]
-    adv = c_answer(lib.ovl_wire_nd_advert, f, bytes.fromhex("020000000002"))
+    adv = c_answer(cw.nd_advert, parsed, bytes.fromhex("020000000002"))
     assert isinstance(adv, bytes)
     ip = adv[14:]
     pseudo = sum(int.from_bytes(ip[i : i + 2], "big") for i in range(8, 40, 2)) + 32 + 58
-    assert lib.ovl_csum(ip[40:], 32, pseudo) == 0  # a receiver's check: all ones, complemented
+    assert cw.checksum(ip[40:72], pseudo) == 0  # a receiver's check: all ones, complemented

@@ -163,8 +163,7 @@ def test_the_file_refuses_node_values_as_the_embedding_api_does(key: str, value:
         "workers": model.WORKERS_EXPECTED,
     }[key]
     assert in_file.value.expected == words
-    if key != "workers":  # the engine words workers on its own until it imports the bound
-        assert in_api.value.expected == words
+    assert in_api.value.expected == words
     # The edges themselves are accepted by the file.
     edge = {"port": (1, 65535), "mtu": (576, 65000), "workers": (1, 16)}[key]
     for ok in edge:

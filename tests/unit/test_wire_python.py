@@ -1039,6 +1039,103 @@ def test_source_port_rejects_bad_arguments(args: tuple[int, ...]) -> None:
         wire.source_port(*args)
 
 
+# ---- the steering hash ----
+
+HOSTS4 = st.sampled_from(["10.244.1.2", "10.244.1.3", "10.244.2.7", "10.245.0.1"])
+HOSTS6 = st.sampled_from(["2001:2::2", "2001:2::3", "fe80::1", "2001:2:0:1::9"])
+MACS = st.sampled_from(["02:00:00:00:01:02", "02:00:00:00:02:02", "02:00:00:00:03:09"])
+PORTS = st.integers(0, 0xFFFF)
+
+
+@st.composite
+def flows(draw: st.DrawFn) -> tuple[Any, Any]:
+    """One packet of a flow and its reply: MACs, addresses and ports swapped."""
+    ma, mb = draw(MACS), draw(MACS)
+    sp, dp = draw(PORTS), draw(PORTS)
+    v6 = draw(st.booleans())
+    a, b = (draw(HOSTS6), draw(HOSTS6)) if v6 else (draw(HOSTS4), draw(HOSTS4))
+    kind = draw(st.sampled_from(["tcp", "udp", "sctp", "icmp", "frag", "ext", "arp"]))
+
+    def one(src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport: int) -> Any:
+        eth = Ether(src=src_mac, dst=dst_mac)
+        if kind == "arp":
+            return eth / ARP(op=1, hwsrc=src_mac, psrc="10.244.1.2", pdst="10.244.1.3")
+        ip = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst, flags="DF")
+        l4: Any = {
+            "tcp": TCP(sport=sport, dport=dport, flags="S"),
+            "udp": UDP(sport=sport, dport=dport),
+            "sctp": SCTP(sport=sport, dport=dport),
+        }.get(kind)
+        if kind == "icmp":
+            l4 = ICMPv6EchoRequest() if v6 else ICMP()
+        elif kind == "frag":
+            return (
+                eth
+                / (
+                    IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(m=1)
+                    if v6
+                    else IP(src=src, dst=dst, flags="MF")
+                )
+                / UDP(sport=sport, dport=dport)
+            )
+        elif kind == "ext":
+            return eth / (IPv6(src=src, dst=dst) / IPv6ExtHdrDestOpt() if v6
+                          else IP(src=src, dst=dst, options=IPOption(b"\x01" * 4))) / UDP(
+                sport=sport, dport=dport)  # fmt: skip
+        return eth / ip / l4
+
+    return one(ma, mb, a, b, sp, dp), one(mb, ma, b, a, dp, sp)
+
+
+@settings(WIRE)
+@given(flows())
+def test_steer_hash_is_the_same_for_both_directions_of_a_flow(flow: tuple[Any, Any]) -> None:
+    there, back = (bytes(p) for p in flow)
+    assert wire.steer_hash(there) == wire.steer_hash(back)
+
+
+def test_steer_hash_reads_the_documented_fields() -> None:
+    def h(pkt: Any) -> int:
+        return wire.steer_hash(bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / pkt))
+
+    def k2(proto: int, sport: int, dport: int) -> int:
+        return (proto << 16 | (sport ^ dport)) * 0x9E3779B1 % 2**32
+
+    a, b = 0x0A000001, 0x0A000002  # 10.0.0.1, 10.0.0.2
+    tcp = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1000, dport=80) / Raw(b"a")
+    assert h(tcp) == fmix32(a ^ b ^ k2(6, 1000, 80))
+    # payload, TTL, flags and the IP options before the ports do not count
+    assert h(IP(src="10.0.0.1", dst="10.0.0.2", ttl=3, options=IPOption(b"\x01" * 4))
+             / TCP(sport=1000, dport=80, flags="A") / Raw(b"bbb")) == h(tcp)  # fmt: skip
+    # without ports at a fixed offset, only the addresses
+    assert h(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP()) == fmix32(a ^ b)
+    assert h(IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP()) == fmix32(a ^ b)
+    assert h(IP(src="10.0.0.1", dst="10.0.0.2", frag=3) / Raw(bytes(8))) == fmix32(a ^ b)
+    six = IPv6(src="2001:2::1", dst="2001:2::2")
+    fold6 = 0x20010002 ^ 0x20010002 ^ 1 ^ 2
+    assert h(six / UDP(sport=5, dport=7)) == fmix32(fold6 ^ k2(17, 5, 7))
+    assert h(six / IPv6ExtHdrHopByHop() / UDP(sport=5, dport=7)) == fmix32(fold6)
+    # other ethertypes: the two MACs
+    mac_fold = 0x02000000 ^ 0x02000000 ^ 0x0001 ^ 0x0002
+    assert h(ARP()) == fmix32(mac_fold)
+    # a field past the end of the frame: 0, as a BPF load past the end
+    assert wire.steer_hash(bytes(Ether() / IP())[:33]) == 0
+    assert wire.steer_hash(bytes(Ether() / IP() / TCP())[:37]) == 0
+    assert wire.steer_hash(bytes(13)) == 0
+
+
+def test_steer_hash_spreads_flows_over_workers() -> None:
+    def h(sport: int) -> int:
+        return wire.steer_hash(
+            bytes(Ether() / IP(src="10.244.1.2", dst="10.244.1.3") / TCP(sport=sport, dport=5201))
+        )
+
+    for workers in (2, 3, 4, 16):
+        owners = [h(p) % workers for p in range(40000, 40000 + 64 * workers)]
+        # 64 flows per worker on average; none gets less than a quarter of that
+        assert min(owners.count(w) for w in range(workers)) >= 16, (workers, owners)
+
+
 # ---- checksum ----
 
 

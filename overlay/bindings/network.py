@@ -1,0 +1,64 @@
+"""Networks, VTEPs and Geneve options (``overlay.h``, "networks"; ``network.c``)."""
+
+from __future__ import annotations
+
+import errno
+
+from overlay.bindings._ffi import Handle, IPAddress, addr_bytes, check, lib
+from overlay.errors import ConfigError
+
+__all__ = ["ENCAP_GENEVE", "ENCAP_NAMES", "ENCAP_VXLAN", "NetworkArea"]
+
+ENCAP_VXLAN: int = lib.OVL_ENCAP_VXLAN
+ENCAP_GENEVE: int = lib.OVL_ENCAP_GENEVE
+ENCAP_NAMES = {ENCAP_VXLAN: "VXLAN", ENCAP_GENEVE: "Geneve"}
+
+
+class NetworkArea(Handle):
+    """The engine's networks (mixed into ``Engine``)."""
+
+    encap: int  # the engine's (engine.py)
+
+    def network_add(self, vni: int, learning: bool = False, encap: int | None = None) -> None:
+        """Add network ``vni``; ``encap`` (ENCAP_*) defaults to the engine's. The
+        engine has one tunnel port today: another encapsulation is refused."""
+        flags = lib.OVL_NET_LEARNING if learning else 0
+        if encap is not None and encap not in ENCAP_NAMES:
+            raise ConfigError("encap", encap, "ENCAP_VXLAN or ENCAP_GENEVE")
+        rc = lib.ovl_network_add(self._h(), vni, encap or 0, flags)
+        if rc == -errno.EPROTONOSUPPORT:
+            raise ConfigError(
+                "encap",
+                encap,
+                f"the engine's encapsulation ({ENCAP_NAMES[self.encap]}): one per node today",
+            )
+        check(rc, f"adding network vni={vni}")
+
+    def network_del(self, vni: int) -> None:
+        check(lib.ovl_network_del(self._h(), vni), f"removing network vni={vni}")
+
+    def network_set_options(self, vni: int, tlv: bytes) -> None:
+        check(
+            lib.ovl_network_set_options(self._h(), vni, tlv, len(tlv)),
+            f"setting Geneve options of vni={vni}",
+        )
+
+    def known_option_add(self, cls: int, type_: int) -> None:
+        check(
+            lib.ovl_network_known_option_add(self._h(), cls, type_ & 0x7F),
+            f"declaring Geneve option class={cls:#x} type={type_:#x}",
+        )
+
+    def vtep_add(self, vni: int, addr: IPAddress, port: int = 0) -> None:
+        family, raw = addr_bytes(addr)
+        check(
+            lib.ovl_network_vtep_add(self._h(), vni, family, raw, port),
+            f"adding VTEP {addr} to vni={vni}",
+        )
+
+    def vtep_del(self, vni: int, addr: IPAddress) -> None:
+        family, raw = addr_bytes(addr)
+        check(
+            lib.ovl_network_vtep_del(self._h(), vni, family, raw),
+            f"removing VTEP {addr} from vni={vni}",
+        )
