@@ -96,6 +96,15 @@ def table(rows: Sequence[Row], columns: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _gateway_cell(gw: Row | None) -> str | None:
+    """A network's gateway in one cell: "ovg100 10.244.3.1/16 masq", or why it is missing."""
+    if not gw:
+        return None
+    if "error" in gw:
+        return f"failed: {gw['error']}"
+    return f"{gw['ifname']} {gw['address']}" + (" masq" if gw.get("masquerade") else "")
+
+
 def _status(s: Row) -> str:
     store = s["store"]
     lines = [
@@ -164,13 +173,14 @@ VIEWS: dict[str, tuple[Callable[[Client, argparse.Namespace], Any], Callable[...
     "networks": (
         lambda c, a: c.networks(),
         lambda rows: table(
-            rows,
+            [{**r, "gateway": _gateway_cell(r.get("gateway"))} for r in rows],
             [
                 ("vni", "VNI"),
                 ("tenant", "TENANT"),
                 ("cidr", "CIDR"),
                 ("subnet", "NODE_SUBNET"),
                 ("pod_mtu", "POD_MTU"),
+                ("gateway", "GATEWAY"),
                 ("local_endpoints", "LOCAL"),
                 ("remote_endpoints", "REMOTE"),
                 ("vteps", "VTEPS"),

@@ -16,6 +16,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from overlay import wire
 from overlay.node import Encap, Node
@@ -139,6 +140,8 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
             f"{'verified' if t.sha256_match else 'MISMATCH'}" + (f" ({t.error})" if t.error else "")
         )
 
+        ok &= _gateway_section(c, topo, blue_a, blue_b, say)
+
         say("\ncounters")
         for i, node in enumerate(c.nodes):
             cnt = node.counters()
@@ -150,6 +153,35 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
     say(f"\ncleaned up: {n_ns} namespaces and their devices removed")
     say(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - t0:.1f} s")
     return 0 if ok else 1
+
+
+def _gateway_section(c: Any, topo: Any, pod: Any, remote: Any, say: Say) -> bool:
+    """blue gets a gateway on n0 (the node's own IP stack as a port of the network):
+    the node reaches pods on both nodes, and a pod reaches an outside host,
+    masqueraded by the node's nftables rules."""
+    from overlay.control.ipam import mac_of
+    from overlay.gateway import GatewayRule, NodeRules
+    from overlay.testing.cluster import underlay_ip
+    from overlay.testing.traffic import ping, tcp_peer
+
+    gw_ip = "10.244.1.1"
+    say(f"\nthe node's way in and out (blue's gateway {gw_ip} on n0, an outside host 198.19.0.2)")
+    n0 = c.node_ns[0]
+    out = topo.add_netns("out")
+    topo.veth(n0, out, "198.19.0.1/24", "198.19.0.2/24", name_a="wan0", name_b="wan0")
+    gw = c.nodes[0].network(100).add_gateway(mac_of(gw_ip), [f"{gw_ip}/24"])
+    c.nodes[1].network(100).add_remote(gw.mac, underlay_ip(0), gw_ip)  # as the store would
+    NodeRules(n0.path).apply([GatewayRule(gw.ifname, ("10.244.1.0/24",))])
+    pod.netns.route_add("default", gateway=gw_ip)
+    ok = True
+    for dst, who in ((pod, "on n0"), (remote, "on n1, over the overlay")):
+        r = ping(n0, dst.ip, count=2, interval=0.1, timeout=3)
+        ok &= r.received == 2
+        say(f"  node n0 -> {dst.name} {dst.ip} ({who}): {r.received}/{r.sent}")
+    seen = tcp_peer(pod.netns, out, ("198.19.0.2", 8080))
+    ok &= seen == "198.19.0.1"
+    say(f"  {pod.name} -> outside 198.19.0.2: connected, seen as {seen} (masqueraded)")
+    return ok
 
 
 def run_discovery(encap: Encap = Encap.VXLAN, say: Say = print, ttl: float = 2.0) -> int:

@@ -145,6 +145,11 @@ class NetworkSpec:
     encap: str = "vxlan"
     subnet_prefix: int = 24  # the size of each node's subnet lease
     learning: bool = False
+    # A gateway on every node that hosts the network (overlay.gateway): the node
+    # reaches the pods, the pods the node, Services and the outside. Made by
+    # overlayd (and by ``Agent.add_gateway`` for an embedding program).
+    gateway: bool = True
+    masquerade: bool = True  # egress through the gateway is masqueraded to the node
 
     def __post_init__(self) -> None:
         _vni(self.vni, "network.vni")
@@ -155,8 +160,9 @@ class NetworkSpec:
             net = ipaddress.ip_network(self.cidr)
         except (ValueError, TypeError):
             raise ConfigError("network.cidr", self.cidr, "a network like 10.244.0.0/16") from None
-        if not isinstance(self.learning, bool):
-            raise ConfigError("network.learning", self.learning, "true or false")
+        for key in ("learning", "gateway", "masquerade"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"network.{key}", getattr(self, key), "true or false")
         if not isinstance(self.encap, str) or self.encap not in ENCAPS:
             raise ConfigError("network.encap", self.encap, f"one of {ENCAPS}")
         top = 32 if net.version == 4 else 128

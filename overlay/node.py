@@ -40,6 +40,7 @@ from overlay import model
 from overlay.bindings import Engine, Event, FdbEntry, mac_bytes, mac_str
 from overlay.cni import validate
 from overlay.errors import ConfigError, ConflictError, NotFoundError
+from overlay.gateway import prepare_forwarding
 from overlay.nsenter import move_link, netns_path, setup_link
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -141,6 +142,7 @@ class Port:
         self.port_security = port_security
         self.persist = persist
         self.router = False  # may send router advertisements and redirects (RA guard)
+        self.gateway = False  # the node's IP stack (Network.add_gateway)
         self.netns: str | None = None  # the pod's namespace once moved
 
     def __repr__(self) -> str:
@@ -445,6 +447,65 @@ class Network:
         for ip in port.ips:
             if self._in_use.get(ip.ip) is port:
                 del self._in_use[ip.ip]
+
+    @property
+    def gateway(self) -> Port | None:
+        """The network's gateway on this node (``add_gateway``), or None."""
+        return next((p for p in self.ports if p.gateway), None)
+
+    def add_gateway(
+        self,
+        mac: str,
+        ips: Sequence[str],
+        *,
+        ifname: str | None = None,
+        persist: bool = False,
+        attach: bool = False,
+        mtu: int | None = None,
+    ) -> Port:
+        """Give the network a gateway on this node: a port whose other end is the
+        node's own IP stack, a TAP named ``ifname`` (default ``ovg<vni>``) in the
+        node's namespace.
+
+        ``ips`` are the gateway's addresses with the network's prefix length
+        (``"10.244.3.1/16"``: the node then has a connected route to every pod of
+        the network, local or remote, and ARP/ND suppression answers for them);
+        pods route through the first address of their family. The port may
+        forward for addresses outside the network (any source address no
+        endpoint of the network holds); everything else of port security holds.
+        The namespace is made to forward (``overlay.gateway.prepare_forwarding``);
+        NAT and isolation between networks are the node's rules
+        (``overlay.gateway.NodeRules``). With ``persist`` the TAP outlives the
+        node; ``attach`` takes back the TAP of an earlier node (addresses and
+        routes are kept, not set again). Blocks for netlink: from a coroutine,
+        run it in a thread.
+        """
+        if self.gateway is not None:
+            raise ConflictError(f"vni={self.vni} has a gateway already: {self.gateway!r}")
+        ifname = f"ovg{self.vni}" if ifname is None else ifname
+        raw, ifaces = self._check_port(mac, ips, ifname)
+        if not ifaces:
+            raise ConfigError("ips", list(ips), "at least one address, like 10.244.3.1/16")
+        eng = self.node.engine
+        if attach:
+            port_id = eng.port_attach(self.vni, raw, ifname, gateway=True)
+            name = ifname
+        else:
+            port_id, name = eng.port_add(self.vni, raw, ifname, gateway=True, persist=persist)
+        port = self._program_port(
+            port_id, name, raw, ifaces, True, persist or attach, reattached=attach
+        )
+        port.gateway = True
+        port.router = True
+        try:
+            if not attach:
+                port.configure(mtu=mtu)
+            prepare_forwarding(self.node.netns, name, {ip.version for ip in ifaces})
+        except BaseException:
+            if not attach:
+                self.remove_port(port)
+            raise
+        return port
 
     def add_vtep(self, address: str, port: int | None = None) -> None:
         """Make a remote VTEP a member: it gets flooded frames, and its packets are accepted."""

@@ -232,3 +232,33 @@ def _setup_link(
         if gateway is not None:
             default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
             ipr.route("add", dst=default, gateway=str(gateway), oif=idx)
+
+
+def delete_link(path: str | None, ifname: str) -> None:
+    """Delete ``ifname`` in namespace ``path`` (None: ours); nothing when the link or
+    the namespace is gone already."""
+    if path is not None and not os.path.exists(path):
+        return
+    with iproute(path) as ipr:
+        try:
+            idx = link_index(ipr, ifname, path)
+        except LookupError:
+            return
+        ipr.link("del", index=idx)
+
+
+def link_addresses(
+    path: str | None, ifname: str
+) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] | None:
+    """The global addresses of ``ifname`` in namespace ``path`` (None: ours), with
+    their prefix lengths; None when there is no such link."""
+    with iproute(path) as ipr:
+        try:
+            idx = link_index(ipr, ifname, path)
+        except LookupError:
+            return None
+        return [
+            ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(index=idx)
+            if a["scope"] == 0
+        ]

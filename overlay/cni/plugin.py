@@ -90,7 +90,6 @@ from overlay.cni.spec import (
     PLUGIN_NOT_AVAILABLE,
     TRY_AGAIN_LATER,
     UNKNOWN_CONTAINER,
-    UNSUPPORTED_FIELD,
     CniEnv,
     CniError,
     Interface,
@@ -160,10 +159,11 @@ class OverlayConf:
     mtu: int | None = None
     routes: tuple[Route, ...] = ()
     ipam_type: str = ""  # "" when overlayd allocates the addresses
+    ip_masq: bool = False  # ipMasq: the network must masquerade (overlayd checks it)
 
     @classmethod
     def parse(cls, net: NetConf) -> OverlayConf:
-        """Check overlay's keys; code 7 (2 for ipMasq) naming the key and the fix."""
+        """Check overlay's keys; code 7 naming the key and the fix."""
         raw = net.raw
         check_keys(raw, OWN_KEYS, PLUGIN)
         vni = raw.get("vni")
@@ -191,11 +191,12 @@ class OverlayConf:
                 f"mtu={mtu!r}: an integer {MTU_MIN}-{MTU_MAX}, or leave it out to use the "
                 "MTU overlayd computes from the underlay",
             )
-        if raw.get("ipMasq"):
+        ip_masq = raw.get("ipMasq", False)
+        if not isinstance(ip_masq, bool):
             raise CniError(
-                UNSUPPORTED_FIELD,
-                f"ipMasq=true: {PLUGIN} does not masquerade; remove it and chain a plugin "
-                "that does, or route the overlay's CIDR",
+                INVALID_CONFIG,
+                f"ipMasq={ip_masq!r}: true (overlayd must masquerade the network's egress, "
+                "as it does by default) or false",
             )
         for key in ("runtimeConfig", "capabilities"):
             if key in raw and not isinstance(raw[key], dict):
@@ -209,7 +210,8 @@ class OverlayConf:
                     f"ipam.type={ipam_type!r}: name the IPAM plugin (e.g. host-local), or "
                     "remove ipam to let overlayd allocate from the node's subnet",
                 )
-        return cls(net, vni, sock, mtu, _parse_routes(raw.get("routes", [])), ipam_type)
+        routes = _parse_routes(raw.get("routes", []))
+        return cls(net, vni, sock, mtu, routes, ipam_type, ip_masq)
 
     def client(self) -> Client:
         return Client(self.socket, start_hint=_START_HINT)
@@ -521,6 +523,8 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
         request["routes"] = [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in routes]
     if conf.mtu is not None:
         request["mtu"] = conf.mtu
+    if conf.ip_masq:
+        request["ip_masq"] = True
     try:
         record = conf.client().attach(request)
     except (ApiError, DaemonUnavailable) as exc:

@@ -78,7 +78,9 @@ from overlay.control.store import (
     StoreUnavailable,
 )
 from overlay.errors import ConfigError, ConflictError, OverlayError
+from overlay.gateway import ROLE_GATEWAY, ROLE_LABEL
 from overlay.model import Endpoint, NodeSpec, _mac, to_json
+from overlay.nsenter import delete_link, link_addresses
 
 log = logging.getLogger("overlay.agent")
 
@@ -312,13 +314,7 @@ class Agent(Generic[P]):
         derived MACs and is not its own address's), otherwise the one the pod's
         address derives (``overlay.control.ipam.mac_of``): the same for the same
         address after any restart, and unique in the network."""
-        if vni not in self.spec.networks:
-            raise ConfigError(
-                "vni", vni, f"one of the networks this node hosts: {self.spec.networks}"
-            )
-        await asyncio.wait_for(self.synced.wait(), self.ttl * 3)
-        if vni not in self.specs:
-            raise ConfigError("vni", vni, "a network defined in the store (networks/<vni>)")
+        await self._hosted_and_defined(vni)
         if mac is not None:
             mac = _mac(mac, "mac")
         # The record is checked before anything is taken: a bad name or label
@@ -391,6 +387,67 @@ class Agent(Generic[P]):
         self.local[(vni, ep.mac)] = ep
         await self.publish_endpoint(ep)
         return ep, port
+
+    async def _hosted_and_defined(self, vni: int) -> None:
+        """Wait for the first sync; ConfigError naming ``vni`` unless this node hosts
+        it and the store defines it."""
+        if vni not in self.spec.networks:
+            raise ConfigError(
+                "vni", vni, f"one of the networks this node hosts: {self.spec.networks}"
+            )
+        await asyncio.wait_for(self.synced.wait(), self.ttl * 3)
+        if vni not in self.specs:
+            raise ConfigError("vni", vni, "a network defined in the store (networks/<vni>)")
+
+    async def add_gateway(self, vni: int, *, persist: bool = True) -> tuple[Endpoint, P]:
+        """The network's gateway on this node (``Network.add_gateway``): the first
+        address of the node's subnet lease with the network's prefix length, the MAC
+        that address derives, a TAP ``ovg<vni>`` in the node's namespace, announced
+        like an endpoint (named "gateway") so every node's ARP/ND suppression
+        answers for it. A TAP of that name left by an earlier run is taken back
+        when it holds the same address (no gap for connections through it), and
+        made again when it does not. Returns (endpoint, port)."""
+        await self._hosted_and_defined(vni)
+        ifname = f"ovg{vni}"
+        found = await asyncio.to_thread(link_addresses, self.node.netns, ifname)
+        if vni not in self.subnets:
+            size = self.specs[vni].subnet_prefix
+            prefer = str(ipaddress.ip_interface(f"{found[0].ip}/{size}").network) if found else None
+            self.subnets[vni] = await lease_subnet(
+                self.store, self.specs[vni], self.name, self.lease, prefer=prefer
+            )
+        addr = self._allocator(vni).gateway
+        attach = found is not None and ipaddress.ip_interface(addr) in found
+        if found is not None and not attach:
+            await asyncio.to_thread(delete_link, self.node.netns, ifname)
+        mac = mac_of(addr)
+        self.reconcile([vni])
+        net = self.node.network(vni)
+        port = await asyncio.to_thread(
+            net.add_gateway, mac, [addr], ifname=ifname, persist=persist, attach=attach
+        )
+        ep = Endpoint(
+            vni=vni,
+            mac=mac,
+            ips=(addr,),
+            node=self.name,
+            name="gateway",
+            labels={ROLE_LABEL: ROLE_GATEWAY},
+        )
+        self.local[(vni, mac)] = ep
+        await self.publish_endpoint(ep)
+        return ep, port
+
+    async def remove_gateway(self, vni: int) -> None:
+        """Withdraw the network's gateway on this node and delete its TAP."""
+        net = self.node.networks.get(vni)
+        gw = net.gateway if net is not None else None
+        if gw is None:
+            return
+        self.local.pop((vni, gw.mac), None)
+        await self.withdraw_endpoint(vni, gw.mac)
+        if net is not None:
+            net.remove_port(gw)
 
     def _mac_holder(self, vni: int, mac: str) -> str:
         """Who has ``mac`` in network ``vni`` as far as this node knows ("" when

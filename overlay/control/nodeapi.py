@@ -126,6 +126,22 @@ class HostNetwork(NetworkTables, Protocol[P]):
 
     def remove_port(self, port: P) -> None: ...
 
+    @property
+    def gateway(self) -> P | None:
+        """The network's gateway on this node (the node's IP stack), or None."""
+        ...
+
+    def add_gateway(
+        self,
+        mac: str,
+        ips: Sequence[str],
+        *,
+        ifname: str | None = None,
+        persist: bool = False,
+        attach: bool = False,
+        mtu: int | None = None,
+    ) -> P: ...
+
 
 class HostNode(NodeTables, Protocol[P]):
     """A node whose networks take ports of type P: what ``Agent`` is given."""
@@ -136,6 +152,11 @@ class HostNode(NodeTables, Protocol[P]):
     def add_network(self, vni: int, tenant: str, *, learning: bool = False) -> HostNetwork[P]: ...
 
     def network(self, vni: int) -> HostNetwork[P]: ...
+
+    @property
+    def netns(self) -> str | None:
+        """The namespace that holds the underlay (and the gateways), None: ours."""
+        ...
 
 
 if TYPE_CHECKING:  # mypy proves the real node and the recording fake fit

@@ -15,6 +15,15 @@ Design notes.
 - **Not found is not said while starting.** Until the saved attachments are
   re-attached, a lookup answers 503: "not found" would let DEL succeed (and
   the runtime release the pod's address) for a pod re-attached moments later.
+- **A restarted container keeps its address.** A runtime restarts a
+  container as DEL then ADD with the same container ID (``podman restart``),
+  and asks for no address. The node's allocator hands out the lowest free
+  address, which is another one whenever a lower one was freed meanwhile; so
+  the address a node-allocated attachment had is remembered at DEL (in
+  memory, for the last ``REMEMBERED`` attachments) and asked for again by the
+  next ADD of the same container and interface. If it was taken meanwhile or
+  left the node's lease, the ADD gets a fresh one. Its MAC follows the address,
+  so peers' neighbour caches stay right and traffic resumes at once.
 - **One writer.** Attach, detach and reload take ``parts.lock``; GC detaches
   one by one through ``detach``.
 """
@@ -23,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+from collections import OrderedDict
 from typing import Any
 
 from overlay.control.store import StoreUnavailable
@@ -45,6 +56,25 @@ from overlay.model import Endpoint
 log = logging.getLogger("overlay.daemon")
 
 
+def default_gateway(net: Any, ips: Any, ipam: str, routes: list[dict[str, str]]) -> str:
+    """The address a pod of ``net`` routes through by default: the node's gateway of
+    the pod's primary address family, when the network has one, overlayd gave the
+    addresses (``ipam`` "node"), and the request has no default route of its own;
+    else ""."""
+    gw = net.gateway
+    if gw is None or ipam != "node" or not ips:
+        return ""
+    family = ipaddress.ip_interface(ips[0]).version
+    if any(ipaddress.ip_network(r["dst"]).prefixlen == 0
+           and ipaddress.ip_network(r["dst"]).version == family for r in routes):  # fmt: skip
+        return ""
+    return next((str(ip.ip) for ip in gw.ips if ip.version == family), "")
+
+
+REMEMBERED = 4096
+"""How many detached attachments' addresses are kept for their container's next ADD."""
+
+
 class Attachments(Room):
     """The pods attached on this node, and the state file that outlives the daemon."""
 
@@ -55,6 +85,9 @@ class Attachments(Room):
         # Attachments from the state file that could not be re-attached for a
         # reason other than the pod being gone: kept (and saved) for DEL and GC.
         self.orphans: dict[tuple[str, str], Attachment] = {}
+        # (container_id, ifname) -> (vni, address) of node-allocated attachments
+        # detached lately: asked for again by the container's next ADD (a restart).
+        self.released: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
 
     # -- what is kept -------------------------------------------------------------
 
@@ -141,27 +174,59 @@ class Attachments(Room):
                 raise ConfigError(
                     "vni", req.vni, f"a network this node hosts: {list(agent.spec.networks)}"
                 )
+            if req.ip_masq:
+                spec = agent.specs.get(req.vni)
+                if spec is None or not (spec.gateway and spec.masquerade):
+                    has = "no gateway" if spec is None or not spec.gateway else "masquerade = false"
+                    raise ConfigError(
+                        "ipMasq",
+                        True,
+                        f"false, or a network that masquerades: network {req.vni} has {has} "
+                        "in its definition (overlayd's [[networks]] gateway and masquerade)",
+                    )
             for rec in self.attached.values():
                 if rec.netns == req.netns and rec.ifname == req.ifname:
                     raise ConflictError(
                         f"{req.netns} already has {req.ifname} from container "
                         f"{rec.container_id}; choose another ifname"
                     )
-            ep, port = await agent.add_endpoint(
-                req.vni,
-                mac=req.mac,
-                name=req.name,
-                labels=req.labels,
-                ips=req.ips,
-                reserve=req.ips is not None and req.ipam == "node",
-                persist=True,
-                ifname=req.ifname,
-                netns=req.netns,  # the TAP is born there under its name: no move, no rename
-            )
+            before = self.released.pop(key, None)
+            former = before[1] if before and before[0] == req.vni and req.ips is None else None
+            while True:
+                ips = [former] if former else req.ips
+                try:
+                    ep, port = await agent.add_endpoint(
+                        req.vni,
+                        mac=req.mac,
+                        name=req.name,
+                        labels=req.labels,
+                        ips=ips,
+                        reserve=ips is not None and (former is not None or req.ipam == "node"),
+                        persist=True,
+                        ifname=req.ifname,
+                        netns=req.netns,  # the TAP is born there under its name
+                    )
+                    break
+                except (ConflictError, ConfigError) as exc:
+                    if former is None:
+                        raise
+                    log.info(
+                        "overlayd: %s/%s: its former address %s is not free (%s); "
+                        "allocating another",
+                        *key,
+                        former,
+                        exc,
+                    )
+                    former = None
             net = node.network(req.vni)
             mtu = req.mtu or node.pod_mtu(net)
+            # The pod's default route: its own node's gateway, when the network has
+            # one and the addresses are overlayd's (a delegated IPAM gives its own).
+            gateway = req.gateway or default_gateway(net, ep.ips, req.ipam, req.routes)
             try:
-                await asyncio.to_thread(port.configure, mtu=mtu)
+                await asyncio.to_thread(
+                    port.configure, mtu=mtu, gateway=None if req.gateway else gateway or None
+                )
                 if req.routes:
                     await asyncio.to_thread(add_routes, req.netns, req.ifname, req.routes)
             except BaseException:
@@ -177,7 +242,7 @@ class Attachments(Room):
                 ips=list(ep.ips),
                 mtu=mtu,
                 ipam=req.ipam,
-                gateway=req.gateway,
+                gateway=gateway,
                 routes=req.routes,
                 name=req.name,
                 labels=req.labels,
@@ -225,6 +290,11 @@ class Attachments(Room):
                 return rec.to_dict()
             await agent.remove_endpoint(rec.vni, rec.mac)  # the TAP goes with its port
             del self.attached[rec.key]
+            if rec.ipam == "node" and rec.ips:
+                self.released[rec.key] = (rec.vni, rec.ips[0])
+                self.released.move_to_end(rec.key)
+                while len(self.released) > REMEMBERED:
+                    self.released.popitem(last=False)
             self._save()
             log.info("overlayd: detached %s/%s", container_id, ifname)
             return rec.to_dict()

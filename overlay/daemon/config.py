@@ -53,6 +53,8 @@ expected — the first problem found, in file order.
     tenant = "blue"
     cidr = "10.244.0.0/16"
     subnet_prefix = 24
+    gateway = true                 # the node's way in and out: host <-> pods, Services, egress
+    masquerade = true              # egress to outside the network leaves as the node's address
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+NETWORK_KEYS = {"vni", "tenant", "cidr", "subnet_prefix", "learning", "gateway", "masquerade"}
 _SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks"}
 _STORE_KEYS = {
     "kind",
@@ -449,13 +452,13 @@ def parse(text: str) -> DaemonConfig:
     if not 0.1 <= health.interval <= 60:
         raise ConfigError("health.interval", health.interval, "0.1-60 seconds")
 
-    nets = []
+    nets: list[NetworkSpec] = []
     seen: set[int] = set()
     for i, t in enumerate(get_key(raw, "networks", "", list, "a list of [[networks]] tables", [])):
         where = f"networks[{i}]."
         if not isinstance(t, Mapping):
             raise ConfigError(where[:-1], t, "a table with vni, tenant, cidr")
-        _unknown(t, {"vni", "tenant", "cidr", "subnet_prefix", "learning"}, where)
+        _unknown(t, NETWORK_KEYS, where)
         try:
             spec = NetworkSpec(
                 vni=get_key(t, "vni", where, int, f"a VNI 0-{VNI_MAX}"),
@@ -464,6 +467,8 @@ def parse(text: str) -> DaemonConfig:
                 encap=encap,
                 subnet_prefix=get_key(t, "subnet_prefix", where, int, "a prefix", 24),
                 learning=get_key(t, "learning", where, bool, "true or false", False),
+                gateway=get_key(t, "gateway", where, bool, "true or false", True),
+                masquerade=get_key(t, "masquerade", where, bool, "true or false", True),
             )
         except ConfigError as exc:
             raise _within(where, exc) from None
@@ -474,6 +479,15 @@ def parse(text: str) -> DaemonConfig:
         if spec.vni in seen:
             raise ConfigError(where + "vni", spec.vni, "a VNI not used by another [[networks]]")
         seen.add(spec.vni)
+        for j, other in enumerate(nets):
+            if spec.gateway and other.gateway and spec.network.overlaps(other.network):
+                raise ConfigError(
+                    where + "gateway",
+                    True,
+                    f"false: cidr {spec.cidr} overlaps {other.cidr} of networks[{j}] (vni "
+                    f"{other.vni}), and two gateways in one namespace cannot share addresses; "
+                    "give one network other addresses, or turn its gateway off",
+                )
         nets.append(spec)
     return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level, health)
 

@@ -38,6 +38,7 @@ from overlay.cni import validate
 from overlay.daemon.config import get_key
 from overlay.errors import ConfigError
 from overlay.nsenter import call_in, iproute, link_index, netns_path
+from overlay.nsenter import delete_link as _delete_link
 from overlay.wire import checksum, mac_to_bytes
 
 IPAM_KINDS = ("node", "delegated")
@@ -78,6 +79,7 @@ class AttachRequest:
     mac: str | None = None
     name: str = ""
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    ip_masq: bool = False  # CNI ipMasq: the network must masquerade its egress
 
     @classmethod
     def parse(cls, body: Any, forbidden: Mapping[str, str] | None = None) -> AttachRequest:
@@ -155,6 +157,7 @@ class AttachRequest:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise ConfigError("labels", validate.clip(labels), "a mapping of strings to strings")
         _check("labels", labels, validate.labels)
+        ip_masq = get("ip_masq", bool, "true or false", False)
         return cls(
             cid,
             ifname,
@@ -168,6 +171,7 @@ class AttachRequest:
             mac,
             name,
             dict(labels),
+            ip_masq,
         )
 
 
@@ -182,14 +186,7 @@ def add_routes(netns: str, ifname: str, routes: list[dict[str, str]]) -> None:
 
 
 def delete_link(netns: str, ifname: str) -> None:
-    if not os.path.exists(netns):
-        return
-    with iproute(netns) as ipr:
-        try:
-            idx = link_index(ipr, ifname, netns)
-        except LookupError:
-            return  # gone already
-        ipr.link("del", index=idx)
+    _delete_link(netns, ifname)
 
 
 def link_state(netns: str, ifname: str) -> dict[str, Any]:

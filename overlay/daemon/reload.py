@@ -28,6 +28,7 @@ from overlay.daemon import config as cfgmod
 from overlay.daemon.attach import Attachments
 from overlay.daemon.config import DaemonConfig
 from overlay.daemon.definitions import Definitions, spec_for
+from overlay.daemon.gateways import Gateways
 from overlay.daemon.parts import Parts
 from overlay.daemon.rooms import Room, handles
 from overlay.errors import ConfigError, ConflictError
@@ -54,10 +55,17 @@ RESTART_KEYS = (
 class Reloader(Room):
     """Applies the configuration file again."""
 
-    def __init__(self, parts: Parts, definitions: Definitions, attachments: Attachments) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        definitions: Definitions,
+        attachments: Attachments,
+        gateways: Gateways,
+    ) -> None:
         self.parts = parts
         self.definitions = definitions
         self.attachments = attachments
+        self.gateways = gateways
 
     @handles("reload")
     async def reload(self, new: DaemonConfig | None = None) -> dict[str, Any]:
@@ -105,6 +113,7 @@ class Reloader(Room):
             gone_peers = tuple(n for n in old_peers if n not in new_peers)
             await agent.set_networks(after)  # stop reconciling removed networks first
             for vni in gone + changed:
+                await self.gateways.remove(vni)  # its endpoint withdrawn, its TAP deleted
                 if vni in node.networks:
                     node.remove_network(vni)
                 await self.definitions.forget_network(vni)
@@ -120,6 +129,7 @@ class Reloader(Room):
                 logging.getLogger("overlay").setLevel(new.log_level.upper())
             parts.config = new
             parts.reloads += 1
+            await self.gateways.sync()
             summary = {
                 "networks_added": sorted(a.vni for a in added),
                 "networks_removed": sorted(gone),

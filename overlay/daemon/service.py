@@ -44,6 +44,7 @@ from overlay.daemon.api import ApiServer
 from overlay.daemon.attach import Attachments
 from overlay.daemon.config import DaemonConfig
 from overlay.daemon.definitions import Definitions
+from overlay.daemon.gateways import Gateways
 from overlay.daemon.health import HealthProber
 from overlay.daemon.parts import Parts
 from overlay.daemon.reload import Reloader
@@ -91,8 +92,9 @@ class Daemon:
         self.parts = Parts(config, config_path)
         self.definitions = Definitions(self.parts)
         self.attachments = Attachments(self.parts)
-        self.reloader = Reloader(self.parts, self.definitions, self.attachments)
-        self.views = Views(self.parts, self.attachments)
+        self.gateways = Gateways(self.parts)
+        self.reloader = Reloader(self.parts, self.definitions, self.attachments, self.gateways)
+        self.views = Views(self.parts, self.attachments, self.gateways)
         self.metrics: Any = None
         self.api: ApiServer | None = None
         self.failed = False  # start-up failed after the API came up: exit non-zero
@@ -102,7 +104,7 @@ class Daemon:
     @property
     def rooms(self) -> list[Room]:
         """The rooms whose handlers serve the API (``rooms.build_router``)."""
-        return [self.definitions, self.attachments, self.reloader, self.views]
+        return [self.definitions, self.attachments, self.gateways, self.reloader, self.views]
 
     # -- start ------------------------------------------------------------------
 
@@ -202,6 +204,8 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._peer_loop(), name="overlayd-peers"))
         await agent.synced.wait()
         await self._retry(self.attachments.reattach)
+        await self.gateways.sync()
+        self._tasks.append(asyncio.create_task(self._gateway_loop(), name="overlayd-gateways"))
         self.parts.ready = True
         log.info("overlayd: ready (%d attachments)", len(self.attachments.attached))
 
@@ -216,6 +220,16 @@ class Daemon:
                 log.warning("overlayd: store unavailable (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _gateway_loop(self) -> None:
+        """Keep gateways equal to the store's definitions (another node may define or
+        change a network; a gateway that failed is tried again)."""
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                await self.gateways.sync()
+            except Exception:
+                log.exception("overlayd: syncing gateways failed")
 
     async def _peer_loop(self) -> None:
         """Keep the health prober's peers equal to the nodes the agent knows."""

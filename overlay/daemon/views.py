@@ -22,18 +22,21 @@ from typing import Any
 
 from overlay import __version__
 from overlay.daemon.attach import Attachments
+from overlay.daemon.gateways import Gateways
 from overlay.daemon.health import HEALTH_TENANT
 from overlay.daemon.parts import Parts
 from overlay.daemon.rooms import Room, handles
+from overlay.gateway import is_gateway
 from overlay.model import Endpoint
 
 
 class Views(Room):
     """What the API's GET routes and the metrics answer."""
 
-    def __init__(self, parts: Parts, attachments: Attachments) -> None:
+    def __init__(self, parts: Parts, attachments: Attachments, gateways: Gateways) -> None:
         self.parts = parts
         self.attachments = attachments
+        self.gateways = gateways
 
     def _peer_results(self) -> dict[str, dict[str, Any]]:
         prober = self.parts.prober
@@ -42,9 +45,12 @@ class Views(Room):
         return {r["name"]: r for r in prober.results()}
 
     def _local_remote(self, endpoints: Iterable[Endpoint]) -> tuple[int, int]:
-        """How many of ``endpoints`` are this node's pods, and how many other nodes'."""
+        """How many of ``endpoints`` are this node's pods, and how many other nodes'
+        (gateways are not pods: ``networks`` shows them)."""
         local = remote = 0
         for ep in endpoints:
+            if is_gateway(ep.labels):
+                continue
             if ep.node == self.parts.node_name:
                 local += 1
             else:
@@ -98,6 +104,7 @@ class Views(Room):
                     "tenant": spec.tenant if spec else None,
                     "cidr": spec.cidr if spec else None,
                     "learning": spec.learning if spec else None,
+                    "gateway": self.gateways.view(vni),
                     "subnet": agent.subnets.get(vni),
                     "pod_mtu": node.pod_mtu(net) if net else None,
                     "vteps": sorted(str(v) for v in net.vteps) if net else [],
@@ -119,6 +126,8 @@ class Views(Room):
             if vni is not None and v != vni:
                 continue
             for ep in sorted(eps.values(), key=lambda e: e.mac):
+                if is_gateway(ep.labels):
+                    continue  # a node's gateway: see networks
                 d = dataclasses.asdict(ep)
                 d["local"] = ep.node == self.parts.node_name
                 rec = by_mac.get((v, ep.mac))

@@ -10,6 +10,7 @@ Rooms:
   capture     — tshark capture inside a namespace and field extraction
   cluster     — nodes, networks and pods on one underlay, programmed statically
   daemon      — real overlayd processes on namespaced nodes; overlay-cni as runtimes run it
+  podman      — real podman (CNI backend, runc, busybox) per node, isolated in a directory
   etcd        — a real etcd on loopback (TLS and users too), stopped by PID
   aio         — one coroutine run on the stdlib loop or uvloop; ``until``
   throughput  — test beds and side-by-side figures for pytest-benchmark
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
         kernel_vxlan,
         run_prefix,
     )
+    from overlay.testing.podman import PodmanNode
     from overlay.testing.pyforwarder import PyForwarder
     from overlay.testing.throughput import compare, sides_of
     from overlay.testing.traffic import (
@@ -74,6 +76,7 @@ _EXPORTS = {
     "Cluster": "cluster",
     "Pod": "cluster",
     "DaemonCluster": "daemon",
+    "PodmanNode": "podman",
     "EtcdServer": "etcd",
     "FakePort": "fakes",
     "loopback_engine": "fakes",
@@ -93,6 +96,7 @@ __all__ = [
     "Netns",
     "PingResult",
     "Pod",
+    "PodmanNode",
     "PyForwarder",
     "Topology",
     "TransferResult",

@@ -17,6 +17,10 @@ This module packages that discipline so benchmark authors get it for free:
   ``pair()`` and ``side()``; the plugin exposes them as the factory fixtures
   ``overlay_net``, ``overlay_kernel_net``, ``overlay_veth_net`` and ``overlay_pyforwarder_net``, and
   :class:`Testbeds` removes everything they made, also when a test fails.
+  :class:`GatewayNet` is one node's way out instead: a pod of our data
+  plane leaving through its network's gateway next to a veth pod routed by
+  the node's kernel, both masqueraded to the same outside host
+  (``sides()``; :meth:`Testbeds.gateway` builds it).
 * **Figures measured identically on every side** (a :class:`Side` is a
   client pod and a server pod): one TCP stream with iperf3, small UDP
   datagrams per second from the C generator, ping RTT, and CPU seconds per GB
@@ -64,9 +68,11 @@ __all__ = [
     "SMALL_UDP_PPS",
     "TCP_GBPS",
     "Comparison",
+    "GatewayNet",
     "KernelNet",
     "Metric",
     "NetPod",
+    "OUTSIDE_IP",
     "OverlayNet",
     "PyForwarderNet",
     "Side",
@@ -390,6 +396,155 @@ def build_pyforwarder_net(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+OUTSIDE_IP = "198.19.0.2"
+"""The outside host of :class:`GatewayNet` (RFC 2544 range of the test bed's outside world)."""
+_WAN_NODE_CIDR, _WAN_OUTSIDE_CIDR = "198.19.0.1/24", f"{OUTSIDE_IP}/24"
+_KERNEL_GATEWAY_IFNAME = "kgw0"  # not ovg*: the rules' "oifname != ovg*" must see it as the way out
+
+
+class GatewayNet(_Net):
+    """One node with a way out, and two pods that take it to the same outside host.
+
+    Node ``n0`` (``Node`` on its underlay address, no peers) reaches the
+    outside host (:data:`OUTSIDE_IP`, a namespace behind the veth ``wan0``;
+    the node is 198.19.0.1). Two pods leave through it:
+
+    * ``pods[0]``, the overlay's: a TAP pod of our data plane in network
+      ``vni`` (``cidr``, .2) whose default route is the network's gateway
+      (``Network.add_gateway``: the TAP ``ovg<vni>`` in the node, .1);
+    * ``pods[1]``, the kernel's own path: a veth pod (``kernel_cidr``, .2)
+      whose default route is the veth's node end ``kgw0`` (.1), routed by the
+      node's kernel alone.
+
+    One ``NodeRules`` table holds both as gateways (``GatewayRule`` each,
+    masquerade on), so both pods' traffic crosses the same forward and
+    postrouting chains, is masqueraded to 198.19.0.1 and leaves by the same
+    veth; the outside host has no route to either range, so only the
+    translation brings answers back. The ranges differ because two gateways of
+    one namespace may not overlap. Both pods have the overlay pod's MTU (the
+    underlay's less the encapsulation), so TCP segments are the same size.
+    """
+
+    kind = "gateway"
+
+    def __init__(
+        self,
+        topology: Topology,
+        stack: contextlib.ExitStack,
+        node: Any,
+        node_ns: Netns,
+        outside: NetPod,
+        pods: list[NetPod],
+        rules: Any,
+    ) -> None:
+        super().__init__(topology, stack)
+        self.node = node  # overlay.node.Node
+        self.node_ns = node_ns
+        self.outside = outside
+        self.pods: list[NetPod] = pods
+        self.rules = rules  # overlay.gateway.NodeRules of node_ns
+
+    def pair(self) -> tuple[NetPod, NetPod]:
+        """The overlay pod and the outside host."""
+        return self.pods[0], self.outside
+
+    def side(self, name: str | None = None) -> Side:
+        """The overlay pod to the outside host, through the network's gateway (``overlay``)."""
+        pod = self.pods[0]
+        return Side(name or "overlay", pod.netns, self.outside.netns, pod.ip, self.outside.ip)
+
+    def kernel_side(self, name: str | None = None) -> Side:
+        """The veth pod to the outside host, routed by the node's kernel (``kernel``)."""
+        pod = self.pods[1]
+        return Side(name or "kernel", pod.netns, self.outside.netns, pod.ip, self.outside.ip)
+
+    def sides(self) -> dict[str, Side]:
+        """``{"overlay": side(), "kernel": kernel_side()}``, for :func:`compare`."""
+        return {"overlay": self.side(), "kernel": self.kernel_side()}
+
+
+def _host_cidr(cidr: str, host: int, field_name: str) -> str:
+    """Address number ``host`` of ``cidr`` with its prefix length (``10.244.0.2/16``)."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        raise ValueError(f"{field_name}={cidr!r}: give a network like 10.244.0.0/16") from None
+    if net.version != 4 or net.num_addresses < 4:
+        raise ValueError(f"{field_name}={cidr!r}: give an IPv4 network of /30 or larger")
+    return f"{net.network_address + host}/{net.prefixlen}"
+
+
+def build_gateway_net(
+    mtu: int = 1500,
+    node_options: Mapping[str, Any] | None = None,
+    vni: int = 100,
+    cidr: str = "10.244.0.0/16",
+    kernel_cidr: str = "10.245.0.0/16",
+) -> GatewayNet:
+    """Build and start a :class:`GatewayNet`; the caller closes it.
+
+    ``mtu`` is the node's underlay MTU (the pods get it less the encapsulation
+    overhead); ``node_options`` go to ``Node`` unchanged. Before returning,
+    both pods must reach the outside host (a ping each), so a broken path is
+    an error here, not a zero figure later.
+    """
+    from overlay.gateway import GatewayRule, NodeRules, prepare_forwarding
+    from overlay.node import Node
+
+    gw_cidr, pod_cidr = _host_cidr(cidr, 1, "cidr"), _host_cidr(cidr, 2, "cidr")
+    kgw_cidr, kpod_cidr = (
+        _host_cidr(kernel_cidr, 1, "kernel_cidr"),
+        _host_cidr(kernel_cidr, 2, "kernel_cidr"),
+    )
+    if ipaddress.ip_network(cidr).overlaps(ipaddress.ip_network(kernel_cidr)):
+        raise ValueError(
+            f"cidr={cidr!r} and kernel_cidr={kernel_cidr!r} must not overlap: two gateways "
+            "of one namespace cannot share addresses; give another kernel_cidr"
+        )
+    with contextlib.ExitStack() as stack:
+        topo = _new_topology("g")
+        stack.callback(topo.close)
+        n0, out = topo.add_netns("n0"), topo.add_netns("out")
+        pod_ns, kpod_ns = topo.add_netns("p0"), topo.add_netns("k0")
+        n0.addr_add("lo", f"{underlay_ip(0)}/32")  # the node's underlay address, no peers
+        topo.veth(n0, out, _WAN_NODE_CIDR, _WAN_OUTSIDE_CIDR, name_a="wan0", name_b="wan0")
+        node = Node(underlay_ip(0), Encap.VXLAN, netns=n0.path, mtu=mtu, **dict(node_options or {}))
+        stack.callback(node.close)
+        pod_mtu = node.pod_mtu()
+        net = node.add_network(vni, "bench")
+        gateway = net.add_gateway(pod_mac(0, vni, 0), [gw_cidr])
+        port = net.add_port(pod_mac(0, vni, 1), [pod_cidr], ifname=f"t{vni}p0"[:15])
+        port.move_to_netns(pod_ns.path, "eth0", gateway=str(ipaddress.ip_interface(gw_cidr).ip))
+        topo.veth(
+            n0, kpod_ns, kgw_cidr, kpod_cidr, name_a=_KERNEL_GATEWAY_IFNAME, name_b="eth0",
+            mtu=pod_mtu,
+        )  # fmt: skip
+        kpod_ns.route_add("default", gateway=str(ipaddress.ip_interface(kgw_cidr).ip))
+        prepare_forwarding(n0.path, _KERNEL_GATEWAY_IFNAME, {4})
+        rules = NodeRules(n0.path)
+        rules.apply(
+            [
+                GatewayRule(gateway.ifname, (cidr,)),
+                GatewayRule(_KERNEL_GATEWAY_IFNAME, (kernel_cidr,)),
+            ]
+        )
+        node.start()
+        pods = [
+            NetPod("p0", pod_ns, 0, port.mac, pod_cidr),
+            NetPod("k0", kpod_ns, 0, kpod_ns.link_info("eth0").mac or "", kpod_cidr),
+        ]
+        outside = NetPod("out", out, 0, out.link_info("wan0").mac or "", _WAN_OUTSIDE_CIDR)
+        for pod, way in zip(pods, (gateway.ifname, _KERNEL_GATEWAY_IFNAME), strict=True):
+            result = ping(pod.netns, OUTSIDE_IP, count=3, interval=0.2, timeout=2.0)
+            if not result.received:
+                raise RuntimeError(
+                    f"gateway test bed: pod {pod.ip} cannot reach the outside host "
+                    f"{OUTSIDE_IP} through {way} (no answer to ping)"
+                )
+        return GatewayNet(topo, stack.pop_all(), node, n0, outside, pods, rules)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class Testbeds:
     """Builds test beds and removes them all at :meth:`close` (the fixtures' engine).
 
@@ -449,6 +604,17 @@ class Testbeds:
         net: PyForwarderNet = self._keep(
             build_pyforwarder_net(mtu, vni, cidr, use_uvloop=use_uvloop)
         )
+        return net
+
+    def gateway(
+        self,
+        mtu: int = 1500,
+        node_options: Mapping[str, Any] | None = None,
+        vni: int = 100,
+        cidr: str = "10.244.0.0/16",
+        kernel_cidr: str = "10.245.0.0/16",
+    ) -> GatewayNet:
+        net: GatewayNet = self._keep(build_gateway_net(mtu, node_options, vni, cidr, kernel_cidr))
         return net
 
     def close(self) -> None:

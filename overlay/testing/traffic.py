@@ -41,6 +41,7 @@ __all__ = [
     "iperf3",
     "ping",
     "send_frames",
+    "tcp_peer",
     "tcp_transfer",
     "udp_echo",
     "wait_for",
@@ -376,6 +377,62 @@ def udp_echo(
         client.close()
         server.close()
     return EchoResult(sent, len(rtts), rtts)
+
+
+def tcp_peer(
+    client_ns: Netns,
+    server_ns: Netns,
+    listen: tuple[str, int],
+    connect: tuple[str, int] | None = None,
+    timeout: float = 5.0,
+) -> str | None:
+    """Connect from ``client_ns`` to ``connect`` (default: ``listen``) while a
+    server in ``server_ns`` listens on ``listen``; the address the server saw the
+    connection come from, once a request and its answer crossed both ways, or
+    None when no connection completed by ``timeout``.
+
+    For translations: a Service (``connect`` a ClusterIP that a DNAT rule maps to
+    ``listen``) and masquerading (the source the server sees).
+    """
+    for ip, _ in (listen, connect or listen):
+        check_allowed(ip, "tcp_peer address", loopback=True)
+    family = _family(listen[0])
+    server = server_ns.socket(family, socket.SOCK_STREAM)
+    seen: list[str] = []
+
+    def serve() -> None:
+        try:
+            conn, peer = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(timeout)
+            with contextlib.suppress(OSError):
+                if conn.recv(64) == b"hello\n":
+                    seen.append(str(peer[0]))
+                    conn.sendall(f"{peer[0]}\n".encode())
+
+    try:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(listen)
+        server.listen(1)
+        server.settimeout(timeout)
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        client = client_ns.socket(_family((connect or listen)[0]), socket.SOCK_STREAM)
+        try:
+            client.settimeout(timeout)
+            client.connect(connect or listen)
+            client.sendall(b"hello\n")
+            answer = client.recv(64).decode().strip()
+        except OSError:
+            return None
+        finally:
+            client.close()
+        thread.join(timeout)
+        return answer if seen and answer == seen[0] else None
+    finally:
+        server.close()
 
 
 def wait_listening(ns: Netns, port: int, *, udp: bool = False, timeout: float = 5.0) -> None:

@@ -60,7 +60,6 @@ from overlay.cni.spec import (
     SUPPORTED_VERSIONS,
     TRY_AGAIN_LATER,
     UNKNOWN_CONTAINER,
-    UNSUPPORTED_FIELD,
 )
 from overlay.control.ipam import mac_of
 from overlay.daemon.client import Client, DaemonUnavailable
@@ -284,7 +283,7 @@ def test_delegated_ipam_without_cni_path_is_code_4(tmp_path: Path, sockdir: Path
         ("STATUS", {"cniVersion": "1.0.0"}, INCOMPATIBLE_VERSION, "STATUS needs cniVersion 1.1.0"),
         ("GC", {"cniVersion": "0.4.0"}, INCOMPATIBLE_VERSION, "GC needs cniVersion 1.1.0"),
         ("CHECK", {"cniVersion": "0.3.1"}, INCOMPATIBLE_VERSION, "CHECK needs cniVersion 0.4.0"),
-        ("ADD", {"ipMasq": True}, UNSUPPORTED_FIELD, "ipMasq"),
+        ("ADD", {"ipMasq": "yes"}, INVALID_CONFIG, "ipMasq='yes'"),
         ("ADD", {"vni": None}, INVALID_CONFIG, "vni"),
         ("ADD", {"vni": "100"}, INVALID_CONFIG, "vni='100'"),
         ("ADD", {"vni": True}, INVALID_CONFIG, "vni=True"),
@@ -329,7 +328,7 @@ def test_an_unknown_key_error_lists_the_keys_the_plugin_accepts(sockdir: Path) -
     [
         ("ADD", {"cniVersion": "9.9.9"}, {}, INCOMPATIBLE_VERSION, "use one of 0.3.0"),
         ("GC", {"cniVersion": "1.0.0"}, {}, INCOMPATIBLE_VERSION, "raise cniVersion"),
-        ("ADD", {"ipMasq": True}, {}, UNSUPPORTED_FIELD, "remove it and chain a plugin"),
+        ("ADD", {"ipMasq": 1}, {}, INVALID_CONFIG, "true (overlayd must masquerade"),
         ("ADD", {}, {"unset": ("CNI_NETNS",)}, INVALID_ENV, "set it"),
         ("ADD", {}, {"cni_args": "COLOUR=blue"}, INVALID_ENV, "add IgnoreUnknown=1"),
         ("ADD", {"vni": 1 << 24}, {}, INVALID_CONFIG, "an integer 0-16777215"),
@@ -596,16 +595,20 @@ def test_add_attaches_the_pod_as_asked_and_prints_the_result(cni_daemon: CniDaem
     assert rec["mtu"] == 1400 and rec["routes"] == [{"dst": "10.245.0.0/16"}]
     [address] = rec["ips"]
     assert _in_cidr(address, cni_daemon.cidr)
+    [net] = cni_daemon.client.networks()
+    gateway = net["gateway"]["address"].split("/")[0]
+    assert rec["gateway"] == gateway
     assert out == {
         "cniVersion": "1.1.0",
         "interfaces": [{"name": "eth0", "mac": rec["mac"], "mtu": 1400, "sandbox": pod.path}],
-        "ips": [{"address": address, "interface": 0}],
+        "ips": [{"address": address, "interface": 0, "gateway": gateway}],
         "routes": [{"dst": "10.245.0.0/16"}],
     }
-    # ...and that is what the pod has.
+    # ...and that is what the pod has: its default route is its node's gateway.
     eth0 = pod.link_info("eth0")
     assert eth0.mac == rec["mac"] and eth0.mtu == 1400 and address in eth0.addresses
-    assert "10.245.0.0/16 dev eth0" in pod.run(["ip", "-4", "route"]).stdout
+    routes = pod.run(["ip", "-4", "route"]).stdout
+    assert "10.245.0.0/16 dev eth0" in routes and f"default via {gateway} dev eth0" in routes
 
 
 # ADD: what the runtime asks for (podman's --ip and --mac-address, the capabilities)
@@ -629,7 +632,8 @@ def test_add_gives_the_address_and_the_mac_asked_for_in_cni_args(cni_daemon: Cni
     pod = cni_daemon.pod("asked")
     args = f"IgnoreUnknown=1;K8S_POD_NAME=asked;MAC=02:00:00:00:aa:01;IP={want}"
     out = cni("ADD", cni_daemon.conf("1.0.0"), cid="c1", netns=pod.path, cni_args=args).success()
-    assert out["ips"] == [{"address": f"{want}/16", "interface": 0}]
+    gw = str(_subnet(cni_daemon).network_address + 1)  # the node's gateway
+    assert out["ips"] == [{"address": f"{want}/16", "interface": 0, "gateway": gw}]
     assert out["interfaces"][0]["mac"] == "02:00:00:00:aa:01"
     eth0 = pod.link_info("eth0")
     assert eth0.mac == "02:00:00:00:aa:01" and f"{want}/16" in eth0.addresses

@@ -1,25 +1,30 @@
 """The C data plane under the compiler's eyes: warnings as errors, the
 standalone harnesses in native/tests/ under AddressSanitizer and
 UndefinedBehaviorSanitizer, and the whole cffi module built with both and run
-under hostile traffic.
+under hostile traffic, on the fake transport, steering flows between several
+workers and with tables changing under traffic.
 
 A harness is a C program with its own main() that exits 0 when every check
 passed. To add one, write native/tests/check_<room>.c and add one line to
-HARNESSES naming it and the native sources it links with.
+HARNESSES naming it and the native sources it links with. TSAN_HARNESSES are
+built with ThreadSanitizer instead (check_engine.c: workers, the learner and
+the control plane at once); a canary proves a data race is reported in that
+setup, and a compiler without TSan skips them with the reason.
 
 The sanitized module is ``overlay._native`` compiled by ``overlay/_build.py``
 with ``-fsanitize=address,undefined -fno-sanitize-recover=all`` into a copy of
 the package in a temporary directory, which goes first on ``PYTHONPATH`` of a
 pytest subprocess (``python -P``: the checkout itself is not on the path) that
-runs the tests in SANITIZED_TESTS. The ASan runtime must be the first library
-in the process, so the subprocess starts with ``LD_PRELOAD`` naming it (a
-``sitecustomize`` in that directory drops the variable again, so programs the
-tests start, ping or nft, run as they are); leak detection is off because
-CPython itself never frees everything; ``PYTHONMALLOC=malloc`` routes Python's
-allocations (cffi buffers included) through the intercepted malloc. Any
-report aborts the process, so the subprocess fails; its output is searched for
-reports as well, and a canary proves that an out-of-bounds read in the module
-is caught in exactly this setup.
+runs the tests in SANITIZED_TESTS (those not marked slow). The ASan runtime
+must be the first library in the process, so the subprocess starts with
+``LD_PRELOAD`` naming it (a ``sitecustomize`` in that directory drops the
+variable again, so programs the tests start, ping or nft, run as they are);
+leak detection is off because CPython itself never frees everything;
+``PYTHONMALLOC=malloc`` routes Python's allocations (cffi buffers included)
+through the intercepted malloc. Any report aborts the process, so the
+subprocess fails; its output is searched for reports as well, and a canary
+proves that an out-of-bounds read in the module is caught in exactly this
+setup.
 """
 
 from __future__ import annotations
@@ -51,12 +56,18 @@ class Harness(NamedTuple):
     sources: tuple[str, ...]  # under native/
 
 
+# Every source of the data plane: what a harness of the whole engine links.
+ENGINE = tuple(p.name for p in sorted(NATIVE.glob("*.c")))
+
 # counters.c holds the counter readers too, which look networks and ports up
 # in the engine's maps: every harness that names counters links map.c.
 HARNESSES = [
     Harness("check_wire.c", ("wire.c", "csum.c", "counters.c", "map.c")),
     Harness("check_map.c", ("map.c", "counters.c")),
     Harness("check_offload.c", ("offload.c", "wire.c", "csum.c", "counters.c", "map.c")),
+    Harness("check_steer.c", ("steer.c", "wire.c", "csum.c")),
+    # the whole engine, threads and all: under ASan a leak at destroy fails too
+    Harness("check_engine.c", ENGINE),
 ]
 
 
@@ -76,6 +87,68 @@ def test_harness_passes_under_asan_and_ubsan(harness: Harness, tmp_path: Path) -
     assert run.returncode == 0, f"{harness.program} failed:\n{run.stdout}\n{run.stderr}"
 
 
+# ---- ThreadSanitizer: the engine's threads against each other ----
+
+TSAN = ["-fsanitize=thread", "-g", "-O1"]
+TSAN_HARNESSES = [Harness("check_engine.c", ENGINE)]
+TSAN_OPTIONS = "halt_on_error=1:second_deadlock_stack=1:exitcode=66"
+
+_RACE = """\
+#include <pthread.h>
+static int shared;
+static void *bump(void *arg) { (void)arg; shared++; return 0; }
+int main(void)
+{
+    pthread_t t;
+    pthread_create(&t, 0, bump, 0);
+    shared++;
+    pthread_join(t, 0);
+    return 0;
+}
+"""
+
+
+def _tsan_build(sources: list[Path], exe: Path) -> None:
+    if shutil.which("gcc") is None or _runtime("libtsan.so") is None:
+        pytest.skip("gcc with libtsan is not installed: cannot build with -fsanitize=thread")
+    build = subprocess.run(
+        [GCC, *WARNINGS, *TSAN, f"-I{NATIVE}", *map(str, sources), "-lpthread", "-o", str(exe)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, f"{sources[0].name} does not compile:\n{build.stderr}"
+
+
+def _tsan_run(exe: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TSAN_OPTIONS": TSAN_OPTIONS}
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
+    if "unexpected memory mapping" in run.stderr:
+        # TSan's shadow layout needs fewer random bits of mmap than some kernels
+        # use; without address randomisation the same program runs.
+        run = subprocess.run(["setarch", os.uname().machine, "-R", str(exe)],
+                             capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    return run
+
+
+def test_thread_sanitizer_reports_a_data_race(tmp_path: Path) -> None:
+    # The canary: in exactly this setup a race is a report and a failed run,
+    # or the engine's clean run below would prove nothing.
+    src = tmp_path / "race.c"
+    src.write_text(_RACE)
+    _tsan_build([src], tmp_path / "race")
+    run = _tsan_run(tmp_path / "race")
+    assert run.returncode == 66 and "WARNING: ThreadSanitizer: data race" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("harness", TSAN_HARNESSES, ids=lambda h: h.program)
+def test_harness_passes_under_tsan(harness: Harness, tmp_path: Path) -> None:
+    exe = tmp_path / Path(harness.program).stem
+    _tsan_build([NATIVE / "tests" / harness.program, *(NATIVE / s for s in harness.sources)], exe)
+    run = _tsan_run(exe)
+    assert run.returncode == 0 and "ThreadSanitizer" not in run.stderr, (
+        f"{harness.program} failed under TSan:\n{run.stdout}\n{run.stderr[-8000:]}"
+    )
+
+
 @needs_gcc
 @pytest.mark.parametrize("source", sorted(NATIVE.glob("*.c")), ids=lambda p: p.name)
 def test_native_source_compiles_without_warnings(source: Path) -> None:
@@ -88,7 +161,16 @@ def test_native_source_compiles_without_warnings(source: Path) -> None:
 
 # ---- the cffi module, sanitized, under hostile traffic ----
 
-SANITIZED_TESTS = ["tests/native/test_hostile_dataplane.py"]
+# The engine in process under attack, on the fake transport, steering flows to
+# their owners, and with several workers while Python threads change every
+# table. "not slow": the two-node runs add kernel time, not C coverage.
+SANITIZED_TESTS = [
+    "tests/native/test_hostile_dataplane.py",
+    "tests/native/test_fake_transport.py",
+    "tests/native/test_steering.py",
+    "tests/native/test_concurrent_tables.py",
+]
+SANITIZED_SELECTION = ["-m", "not slow"]
 BUILDER = ROOT / "overlay" / "_build.py"
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer")
 
@@ -188,9 +270,10 @@ def test_the_sanitized_module_catches_an_out_of_bounds_read(sanitized_package: P
 
 
 @pytest.mark.slow
-def test_hostile_traffic_against_the_sanitized_module(sanitized_package: Path) -> None:
+def test_in_process_engine_tests_pass_on_the_sanitized_module(sanitized_package: Path) -> None:
     tests = [str(ROOT / t) for t in SANITIZED_TESTS]
-    argv = ["-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", f"--rootdir={ROOT}", *tests]
+    argv = ["-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", f"--rootdir={ROOT}",
+            *SANITIZED_SELECTION, *tests]  # fmt: skip
     done = _run_sanitized(sanitized_package, argv, timeout=900)
     output = done.stdout + done.stderr
     reports = [r for r in SANITIZER_REPORTS if r in output]
