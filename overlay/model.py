@@ -44,6 +44,18 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 # from the C header by the bindings) is checked equal by tests/control.
 VNI_MAX = 0xFFFFFF
 ENCAPS = ("vxlan", "geneve")
+# How a network's pods meet pods on other nodes (issue: overlay, native L3,
+# underlay): "overlay" encapsulates (VXLAN/Geneve, one VNI per network);
+# "routed" sends plain IP, each node's subnet reached through that node (routes
+# the node programs on one segment, BGP where routers are between); "auto" is
+# routed to peers on this node's underlay subnet and encapsulated to the rest;
+# "underlay" attaches pods to the physical L2 network of the node's uplink.
+MODES = ("overlay", "routed", "auto", "underlay")
+# Where a network's gateway lives on each node (overlay.gateway): "node" (the
+# node's namespace: host <-> pods, Services, egress), "isolated" (a router
+# namespace of its own behind the node: egress only, for a tenant whose
+# addresses overlap another's), "none".
+GATEWAYS = ("node", "isolated", "none")
 
 # A node's bounds, in one place for every layer that checks them (overlayd's
 # file, ``Node``, ``Engine``), each with the one way its refusal is worded.
@@ -145,11 +157,13 @@ class NetworkSpec:
     encap: str = "vxlan"
     subnet_prefix: int = 24  # the size of each node's subnet lease
     learning: bool = False
-    # A gateway on every node that hosts the network (overlay.gateway): the node
-    # reaches the pods, the pods the node, Services and the outside. Made by
-    # overlayd (and by ``Agent.add_gateway`` for an embedding program).
-    gateway: bool = True
+    # A gateway on every node that hosts the network (overlay.gateway, GATEWAYS):
+    # the node reaches the pods, the pods the node, Services and the outside.
+    # Made by overlayd (and by ``Agent.add_gateway`` for an embedding program).
+    # True and False are read as "node" and "none".
+    gateway: str = "node"
     masquerade: bool = True  # egress through the gateway is masqueraded to the node
+    mode: str = "overlay"  # MODES
 
     def __post_init__(self) -> None:
         _vni(self.vni, "network.vni")
@@ -160,9 +174,30 @@ class NetworkSpec:
             net = ipaddress.ip_network(self.cidr)
         except (ValueError, TypeError):
             raise ConfigError("network.cidr", self.cidr, "a network like 10.244.0.0/16") from None
-        for key in ("learning", "gateway", "masquerade"):
+        for key in ("learning", "masquerade"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"network.{key}", getattr(self, key), "true or false")
+        if isinstance(self.gateway, bool):
+            object.__setattr__(self, "gateway", "node" if self.gateway else "none")
+        if not isinstance(self.gateway, str) or self.gateway not in GATEWAYS:
+            raise ConfigError(
+                "network.gateway", self.gateway, f"one of {GATEWAYS} (true: node, false: none)"
+            )
+        if not isinstance(self.mode, str) or self.mode not in MODES:
+            raise ConfigError("network.mode", self.mode, f"one of {MODES}")
+        if self.gateway == "isolated" and self.mode != "overlay":
+            raise ConfigError(
+                "network.gateway",
+                self.gateway,
+                f'"node" or "none": a {self.mode} network carries no VNI, so its addresses '
+                "cannot overlap another's and need no isolated gateway",
+            )
+        if self.gateway == "isolated" and not self.masquerade:
+            raise ConfigError(
+                "network.masquerade",
+                False,
+                "true: pods behind an isolated gateway reach the outside only masqueraded",
+            )
         if not isinstance(self.encap, str) or self.encap not in ENCAPS:
             raise ConfigError("network.encap", self.encap, f"one of {ENCAPS}")
         top = 32 if net.version == 4 else 128

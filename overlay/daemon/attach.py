@@ -176,8 +176,12 @@ class Attachments(Room):
                 )
             if req.ip_masq:
                 spec = agent.specs.get(req.vni)
-                if spec is None or not (spec.gateway and spec.masquerade):
-                    has = "no gateway" if spec is None or not spec.gateway else "masquerade = false"
+                if spec is None or spec.gateway == "none" or not spec.masquerade:
+                    has = (
+                        "no gateway"
+                        if spec is None or spec.gateway == "none"
+                        else "masquerade = false"
+                    )
                     raise ConfigError(
                         "ipMasq",
                         True,

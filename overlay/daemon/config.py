@@ -53,7 +53,9 @@ expected — the first problem found, in file order.
     tenant = "blue"
     cidr = "10.244.0.0/16"
     subnet_prefix = 24
-    gateway = true                 # the node's way in and out: host <-> pods, Services, egress
+    mode = "overlay"               # or "routed", "auto", "underlay"
+    gateway = true                 # the node's way in and out: host <-> pods, Services, egress;
+                                   # "isolated": a router namespace of its own (egress only)
     masquerade = true              # egress to outside the network leaves as the node's address
 """
 
@@ -72,6 +74,7 @@ from overlay.control.etcd_security import check_security
 from overlay.daemon.client import DEFAULT_SOCKET
 from overlay.errors import ConfigError
 from overlay.model import (
+    MODES,
     UDP_PORT_EXPECTED,
     UDP_PORT_MAX,
     UDP_PORT_MIN,
@@ -168,7 +171,9 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-NETWORK_KEYS = {"vni", "tenant", "cidr", "subnet_prefix", "learning", "gateway", "masquerade"}
+NETWORK_KEYS = {
+    "vni", "tenant", "cidr", "subnet_prefix", "learning", "gateway", "masquerade", "mode",
+}  # fmt: skip
 _SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks"}
 _STORE_KEYS = {
     "kind",
@@ -467,7 +472,15 @@ def parse(text: str) -> DaemonConfig:
                 encap=encap,
                 subnet_prefix=get_key(t, "subnet_prefix", where, int, "a prefix", 24),
                 learning=get_key(t, "learning", where, bool, "true or false", False),
-                gateway=get_key(t, "gateway", where, bool, "true or false", True),
+                gateway=get_key(
+                    t,
+                    "gateway",
+                    where,
+                    (bool, str),
+                    'true, false, "node", "isolated" or "none"',
+                    "node",
+                ),
+                mode=get_key(t, "mode", where, str, f"one of {MODES}", "overlay"),
                 masquerade=get_key(t, "masquerade", where, bool, "true or false", True),
             )
         except ConfigError as exc:
@@ -480,13 +493,24 @@ def parse(text: str) -> DaemonConfig:
             raise ConfigError(where + "vni", spec.vni, "a VNI not used by another [[networks]]")
         seen.add(spec.vni)
         for j, other in enumerate(nets):
-            if spec.gateway and other.gateway and spec.network.overlaps(other.network):
+            if not spec.network.overlaps(other.network):
+                continue
+            clash = f"cidr {spec.cidr} overlaps {other.cidr} of networks[{j}] (vni {other.vni})"
+            if spec.mode != "overlay" or other.mode != "overlay":
+                raise ConfigError(
+                    where + "mode",
+                    spec.mode,
+                    f"other addresses, or both networks in mode overlay: {clash}, and a "
+                    f"{spec.mode if spec.mode != 'overlay' else other.mode} network carries no "
+                    "VNI on the wire to tell them apart",
+                )
+            if spec.gateway == "node" and other.gateway == "node":
                 raise ConfigError(
                     where + "gateway",
-                    True,
-                    f"false: cidr {spec.cidr} overlaps {other.cidr} of networks[{j}] (vni "
-                    f"{other.vni}), and two gateways in one namespace cannot share addresses; "
-                    "give one network other addresses, or turn its gateway off",
+                    spec.gateway,
+                    f'"isolated" or false: {clash}, and two gateways in the node\'s namespace '
+                    'cannot share addresses; "isolated" puts this one in a router namespace '
+                    "of its own (egress only)",
                 )
         nets.append(spec)
     return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level, health)

@@ -55,7 +55,7 @@ class Gateways(Room):
         out = {}
         for vni in agent.spec.networks:
             spec = agent.specs.get(vni)
-            if spec is not None and spec.gateway:
+            if spec is not None and spec.gateway != "none":
                 out[vni] = spec
         return out
 

@@ -237,5 +237,5 @@ cidr = "10.244.0.0/16"
 """
     with pytest.raises(ConfigError) as info:
         cfgmod.parse(text)
-    assert info.value.field == "networks[1].gateway" and "turn its gateway off" in str(info.value)
+    assert info.value.field == "networks[1].gateway" and "\"isolated\" puts" in str(info.value)
     cfgmod.parse(text + "gateway = false\n")  # one without a gateway: served
