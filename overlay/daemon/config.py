@@ -237,7 +237,8 @@ def get_key(
             raise ConfigError(f"{path}{key}", None, f"required: {expected}")
         return default
     value = table[key]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    wants_bool = kind is bool or (isinstance(kind, tuple) and bool in kind)
+    if isinstance(value, bool) and not wants_bool or not isinstance(value, kind):
         raise ConfigError(f"{path}{key}", value, expected)
     return value
 
