@@ -147,9 +147,9 @@ def _prefix(cidr: str) -> dict[str, Any]:
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
-def _saddr(cidr: str) -> dict[str, Any]:
+def _addr(cidr: str, field: str) -> dict[str, Any]:
     proto = "ip" if ipaddress.ip_network(cidr).version == 4 else "ip6"
-    return {"payload": {"protocol": proto, "field": "saddr"}}
+    return {"payload": {"protocol": proto, "field": field}}
 
 
 def _rule(chain: str, comment: str, *expr: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +226,10 @@ def render(gateways: Iterable[GatewayRule]) -> list[dict[str, Any]]:
                     "postrouting",
                     f"egress {g.ifname} {cidr}",
                     _match(_meta("iifname"), g.ifname),
-                    _match(_saddr(cidr), _prefix(cidr)),
+                    _match(_addr(cidr, "saddr"), _prefix(cidr)),
+                    # (to the network's own pods on other nodes, routed without
+                    # encapsulation, it is not egress: never masqueraded)
+                    _match(_addr(cidr, "daddr"), _prefix(cidr), "!="),
                     _match(_meta("oifname"), any_gw, "!="),
                     counter,
                     {"masquerade": None},
