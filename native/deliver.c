@@ -2,8 +2,8 @@
  * deliver.c — every frame for a local port (see deliver.h).
  *
  * Design notes.
- * - Stages, as in encap.c and decap.c: ingress policy (a verdict; no-op
- *   today), then the write: joined to the pending coalesced train, started
+ * - Stages, as in encap.c and decap.c: ingress policy (a verdict,
+ *   policy.h), then the write: joined to the pending coalesced train, started
  *   as a new train, or written alone. A drop is counted here, against the
  *   receiving port and its network: the sender's side already counted what
  *   it sent.
@@ -19,19 +19,22 @@
  */
 #include "deliver.h"
 #include "counters.h"
+#include "policy.h"
 
 #include <errno.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 /* The ingress-policy stage: may this frame enter port q? OVL_PASS, or a drop
- * reason. The slot where connection tracking and the port's compiled rule
- * table will answer; nothing is refused here today. */
-static inline int ingress_policy(ovl_worker_t *w, const ovl_port_t *q, const uint8_t *frame,
-                                 size_t len)
+ * reason. The port's ingress table and the worker's sessions answer
+ * (policy.h); f is the frame's parse when the caller has it. A port without
+ * policy costs one test. */
+static inline int ingress_policy(ovl_worker_t *w, ovl_port_t *q, const uint8_t *frame,
+                                 size_t len, const ovl_frame_t *f)
 {
-    (void)w, (void)q, (void)frame, (void)len;
-    return OVL_PASS;
+    if (OVL_LIKELY(!ovl_policy_on(q)))
+        return OVL_PASS;
+    return ovl_policy_check(w, q, OVL_POLICY_INGRESS, frame, len, f);
 }
 
 static void count_tx(ovl_worker_t *w, const ovl_port_t *q, const ovl_network_t *n,
@@ -93,7 +96,7 @@ static int coalesce(ovl_worker_t *w, ovl_port_t *q, const uint8_t *frame, size_t
 void ovl_deliver(ovl_worker_t *w, ovl_port_t *q, ovl_network_t *n, const uint8_t *frame,
                  size_t len, const ovl_vnet_hdr_t *vh, const ovl_frame_t *f)
 {
-    int v = ingress_policy(w, q, frame, len);
+    int v = ingress_policy(w, q, frame, len, f);
     if (v != OVL_PASS) {
         ovl_drop(w, q, n, v);
         return;

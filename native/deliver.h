@@ -4,9 +4,8 @@
  * Flooded copies and locally switched frames (encap.c), ARP and ND answers
  * (encap.c), decapsulated broadcasts and unicasts and the trains coalesced
  * from them (decap.c) all pass through ovl_deliver. It owns what happens at
- * a port's door: the ingress-policy stage (a slot today; connection
- * tracking and the per-port rule tables of the policy engine later), the
- * TAP write, coalescing, and the port's tx counters and delivery drops.
+ * a port's door: the ingress-policy stage (connection tracking and the
+ * port's compiled rule table, policy.h), the TAP write, coalescing, and the port's tx counters and delivery drops.
  */
 #ifndef OVL_DELIVER_H
 #define OVL_DELIVER_H

@@ -31,14 +31,15 @@
  *   seg_hdrs slots, payloads stay where the TAP read put them, and each
  *   segment is queued as two iovecs. The slots are reused once the transport
  *   has nothing queued, or after an explicit flush when they run out.
- * - Egress policy has its stage (a no-op today) between port security and
- *   learning: a frame the policy refuses teaches nothing, as a frame decap
+ * - Egress policy has its stage between port security and learning
+ *   (policy.h): a frame the policy refuses teaches nothing, as a frame decap
  *   refuses teaches nothing.
  */
 #include "counters.h"
 #include "deliver.h"
 #include "csum.h"
 #include "network.h"
+#include "policy.h"
 #include "port.h"
 
 #include <unistd.h>
@@ -67,9 +68,10 @@ static int admit(ovl_worker_t *w, pkt_t *x)
     if (x->gso) {
         ovl_count(w, OVL_C_GSO_FRAMES, 1);
         /* A first bound before parsing; each segment is held to the network's
-         * frame_limit in parse, with its real header length. */
-        if ((size_t)x->vh->hdr_len + x->vh->gso_size > w->e->cfg.frame_max ||
-            x->len > OVL_SUPER_MAX)
+         * frame_limit in parse, with its real header length. Not hdr_len: the
+         * kernel fills it with the linear length, which holds payload in a
+         * super-frame it forwards (a gateway's GRO train). */
+        if ((size_t)x->vh->gso_size > w->e->cfg.frame_max || x->len > OVL_SUPER_MAX)
             return OVL_C_FRAME_OVERSIZE;
         return OVL_PASS;
     }
@@ -168,13 +170,16 @@ static int port_security(ovl_worker_t *w, pkt_t *x)
 
 /* ---- egress policy ---- */
 
-/* May the pod send this frame? The slot where the port's compiled rule table
- * and connection tracking will answer (acl.c, conntrack.c); nothing is
- * refused here today. */
+/* May the pod send this frame? The port's egress table and the worker's
+ * sessions answer (policy.h); a port without policy costs one test. A frame
+ * the parser could not read is refused where policy is on: fails closed. */
 static inline int egress_policy(ovl_worker_t *w, pkt_t *x)
 {
-    (void)w, (void)x;
-    return OVL_PASS;
+    if (OVL_LIKELY(!ovl_policy_on(x->p)))
+        return OVL_PASS;
+    if (!x->parsed)
+        return OVL_C_POLICY_DENIED_EGRESS;
+    return ovl_policy_check(w, x->p, OVL_POLICY_EGRESS, x->frame, x->len, &x->f);
 }
 
 /* ---- learn: what the frame teaches (never drops) ---- */
@@ -355,12 +360,26 @@ static void report_miss(ovl_worker_t *w, const ovl_port_t *p, const uint8_t *dst
     ovl_events_push(&w->e->events, w->c, &ev, 0);
 }
 
+/* An uplink sees every frame of its physical segment: a unicast frame for a
+ * MAC that is no other port's here (unknown, or a station behind the uplink
+ * itself) belongs to another station. It is ignored and counted, never
+ * flooded to the pods nor reported as a miss. */
+static int uplink_foreign(ovl_worker_t *w, const ovl_fdb_val_t *v, const pkt_t *x)
+{
+    if (v && !(v->nh.kind == OVL_NH_PORT && v->nh.port_id == (int32_t)x->p->id))
+        return 0;
+    ovl_count(w, OVL_C_UPLINK_FOREIGN, 1);
+    return 1;
+}
+
 static int forward(ovl_worker_t *w, pkt_t *x)
 {
     ovl_engine_t *e = w->e;
     if (x->f.dst[0] & 1)
         return flood(w, x);
     ovl_fdb_val_t *v = ovl_fdb_lookup(&e->fdb, x->p->vni, x->f.dst);
+    if ((x->p->flags & OVL_PORT_UPLINK) && uplink_foreign(w, v, x))
+        return OVL_DONE;
     if (!v) {
         ovl_count(w, OVL_C_FDB_MISSES, 1);
         report_miss(w, x->p, x->f.dst);

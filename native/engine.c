@@ -23,6 +23,7 @@
  */
 #include "counters.h"
 #include "network.h"
+#include "policy.h"
 #include "port.h"
 #include "steer.h"
 
@@ -149,6 +150,7 @@ static void worker_free(ovl_engine_t *e, ovl_worker_t *w)
     free(w->rx);
     free(w->obj_c);
     free(w->learned);
+    ovl_policy_worker_free(w);
     free(w);
 }
 
@@ -205,6 +207,8 @@ void ovl_engine_destroy(ovl_engine_t *e)
         if (e->ports[i].used)
             for (uint32_t q = 0; q < e->ports[i].n_fds; q++)
                 close(e->ports[i].fds[q]); /* persistent TAPs outlive us on purpose */
+    for (uint32_t i = 0; e->ports && i < e->cfg.max_ports; i++)
+        ovl_policy_port_clear(&e->ports[i]);
     for (uint32_t i = 0; e->nets && i < e->cfg.max_networks; i++) {
         free(e->nets[i].vteps);
         free(e->nets[i].ports);

@@ -14,6 +14,7 @@
  *   udp.c       the tunnel transport               fake.c  the in-memory transport
  *   portsec.c   anti-spoofing                      steer.c  flow steering (owner worker)
  *   wire.c offload.c csum.c   formats; segmentation/coalescing; the checksum
+ *   policy.c    the policy stages; acl.c  rule tables; conntrack.c  sessions
  *
  * Design notes.
  * - Locking. One reader-writer lock (e->lock) guards the configuration
@@ -62,9 +63,10 @@
  *   other than its owner is steer_misses (an adopted fd port has one queue
  *   and one worker; a coalesced receive from a peer that mixes flows in one
  *   GSO send; no CAP_BPF for the TAP program: ovl_engine_steering says what
- *   is in force). Connection tracking will hand those frames to their owner
- *   through a per-worker ring; its room is conntrack.c. With one worker
- *   every flow is its own.
+ *   is in force). Connection tracking (conntrack.c, its sessions hanging off
+ *   w->policy) judges such a frame against its own worker's sessions today
+ *   (policy.h, known limits); handing it to its owner through a per-worker
+ *   ring is the way to close that. With one worker every flow is its own.
  * - Every frame buffer has OVL_HEADROOM bytes in front, so the tunnel header,
  *   prebuilt per network, is copied in place and the datagram goes out as
  *   one iovec.
@@ -124,6 +126,7 @@ struct ovl_worker {
     uint8_t scratch[256];        /* ARP/ND replies */
     uint64_t *obj_c;             /* (max_networks + max_ports) x OVL_O__COUNT (counters.h) */
     uint64_t *port_c;            /* obj_c's rows of ports: obj_c + max_networks rows */
+    struct ovl_policy_worker *policy; /* sessions, verdict-event limits (policy.c), or NULL */
     uint64_t c[OVL_C__COUNT] __attribute__((aligned(64)));
 };
 

@@ -34,6 +34,18 @@ static uint32_t frame_limit(const ovl_engine_config_t *c, size_t hdr_len)
     return (uint32_t)limit;
 }
 
+/* The largest frame a pod of a network without a tunnel (OVL_NET_NO_TUNNEL)
+ * may send: its frames leave unencapsulated (through the gateway to the
+ * node's routes, or through an uplink onto the segment), so the underlay MTU
+ * plus the Ethernet header, within frame_max. */
+static uint32_t plain_frame_limit(const ovl_engine_config_t *c)
+{
+    size_t limit = c->frame_max;
+    if (c->underlay_mtu && (size_t)c->underlay_mtu + 14 < limit)
+        limit = (size_t)c->underlay_mtu + 14;
+    return (uint32_t)limit;
+}
+
 /* Build n's tunnel header (its encapsulation, VNI and Geneve options tlv). */
 static int build_header(ovl_engine_t *e, ovl_network_t *n, const uint8_t *tlv, size_t len)
 {
@@ -56,7 +68,8 @@ static int build_header(ovl_engine_t *e, ovl_network_t *n, const uint8_t *tlv, s
         return -EINVAL;
     memcpy(n->hdr, hdr, (size_t)hl);
     n->hdr_len = (uint16_t)hl;
-    n->frame_limit = frame_limit(&e->cfg, (size_t)hl);
+    n->frame_limit = (n->flags & OVL_NET_NO_TUNNEL) ? plain_frame_limit(&e->cfg)
+                                                    : frame_limit(&e->cfg, (size_t)hl);
     return 0;
 }
 
@@ -64,7 +77,7 @@ int ovl_network_add(ovl_engine_t *e, uint32_t vni, int encap, uint32_t flags)
 {
     if (vni > OVL_VNI_MAX)
         return -ERANGE;
-    if (flags & ~(uint32_t)OVL_NET_LEARNING)
+    if (flags & ~(uint32_t)(OVL_NET_LEARNING | OVL_NET_NO_TUNNEL))
         return -EINVAL;
     if (encap == 0)
         encap = e->cfg.encap;
@@ -138,7 +151,9 @@ int ovl_network_set_options(ovl_engine_t *e, uint32_t vni, const uint8_t *tlv, s
 {
     OVL_WRLOCK(e);
     ovl_network_t *n = ovl_network_lookup(e, vni);
-    int rc = n ? build_header(e, n, tlv, len) : -ENOENT;
+    int rc = !n ? -ENOENT
+             : (n->flags & OVL_NET_NO_TUNNEL) && len ? -EOPNOTSUPP /* no header to carry them */
+                                                    : build_header(e, n, tlv, len);
     OVL_UNLOCK(e);
     return rc;
 }
@@ -210,6 +225,10 @@ int ovl_network_vtep_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_
     ovl_network_t *n = ovl_network_lookup(e, vni);
     if (!n) {
         rc = -ENOENT;
+        goto out;
+    }
+    if (n->flags & OVL_NET_NO_TUNNEL) {
+        rc = -EOPNOTSUPP; /* nothing is encapsulated to or accepted from a VTEP */
         goto out;
     }
     ovl_addr_t a;

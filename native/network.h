@@ -13,7 +13,12 @@
  *   (flooding), and in e->members, keyed (VNI, address), for the decap check
  *   "is the outer source a member of this VNI" at one lookup per datagram.
  * - frame_limit is the largest frame a pod of the network may send: what
- *   one datagram with this network's header carries (network.c).
+ *   one datagram with this network's header carries (network.c). A network
+ *   without a tunnel (OVL_NET_NO_TUNNEL: routed and underlay networks, whose
+ *   frames leave through the gateway or an uplink, never encapsulated) has
+ *   the underlay MTU plus the Ethernet header instead, and no member VTEPs:
+ *   its pods get the full underlay MTU. Without members, decap accepts
+ *   nothing for its VNI.
  * - A network's local ports are listed here (flooding); port.c keeps the
  *   list through ovl_network_port_link/unlink.
  */

@@ -59,6 +59,18 @@
 #define OVL_PORT_GATEWAY 8       /* the node's IP stack: a router (as OVL_PORT_ROUTER) that
                                   * also forwards for addresses outside the network: any
                                   * source address no endpoint of the network holds */
+#define OVL_PORT_UPLINK 16       /* ovl_port_add_fd only: a packet socket on the node's
+                                  * physical interface (an underlay network's way onto
+                                  * the segment), with PACKET_VNET_HDR: its frames carry
+                                  * a virtio-net header. Implies no port security (it
+                                  * speaks for every station of the segment, learned
+                                  * behind it); a unicast frame from it to a MAC that is
+                                  * no other port's is another station's and is ignored
+                                  * (uplink_foreign): never flooded, never a miss */
+#define OVL_PORT_POLICY_PENDING 32 /* isolated until its policy is set: in each direction,
+                                  * every IP packet is refused (policy_denied_*) until
+                                  * ovl_port_policy_set gives that direction a table, so a
+                                  * pod's first packet never passes before its policy */
 
 /* offloads (ovl_engine_config_t.offloads, ovl_engine_offloads) */
 #define OVL_OFF_TAP_TSO 1        /* TAP virtio-net header: checksum offload, TSO in and GSO out */
@@ -74,11 +86,15 @@
 
 /* network flags */
 #define OVL_NET_LEARNING 1
+#define OVL_NET_NO_TUNNEL 2      /* frames leave unencapsulated (gateway, uplink): a pod's
+                                  * frame may be the underlay MTU plus the Ethernet header;
+                                  * no VTEPs (-EOPNOTSUPP), no Geneve options */
 
 /* event types */
 #define OVL_EVENT_MISS 1
 #define OVL_EVENT_MAC_SEEN 2
 #define OVL_EVENT_LEARNED 3
+#define OVL_EVENT_POLICY 4       /* a policy verdict: a drop, or an audited would-be drop */
 
 /* FDB entry kinds: who wrote the entry */
 #define OVL_FDB_REMOTE 1         /* the control plane: a MAC behind a remote VTEP */
@@ -248,7 +264,7 @@ uint32_t ovl_engine_steering(ovl_engine_t *e);
 
 /* Add network vni with encapsulation encap (OVL_ENCAP_*; 0: the engine's).
  * A VNI may be added once. Today every network of an engine uses the tunnel
- * port's encapsulation: another is -EPROTONOSUPPORT. */
+ * port's encapsulation: another is -EPROTONOSUPPORT. flags: OVL_NET_*. */
 int ovl_network_add(ovl_engine_t *e, uint32_t vni, int encap, uint32_t flags);
 int ovl_network_del(ovl_engine_t *e, uint32_t vni);
 /* Geneve options sent with every packet of the network (TLV bytes). */
@@ -269,8 +285,10 @@ int ovl_network_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_
  * back to ifname_out, 16 bytes) in the network namespace netns_fd (-1: the
  * engine's) — a pod's TAP can be born in the pod's namespace under its final
  * name, with no move and no rename; ovl_port_add_fd adopts an open packet fd
- * (a TAP opened elsewhere, or a SOCK_SEQPACKET socket in tests). Both return
- * the port id (>= 0) or -errno. */
+ * (a TAP opened elsewhere, or a SOCK_SEQPACKET socket in tests; with
+ * OVL_PORT_UPLINK a packet socket with PACKET_VNET_HDR, -EOPNOTSUPP unless the
+ * engine's offloads have OVL_OFF_TAP_TSO). Both return the port id (>= 0) or
+ * -errno. */
 int ovl_port_add(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns_fd,
                  const uint8_t *mac, uint32_t flags, char *ifname_out);
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd,
@@ -342,7 +360,109 @@ typedef struct ovl_event {
     uint8_t family;          /* LEARNED: the VTEP's family */
     uint8_t pad;
     uint8_t addr[16];        /* LEARNED: the VTEP's address */
+    /* POLICY: the verdict, the rule that gave it and the packet's 5-tuple */
+    uint8_t verdict;         /* OVL_VERDICT_* */
+    uint8_t direction;       /* OVL_POLICY_INGRESS or OVL_POLICY_EGRESS */
+    uint8_t proto;           /* IP protocol */
+    uint8_t ip_family;       /* 4 or 6 */
+    uint32_t rule_id;        /* ovl_policy_line_t.id, or OVL_RULE_ISOLATION, OVL_RULE_PENDING */
+    uint16_t sport, dport;   /* TCP/UDP/SCTP ports, ICMP echo id in both */
+    uint8_t src[16], dst[16];
 } ovl_event_t;
 
 int ovl_events_fd(ovl_engine_t *e);
 int ovl_events_take(ovl_engine_t *e, ovl_event_t *out, size_t n);
+
+/* ---- network policy (policy.c: tables per port, acl.c: the classifier,
+ * conntrack.c: sessions) ----
+ *
+ * A port has one compiled rule table per direction. The table is a list of
+ * lines (ovl_policy_line_t) in precedence order: admin tier first, then
+ * NetworkPolicy, then baseline; within a tier, in the order the caller
+ * gives. The lines of one rule are consecutive and share `rule` (a rank:
+ * the first rule is 0, each new rule one more) and `id`. A rule matches a
+ * packet when its peer matches (the union of its PEER lines, each less the
+ * EXCEPT lines that follow it; no PEER line: any address) and its port does
+ * (the union of its PORT lines; no PORT line: any protocol and port). The
+ * peer is the remote end: the source of an ingress packet, the destination
+ * of an egress one; the port is the destination port of the connection's
+ * first packet.
+ *
+ * The verdict (acl.h): the first admin rule that matches decides (ALLOW,
+ * DENY, or PASS: skip to NetworkPolicy); then, when the table is ISOLATED
+ * (the port is selected by a NetworkPolicy in this direction), allowed if
+ * any NetworkPolicy rule matches, else denied; then the first baseline rule
+ * that matches; else allowed. A connection a table allowed is tracked:
+ * its later packets and its replies pass without classification until the
+ * port's table changes, when the next packet is classified again. */
+#define OVL_POLICY_INGRESS 0
+#define OVL_POLICY_EGRESS 1
+
+#define OVL_TIER_ADMIN 0
+#define OVL_TIER_NETPOL 1
+#define OVL_TIER_BASELINE 2
+
+#define OVL_ACT_ALLOW 1
+#define OVL_ACT_DENY 2
+#define OVL_ACT_PASS 3           /* admin tier only: on to NetworkPolicy */
+
+#define OVL_LINE_PEER 1          /* family, addr, prefix_len: a peer block */
+#define OVL_LINE_EXCEPT 2        /* a prefix taken out of the PEER line before it */
+#define OVL_LINE_PORT 3          /* proto (0: any protocol, every port) and port_lo..port_hi */
+
+#define OVL_RULE_AUDIT 1         /* line flag, on the rule's first line: a deny by this rule
+                                  * is counted (policy_audit) and the packet forwarded */
+
+/* ovl_port_policy_set flags */
+#define OVL_POLICY_ISOLATED 1    /* the port is selected by a NetworkPolicy in this direction */
+#define OVL_POLICY_AUDIT 2       /* every deny of this table is audited, not enforced */
+
+/* the rule ids of the implicit verdicts (hit counters, events) */
+#define OVL_RULE_ISOLATION 4294967295 /* isolated, and no NetworkPolicy rule allowed it */
+#define OVL_RULE_DEFAULT 4294967294   /* nothing matched: allowed */
+#define OVL_RULE_PENDING 4294967293   /* OVL_PORT_POLICY_PENDING: no table yet */
+
+/* ovl_event_t.verdict */
+#define OVL_VERDICT_DENY 1
+#define OVL_VERDICT_AUDIT 2      /* a deny that was only counted */
+
+#define OVL_POLICY_RULES_MAX 65536 /* rules in one table */
+#define OVL_POLICY_LINES_MAX 1048576
+
+typedef struct ovl_policy_line {
+    uint32_t rule;           /* the rule's rank in the table: 0, 1, 2, ... */
+    uint32_t id;             /* reported by hit counters and events: (policy, rule) */
+    uint8_t tier;            /* OVL_TIER_*: never lower than the rule before's */
+    uint8_t action;          /* OVL_ACT_*; NetworkPolicy rules only ALLOW */
+    uint8_t kind;            /* OVL_LINE_* */
+    uint8_t flags;           /* OVL_RULE_* */
+    uint8_t family;          /* PEER, EXCEPT: 4 or 6 */
+    uint8_t prefix_len;      /* PEER, EXCEPT: 0..32 or 0..128 */
+    uint8_t proto;           /* PORT: 0 (any), 6 (TCP), 17 (UDP) or 132 (SCTP) */
+    uint8_t pad;
+    uint16_t port_lo;        /* PORT: the range, inclusive (0..65535: every port) */
+    uint16_t port_hi;
+    uint8_t addr[16];        /* PEER, EXCEPT: the prefix (host bits ignored) */
+} ovl_policy_line_t;
+
+/* Compile lines[0..n) into port_id's table for direction (OVL_POLICY_*) and
+ * put it in force at once, for every packet from the next burst on; the old
+ * table goes. n 0 without flags: no policy (everything passes, nothing is
+ * tracked). The table is built without any lock; only the swap takes the
+ * writer lock. Hit counters carry over to the new table by rule id.
+ * Returns 0, -ENOENT (no such port), -EINVAL (a line out of order or a field
+ * out of range: the bindings name it), -EPROTONOSUPPORT (a PORT line's
+ * proto), -E2BIG (more than OVL_POLICY_RULES_MAX rules) or -ENOMEM. */
+int ovl_port_policy_set(ovl_engine_t *e, int port_id, int direction,
+                        const ovl_policy_line_t *lines, size_t n, uint32_t flags);
+
+/* The hit counters of port_id's table for direction: for every rule, and
+ * for the implicit OVL_RULE_ISOLATION and OVL_RULE_DEFAULT, its id and the
+ * connections it decided (first packets, and packets classified again after
+ * a table change), summed over the workers. Writes up to n and returns how
+ * many there are, or -ENOENT. A direction without a table has none. */
+int ovl_port_policy_hits(ovl_engine_t *e, int port_id, int direction, uint32_t *ids,
+                         uint64_t *hits, size_t n);
+
+/* Sessions of connection tracking held by the workers, summed. */
+uint64_t ovl_conntrack_sessions(ovl_engine_t *e);

@@ -17,6 +17,7 @@
  */
 #include "counters.h"
 #include "network.h"
+#include "policy.h"
 #include "port.h"
 #include "tap.h"
 
@@ -106,7 +107,7 @@ static int port_add_tap(ovl_engine_t *e, uint32_t vni, const char *ifname, int n
 {
     if (check_mac(mac) < 0 ||
         (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_PERSIST | OVL_PORT_ROUTER |
-                             OVL_PORT_GATEWAY)))
+                             OVL_PORT_GATEWAY | OVL_PORT_POLICY_PENDING)))
         return -EINVAL;
     /* Refuse what port_insert would refuse before touching any device. */
     OVL_RDLOCK(e);
@@ -189,13 +190,24 @@ int ovl_port_attach(ovl_engine_t *e, uint32_t vni, const char *ifname, int netns
 
 int ovl_port_add_fd(ovl_engine_t *e, uint32_t vni, int fd, const uint8_t *mac, uint32_t flags)
 {
-    if (fd < 0 || check_mac(mac) < 0 || (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_ROUTER | OVL_PORT_GATEWAY)))
+    if (fd < 0 || check_mac(mac) < 0 ||
+        (flags & ~(uint32_t)(OVL_PORT_NO_SECURITY | OVL_PORT_ROUTER | OVL_PORT_GATEWAY |
+                             OVL_PORT_UPLINK | OVL_PORT_POLICY_PENDING)))
         return -EINVAL;
+    /* An uplink's packet socket speaks virtio-net headers (PACKET_VNET_HDR):
+     * super-frames and open checksums both ways, as a TAP with TSO. */
+    uint32_t off = 0;
+    if (flags & OVL_PORT_UPLINK) {
+        if (!(e->cfg.offloads & OVL_OFF_TAP_TSO))
+            return -EOPNOTSUPP; /* pods without the header could not take its super-frames */
+        flags |= OVL_PORT_NO_SECURITY;
+        off = OVL_OFF_TAP_TSO;
+    }
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -errno;
     OVL_WRLOCK(e);
-    int rc = port_insert(e, vni, &fd, 1, mac, flags, 0);
+    int rc = port_insert(e, vni, &fd, 1, mac, flags, off);
     OVL_UNLOCK(e);
     return rc;
 }
@@ -242,6 +254,7 @@ static int port_remove(ovl_engine_t *e, int port_id, int unpersist)
         ovl_fdb_neigh_remove(e, p->vni, 6, p->sec.ip6[i]);
     unwatch(e, p, p->n_fds);
     tap_close(p->fds, p->n_fds, unpersist && (p->flags & OVL_PORT_PERSIST));
+    ovl_policy_port_clear(p);
     p->used = 0;
     OVL_UNLOCK(e);
     return 0;

@@ -34,6 +34,9 @@ struct ovl_port {
     int vnet;                    /* frames carry a virtio-net header */
     int seen;                    /* the port's own MAC was reported (MAC_SEEN) */
     ovl_portsec_t sec;
+    struct ovl_acl *acl[2];      /* compiled rule tables by OVL_POLICY_* direction, or NULL */
+    uint32_t policy_gen[2];      /* bumped by each table swap (policy.h) */
+    uint8_t policy_set;          /* bit per direction: set once (OVL_PORT_POLICY_PENDING) */
 };
 
 /* The port of id, or NULL (caller holds the lock). */

@@ -102,7 +102,20 @@ def _gateway_cell(gw: Row | None) -> str | None:
         return None
     if "error" in gw:
         return f"failed: {gw['error']}"
-    return f"{gw['ifname']} {gw['address']}" + (" masq" if gw.get("masquerade") else "")
+    where = " isolated" if gw.get("placement") == "isolated" else ""
+    return f"{gw['ifname']} {gw['address']}{where}" + (" masq" if gw.get("masquerade") else "")
+
+
+def _uplink_cell(net: Row) -> str | None:
+    """An underlay network's way out in the gateway's cell: "uplink ul0 router
+    198.18.1.1", or why the uplink is missing."""
+    up = net.get("uplink")
+    if not up:
+        return None
+    if "error" in up:
+        return f"uplink failed: {up['error']}"
+    router = net.get("router")
+    return f"uplink {up['ifname']}" + (f" router {router}" if router else "")
 
 
 def _status(s: Row) -> str:
@@ -123,8 +136,30 @@ def _status(s: Row) -> str:
         f"networks    {s['networks']}",
         f"pods        {s['attachments']} attached here, {s['endpoints']} endpoints known",
         f"peers       {s['peers']} ({s['peers_reachable']} reachable)",
+        *_bgp_lines(s.get("bgp")),
     ]
     return "\n".join(lines)
+
+
+def _bgp_lines(b: Row | None) -> list[str]:
+    """The BGP speaker in ``overlay status``: one line, then one per router."""
+    if not b:
+        return []
+    speaker = f"pid {b['pid']}" if b.get("running") else "NOT running"
+    announced = ", ".join(b.get("announced") or []) or "nothing"
+    lines = [
+        f"bgp         as {b['asn']}, router id {b.get('router_id') or '?'}, {speaker}, "
+        f"announcing {announced}",
+        *([f"bgp error   {b['error']}"] if b.get("error") else []),
+    ]
+    for p in b.get("peers") or []:
+        learned = [r["net"] for r in b.get("learned") or [] if r.get("peer") == p["address"]]
+        lines.append(
+            f"  router    {p['address']} as {p['asn']}: {p['state']}"
+            + (f", {len(learned)} learned ({', '.join(learned)})" if learned else "")
+            + (f" — {p['last_error']}" if p.get("last_error") and not p.get("up") else "")
+        )
+    return lines
 
 
 def _health(h: Row) -> str:
@@ -137,18 +172,27 @@ def _health(h: Row) -> str:
 
 
 def _peers(rows: list[Row]) -> str:
-    return table(
-        rows,
+    """The peers' table; then, for routed and auto networks, the path to each peer's
+    subnet and why (direct, tunnel or needs-bgp)."""
+    out = table(
+        [{**r, "paths": [f"{q['vni']}:{q['path']}" for q in r.get("paths") or ()]} for r in rows],
         [
             ("name", "PEER"),
             ("underlay", "UNDERLAY"),
             ("networks", "NETWORKS"),
+            ("paths", "PATHS"),
             ("reachable", "REACHABLE"),
             ("rtt_ms", "RTT_MS"),
             ("rtt_avg_ms", "AVG_MS"),
             ("last_reply_age_s", "LAST_REPLY_S"),
         ],
     )
+    why = [
+        f"  {r['name']} vni {q['vni']} {q['subnet']}: {q['path']} ({q['why']})"
+        for r in rows
+        for q in r.get("paths") or ()
+    ]
+    return out + ("\npaths:\n" + "\n".join(why) if why else "")
 
 
 def _counters(c: Row, show_all: bool) -> str:
@@ -173,11 +217,12 @@ VIEWS: dict[str, tuple[Callable[[Client, argparse.Namespace], Any], Callable[...
     "networks": (
         lambda c, a: c.networks(),
         lambda rows: table(
-            [{**r, "gateway": _gateway_cell(r.get("gateway"))} for r in rows],
+            [{**r, "gateway": _gateway_cell(r.get("gateway")) or _uplink_cell(r)} for r in rows],
             [
                 ("vni", "VNI"),
                 ("tenant", "TENANT"),
                 ("cidr", "CIDR"),
+                ("mode", "MODE"),
                 ("subnet", "NODE_SUBNET"),
                 ("pod_mtu", "POD_MTU"),
                 ("gateway", "GATEWAY"),

@@ -141,6 +141,7 @@ def run(encap: Encap = Encap.VXLAN, transfer_bytes: int = 50_000_000, say: Say =
         )
 
         ok &= _gateway_section(c, topo, blue_a, blue_b, say)
+        ok &= _routed_section(c, topo, say)
 
         say("\ncounters")
         for i, node in enumerate(c.nodes):
@@ -181,6 +182,45 @@ def _gateway_section(c: Any, topo: Any, pod: Any, remote: Any, say: Say) -> bool
     seen = tcp_peer(pod.netns, out, ("198.19.0.2", 8080))
     ok &= seen == "198.19.0.1"
     say(f"  {pod.name} -> outside 198.19.0.2: connected, seen as {seen} (masqueraded)")
+    return ok
+
+
+def _routed_section(c: Any, topo: Any, say: Say) -> bool:
+    """green (VNI 300) is routed, not encapsulated: each node's gateway holds its
+    node subnet, and the nodes route each other's subnet over the underlay, as
+    overlayd does for ``mode = "routed"`` (host-gw; BGP where routers are between)."""
+    from overlay.control.ipam import mac_of
+    from overlay.gateway import GatewayRule, NodeRules
+    from overlay.testing.cluster import underlay_ip
+    from overlay.testing.traffic import ping
+
+    say(
+        "\na routed network (green, VNI 300: no encapsulation, each node routes the other's subnet)"
+    )
+    pods = []
+    for i, node in enumerate(c.nodes):
+        net = node.add_network(300, "green")
+        gw = f"10.245.{i}.1"
+        net.add_gateway(mac_of(gw), [f"{gw}/24"])
+        ns = topo.add_netns(f"green{i}")
+        ip = f"10.245.{i}.2"
+        net.add_port(mac_of(ip), [f"{ip}/24"]).move_to_netns(ns.path, gateway=gw)
+        c.node_ns[i].route_add(f"10.245.{1 - i}.0/24", gateway=underlay_ip(1 - i))
+        pods.append((ns, ip))
+    # Green's gateways join each node's rules: isolated from blue's, not masqueraded.
+    NodeRules(c.node_ns[0].path).apply(
+        [
+            GatewayRule("ovg100", ("10.244.1.0/24",)),
+            GatewayRule("ovg300", ("10.245.0.0/16",), False),
+        ]
+    )
+    NodeRules(c.node_ns[1].path).apply([GatewayRule("ovg300", ("10.245.0.0/16",), False)])
+    before = c.nodes[0].counters()["node"].get("udp_tx_packets", 0)
+    r = ping(pods[0][0], pods[1][1], count=3, interval=0.1, timeout=3)
+    sent = c.nodes[0].counters()["node"].get("udp_tx_packets", 0) - before
+    ok = r.received == 3 and sent == 0
+    say(f"  green0 {pods[0][1]} @n0 -> green1 {pods[1][1]} @n1: {r.received}/{r.sent}, "
+        f"tunnel datagrams sent meanwhile: {sent} (plain IP on the underlay)")  # fmt: skip
     return ok
 
 

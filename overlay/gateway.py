@@ -49,13 +49,22 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from overlay.errors import ConfigError
 from overlay.nft import Nft
-from overlay.nsenter import call_in, netns_path
+from overlay.nsenter import (
+    call_in,
+    create_netns,
+    delete_link,
+    iproute,
+    link_index,
+    netns_path,
+    remove_netns,
+)
 
 __all__ = [
     "FAMILY",
@@ -67,7 +76,13 @@ __all__ = [
     "check",
     "is_gateway",
     "prepare_forwarding",
+    "apply_router",
+    "make_router",
+    "remove_router",
     "render",
+    "render_router",
+    "router_netns",
+    "transit",
 ]
 
 # A gateway is announced as an endpoint of its network (so that every node's
@@ -79,6 +94,11 @@ ROLE_GATEWAY = "gateway"
 FAMILY = "inet"
 TABLE = "overlay"
 IFNAME_PREFIX = "ovg"  # a gateway's TAP: ovg<vni> (overlay.node.Network.add_gateway)
+UPLINK_PREFIX = "ovx"  # an isolated gateway's veth to the node: ovx<vni>, both ends
+# Isolated gateways reach the node over a /30 of link-local space each, chosen by
+# VNI (never 169.254.169.0/24 and above, where clouds keep their metadata).
+TRANSIT = ipaddress.ip_network("169.254.0.0/17")
+TRANSIT_SLOTS = TRANSIT.num_addresses // 4
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
@@ -89,6 +109,7 @@ class GatewayRule:
     ifname: str  # the gateway's TAP in the node's namespace
     cidrs: tuple[str, ...]  # the network's address ranges
     masquerade: bool = True  # egress to the outside is masqueraded to the node
+    hairpin: bool = True  # Services DNATed in the node answer through it
 
     def __post_init__(self) -> None:
         if not isinstance(self.ifname, str) or not _IFNAME.fullmatch(self.ifname):
@@ -182,41 +203,50 @@ def _chain(name: str, type_: str, hook: str, prio: int) -> dict[str, Any]:
     }
 
 
+def _names(ifnames: Iterable[str]) -> dict[str, Any]:
+    return {"set": sorted(ifnames)}
+
+
 def render(gateways: Iterable[GatewayRule]) -> list[dict[str, Any]]:
-    """The table's chains and rules for these gateways (``Nft.replace_table``'s body)."""
+    """The table's chains and rules for these gateways (``Nft.replace_table``'s body).
+
+    Gateways are told apart by their devices: what comes in by one never leaves
+    by another (``isolate``), and egress is what leaves by none of them."""
     gws = sorted(gateways, key=lambda g: g.ifname)
     body = [
         _chain("forward", "filter", "forward", 0),
         _chain("postrouting", "nat", "postrouting", 100),
     ]
     counter: dict[str, Any] = {"counter": None}
-    any_gw = IFNAME_PREFIX + "*"
+    every = [g.ifname for g in gws]
     for g in gws:
-        # Isolation: what comes in by one gateway never leaves by another.
+        others = [n for n in every if n != g.ifname]
+        if not others:
+            continue
         body.append(
             _rule(
                 "forward",
                 f"isolate {g.ifname}",
                 _match(_meta("iifname"), g.ifname),
-                _match(_meta("oifname"), any_gw),
-                _match(_meta("oifname"), g.ifname, "!="),
+                _match(_meta("oifname"), _names(others)),
                 counter,
                 {"drop": None},
             )
         )
     for g in gws:
-        # Services: a DNATed connection that leaves by the gateway it came in by.
-        body.append(
-            _rule(
-                "postrouting",
-                f"service hairpin {g.ifname}",
-                _match(_meta("iifname"), g.ifname),
-                _match(_meta("oifname"), g.ifname),
-                _match({"ct": {"key": "status"}}, "dnat", "in"),
-                counter,
-                {"masquerade": None},
+        if g.hairpin:
+            # Services: a DNATed connection that leaves by the gateway it came in by.
+            body.append(
+                _rule(
+                    "postrouting",
+                    f"service hairpin {g.ifname}",
+                    _match(_meta("iifname"), g.ifname),
+                    _match(_meta("oifname"), g.ifname),
+                    _match({"ct": {"key": "status"}}, "dnat", "in"),
+                    counter,
+                    {"masquerade": None},
+                )
             )
-        )
         if not g.masquerade:
             continue
         for cidr in g.cidrs:
@@ -230,12 +260,38 @@ def render(gateways: Iterable[GatewayRule]) -> list[dict[str, Any]]:
                     # (to the network's own pods on other nodes, routed without
                     # encapsulation, it is not egress: never masqueraded)
                     _match(_addr(cidr, "daddr"), _prefix(cidr), "!="),
-                    _match(_meta("oifname"), any_gw, "!="),
+                    _match(_meta("oifname"), _names(every), "!="),
                     counter,
                     {"masquerade": None},
                 )
             )
     return body
+
+
+def render_router(gateway: str, uplink: str) -> list[dict[str, Any]]:
+    """The table of an isolated gateway's router namespace: everything from the
+    gateway leaves by ``uplink`` masqueraded; nothing new comes in (egress only)."""
+    counter: dict[str, Any] = {"counter": None}
+    return [
+        _chain("forward", "filter", "forward", 0),
+        _chain("postrouting", "nat", "postrouting", 100),
+        _rule(
+            "forward",
+            f"egress only {gateway}",
+            _match(_meta("iifname"), uplink),
+            _match({"ct": {"key": "state"}}, "new", "in"),
+            counter,
+            {"drop": None},
+        ),
+        _rule(
+            "postrouting",
+            f"egress {gateway}",
+            _match(_meta("iifname"), gateway),
+            _match(_meta("oifname"), uplink),
+            counter,
+            {"masquerade": None},
+        ),
+    ]
 
 
 class NodeRules:
@@ -288,3 +344,77 @@ def prepare_forwarding(netns: str | None, ifname: str, families: Iterable[int]) 
     if 6 in fams:
         values["/proc/sys/net/ipv6/conf/all/forwarding"] = "1"
     call_in(netns_path(netns) if netns else None, _write_sysctls, values)
+
+
+# ---- isolated gateways: a router namespace per network ------------------------------
+#
+# A tenant whose addresses overlap another's cannot have its gateway in the
+# node's namespace (the node's routing would be ambiguous), and this kernel has
+# no VRF device. So its gateway lives in a router namespace of its own, joined
+# to the node's by a veth pair with a link-local /30 (``transit``): the router
+# masquerades its pods to its end of the pair (``render_router``), and the node
+# masquerades that address again on the way out (an ordinary ``GatewayRule`` on
+# the veth, without the Services hairpin). Replies come back through both
+# translations; nothing new comes in. What this gives up, by construction: the
+# node does not reach those pods, and Services in the node are not served to
+# them; egress is what an isolated tenant gets.
+
+
+def transit(vni: int) -> tuple[ipaddress.IPv4Interface, ipaddress.IPv4Interface]:
+    """The node's and the router's ends of network ``vni``'s transit /30."""
+    base = int(TRANSIT.network_address) + (vni % TRANSIT_SLOTS) * 4
+    node = ipaddress.IPv4Interface(f"{ipaddress.IPv4Address(base + 1)}/30")
+    router = ipaddress.IPv4Interface(f"{ipaddress.IPv4Address(base + 2)}/30")
+    return node, router
+
+
+def router_netns(node_netns: str | None, vni: int) -> str:
+    """The path of network ``vni``'s router namespace: named after the node's
+    namespace (``<node ns>-r<vni>``), or ``overlay-r<vni>`` for the daemon's own."""
+    base = os.path.basename(netns_path(node_netns)) if node_netns else "overlay"
+    return netns_path(f"{base}-r{vni}")
+
+
+def make_router(node_netns: str | None, vni: int) -> str:
+    """Network ``vni``'s router namespace and its veth to the node, made where
+    missing (idempotent: a restarted daemon finds them as they were); its path."""
+    path = router_netns(node_netns, vni)
+    if not os.path.exists(path):
+        create_netns(os.path.basename(path))
+    node_end, router_end = transit(vni)
+    name = f"{UPLINK_PREFIX}{vni}"
+    node_path = netns_path(node_netns) if node_netns else None
+
+    def veth() -> None:
+        with iproute(node_path) as ipr:
+            if ipr.link_lookup(ifname=name):
+                return
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                ipr.link("add", ifname=name, kind="veth", peer={"ifname": name, "net_ns_fd": fd})
+            finally:
+                os.close(fd)
+            idx = link_index(ipr, name, node_path)
+            ipr.addr("add", index=idx, address=str(node_end.ip), prefixlen=30)
+            ipr.link("set", index=idx, state="up")
+        with iproute(path) as ipr:
+            lo = link_index(ipr, "lo", path)
+            ipr.link("set", index=lo, state="up")
+            idx = link_index(ipr, name, path)
+            ipr.addr("add", index=idx, address=str(router_end.ip), prefixlen=30)
+            ipr.link("set", index=idx, state="up")
+            ipr.route("replace", dst="0.0.0.0/0", gateway=str(node_end.ip), oif=idx)
+
+    call_in(None, veth)
+    return path
+
+
+def remove_router(node_netns: str | None, vni: int) -> None:
+    """Remove network ``vni``'s router namespace and its veth (nothing when gone)."""
+    delete_link(netns_path(node_netns) if node_netns else None, f"{UPLINK_PREFIX}{vni}")
+    remove_netns(os.path.basename(router_netns(node_netns, vni)))
+
+
+def apply_router(router: str, gateway: str, uplink: str) -> None:
+    """The router namespace's own table (``render_router``), atomically."""
+    Nft(router).replace_table(FAMILY, TABLE, render_router(gateway, uplink))

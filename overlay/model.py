@@ -51,6 +51,11 @@ ENCAPS = ("vxlan", "geneve")
 # routed to peers on this node's underlay subnet and encapsulated to the rest;
 # "underlay" attaches pods to the physical L2 network of the node's uplink.
 MODES = ("overlay", "routed", "auto", "underlay")
+# The modes whose networks encapsulate (to every peer, or to the peers behind a
+# router): their pods' MTU is the underlay's less the tunnel's overhead, one
+# number for all their peers. Routed and underlay networks never encapsulate
+# and give pods the full underlay MTU (``Node.add_network(tunnel=False)``).
+TUNNEL_MODES = ("overlay", "auto")
 # Where a network's gateway lives on each node (overlay.gateway): "node" (the
 # node's namespace: host <-> pods, Services, egress), "isolated" (a router
 # namespace of its own behind the node: egress only, for a tenant whose
@@ -164,6 +169,9 @@ class NetworkSpec:
     gateway: str = "node"
     masquerade: bool = True  # egress through the gateway is masqueraded to the node
     mode: str = "overlay"  # MODES
+    # An underlay network's router on the physical segment (an address of the
+    # cidr, "" for none): its pods get their default route through it.
+    router: str = ""
 
     def __post_init__(self) -> None:
         _vni(self.vni, "network.vni")
@@ -209,10 +217,45 @@ class NetworkSpec:
             raise ConfigError(
                 "network.subnet_prefix", self.subnet_prefix, f"{net.prefixlen}-{top - 2}"
             )
+        if not isinstance(self.router, str):
+            raise ConfigError("network.router", self.router, "an address like 198.18.1.1")
+        if self.router:
+            if self.mode != "underlay":
+                raise ConfigError(
+                    "network.router",
+                    self.router,
+                    f'none in mode "{self.mode}": pods of an "underlay" network route '
+                    "through the segment's router; other modes route through the node's "
+                    "gateway",
+                )
+            try:
+                router = ipaddress.ip_address(self.router)
+            except ValueError:
+                raise ConfigError(
+                    "network.router", self.router, "an address like 198.18.1.1"
+                ) from None
+            # Pods never get the first host of a node subnet (ipam: it is kept for
+            # a gateway, and an underlay network has none): the one place in the
+            # cidr where the router cannot collide with a pod.
+            step = 1 << (top - self.subnet_prefix)
+            offset = int(router) - int(net.network_address)
+            if router not in net or offset % step != 1:
+                first = [str(net.network_address + i * step + 1) for i in range(2)]
+                raise ConfigError(
+                    "network.router",
+                    self.router,
+                    f"the first host of one of the /{self.subnet_prefix} node subnets of "
+                    f"{self.cidr} ({first[0]}, {first[1]}, ...): an address no pod is given",
+                )
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(self.cidr)
+
+    @property
+    def tunnel(self) -> bool:
+        """Whether the network encapsulates (TUNNEL_MODES)."""
+        return self.mode in TUNNEL_MODES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from overlay.cni import validate
 from overlay.errors import ConfigError, ConflictError, NotFoundError
 from overlay.gateway import prepare_forwarding
 from overlay.nsenter import move_link, netns_path, setup_link
+from overlay.uplink import open_uplink
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -143,6 +144,7 @@ class Port:
         self.persist = persist
         self.router = False  # may send router advertisements and redirects (RA guard)
         self.gateway = False  # the node's IP stack (Network.add_gateway)
+        self.uplink = False  # the physical segment (Network.add_uplink)
         self.netns: str | None = None  # the pod's namespace once moved
 
     def __repr__(self) -> str:
@@ -221,13 +223,20 @@ class Network:
     """One VNI, owned by one tenant. Frames never leave it."""
 
     def __init__(
-        self, node: Node, vni: int, tenant: str, options: tuple[GeneveOption, ...], learning: bool
+        self,
+        node: Node,
+        vni: int,
+        tenant: str,
+        options: tuple[GeneveOption, ...],
+        learning: bool,
+        tunnel: bool = True,
     ) -> None:
         self.node = node
         self.vni = vni
         self.tenant = tenant
         self.geneve_options = options
         self.learning = learning
+        self.tunnel = tunnel  # False: no VTEPs, frames up to the underlay MTU (add_network)
         self.ports: list[Port] = []
         self.vteps: set[IPAddress] = set()
         self.remotes: dict[str, tuple[IPAddress, list[IPAddress]]] = {}
@@ -462,6 +471,7 @@ class Network:
         persist: bool = False,
         attach: bool = False,
         mtu: int | None = None,
+        netns: str | None = None,
     ) -> Port:
         """Give the network a gateway on this node: a port whose other end is the
         node's own IP stack, a TAP named ``ifname`` (default ``ovg<vni>``) in the
@@ -477,7 +487,9 @@ class Network:
         NAT and isolation between networks are the node's rules
         (``overlay.gateway.NodeRules``). With ``persist`` the TAP outlives the
         node; ``attach`` takes back the TAP of an earlier node (addresses and
-        routes are kept, not set again). Blocks for netlink: from a coroutine,
+        routes are kept, not set again). ``netns`` (a name or path) puts the TAP in
+        another namespace than the node's: an isolated gateway's router namespace
+        (``overlay.gateway.make_router``). Blocks for netlink: from a coroutine,
         run it in a thread.
         """
         if self.gateway is not None:
@@ -487,28 +499,84 @@ class Network:
         if not ifaces:
             raise ConfigError("ips", list(ips), "at least one address, like 10.244.3.1/16")
         eng = self.node.engine
-        if attach:
-            port_id = eng.port_attach(self.vni, raw, ifname, gateway=True)
-            name = ifname
-        else:
-            port_id, name = eng.port_add(self.vni, raw, ifname, gateway=True, persist=persist)
+        path = netns_path(netns) if netns else None
+        fd = self._open_netns(path, netns) if path and netns else -1
+        try:
+            if attach:
+                port_id = eng.port_attach(self.vni, raw, ifname, fd, gateway=True, netns=path)
+                name = ifname
+            else:
+                port_id, name = eng.port_add(
+                    self.vni, raw, ifname, fd, gateway=True, persist=persist, netns=path
+                )
+        finally:
+            if fd >= 0:
+                os.close(fd)
         port = self._program_port(
-            port_id, name, raw, ifaces, True, persist or attach, reattached=attach
+            port_id, name, raw, ifaces, True, persist or attach, netns=path, reattached=attach
         )
         port.gateway = True
         port.router = True
         try:
             if not attach:
                 port.configure(mtu=mtu)
-            prepare_forwarding(self.node.netns, name, {ip.version for ip in ifaces})
+            where = path or self.node.netns
+            prepare_forwarding(where, name, {ip.version for ip in ifaces})
         except BaseException:
             if not attach:
                 self.remove_port(port)
             raise
         return port
 
+    @property
+    def uplink(self) -> Port | None:
+        """The network's uplink on this node (``add_uplink``), or None."""
+        return next((p for p in self.ports if p.uplink), None)
+
+    def add_uplink(self, ifname: str) -> Port:
+        """Make this an underlay network: put it on the physical L2 segment of the
+        node's interface ``ifname`` (in the node's namespace) through a packet
+        socket the engine adopts (``overlay.uplink``). Returns the uplink's port:
+        port security off (it speaks for every station of the segment, whose MACs
+        are learned behind it), MAC and name the interface's. Pods keep their port
+        security; a plain host of the segment reaches them directly, and ARP for
+        a pod's address is answered with the pod's MAC. An underlay network has
+        no VTEPs and no remotes. One uplink per network, and per interface on a
+        node. ``remove_port`` (or ``remove_network``) takes it away."""
+        if self.uplink is not None:
+            raise ConflictError(f"vni={self.vni} has an uplink already: {self.uplink!r}")
+        if self.vteps or self.remotes:
+            raise ConflictError(
+                f"vni={self.vni} has VTEPs or remote pods: an underlay network has none; "
+                "use a network of its own for the uplink"
+            )
+        for net in self.node.networks.values():
+            up = net.uplink
+            if up is not None and up.ifname == ifname:
+                raise ConflictError(
+                    f"uplink={ifname!r} is the uplink of vni={net.vni} already: "
+                    "one segment, one network"
+                )
+        sock = open_uplink(ifname, self.node.netns)
+        try:
+            raw, _ = self._check_port(sock.mac, [], None)
+            port_id = self.node.engine.port_add_fd(self.vni, sock.fd, raw, uplink=True)
+        except BaseException:
+            os.close(sock.fd)
+            raise
+        port = self._program_port(port_id, ifname, raw, [], False, False)
+        port.uplink = True
+        return port
+
     def add_vtep(self, address: str, port: int | None = None) -> None:
         """Make a remote VTEP a member: it gets flooded frames, and its packets are accepted."""
+        if self.uplink is not None:
+            raise ConflictError(f"vni={self.vni} is an underlay network (uplink): it has no VTEPs")
+        if not self.tunnel:
+            raise ConflictError(
+                f"vni={self.vni} has no tunnel (add_network(tunnel=False)): it has no VTEPs; "
+                "use a tunnel network for peers reached through VXLAN/Geneve"
+            )
         addr = _parse_ip(address, "vtep")
         if addr.version != self.node.family:
             raise ConfigError(
@@ -528,6 +596,16 @@ class Network:
         self, mac: str, vtep: str, ip: str | Iterable[str] | None = None, port: int | None = None
     ) -> None:
         """A pod on another node: FDB (vni, mac) -> vtep, and neighbours for ARP/ND suppression."""
+        if self.uplink is not None:
+            raise ConflictError(
+                f"vni={self.vni} is an underlay network (uplink): pods of other nodes "
+                "are reached on the segment, not programmed"
+            )
+        if not self.tunnel:
+            raise ConflictError(
+                f"vni={self.vni} has no tunnel (add_network(tunnel=False)): pods of other "
+                "nodes are reached through the node's routes, not behind a VTEP"
+            )
         raw = _check_unicast_mac(mac, "mac")
         addr = _parse_ip(vtep, "vtep")
         if addr.version != self.node.family:
@@ -579,7 +657,8 @@ class Node:
 
     ``netns`` names the namespace (name or path) whose underlay address the
     node binds and where its TAPs are born; by default, the caller's.
-    ``mtu`` is the underlay MTU; pods get it less the encapsulation overhead.
+    ``mtu`` is the underlay MTU; pods get it less the encapsulation overhead,
+    or all of it in a network without a tunnel (``add_network(tunnel=False)``).
     """
 
     def __init__(
@@ -624,8 +703,11 @@ class Node:
         self.encap = encap
         self.mtu = mtu
         self.netns = netns_path(netns) if netns else None
-        # No inner frame can be larger than the underlay MTU: that bounds buffers.
-        self.frame_max = mtu
+        # No inner frame can be larger than the underlay MTU plus its Ethernet
+        # header (a network without a tunnel sends such frames unencapsulated):
+        # that bounds buffers. A tunnel network's frames are held lower by the
+        # engine (its frame_limit: the MTU less the tunnel's overhead).
+        self.frame_max = mtu + 14
         fd = -1
         if self.netns:
             try:
@@ -640,7 +722,7 @@ class Node:
                 source_ports=source_ports,
                 source_port_slots=source_port_slots,
                 udp_checksum=udp_checksum,
-                frame_max=mtu,
+                frame_max=self.frame_max,
                 batch=batch,
                 workers=workers,
                 max_ports=max_ports,
@@ -667,7 +749,10 @@ class Node:
         self.close()
 
     def pod_mtu(self, network: Network | None = None) -> int:
-        """The MTU a pod gets: the underlay MTU less the encapsulation overhead."""
+        """The MTU a pod gets: the underlay MTU less the encapsulation overhead; the
+        whole underlay MTU in a network without a tunnel (routed, underlay)."""
+        if network is not None and not network.tunnel:
+            return self.mtu
         opts = sum(len(o.encode()) for o in network.geneve_options) if network else 0
         return self.mtu - self.encap.overhead(self.family, opts)
 
@@ -678,8 +763,14 @@ class Node:
         *,
         geneve_options: Iterable[GeneveOption] = (),
         learning: bool = False,
+        tunnel: bool = True,
     ) -> Network:
-        """Host a network: one VNI, owned by one tenant."""
+        """Host a network: one VNI, owned by one tenant.
+
+        ``tunnel=False`` makes a network whose frames never leave encapsulated: a
+        routed network (pods reach other nodes through the gateway and the node's
+        routes) or an underlay network (``Network.add_uplink``). Its pods get the
+        full underlay MTU (``pod_mtu``), and it takes no VTEPs and no remotes."""
         if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _bindings.VNI_MAX:
             raise ConfigError("vni", vni, f"an integer 0-{_bindings.VNI_MAX}")
         if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
@@ -693,9 +784,13 @@ class Node:
             raise ConfigError("geneve_options", opts, "options need a node with Encap.GENEVE")
         if len(tlv) > 252:
             raise ConfigError("geneve_options", opts, "at most 252 bytes of options in all")
+        if not isinstance(tunnel, bool):
+            raise ConfigError("tunnel", tunnel, "True or False")
+        if opts and not tunnel:
+            raise ConfigError("geneve_options", opts, "none: a network without a tunnel")
         # The node's encapsulation is the default of its networks; the engine
         # keeps it per network, so that a later node can mix them.
-        self.engine.network_add(vni, learning=learning, encap=self.encap.value)
+        self.engine.network_add(vni, learning=learning, encap=self.encap.value, tunnel=tunnel)
         try:
             if tlv:
                 self.engine.network_set_options(vni, tlv)
@@ -704,7 +799,7 @@ class Node:
         except Exception:
             self.engine.network_del(vni)
             raise
-        net = Network(self, vni, tenant, opts, learning)
+        net = Network(self, vni, tenant, opts, learning, tunnel)
         self.networks[vni] = net
         return net
 

@@ -12,6 +12,7 @@ default, creates the namespace again if it has just been removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import ipaddress
@@ -262,3 +263,51 @@ def link_addresses(
             for a in ipr.get_addr(index=idx)
             if a["scope"] == 0
         ]
+
+
+def _pyroute2_netns() -> Any:
+    from pyroute2 import netns
+
+    return netns
+
+
+def create_netns(name: str) -> None:
+    """Create named namespace ``name`` without forking.
+
+    ``pyroute2.netns.create`` forks a child to unshare in; forking a process
+    that runs threads (capture readers, transfer servers) is best avoided. A
+    thread can unshare its own network namespace instead: pyroute2's ``attach``
+    then bind-mounts that thread's namespace (``/proc/<tid>/ns/net``) at
+    ``/var/run/netns/<name>``, and the thread returns to its old namespace.
+    """
+
+    def target() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            unshare_net()
+            try:
+                _pyroute2_netns().attach(name, threading.get_native_id(), libc=_libc)
+            finally:
+                setns(own)
+        finally:
+            os.close(own)
+
+    try:
+        in_thread(target, thread_name_=f"netns-create-{name}")
+    except BaseException as exc:
+        if not isinstance(exc, FileExistsError):  # never remove someone else's
+            with contextlib.suppress(OSError):
+                remove_netns(name)
+        raise
+
+
+def remove_netns(name: str) -> bool:
+    """Unmount and unlink one named namespace; ``False`` if it was already gone."""
+    path = os.path.join(NETNS_RUN_DIR, name)
+    if not os.path.exists(path):
+        return False
+    try:
+        _pyroute2_netns().remove(path, libc=_libc)
+    except FileNotFoundError:
+        return False
+    return True

@@ -3,7 +3,7 @@
 :class:`Engine` is one data-plane instance: its configuration is checked here,
 field by field, before ``ovl_engine_create`` sees it; the other areas of the
 ABI are its methods, each from its own module (``network.py``, ``port.py``,
-``fdb.py``, ``counters.py``, ``events.py``), so that a module mirrors one
+``fdb.py``, ``counters.py``, ``events.py``, ``policy.py``), so that a module mirrors one
 section of ``overlay.h``.
 """
 
@@ -18,6 +18,7 @@ from overlay.bindings.counters import CountersArea
 from overlay.bindings.events import EventsArea
 from overlay.bindings.fdb import FdbArea
 from overlay.bindings.network import NetworkArea
+from overlay.bindings.policy import PolicyArea
 from overlay.bindings.port import PortArea
 from overlay.errors import ConfigError, ConflictError
 
@@ -41,7 +42,7 @@ STEERING: dict[str, int] = {
 """Flow steering by name: what ``Engine.steering`` reports (native/engine.h, "Per-flow state")."""
 
 
-class Engine(NetworkArea, PortArea, FdbArea, CountersArea, EventsArea):
+class Engine(NetworkArea, PortArea, FdbArea, CountersArea, EventsArea, PolicyArea):
     """One data-plane instance: sockets, worker threads, tables.
 
     Requires root (or CAP_NET_ADMIN) for TAP devices and namespaces. Every

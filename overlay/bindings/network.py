@@ -19,10 +19,16 @@ class NetworkArea(Handle):
 
     encap: int  # the engine's (engine.py)
 
-    def network_add(self, vni: int, learning: bool = False, encap: int | None = None) -> None:
+    def network_add(
+        self, vni: int, learning: bool = False, encap: int | None = None, tunnel: bool = True
+    ) -> None:
         """Add network ``vni``; ``encap`` (ENCAP_*) defaults to the engine's. The
-        engine has one tunnel port today: another encapsulation is refused."""
+        engine has one tunnel port today: another encapsulation is refused.
+        ``tunnel=False`` (OVL_NET_NO_TUNNEL): frames leave unencapsulated, up to the
+        underlay MTU plus the Ethernet header; the network takes no VTEPs."""
         flags = lib.OVL_NET_LEARNING if learning else 0
+        if not tunnel:
+            flags |= lib.OVL_NET_NO_TUNNEL
         if encap is not None and encap not in ENCAP_NAMES:
             raise ConfigError("encap", encap, "ENCAP_VXLAN or ENCAP_GENEVE")
         rc = lib.ovl_network_add(self._h(), vni, encap or 0, flags)
@@ -51,10 +57,12 @@ class NetworkArea(Handle):
 
     def vtep_add(self, vni: int, addr: IPAddress, port: int = 0) -> None:
         family, raw = addr_bytes(addr)
-        check(
-            lib.ovl_network_vtep_add(self._h(), vni, family, raw, port),
-            f"adding VTEP {addr} to vni={vni}",
-        )
+        rc = lib.ovl_network_vtep_add(self._h(), vni, family, raw, port)
+        if rc == -errno.EOPNOTSUPP:
+            raise ConfigError(
+                "vtep", str(addr), f"none: vni={vni} has no tunnel (a routed or underlay network)"
+            )
+        check(rc, f"adding VTEP {addr} to vni={vni}")
 
     def vtep_del(self, vni: int, addr: IPAddress) -> None:
         family, raw = addr_bytes(addr)

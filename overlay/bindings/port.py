@@ -40,6 +40,7 @@ class PortArea(Handle):
         router: bool = False,
         gateway: bool = False,
         netns: str | None = None,
+        policy_pending: bool = False,
     ) -> tuple[int, str]:
         """Create a TAP port in the namespace behind ``netns_fd`` (-1: the engine's);
         ``netns`` names it in error messages. Returns (port id, interface name).
@@ -50,6 +51,8 @@ class PortArea(Handle):
         if len(ifname.encode()) > 15:
             raise ConfigError("ifname", ifname, "at most 15 bytes")
         flags = _port_flags(security, router, gateway) | (lib.OVL_PORT_PERSIST if persist else 0)
+        if policy_pending:  # isolated until port_policy_set gives each direction a table
+            flags |= lib.OVL_PORT_POLICY_PENDING
         out = ffi.new("char[16]")
         rc = lib.ovl_port_add(self._h(), vni, ifname.encode(), netns_fd, mac, flags, out)
         if rc == -errno.EBUSY:
@@ -111,15 +114,35 @@ class PortArea(Handle):
         return check(rc, f"re-attaching {ifname!r} in {where} to vni={vni}")
 
     def port_add_fd(
-        self, vni: int, fd: int, mac: bytes, *, security: bool = True, router: bool = False
+        self,
+        vni: int,
+        fd: int,
+        mac: bytes,
+        *,
+        security: bool = True,
+        router: bool = False,
+        uplink: bool = False,
+        policy_pending: bool = False,
     ) -> int:
         """Adopt the packet fd ``fd`` (a TAP opened elsewhere, a SOCK_SEQPACKET
         socket in tests) as a port; returns the port id. The engine owns the fd
-        from then on. One queue: with several workers, one worker serves it."""
-        flags = _port_flags(security, router, False)
-        return check(
-            lib.ovl_port_add_fd(self._h(), vni, fd, mac, flags), f"adding fd port to vni={vni}"
-        )
+        from then on. One queue: with several workers, one worker serves it.
+        ``uplink``: ``fd`` is a packet socket with PACKET_VNET_HDR on the node's
+        physical interface (``overlay.uplink``): no port security, and unicast
+        frames for no other port are another station's, ignored. ``policy_pending``:
+        every IP packet is refused in a direction until ``port_policy_set`` has
+        set it, so no packet passes before the port's policy."""
+        flags = _port_flags(security, router, False) | (lib.OVL_PORT_UPLINK if uplink else 0)
+        if policy_pending:  # isolated until port_policy_set gives each direction a table
+            flags |= lib.OVL_PORT_POLICY_PENDING
+        rc = lib.ovl_port_add_fd(self._h(), vni, fd, mac, flags)
+        if uplink and rc == -errno.EOPNOTSUPP:
+            raise ConfigError(
+                "offloads",
+                "without tap_tso",
+                "tap_tso on: an uplink hands the segment's super-frames to pods as such",
+            )
+        return check(rc, f"adding fd port to vni={vni}")
 
     def port_add_ip(self, port_id: int, addr: IPAddress) -> None:
         family, raw = addr_bytes(addr)

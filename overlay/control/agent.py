@@ -399,17 +399,22 @@ class Agent(Generic[P]):
         if vni not in self.specs:
             raise ConfigError("vni", vni, "a network defined in the store (networks/<vni>)")
 
-    async def add_gateway(self, vni: int, *, persist: bool = True) -> tuple[Endpoint, P]:
+    async def add_gateway(
+        self, vni: int, *, persist: bool = True, netns: str | None = None
+    ) -> tuple[Endpoint, P]:
         """The network's gateway on this node (``Network.add_gateway``): the first
         address of the node's subnet lease with the network's prefix length, the MAC
         that address derives, a TAP ``ovg<vni>`` in the node's namespace, announced
         like an endpoint (named "gateway") so every node's ARP/ND suppression
         answers for it. A TAP of that name left by an earlier run is taken back
         when it holds the same address (no gap for connections through it), and
-        made again when it does not. Returns (endpoint, port)."""
+        made again when it does not. ``netns``: where the TAP lives when not in the
+        node's namespace (an isolated gateway's router namespace). Returns
+        (endpoint, port)."""
         await self._hosted_and_defined(vni)
         ifname = f"ovg{vni}"
-        found = await asyncio.to_thread(link_addresses, self.node.netns, ifname)
+        where = netns or self.node.netns
+        found = await asyncio.to_thread(link_addresses, where, ifname)
         if vni not in self.subnets:
             size = self.specs[vni].subnet_prefix
             prefer = str(ipaddress.ip_interface(f"{found[0].ip}/{size}").network) if found else None
@@ -419,12 +424,18 @@ class Agent(Generic[P]):
         addr = self._allocator(vni).gateway
         attach = found is not None and ipaddress.ip_interface(addr) in found
         if found is not None and not attach:
-            await asyncio.to_thread(delete_link, self.node.netns, ifname)
+            await asyncio.to_thread(delete_link, where, ifname)
         mac = mac_of(addr)
         self.reconcile([vni])
         net = self.node.network(vni)
         port = await asyncio.to_thread(
-            net.add_gateway, mac, [addr], ifname=ifname, persist=persist, attach=attach
+            net.add_gateway,
+            mac,
+            [addr],
+            ifname=ifname,
+            persist=persist,
+            attach=attach,
+            netns=netns,
         )
         ep = Endpoint(
             vni=vni,

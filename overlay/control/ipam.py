@@ -44,7 +44,15 @@ Decisions:
   on the node) and, for IPv4, the broadcast address.
 * A pod's address carries the *network's* prefix length (10.244.3.2/16, not
   /24): the overlay is one L2 segment per network, so pods on other nodes are
-  on-link and are reached by ARP/ND, not through a router.
+  on-link and are reached by ARP/ND, not through a router. In a ``routed``
+  network it carries the *subnet's* (10.244.3.2/24), the gateway's too: pods
+  on other nodes are then off-link, reached through the node's gateway and
+  the node's kernel routes, without encapsulation (``pod_prefix``). An
+  ``auto`` network keeps the network's: its tunnel peers' pods must stay
+  on-link, since the gateway port may not forward a packet whose source is one
+  of the network's own endpoints (the engine's anti-spoofing), and its direct
+  peers' subnets are routed through the gateway by routes in its pods
+  (``overlay.daemon.routing``).
 * At most one grant per owner: a node that already holds a subnet gets it
   back, a MAC that already holds an address in the subnet gets that back.
   When the holder's key is under another lease (the agent restarted with a new
@@ -235,6 +243,12 @@ class _Subnets:
             yield (start + step) % self.count
 
 
+def pod_prefix(spec: NetworkSpec) -> int:
+    """The prefix length of a pod's (and the gateway's) address in ``spec``'s
+    network: the subnet's for a routed network, else the network's (module notes)."""
+    return spec.subnet_prefix if spec.mode == "routed" else spec.network.prefixlen
+
+
 def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
     return a.version == b.version and (
         int(a.network_address) <= int(b.broadcast_address)
@@ -422,17 +436,17 @@ class AddressAllocator:
 
     @property
     def gateway(self) -> str:
-        """The reserved first host of the subnet, with the network's prefix length."""
+        """The reserved first host of the subnet, with the pods' prefix length."""
         return self._interface(self.subnet.network_address + 1)
 
     def _interface(self, ip: IPAddress) -> str:
-        return f"{ip}/{self.spec.network.prefixlen}"
+        return f"{ip}/{pod_prefix(self.spec)}"
 
     def _address_arg(self, value: object, field: str) -> IPAddress:
         """value ("a.b.c.d" or "a.b.c.d/<network prefix>") as an address of the subnet."""
         expected = (
             f"a pod address of subnet {self.subnet} (not its first two or, for IPv4, its "
-            f"last), bare or with /{self.spec.network.prefixlen}"
+            f"last), bare or with /{pod_prefix(self.spec)}"
         )
         if not isinstance(value, str):
             raise ConfigError(field, value, expected)
@@ -440,7 +454,7 @@ class AddressAllocator:
         ip = _parse_address(text)
         if (
             ip is None
-            or (slash and length != str(self.spec.network.prefixlen))
+            or (slash and length != str(pod_prefix(self.spec)))
             or ip.version != self.subnet.version
             or not self._first <= int(ip) - self._base <= self._last
         ):

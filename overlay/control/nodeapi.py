@@ -97,7 +97,12 @@ class NodeTables(Protocol):
     @property
     def networks(self) -> Mapping[int, NetworkTables]: ...
 
-    def add_network(self, vni: int, tenant: str, *, learning: bool = False) -> NetworkTables: ...
+    def add_network(
+        self, vni: int, tenant: str, *, learning: bool = False, tunnel: bool = True
+    ) -> NetworkTables:
+        """Host network vni; ``tunnel=False``: it never encapsulates (routed,
+        underlay: no VTEPs, no remotes, pods at the full underlay MTU)."""
+        ...
 
     def network(self, vni: int) -> NetworkTables: ...
 
@@ -140,6 +145,7 @@ class HostNetwork(NetworkTables, Protocol[P]):
         persist: bool = False,
         attach: bool = False,
         mtu: int | None = None,
+        netns: str | None = None,
     ) -> P: ...
 
 
@@ -149,7 +155,9 @@ class HostNode(NodeTables, Protocol[P]):
     @property
     def networks(self) -> Mapping[int, HostNetwork[P]]: ...
 
-    def add_network(self, vni: int, tenant: str, *, learning: bool = False) -> HostNetwork[P]: ...
+    def add_network(
+        self, vni: int, tenant: str, *, learning: bool = False, tunnel: bool = True
+    ) -> HostNetwork[P]: ...
 
     def network(self, vni: int) -> HostNetwork[P]: ...
 

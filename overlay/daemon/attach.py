@@ -56,18 +56,23 @@ from overlay.model import Endpoint
 log = logging.getLogger("overlay.daemon")
 
 
-def default_gateway(net: Any, ips: Any, ipam: str, routes: list[dict[str, str]]) -> str:
+def default_gateway(
+    net: Any, ips: Any, ipam: str, routes: list[dict[str, str]], router: str = ""
+) -> str:
     """The address a pod of ``net`` routes through by default: the node's gateway of
-    the pod's primary address family, when the network has one, overlayd gave the
-    addresses (``ipam`` "node"), and the request has no default route of its own;
-    else ""."""
+    the pod's primary address family, or, in an underlay network, the segment's
+    ``router`` of its definition (``[[networks]] router``), when the network has
+    one, overlayd gave the addresses (``ipam`` "node"), and the request has no
+    default route of its own; else ""."""
     gw = net.gateway
-    if gw is None or ipam != "node" or not ips:
+    if (gw is None and not router) or ipam != "node" or not ips:
         return ""
     family = ipaddress.ip_interface(ips[0]).version
     if any(ipaddress.ip_network(r["dst"]).prefixlen == 0
            and ipaddress.ip_network(r["dst"]).version == family for r in routes):  # fmt: skip
         return ""
+    if gw is None:
+        return router if ipaddress.ip_address(router).version == family else ""
     return next((str(ip.ip) for ip in gw.ips if ip.version == family), "")
 
 
@@ -225,8 +230,11 @@ class Attachments(Room):
             net = node.network(req.vni)
             mtu = req.mtu or node.pod_mtu(net)
             # The pod's default route: its own node's gateway, when the network has
-            # one and the addresses are overlayd's (a delegated IPAM gives its own).
-            gateway = req.gateway or default_gateway(net, ep.ips, req.ipam, req.routes)
+            # one (an underlay network: the segment's router, when defined), and the
+            # addresses are overlayd's (a delegated IPAM gives its own).
+            spec = agent.specs.get(req.vni)
+            router = spec.router if spec is not None and spec.mode == "underlay" else ""
+            gateway = req.gateway or default_gateway(net, ep.ips, req.ipam, req.routes, router)
             try:
                 await asyncio.to_thread(
                     port.configure, mtu=mtu, gateway=None if req.gateway else gateway or None

@@ -33,6 +33,8 @@ expected — the first problem found, in file order.
     name = "node-b"
     underlay = "198.18.0.2"
     networks = [100]
+    # subnets = ["10.244.9.0/24"]  # its pods' subnet per network, where it is fixed
+                                   # (a kernel-only node of a routed network)
 
     [api]
     socket = "/run/overlay/overlayd.sock"
@@ -48,6 +50,11 @@ expected — the first problem found, in file order.
     vni = 16777215                 # the probes' own network (reserved: no [[networks]] may use it)
     interval = 1.0                 # seconds between probes
 
+    [bgp]                          # optional: announce this node's subnets of routed
+    asn = 65001                    # networks to routers and learn the others' (overlay.bgp)
+    router_id = "198.18.0.1"       # optional: the node's underlay IPv4 address
+    peers = [{ address = "198.18.0.254", asn = 65000 }]
+
     [[networks]]
     vni = 100
     tenant = "blue"
@@ -57,6 +64,8 @@ expected — the first problem found, in file order.
     gateway = true                 # the node's way in and out: host <-> pods, Services, egress;
                                    # "isolated": a router namespace of its own (egress only)
     masquerade = true              # egress to outside the network leaves as the node's address
+    # router = "198.18.1.1"        # mode "underlay" only: the segment's router, the pods'
+                                   # default route (the first host of a node subnet)
 """
 
 from __future__ import annotations
@@ -70,9 +79,11 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from overlay.bgp import ASN_EXPECTED, BgpPeer, SpeakerConfig
 from overlay.control.etcd_security import check_security
 from overlay.daemon.client import DEFAULT_SOCKET
 from overlay.errors import ConfigError
+from overlay.gateway import TRANSIT_SLOTS
 from overlay.model import (
     MODES,
     UDP_PORT_EXPECTED,
@@ -136,6 +147,18 @@ class StoreConfig:
     username: str | None = None
     password: Secret | None = None
     password_file: str | None = None
+    # Static peers' fixed subnets: (peer name, its subnets), one per network at most.
+    peer_subnets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def subnets_of(self, name: str) -> tuple[str, ...]:
+        return next((subs for n, subs in self.peer_subnets if n == name), ())
+
+
+@dataclasses.dataclass(frozen=True)
+class BgpConfig:
+    asn: int
+    peers: tuple[BgpPeer, ...]
+    router_id: str | None = None  # None: the node's underlay address (IPv4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +170,7 @@ class DaemonConfig:
     metrics_address: str
     log_level: str
     health: HealthConfig = HealthConfig()
+    bgp: BgpConfig | None = None  # [bgp]; None: no BGP speaker
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -173,8 +197,9 @@ def parse_address(address: str) -> tuple[str, int]:
 
 NETWORK_KEYS = {
     "vni", "tenant", "cidr", "subnet_prefix", "learning", "gateway", "masquerade", "mode",
+    "router",
 }  # fmt: skip
-_SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks"}
+_SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks", "bgp"}
 _STORE_KEYS = {
     "kind",
     "endpoints",
@@ -410,13 +435,24 @@ def parse(text: str) -> DaemonConfig:
     if not 1 <= ttl <= 3600:
         raise ConfigError("store.ttl", ttl, "a lease TTL of 1-3600 seconds")
     peers = []
+    peer_subnets: list[tuple[str, tuple[str, ...]]] = []
     for i, p in enumerate(get_key(s, "peers", "store.", list, "a list of peer tables", [])):
         where = f"store.peers[{i}]."
         if not isinstance(p, Mapping):
             raise ConfigError(where[:-1], p, "a table with name, underlay, networks")
         if kind != "memory":
             raise ConfigError(where[:-1], p, 'static peers only with kind = "memory"')
-        _unknown(p, {"name", "underlay", "networks", "port"}, where)
+        _unknown(p, {"name", "underlay", "networks", "port", "subnets"}, where)
+        subs = get_key(p, "subnets", where, list, 'a list of CIDRs like ["10.244.9.0/24"]', [])
+        for j, sub in enumerate(subs):
+            try:
+                if not isinstance(sub, str):
+                    raise TypeError
+                ipaddress.ip_network(sub)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"{where}subnets[{j}]", sub, "a subnet like 10.244.9.0/24 (host bits clear)"
+                ) from None
         try:
             peers.append(
                 NodeSpec(
@@ -428,7 +464,16 @@ def parse(text: str) -> DaemonConfig:
             )
         except ConfigError as exc:
             raise _within(where, exc) from None
-    store = StoreConfig(kind, tuple(endpoints), float(ttl), tuple(peers), **security)
+        if subs:
+            peer_subnets.append((peers[-1].name, tuple(subs)))
+    store = StoreConfig(
+        kind,
+        tuple(endpoints),
+        float(ttl),
+        tuple(peers),
+        **security,
+        peer_subnets=tuple(peer_subnets),
+    )
 
     a = _table(raw, "api", "")
     _unknown(a, {"socket"}, "api.")
@@ -466,6 +511,10 @@ def parse(text: str) -> DaemonConfig:
             raise ConfigError(where[:-1], t, "a table with vni, tenant, cidr")
         _unknown(t, NETWORK_KEYS, where)
         try:
+            mode = get_key(t, "mode", where, str, f"one of {MODES}", "overlay")
+            # An underlay network's pods are stations of the physical segment: a
+            # gateway TAP would put the node on it a second time (overlay.uplink).
+            gateway_default = "none" if mode == "underlay" else "node"
             spec = NetworkSpec(
                 vni=get_key(t, "vni", where, int, f"a VNI 0-{VNI_MAX}"),
                 tenant=get_key(t, "tenant", where, str, "the owning tenant's name"),
@@ -479,13 +528,22 @@ def parse(text: str) -> DaemonConfig:
                     where,
                     (bool, str),
                     'true, false, "node", "isolated" or "none"',
-                    "node",
+                    gateway_default,
                 ),
-                mode=get_key(t, "mode", where, str, f"one of {MODES}", "overlay"),
+                mode=mode,
                 masquerade=get_key(t, "masquerade", where, bool, "true or false", True),
+                router=get_key(t, "router", where, str, "an address of the cidr", ""),
             )
         except ConfigError as exc:
             raise _within(where, exc) from None
+        if spec.mode == "underlay" and spec.gateway != "none":
+            raise ConfigError(
+                where + "gateway",
+                spec.gateway,
+                '"none" (the default of mode "underlay"): its pods sit on the physical '
+                "segment beside the node, which reaches them there; their way out is the "
+                "segment's own router",
+            )
         if health.enabled and spec.vni == health.vni:
             raise ConfigError(
                 where + "vni", spec.vni, f"not {health.vni}: health.vni reserves it for probes"
@@ -494,6 +552,17 @@ def parse(text: str) -> DaemonConfig:
             raise ConfigError(where + "vni", spec.vni, "a VNI not used by another [[networks]]")
         seen.add(spec.vni)
         for j, other in enumerate(nets):
+            if (
+                spec.gateway == other.gateway == "isolated"
+                and spec.vni % TRANSIT_SLOTS == other.vni % TRANSIT_SLOTS
+            ):
+                raise ConfigError(
+                    where + "vni",
+                    spec.vni,
+                    f"a VNI that differs from {other.vni} (networks[{j}]) modulo "
+                    f"{TRANSIT_SLOTS}: isolated gateways reach the node over a link-local /30 "
+                    "chosen by VNI, and these two would share one",
+                )
             if not spec.network.overlaps(other.network):
                 continue
             clash = f"cidr {spec.cidr} overlaps {other.cidr} of networks[{j}] (vni {other.vni})"
@@ -514,7 +583,87 @@ def parse(text: str) -> DaemonConfig:
                     "of its own (egress only)",
                 )
         nets.append(spec)
-    return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level, health)
+    _check_peer_subnets(store, nets)
+    bgp = _bgp(raw, node)
+    return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level, health, bgp)
+
+
+def _bgp(raw: Mapping[str, Any], node: NodeConfig) -> BgpConfig | None:
+    """The [bgp] section (None when absent): this node's AS, its routers, a router id."""
+    if "bgp" not in raw:
+        return None
+    b = _table(raw, "bgp", "")
+    _unknown(b, {"asn", "peers", "router_id"}, "bgp.")
+    asn = get_key(b, "asn", "bgp.", int, ASN_EXPECTED + " (this node's)")
+    router_id = get_key(b, "router_id", "bgp.", str, "an IPv4 address", None)
+    if router_id is None and node.underlay is not None and ":" in node.underlay:
+        raise ConfigError(
+            "bgp.router_id", None, "required with an IPv6 node.underlay: an IPv4 address"
+        )
+    peers: list[BgpPeer] = []
+    expected = 'a list of routers like [{ address = "198.18.0.254", asn = 65000 }]'
+    for i, p in enumerate(get_key(b, "peers", "bgp.", list, expected)):
+        where = f"bgp.peers[{i}]."
+        if not isinstance(p, Mapping):
+            raise ConfigError(where[:-1], p, "a table with address and asn")
+        _unknown(p, {"address", "asn"}, where)
+        try:
+            peers.append(
+                BgpPeer(
+                    get_key(p, "address", where, str, "the router's IPv4 address"),
+                    get_key(p, "asn", where, int, ASN_EXPECTED + " (the router's)"),
+                )
+            )
+        except ConfigError as exc:
+            raise _within(where, exc) from None
+    if not peers:
+        raise ConfigError("bgp.peers", [], expected + ": at least one")
+    try:
+        cfg = BgpConfig(asn, tuple(peers), router_id)
+        SpeakerConfig(router_id or "192.0.2.1", asn, cfg.peers)  # the speaker's own checks
+    except ConfigError as exc:
+        raise ConfigError("bgp." + exc.field, exc.value, exc.expected) from None
+    return cfg
+
+
+def _check_peer_subnets(store: StoreConfig, nets: list[NetworkSpec]) -> None:
+    """A static peer's fixed subnet is one node subnet of a network the peer hosts
+    (``subnet_prefix`` bits of its ``cidr``), one per network, and no two peers
+    share one."""
+    specs = {n.vni: n for n in nets}
+    taken: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str] = {}
+    for i, peer in enumerate(store.peers):
+        subs = store.subnets_of(peer.name)
+        used: set[int] = set()
+        for j, text in enumerate(subs):
+            field = f"store.peers[{i}].subnets[{j}]"
+            sub = ipaddress.ip_network(text)
+            fits = [
+                specs[v]
+                for v in peer.networks
+                if v in specs
+                and sub.version == specs[v].network.version
+                and sub.subnet_of(specs[v].network)  # type: ignore[arg-type]
+                and sub.prefixlen == specs[v].subnet_prefix
+            ]
+            if not fits:
+                ranges = ", ".join(
+                    f"{specs[v].cidr} in /{specs[v].subnet_prefix}s (vni {v})"
+                    for v in peer.networks
+                    if v in specs
+                )
+                raise ConfigError(
+                    field,
+                    text,
+                    f"a node subnet of a network this peer lists: {ranges or 'none is defined'}",
+                )
+            vni = fits[0].vni
+            if vni in used:
+                raise ConfigError(field, text, f"one subnet per network: vni {vni} has one")
+            used.add(vni)
+            if sub in taken:
+                raise ConfigError(field, text, f"a subnet no other peer has ({taken[sub]} has it)")
+            taken[sub] = peer.name
 
 
 def load(path: str) -> DaemonConfig:

@@ -21,6 +21,7 @@ Design notes.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 
 from overlay.control import keys
@@ -89,8 +90,17 @@ class Definitions(Room):
         if static:
             names = sorted({cfg.node.name} | {p.name for p in cfg.store.peers})
             for spec in networks:
-                for name in names:
-                    await lease_subnet(store, spec_for(spec, cfg), name, 0)
+                # A peer's fixed subnet (``subnets``: a kernel-only node) first, so
+                # that no node's first free one is it.
+                fixed = {
+                    n: sub
+                    for n in names
+                    for sub in cfg.store.subnets_of(n)
+                    if (net := ipaddress.ip_network(sub)).version == spec.network.version
+                    and net.subnet_of(spec.network)  # type: ignore[arg-type]
+                }
+                for name in sorted(fixed) + [n for n in names if n not in fixed]:
+                    await lease_subnet(store, spec_for(spec, cfg), name, 0, prefer=fixed.get(name))
 
     async def define_file(self) -> None:
         """Everything the file in force defines (at start)."""

@@ -20,6 +20,12 @@ Design notes.
 - **The definition in the store is the truth** (with etcd, another node may
   have defined the network first): cidr, gateway and masquerade are read from
   the agent's accepted definitions, not from this node's file.
+- **Isolated gateways** (``gateway = "isolated"``, for a tenant whose
+  addresses overlap another's): the TAP lives in a router namespace of its own
+  (``overlay.gateway.make_router``: a veth with a link-local /30 to the node),
+  which masquerades its pods to its end of the pair; the node treats that veth
+  like a gateway (isolated from every other, masqueraded on the way out, no
+  Services hairpin). Egress only: the node does not reach those pods.
 - **A failure costs one network.** A gateway that cannot be made (a
   namespace problem, an address conflict) is logged with its reason and tried
   again at the next sync; the others are kept.
@@ -34,7 +40,15 @@ from typing import Any
 from overlay.daemon.parts import Parts
 from overlay.daemon.rooms import Room
 from overlay.errors import OverlayError
-from overlay.gateway import GatewayRule, NodeRules
+from overlay.gateway import (
+    UPLINK_PREFIX,
+    GatewayRule,
+    NodeRules,
+    apply_router,
+    make_router,
+    remove_router,
+    transit,
+)
 
 log = logging.getLogger("overlay.daemon")
 
@@ -74,7 +88,14 @@ class Gateways(Room):
                 if have is not None and have.gateway is not None:
                     continue
                 try:
-                    _, port = await agent.add_gateway(vni)
+                    netns = None
+                    if wanted[vni].gateway == "isolated":
+                        netns = await asyncio.to_thread(make_router, node.netns, vni)
+                    _, port = await agent.add_gateway(vni, netns=netns)
+                    if netns is not None:
+                        await asyncio.to_thread(
+                            apply_router, netns, port.ifname, f"{UPLINK_PREFIX}{vni}"
+                        )
                     self.errors.pop(vni, None)
                     log.info("overlayd: vni %d: gateway %s %s", vni, port.ifname, port.ips[0])
                 except (TimeoutError, OverlayError, OSError) as exc:
@@ -90,7 +111,14 @@ class Gateways(Room):
         out = []
         for vni, spec in sorted(wanted.items()):
             net = node.networks.get(vni) if node is not None else None
-            if net is not None and net.gateway is not None:
+            if net is None or net.gateway is None:
+                continue
+            if spec.gateway == "isolated":  # the node sees the router's end of the veth
+                node_end, _ = transit(vni)
+                out.append(
+                    GatewayRule(f"{UPLINK_PREFIX}{vni}", (str(node_end.network),), hairpin=False)
+                )
+            else:
                 out.append(GatewayRule(net.gateway.ifname, (spec.cidr,), spec.masquerade))
         return out
 
@@ -107,9 +135,13 @@ class Gateways(Room):
 
     async def remove(self, vni: int) -> None:
         """Remove the network's gateway (before the network goes)."""
-        agent = self.parts.agent
+        agent, node = self.parts.agent, self.parts.node
+        net = node.networks.get(vni) if node is not None else None
+        isolated = net is not None and net.gateway is not None and net.gateway.netns is not None
         if agent is not None:
             await agent.remove_gateway(vni)
+        if isolated and node is not None:
+            await asyncio.to_thread(remove_router, node.netns, vni)
         self.errors.pop(vni, None)
 
     def view(self, vni: int) -> dict[str, Any] | None:
@@ -126,5 +158,7 @@ class Gateways(Room):
             "address": str(gw.ips[0]) if gw.ips else None,
             "mac": gw.mac,
             "masquerade": bool(spec.masquerade) if spec is not None else None,
+            "placement": spec.gateway if spec is not None else None,
+            "netns": gw.netns,
             "counters": gw.counters(),
         }

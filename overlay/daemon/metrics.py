@@ -30,13 +30,16 @@ The snapshot, as the daemon provides it (every key optional)::
 
     {"node": "node-a",
      "counters": Node.counters(),     # offloads, node, drops, networks, ports
-     "networks": [{"vni": 100, "tenant": "blue"}],
+     "networks": [{"vni": 100, "tenant": "blue", "mode": "overlay"}],
      "endpoints": [{"vni": 100, "local": 3, "remote": 7}],
      "peers": [{"name": "node-b", "underlay": "198.18.0.2",
-                "reachable": True, "rtt_ms": 0.4}],     # None: not known
+                "reachable": True, "rtt_ms": 0.4,       # None: not known
+                "paths": [{"vni": 100, "path": "direct"}]}],  # routed/auto networks
      "store": {"kind": "etcd", "connected": True},
      "store_rejected": {"total": {"mac_conflict": 3, ...},      # every reason,
-                        "current": {"mac_conflict": 1, ...}}}   # Agent.rejected_counts()
+                        "current": {"mac_conflict": 1, ...}},   # Agent.rejected_counts()
+     "bgp": {"running": True, "peers": [{"address": "198.18.0.254", "up": True,
+             "routes_learned": 3, "routes_announced": 1}]}}    # None: no [bgp]
 """
 
 from __future__ import annotations
@@ -177,6 +180,16 @@ class SnapshotCollector(Collector):
         networks = GaugeMetricFamily("overlay_networks", "networks hosted on this node")
         networks.add_metric([], len(counters.get("networks") or tenants))
         yield networks
+        modes = [n for n in snap.get("networks") or () if n.get("mode")]
+        if modes:
+            mode = GaugeMetricFamily(
+                "overlay_network_mode",
+                "each defined network's mode (overlay, routed, auto, underlay; value 1)",
+                labels=["vni", "tenant", "mode"],
+            )
+            for n in sorted(modes, key=lambda n: int(n["vni"])):
+                mode.add_metric([str(n["vni"]), str(n.get("tenant", "")), str(n["mode"])], 1)
+            yield mode
 
         endpoints = snap.get("endpoints")
         if endpoints is not None:
@@ -223,6 +236,10 @@ class SnapshotCollector(Collector):
                 now.add_metric([str(reason)], _num(value))
             yield from (total, now)
 
+        bgp = snap.get("bgp")
+        if bgp is not None:
+            yield from self._bgp_families(bgp)
+
     @staticmethod
     def _object_families(
         kind: str,
@@ -258,6 +275,29 @@ class SnapshotCollector(Collector):
         yield from (packets, octets, drops)
 
     @staticmethod
+    def _bgp_families(bgp: Mapping[str, Any]) -> Iterator[Metric]:
+        """The BGP speaker's sessions (one per configured router: a bounded label set)."""
+        up = GaugeMetricFamily(
+            "overlay_bgp_session_up",
+            "1 while the BGP session with the router is established",
+            labels=["peer"],
+        )
+        routes = GaugeMetricFamily(
+            "overlay_bgp_routes",
+            "routes over the BGP session: learned from the router (after the import "
+            "filter) and announced to it",
+            labels=["peer", "direction"],
+        )
+        for p in sorted(bgp.get("peers") or (), key=lambda p: str(p["address"])):
+            peer = str(p["address"])
+            up.add_metric([peer], 1 if p.get("up") else 0)
+            routes.add_metric([peer, "learned"], _num(p.get("routes_learned", 0)))
+            routes.add_metric([peer, "announced"], _num(p.get("routes_announced", 0)))
+        running = GaugeMetricFamily("overlay_bgp_speaker_up", "1 while the BGP speaker (BIRD) runs")
+        running.add_metric([], 1 if bgp.get("running") else 0)
+        yield from (up, routes, running)
+
+    @staticmethod
     def _peer_families(peers: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
         peers = sorted(peers, key=lambda p: str(p["name"]))
         count = GaugeMetricFamily("overlay_peers", "peer nodes this node knows")
@@ -273,14 +313,23 @@ class SnapshotCollector(Collector):
             "the last round trip of a health probe to the peer through the overlay",
             labels=["peer"],
         )
+        path = GaugeMetricFamily(
+            "overlay_peer_path",
+            "1 for the path this node takes to the peer's pods in a routed or auto "
+            "network: direct (kernel route over the underlay), tunnel (encapsulated) or "
+            "needs-bgp (no direct path: a route learned over BGP carries it)",
+            labels=["peer", "vni", "path"],
+        )
         for p in peers:
+            for q in p.get("paths") or ():
+                path.add_metric([str(p["name"]), str(q["vni"]), str(q["path"])], 1)
             if p.get("reachable") is not None:
                 up.add_metric(
                     [str(p["name"]), str(p.get("underlay", ""))], 1 if p["reachable"] else 0
                 )
             if p.get("rtt_ms") is not None:
                 rtt.add_metric([str(p["name"])], float(p["rtt_ms"]) / 1000.0)
-        yield from (count, up, rtt)
+        yield from (count, up, rtt, path)
 
 
 class Metrics:

@@ -105,7 +105,7 @@ ROUTES: tuple[Route, ...] = (
         "networks",
         "GET",
         "/v1/networks",
-        "hosted networks: tenant, CIDR, this node's subnet, pod MTU, VTEPs, endpoint counts",
+        "hosted networks: tenant, CIDR, mode, this node's subnet, pod MTU, VTEPs, endpoint counts",
     ),
     Route(
         "endpoints",
@@ -142,7 +142,12 @@ ROUTES: tuple[Route, ...] = (
         body=True,
     ),
     # views again: what the data plane and the prober see
-    Route("peers", "GET", "/v1/peers", "other nodes: underlay, shared networks, reachable, RTT"),
+    Route(
+        "peers",
+        "GET",
+        "/v1/peers",
+        "other nodes: underlay, shared networks, path per routed network, reachable, RTT",
+    ),
     Route("fdb", "GET", "/v1/fdb", "the data plane's forwarding table", query="vni=N"),
     Route(
         "counters",

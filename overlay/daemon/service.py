@@ -42,6 +42,7 @@ from overlay.control.store import MemoryStore, StoreUnavailable
 from overlay.daemon import config as cfgmod
 from overlay.daemon.api import ApiServer
 from overlay.daemon.attach import Attachments
+from overlay.daemon.bgp import Bgp
 from overlay.daemon.config import DaemonConfig
 from overlay.daemon.definitions import Definitions
 from overlay.daemon.gateways import Gateways
@@ -49,6 +50,8 @@ from overlay.daemon.health import HealthProber
 from overlay.daemon.parts import Parts
 from overlay.daemon.reload import Reloader
 from overlay.daemon.rooms import Room, build_router
+from overlay.daemon.routing import Routing
+from overlay.daemon.underlay import Uplinks
 from overlay.daemon.views import Views
 from overlay.errors import ConfigError, OverlayError
 from overlay.node import Encap, Node
@@ -93,8 +96,13 @@ class Daemon:
         self.definitions = Definitions(self.parts)
         self.attachments = Attachments(self.parts)
         self.gateways = Gateways(self.parts)
+        self.uplinks = Uplinks(self.parts)
+        self.routing = Routing(self.parts, self.attachments)
         self.reloader = Reloader(self.parts, self.definitions, self.attachments, self.gateways)
-        self.views = Views(self.parts, self.attachments, self.gateways)
+        self.bgp = Bgp(self.parts, self.routing.announced)
+        self.views = Views(
+            self.parts, self.attachments, self.gateways, self.routing, self.bgp, self.uplinks
+        )
         self.metrics: Any = None
         self.api: ApiServer | None = None
         self.failed = False  # start-up failed after the API came up: exit non-zero
@@ -205,6 +213,9 @@ class Daemon:
         await agent.synced.wait()
         await self._retry(self.attachments.reattach)
         await self.gateways.sync()
+        await self.uplinks.sync()
+        await self.routing.sync()
+        await self.bgp.sync()  # after the gateways: BIRD announces their connected routes
         self._tasks.append(asyncio.create_task(self._gateway_loop(), name="overlayd-gateways"))
         self.parts.ready = True
         log.info("overlayd: ready (%d attachments)", len(self.attachments.attached))
@@ -223,13 +234,26 @@ class Daemon:
 
     async def _gateway_loop(self) -> None:
         """Keep gateways equal to the store's definitions (another node may define or
-        change a network; a gateway that failed is tried again)."""
+        change a network; a gateway that failed is tried again), then the routes of
+        routed and auto networks (``routing``: subnet leases come and go)."""
         while True:
             await asyncio.sleep(2.0)
             try:
                 await self.gateways.sync()
             except Exception:
                 log.exception("overlayd: syncing gateways failed")
+            try:
+                await self.uplinks.sync()
+            except Exception:
+                log.exception("overlayd: syncing uplinks failed")
+            try:
+                await self.routing.sync()
+            except Exception:
+                log.exception("overlayd: syncing routes failed")
+            try:
+                await self.bgp.sync()
+            except Exception:
+                log.exception("overlayd: syncing the BGP speaker failed")
 
     async def _peer_loop(self) -> None:
         """Keep the health prober's peers equal to the nodes the agent knows."""
@@ -302,6 +326,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.metrics.close()
             self.metrics = None
+        with contextlib.suppress(Exception):
+            await self.bgp.stop()  # the routers withdraw this node's subnets
         if p.node is not None:
             p.node.close()  # persistent TAPs stay, in the pods' namespaces
         if p.store is not None:

@@ -22,10 +22,13 @@ from typing import Any
 
 from overlay import __version__
 from overlay.daemon.attach import Attachments
+from overlay.daemon.bgp import Bgp
 from overlay.daemon.gateways import Gateways
 from overlay.daemon.health import HEALTH_TENANT
 from overlay.daemon.parts import Parts
 from overlay.daemon.rooms import Room, handles
+from overlay.daemon.routing import Routing
+from overlay.daemon.underlay import Uplinks
 from overlay.gateway import is_gateway
 from overlay.model import Endpoint
 
@@ -33,10 +36,21 @@ from overlay.model import Endpoint
 class Views(Room):
     """What the API's GET routes and the metrics answer."""
 
-    def __init__(self, parts: Parts, attachments: Attachments, gateways: Gateways) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        attachments: Attachments,
+        gateways: Gateways,
+        routing: Routing | None = None,
+        bgp: Bgp | None = None,
+        uplinks: Uplinks | None = None,
+    ) -> None:
         self.parts = parts
         self.attachments = attachments
         self.gateways = gateways
+        self.routing = routing
+        self.bgp = bgp
+        self.uplinks = uplinks
 
     def _peer_results(self) -> dict[str, dict[str, Any]]:
         prober = self.parts.prober
@@ -86,6 +100,8 @@ class Views(Room):
             "peers": len(peers),
             "peers_reachable": sum(1 for q in peers if q.get("reachable")),
             "reloads": p.reloads,
+            # The BGP speaker of [bgp] (None without): sessions, routes learned/announced.
+            "bgp": self.bgp.view() if self.bgp else None,
         }
 
     @handles("networks")
@@ -103,8 +119,13 @@ class Views(Room):
                     "vni": vni,
                     "tenant": spec.tenant if spec else None,
                     "cidr": spec.cidr if spec else None,
+                    "mode": spec.mode if spec else None,
                     "learning": spec.learning if spec else None,
                     "gateway": self.gateways.view(vni),
+                    # An underlay network's way onto the segment: interface, MAC and
+                    # counters (or why it is missing); None in other modes.
+                    "uplink": self.uplinks.view(vni) if self.uplinks else None,
+                    "router": (spec.router or None) if spec else None,
                     "subnet": agent.subnets.get(vni),
                     "pod_mtu": node.pod_mtu(net) if net else None,
                     "vteps": sorted(str(v) for v in net.vteps) if net else [],
@@ -158,6 +179,8 @@ class Views(Room):
                     "last_reply_age_s": h.get("last_reply_age_s"),
                     "probes_sent": h.get("sent"),
                     "probes_received": h.get("received"),
+                    # Per routed or auto network: direct, tunnel or needs-bgp, and why.
+                    "paths": self.routing.peer_paths(n.name) if self.routing else [],
                 }
             )
         return out
@@ -204,7 +227,9 @@ class Views(Room):
         return {
             "node": p.node_name,
             "counters": node.counters() if node else {},
-            "networks": [{"vni": n["vni"], "tenant": n["tenant"]} for n in self.networks()]
+            "networks": [
+                {"vni": n["vni"], "tenant": n["tenant"], "mode": n["mode"]} for n in self.networks()
+            ]
             + (
                 [{"vni": p.config.health.vni, "tenant": HEALTH_TENANT}]
                 if p.prober is not None
@@ -217,10 +242,12 @@ class Views(Room):
                     "underlay": q["underlay"],
                     "reachable": q["reachable"],
                     "rtt_ms": q["rtt_ms"],
+                    "paths": q["paths"],
                 }
                 for q in self.peers()
             ],
             "store": {"kind": p.config.store.kind, "connected": p.store_connected},
             # Store records the agent refuses (overlay.control.claims), by reason.
             "store_rejected": agent.rejected_counts() if agent else None,
+            "bgp": self.bgp.view() if self.bgp else None,
         }

@@ -12,6 +12,7 @@ Rooms:
   daemon      — real overlayd processes on namespaced nodes; overlay-cni as runtimes run it
   podman      — real podman (CNI backend, runc, busybox) per node, isolated in a directory
   etcd        — a real etcd on loopback (TLS and users too), stopped by PID
+  bird        — a real BIRD 2 BGP router in a namespace, stopped by PID
   aio         — one coroutine run on the stdlib loop or uvloop; ``until``
   throughput  — test beds and side-by-side figures for pytest-benchmark
   pyforwarder — the pure-Python forwarder, a benchmark baseline
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from overlay.testing.aio import until
+    from overlay.testing.bird import BirdRouter
     from overlay.testing.capture import Capture, tshark_fields
     from overlay.testing.cluster import Cluster, Pod
     from overlay.testing.daemon import DaemonCluster
@@ -78,6 +80,7 @@ _EXPORTS = {
     "DaemonCluster": "daemon",
     "PodmanNode": "podman",
     "EtcdServer": "etcd",
+    "BirdRouter": "bird",
     "FakePort": "fakes",
     "loopback_engine": "fakes",
     "PyForwarder": "pyforwarder",
@@ -87,6 +90,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BirdRouter",
     "Capture",
     "Cluster",
     "DaemonCluster",

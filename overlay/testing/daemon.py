@@ -29,6 +29,7 @@ from typing import Any
 
 import overlay
 from overlay.daemon.client import ApiError, Client, DaemonUnavailable
+from overlay.nsenter import NETNS_RUN_DIR, remove_netns
 from overlay.testing.netns import Netns, Topology, underlay_ip
 
 
@@ -222,8 +223,15 @@ class DaemonCluster:
             d.wait_ready()
 
     def close(self) -> None:
+        """Stop the daemons; remove what they leave behind on purpose (isolated
+        gateways' router namespaces, ``<node ns>-r<vni>``: overlay.gateway)."""
         for d in self.daemons:
             d.stop()
+        for ns in self.node_ns:
+            prefix = os.path.basename(ns.path) + "-r"
+            for name in os.listdir(NETNS_RUN_DIR) if os.path.isdir(NETNS_RUN_DIR) else []:
+                if name.startswith(prefix) and name[len(prefix) :].isdigit():
+                    remove_netns(name)
 
 
 # -- the CNI plugin as the runtime runs it ---------------------------------------

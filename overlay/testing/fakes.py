@@ -22,6 +22,7 @@ from typing import Any
 
 from overlay.bindings import Engine, mac_bytes
 from overlay.bindings.tools import FakeTransportEngine
+from overlay.errors import ConflictError
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
@@ -121,15 +122,17 @@ def fake_transport_engine(encap: int, **kw: object) -> Iterator[FakeTransportEng
 class RecordingNetwork:
     """The network half of ``Node``'s API as plain Python: what an agent programs."""
 
-    def __init__(self, vni: int, tenant: str) -> None:
+    def __init__(self, vni: int, tenant: str, tunnel: bool = True) -> None:
         self.vni = vni
         self.tenant = tenant
+        self.tunnel = tunnel  # False: the node refuses VTEPs and remotes (as Node does)
         self.ports: list[Any] = []
         self.vteps: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
         self.remotes: dict[str, tuple[Any, list[Any]]] = {}
         self.changes = 0  # every add or remove, to see flapping
 
     def add_vtep(self, address: str, port: int | None = None) -> None:
+        self._tunnel_only("VTEPs")
         self.vteps.add(ipaddress.ip_address(address))
         self.changes += 1
 
@@ -138,6 +141,7 @@ class RecordingNetwork:
         self.changes += 1
 
     def add_remote(self, mac: str, vtep: str, ip: Any = None, port: int | None = None) -> None:
+        self._tunnel_only("remotes")
         ips = [] if ip is None else [ip] if isinstance(ip, str) else list(ip)
         self.remotes[mac.lower()] = (
             ipaddress.ip_address(vtep),
@@ -149,6 +153,10 @@ class RecordingNetwork:
         del self.remotes[mac.lower()]
         self.changes += 1
 
+    def _tunnel_only(self, what: str) -> None:
+        if not self.tunnel:
+            raise ConflictError(f"vni={self.vni} has no tunnel: it has no {what}")
+
 
 class RecordingNode:
     """A node without a data plane, for control-plane tests and scale runs with
@@ -159,8 +167,10 @@ class RecordingNode:
         self.port = port
         self.networks: dict[int, RecordingNetwork] = {}
 
-    def add_network(self, vni: int, tenant: str, *, learning: bool = False) -> RecordingNetwork:
-        net = RecordingNetwork(vni, tenant)
+    def add_network(
+        self, vni: int, tenant: str, *, learning: bool = False, tunnel: bool = True
+    ) -> RecordingNetwork:
+        net = RecordingNetwork(vni, tenant, tunnel)
         self.networks[vni] = net
         return net
 

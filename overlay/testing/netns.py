@@ -34,14 +34,12 @@ network's address on a link.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import logging
 import os
 import socket
 import subprocess
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,11 +53,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from overlay.nsenter import (
     NETNS_RUN_DIR,
     call_in,
-    in_thread,
+    create_netns,
     iproute,
     link_index,
-    setns,
-    unshare_net,
+    remove_netns,
 )
 
 __all__ = [
@@ -102,8 +99,6 @@ _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"
 
 _IFA_F_NODAD = 0x02
 _IFA_F_TENTATIVE = 0x40
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 UNDERLAY_NET = ipaddress.ip_network("198.18.0.0/24")
@@ -160,48 +155,6 @@ def _host_ifnames() -> list[str]:
         return []
 
 
-def _create_netns(name: str) -> None:
-    """Create named namespace ``name`` without forking.
-
-    ``pyroute2.netns.create`` forks a child to unshare in; forking a process
-    that runs threads (capture readers, transfer servers) is best avoided. A
-    thread can unshare its own network namespace instead: pyroute2's ``attach``
-    then bind-mounts that thread's namespace (``/proc/<tid>/ns/net``) at
-    ``/var/run/netns/<name>``, and the thread returns to its old namespace.
-    """
-
-    def target() -> None:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            unshare_net()
-            try:
-                pyroute2_netns.attach(name, threading.get_native_id(), libc=_libc)
-            finally:
-                setns(own)
-        finally:
-            os.close(own)
-
-    try:
-        in_thread(target, thread_name_=f"netns-create-{name}")
-    except BaseException as exc:
-        if not isinstance(exc, FileExistsError):  # never remove someone else's
-            with contextlib.suppress(OSError):
-                _remove_netns(name)
-        raise
-
-
-def _remove_netns(name: str) -> bool:
-    """Unmount and unlink one named namespace; ``False`` if it was already gone."""
-    path = os.path.join(NETNS_RUN_DIR, name)
-    if not os.path.exists(path):
-        return False
-    try:
-        pyroute2_netns.remove(path, libc=_libc)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def cleanup_leftovers(prefix: str) -> list[str]:
     """Remove named namespaces and host interfaces whose names start with ``prefix``.
 
@@ -212,7 +165,7 @@ def cleanup_leftovers(prefix: str) -> list[str]:
     _check_prefix(prefix)
     removed: list[str] = []
     for name in sorted(pyroute2_netns.listnetns()):
-        if name.startswith(prefix) and _remove_netns(name):
+        if name.startswith(prefix) and remove_netns(name):
             removed.append(name)
     doomed = [n for n in _host_ifnames() if n.startswith(prefix)]
     if doomed:
@@ -652,7 +605,7 @@ class Topology:
                 f"namespace {name} already exists: pick another short name, or remove "
                 f"leftovers with cleanup_leftovers({self.prefix!r})",
             )
-        _create_netns(name)
+        create_netns(name)
         ns = Netns(name)
         self.namespaces[name] = ns
         try:
@@ -760,7 +713,7 @@ class Topology:
             try:
                 ns.close_sockets()
             finally:
-                _remove_netns(ns.name)
+                remove_netns(ns.name)
                 self.namespaces.pop(ns.name, None)
 
     def close(self) -> None:

@@ -545,6 +545,97 @@ def build_gateway_net(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class UnderlayNet(_Net):
+    """A physical segment with a plain host, and two pods put on it from one node.
+
+    One bridge (the segment) joins node ``n0`` (198.18.0.1 on ``ul0``) and a
+    plain host (:data:`UNDERLAY_HOST_IP`) that runs nothing of ours. Two pods
+    of ``n0`` sit on the segment beside it, both with the overlay pod's MTU:
+
+    * ``pods[0]``, ours: a TAP pod (198.18.0.10) of an underlay network whose
+      uplink is ``ul0`` (``Network.add_uplink``): pod TAP -> engine -> packet
+      socket -> ``ul0``;
+    * ``pods[1]``, the kernel's own equivalent: a macvlan (bridge mode) of
+      ``ul0`` (198.18.0.20) in the pod's namespace.
+    """
+
+    kind = "underlay"
+
+    def __init__(
+        self,
+        topology: Topology,
+        stack: contextlib.ExitStack,
+        node: Any,
+        host: NetPod,
+        pods: list[NetPod],
+    ) -> None:
+        super().__init__(topology, stack)
+        self.node = node  # overlay.node.Node
+        self.host = host
+        self.pods: list[NetPod] = pods
+
+    def pair(self) -> tuple[NetPod, NetPod]:
+        """Our underlay pod and the plain host."""
+        return self.pods[0], self.host
+
+    def macvlan_side(self, name: str | None = None) -> Side:
+        """The macvlan pod to the plain host (``macvlan``)."""
+        pod = self.pods[1]
+        return Side(name or "macvlan", pod.netns, self.host.netns, pod.ip, self.host.ip)
+
+    def sides(self) -> dict[str, Side]:
+        """``{"underlay": side(), "macvlan": macvlan_side()}``, for :func:`compare`."""
+        return {"underlay": self.side(), "macvlan": self.macvlan_side()}
+
+
+UNDERLAY_HOST_IP = "198.18.0.100"
+
+
+def build_underlay_net(
+    mtu: int = 1500, node_options: Mapping[str, Any] | None = None, vni: int = 300
+) -> UnderlayNet:
+    """Build and start an :class:`UnderlayNet`; the caller closes it. Before
+    returning, both pods must reach the plain host (a ping each)."""
+    from overlay.node import Node
+
+    with contextlib.ExitStack() as stack:
+        topo = _new_topology("u")
+        stack.callback(topo.close)
+        n0, h = topo.add_netns("n0"), topo.add_netns("h")
+        pod_ns, mv_ns = topo.add_netns("p0"), topo.add_netns("m0")
+        topo.lan([n0, h], [f"{underlay_ip(0)}/24", f"{UNDERLAY_HOST_IP}/24"], mtu=mtu)
+        node = Node(underlay_ip(0), Encap.VXLAN, netns=n0.path, mtu=mtu, **dict(node_options or {}))
+        stack.callback(node.close)
+        pod_mtu = node.pod_mtu()
+        net = node.add_network(vni, "bench")
+        net.add_uplink("ul0")
+        port = net.add_port(pod_mac(0, vni, 1), ["198.18.0.10/24"], ifname=f"t{vni}p0"[:15])
+        port.move_to_netns(pod_ns.path, "eth0")
+        with n0.ipr() as ipr:
+            ipr.link(
+                "add", ifname="mv0", kind="macvlan", link=n0.ifindex("ul0"), macvlan_mode="bridge"
+            )
+        n0.move_link("mv0", mv_ns, "eth0")
+        mv_ns.link_set("eth0", mtu=pod_mtu)
+        mv_ns.addr_add("eth0", "198.18.0.20/24")
+        mv_ns.link_set("eth0", state="up")
+        mv_ns.wait_up("eth0")
+        node.start()
+        pods = [
+            NetPod("p0", pod_ns, 0, port.mac, "198.18.0.10/24"),
+            NetPod("m0", mv_ns, 0, mv_ns.link_info("eth0").mac or "", "198.18.0.20/24"),
+        ]
+        host = NetPod("h", h, 0, h.link_info("ul0").mac or "", f"{UNDERLAY_HOST_IP}/24")
+        for pod in pods:
+            if not ping(pod.netns, UNDERLAY_HOST_IP, count=3, interval=0.2, timeout=2.0).received:
+                raise RuntimeError(
+                    f"underlay test bed: pod {pod.ip} cannot reach the plain host "
+                    f"{UNDERLAY_HOST_IP} (no answer to ping)"
+                )
+        return UnderlayNet(topo, stack.pop_all(), node, host, pods)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class Testbeds:
     """Builds test beds and removes them all at :meth:`close` (the fixtures' engine).
 
@@ -615,6 +706,12 @@ class Testbeds:
         kernel_cidr: str = "10.245.0.0/16",
     ) -> GatewayNet:
         net: GatewayNet = self._keep(build_gateway_net(mtu, node_options, vni, cidr, kernel_cidr))
+        return net
+
+    def underlay(
+        self, mtu: int = 1500, node_options: Mapping[str, Any] | None = None, vni: int = 300
+    ) -> UnderlayNet:
+        net: UnderlayNet = self._keep(build_underlay_net(mtu, node_options, vni))
         return net
 
     def close(self) -> None:

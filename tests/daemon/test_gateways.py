@@ -237,5 +237,55 @@ cidr = "10.244.0.0/16"
 """
     with pytest.raises(ConfigError) as info:
         cfgmod.parse(text)
-    assert info.value.field == "networks[1].gateway" and "\"isolated\" puts" in str(info.value)
+    assert info.value.field == "networks[1].gateway" and '"isolated" puts' in str(info.value)
     cfgmod.parse(text + "gateway = false\n")  # one without a gateway: served
+
+
+GREEN: dict[str, Any] = {"vni": 300, "tenant": "green", "cidr": "10.244.0.0/16",
+                         "gateway": "isolated"}  # fmt: skip
+
+
+def test_tenants_with_overlapping_addresses_both_get_out_and_never_meet(
+    overlay_daemons: Callable[..., DaemonCluster],
+) -> None:
+    cluster = overlay_daemons(n_nodes=1, networks=[BLUE, GREEN])
+    t = cluster.topo
+    n0 = cluster.node_ns[0]
+    out = t.add_netns("out")
+    t.veth(n0, out, "198.19.0.1/24", f"{OUTSIDE}/24", name_a="wan0", name_b="wan0")
+    cluster.start()
+    d0 = cluster.daemons[0]
+    blue, green = t.add_netns("blue"), t.add_netns("green")
+    ip_blue, ip_green = _add(d0, blue, 100, "blue"), _add(d0, green, 300, "green")
+    # Same range, each network its own lease: possibly the very same address.
+    assert ipaddress.ip_address(ip_green) in ipaddress.ip_network("10.244.0.0/16")
+    gw = _gateway(d0, 300)
+    assert gw["placement"] == "isolated" and gw["netns"].endswith(
+        f"{os.path.basename(n0.path)}-r300"
+    )
+    assert "isolated" in VIEWS["networks"][1](d0.client.networks())
+
+    # Both reach the outside, masqueraded to the node.
+    assert tcp_peer(blue, out, (OUTSIDE, 8090)) == "198.19.0.1"
+    assert tcp_peer(green, out, (OUTSIDE, 8091)) == "198.19.0.1"
+    assert tcp_transfer(green, out, OUTSIDE, 2 << 20).ok
+    # Never each other: blue's pod listens; green connects to that address.
+    if ip_blue != ip_green:
+        assert tcp_peer(green, blue, (ip_blue, 8092), timeout=1.0) is None
+        assert tcp_peer(blue, green, (ip_green, 8093), timeout=1.0) is None
+    # Nothing new comes in to the isolated tenant, not even from the node.
+    assert not ping(n0, ip_green, count=2, timeout=1).ok or ip_green == ip_blue
+
+    # Removing the network removes its router namespace and the node's rules for it.
+    cni("DEL", {"cniVersion": "1.0.0", "name": "green", "type": "overlay-cni", "vni": 300,
+                "socket": d0.socket}, cid="green", netns=green.path).success()  # fmt: skip
+    cfg = cluster.config(0)
+    cfg["networks"] = [BLUE]
+    d0.write_config(cfg)
+    assert d0.client.reload()["networks_removed"] == [300]
+    assert not os.path.exists(gw["netns"])
+    assert "ovx300" not in n0.links()
+    rules = [o["rule"]["comment"] for o in Nft(n0.path).table("inet", "overlay") or []
+             if "rule" in o]  # fmt: skip
+    assert not any("ovx300" in r for r in rules)
+    assert tcp_peer(blue, out, (OUTSIDE, 8094)) == "198.19.0.1"

@@ -10,6 +10,7 @@ pod range, so only masquerading lets it answer.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -220,3 +221,24 @@ def test_rules_for_overlapping_ranges_are_refused_by_name() -> None:
         "egress ovg1 2001:2::/64",
         "service hairpin ovg2",
     ]
+
+
+def test_isolated_gateways_get_their_own_transit_and_router_namespace() -> None:
+    from overlay.daemon import config as cfgmod
+    from overlay.gateway import TRANSIT_SLOTS, router_netns, transit
+
+    node, router = transit(300)
+    assert node.network == router.network and node.network.prefixlen == 30
+    assert node.ip in ipaddress.ip_network("169.254.0.0/17") and node.ip != router.ip
+    assert transit(300) != transit(301)
+    assert router_netns("/var/run/netns/ovt1-n0", 300) == "/var/run/netns/ovt1-n0-r300"
+    assert router_netns(None, 7).endswith("/overlay-r7")
+    text = (
+        '[node]\nname = "a"\nunderlay = "198.18.0.1"\n'
+        '[[networks]]\nvni = 100\ntenant = "a"\ngateway = "isolated"\n'
+        f'[[networks]]\nvni = {100 + TRANSIT_SLOTS}\ntenant = "b"\ncidr = "10.245.0.0/16"\n'
+        'gateway = "isolated"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        cfgmod.parse(text)
+    assert info.value.field == "networks[1].vni" and "modulo" in str(info.value)

@@ -66,6 +66,8 @@ HARNESSES = [
     Harness("check_map.c", ("map.c", "counters.c")),
     Harness("check_offload.c", ("offload.c", "wire.c", "csum.c", "counters.c", "map.c")),
     Harness("check_steer.c", ("steer.c", "wire.c", "csum.c")),
+    Harness("check_acl.c", ("acl.c",)),
+    Harness("check_conntrack.c", ("conntrack.c", "wire.c", "csum.c", "counters.c", "map.c")),
     # the whole engine, threads and all: under ASan a leak at destroy fails too
     Harness("check_engine.c", ENGINE),
 ]
@@ -169,6 +171,7 @@ SANITIZED_TESTS = [
     "tests/native/test_fake_transport.py",
     "tests/native/test_steering.py",
     "tests/native/test_concurrent_tables.py",
+    "tests/native/test_policy_engine.py",
 ]
 SANITIZED_SELECTION = ["-m", "not slow"]
 BUILDER = ROOT / "overlay" / "_build.py"

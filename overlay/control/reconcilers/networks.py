@@ -12,6 +12,10 @@ Design notes.
   already has is left as it is, also when another tenant made it; the peers
   reconciler then refuses to program it (``peers.py``), and the claims check
   refuses a definition that changes under a running network.
+- **Made with or without a tunnel, once.** A routed or underlay network is
+  made without one (``add_network(tunnel=False)``: full underlay MTU, no
+  VTEPs); overlay and auto networks with one (``NetworkSpec.tunnel``). The
+  kind is fixed at creation, as the mode of a network with pods is.
 - **Runs first.** ``RECONCILERS`` lists it before the reconcilers that
   program into a network, so they find it in the same batch.
 """
@@ -51,6 +55,9 @@ class Networks:
             if spec is None or vni in self.node.networks:
                 continue
             try:
-                self.node.add_network(vni, spec.tenant, learning=spec.learning)
+                if spec.tunnel:
+                    self.node.add_network(vni, spec.tenant, learning=spec.learning)
+                else:
+                    self.node.add_network(vni, spec.tenant, learning=spec.learning, tunnel=False)
             except OverlayError as exc:
                 log.error("agent %s: vni %d: %s", self.me, vni, exc)

@@ -20,6 +20,15 @@ Design notes.
   address a local port has meanwhile, a full table) is logged once per
   reason and programmed again, from the state as it is then, at every later
   apply until it succeeds or is no longer wanted.
+- **Routed and auto networks tunnel only to tunnel peers.** A peer whose
+  path (``overlay.control.paths``) is direct or BGP is reached through the
+  node's kernel routes, not the engine: it is not a member VTEP (no flood to
+  it, none of its packets accepted) and its pods are not remotes (the engine
+  would otherwise also hold their addresses, and its gateway port could not
+  forward routed packets from them: ``encap.c``'s ``gateway_forwards``). A
+  routed network therefore has no VTEP and no remote at all; an auto network
+  those of the peers behind a router. The filter is applied to each update,
+  so its cost stays that of the update.
 - **Another tenant's network is not touched.** When the node runs a VNI for
   another tenant than the store defines (made by someone else), nothing is
   programmed into it; that is logged once per network.
@@ -34,6 +43,7 @@ from collections.abc import Set as AbstractSet
 
 from overlay.control.claims import NetChanges, Remote
 from overlay.control.nodeapi import NetworkTables, NodeTables
+from overlay.control.paths import ROUTED_MODES, IPNetwork, is_member_vtep, underlay_network
 from overlay.control.reconcilers.base import CheckedState, Update
 from overlay.errors import OverlayError
 
@@ -57,6 +67,7 @@ class Peers:
         self._foreign: dict[int, NetworkTables] = {}  # another tenant's, logged once
         self._failed: dict[tuple[int, str], str] = {}  # (VNI, MAC) not programmed -> why
         self._hosted: tuple[int, ...] = ()
+        self._underlay: tuple[IPNetwork | None] | None = None  # the node's underlay subnet, once
 
     def on_update(self, update: Update) -> None:
         vni = update.vni
@@ -137,6 +148,7 @@ class Peers:
             return
         if ch is None:
             ch = NetChanges(vni)
+        ch, again = self._tunnel_only(vni, ch, again)
         if ch.full:
             for addr in set(net.vteps) - set(ch.vteps):
                 net.remove_vtep(str(addr))
@@ -163,6 +175,37 @@ class Peers:
         for mac, r in remotes.items():
             if r is not None:
                 self._program(net, vni, mac, r)
+
+    def _local_underlay(self) -> IPNetwork | None:
+        if self._underlay is None:
+            netns = getattr(self.node, "netns", None)
+            self._underlay = (underlay_network(netns, self.node.underlay),)
+        return self._underlay[0]
+
+    def _tunnel_only(
+        self, vni: int, ch: NetChanges, again: dict[str, Remote | None]
+    ) -> tuple[NetChanges, dict[str, Remote | None]]:
+        """ch and again without the peers this network does not tunnel to (see the
+        module's notes): a copy, the update is shared."""
+        spec = self.state.specs.get(vni)
+        if spec is not None and spec.mode == "underlay":
+            # Pods of other nodes are stations of the segment, reached there
+            # (overlay.uplink): no VTEP, no remote; a whole table empties it.
+            return NetChanges(vni, ch.full, {}, {}), {}
+        if spec is None or spec.mode not in ROUTED_MODES:
+            return ch, again
+        mode, local = spec.mode, self._local_underlay()
+
+        def keep(addr: object) -> bool:
+            return is_member_vtep(mode, local, str(addr))
+
+        vteps = {a: (p if p is None or keep(a) else None) for a, p in ch.vteps.items()}
+        remotes = {m: (r if r is None or keep(r.vtep) else None) for m, r in ch.remotes.items()}
+        if ch.full:  # a whole table: what is left out goes
+            vteps = {a: p for a, p in vteps.items() if p is not None}
+            remotes = {m: r for m, r in remotes.items() if r is not None}
+        again = {m: (r if r is None or keep(r.vtep) else None) for m, r in again.items()}
+        return NetChanges(vni, ch.full, remotes, vteps), again
 
     def _program(self, net: NetworkTables, vni: int, mac: str, r: Remote | None) -> None:
         """Make the node's entry for mac equal r (None: no entry); a refusal is
