@@ -10,10 +10,11 @@ Test beds (built afresh for every test):
   pod of ``ul0`` to the same plain host;
 * ``overlay`` — our overlay between two nodes (VXLAN, one pod each), for scale.
 
-All pods have the overlay pod's MTU (1450). Figures: one TCP stream (iperf3),
-small UDP datagrams delivered per second, ping RTT; ``extra_info`` holds
-min/median/max per side and ratios of medians against ``macvlan``;
-``bench/report.py`` prints them. Figures are never asserted.
+``underlay`` and ``macvlan`` pods have the segment's full MTU (1500), the
+overlay's 1450. Figures: one TCP stream (iperf3), small UDP datagrams
+delivered per second, ping RTT; ``extra_info`` holds min/median/max per side
+and ratios of medians against ``macvlan``; ``bench/report.py`` prints them.
+Figures are never asserted.
 
 Environment: ``OVERLAY_BENCH_ROUNDS`` (default 5; 1 for a quick run),
 ``OVERLAY_BENCH_SECONDS`` (TCP seconds, default 3), ``OVERLAY_BENCH_NODE_OPTIONS``.

@@ -158,12 +158,33 @@ static int gateway_forwards(ovl_worker_t *w, const pkt_t *x)
     return ovl_fdb_neigh_lookup(&w->e->neigh, x->p->vni, family, f->ip_src) == NULL;
 }
 
+/* A gateway port answers ARP for the addresses it forwards to (proxy ARP:
+ * the node's kernel, with proxy_arp on the gateway TAP, replies for an
+ * address it routes out of another interface, such as the pods of a direct
+ * peer of an auto network). The rule of gateway_forwards, for ARP: a reply
+ * with the gateway's own MAC, for a unicast address that no endpoint of the
+ * network holds; never for an endpoint's address, never a request (the
+ * gateway asks from its own address). */
+static int gateway_proxies_arp(ovl_worker_t *w, const pkt_t *x)
+{
+    const ovl_frame_t *f = &x->f;
+    if (f->l3 != OVL_L3_ARP || f->arp_op != 2 || memcmp(f->arp_sha, x->p->sec.mac, 6) != 0)
+        return 0;
+    if (f->arp_spa[0] >= 224 || f->arp_spa[0] == 0 || f->arp_spa[0] == 127)
+        return 0;
+    uint8_t ip[16] = { 0 };
+    memcpy(ip, f->arp_spa, 4);
+    return ovl_fdb_neigh_lookup(&w->e->neigh, x->p->vni, 4, ip) == NULL;
+}
+
 static int port_security(ovl_worker_t *w, pkt_t *x)
 {
     if (x->p->flags & OVL_PORT_NO_SECURITY)
         return OVL_PASS;
     int rc = ovl_portsec_check(&x->p->sec, &x->f);
     if (rc == -OVL_C_SPOOFED_IP && (x->p->flags & OVL_PORT_GATEWAY) && gateway_forwards(w, x))
+        return OVL_PASS;
+    if (rc == -OVL_C_SPOOFED_ARP && (x->p->flags & OVL_PORT_GATEWAY) && gateway_proxies_arp(w, x))
         return OVL_PASS;
     return rc < 0 ? -rc : OVL_PASS;
 }

@@ -58,7 +58,8 @@
 #define OVL_PORT_ROUTER 4        /* may send router advertisements and redirects */
 #define OVL_PORT_GATEWAY 8       /* the node's IP stack: a router (as OVL_PORT_ROUTER) that
                                   * also forwards for addresses outside the network: any
-                                  * source address no endpoint of the network holds */
+                                  * source address no endpoint of the network holds, and
+                                  * ARP replies (proxy ARP) for such addresses */
 #define OVL_PORT_UPLINK 16       /* ovl_port_add_fd only: a packet socket on the node's
                                   * physical interface (an underlay network's way onto
                                   * the segment), with PACKET_VNET_HDR: its frames carry

@@ -42,6 +42,20 @@ from overlay.cni import validate
 from overlay.errors import ConfigError, ConflictError, NotFoundError
 from overlay.gateway import prepare_forwarding
 from overlay.nsenter import move_link, netns_path, setup_link
+from overlay.policy.compile import PortTable
+from overlay.policy.engine import (
+    DIRECTIONS as POLICY_DIRECTIONS,
+)
+from overlay.policy.engine import (
+    Identity,
+    Member,
+    NetworkPolicies,
+    RuleRef,
+    check_identity,
+    check_namespace,
+    parse_policies,
+)
+from overlay.policy.evaluate import Verdict
 from overlay.uplink import open_uplink
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -122,6 +136,29 @@ def _check_unicast_mac(mac: str | bytes, field: str) -> bytes:
     return raw
 
 
+@dataclass(frozen=True)
+class PolicyEvent:
+    """A policy verdict of the data plane: ``verdict`` "deny" (dropped) or
+    "audit" (a deny only counted), at ``port`` in ``direction``, given by
+    ``tier``/``policy``/``rule`` (``RuleRef``: "isolation" when the port is
+    isolated and no NetworkPolicy rule allowed it, "pending" before its
+    policy was set), for the packet ``src``:``sport`` -> ``dst``:``dport``
+    of IP protocol ``proto``."""
+
+    verdict: str
+    direction: str
+    vni: int
+    port: Port | None
+    tier: str
+    policy: str | None
+    rule: int | None
+    proto: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+
+
 class Port:
     """A pod's interface: a TAP device in a network, with its MAC and addresses."""
 
@@ -146,6 +183,38 @@ class Port:
         self.gateway = False  # the node's IP stack (Network.add_gateway)
         self.uplink = False  # the physical segment (Network.add_uplink)
         self.netns: str | None = None  # the pod's namespace once moved
+        self.identity = Identity()  # namespace, labels, named ports (network policy)
+
+    @property
+    def namespace(self) -> str:
+        """The pod's Kubernetes namespace (network policy; default ``default``)."""
+        return self.identity.namespace
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.identity.labels)
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        """Give the pod new labels; the network's policy is recompiled at once
+        (what selected the pod by its old labels no longer does). A bad label
+        raises ConfigError and changes nothing."""
+        new = check_identity(self.identity.namespace, labels, self.identity.named_ports)
+        old, self.identity = self.identity, new
+        try:
+            self.network._policy_changed()
+        except BaseException:
+            self.identity = old
+            raise
+
+    def policy_hits(self, direction: str) -> dict[RuleRef, int]:
+        """Connections decided per rule in ``direction`` (``ingress`` or
+        ``egress``) of this port's table, by what the rule is (``RuleRef``)."""
+        hits = self.network.node.engine.port_policy_hits(self.id, direction)
+        out: dict[RuleRef, int] = {}
+        for rid, n in hits.items():
+            ref = self.network.policy_rule(rid)
+            out[ref] = out.get(ref, 0) + n
+        return out
 
     def __repr__(self) -> str:
         return f"Port({self.ifname!r}, vni={self.network.vni}, mac={self.mac})"
@@ -247,6 +316,12 @@ class Network:
         # O(N^2) (30,000 took 30 s; see bench/test_control_scale.py).
         self._in_use: dict[IPAddress, Port | str] = {}
         self._port_macs: dict[str, Port] = {}
+        # Network policy: namespaces, the policy set, compiled tables; the
+        # identity of remote pods by MAC, and the remotes that are other
+        # nodes' gateways (their addresses are node addresses).
+        self._policy = NetworkPolicies()
+        self._remote_ids: dict[str, Identity] = {}
+        self._remote_gateways: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Network(vni={self.vni}, tenant={self.tenant!r})"
@@ -330,8 +405,19 @@ class Network:
         port_security: bool = True,
         persist: bool = False,
         router: bool = False,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        named_ports: dict[str, tuple[int, str]] | None = None,
+        policy_pending: bool = False,
     ) -> Port:
         """Create a TAP for a pod in this network and program it (FDB, neighbours, anti-spoof).
+
+        ``namespace`` (default ``default``), ``labels`` and ``named_ports``
+        (``{"serve-80-tcp": (80, "TCP")}``) are the pod's identity for network
+        policy (``apply_policies``). A port created while the network has
+        policies, or with ``policy_pending``, refuses every IP packet until its
+        tables are set: with policies they are set before this returns; with
+        ``policy_pending`` alone, by the next ``apply_policies``.
 
         ``router`` marks a pod that may send IPv6 router advertisements and
         redirects; from any other port they are dropped (RA guard, RFC 6105).
@@ -343,6 +429,8 @@ class Network:
         outlives the node (``close``) so that a restarted node can take it back
         with ``attach_port``; ``remove_port`` deletes it.
         """
+        identity = check_identity(namespace, labels, named_ports)
+        pending = bool(policy_pending) or self._policy.active
         if netns is None:
             raw, ifaces = self._check_port(mac, ips, ifname)
             port_id, name = self.node.engine.port_add(
@@ -352,10 +440,12 @@ class Network:
                 security=port_security,
                 persist=persist,
                 router=router,
+                policy_pending=pending,
             )
-            return self._program_port(
+            port = self._program_port(
                 port_id, name, raw, ifaces, port_security, persist, router=router
             )
+            return self._with_identity(port, identity)
         ifname = "eth0" if ifname is None else ifname
         raw, ifaces = self._check_port(mac, ips, ifname)
         path = netns_path(netns)
@@ -370,12 +460,25 @@ class Network:
                 persist=persist,
                 router=router,
                 netns=path,
+                policy_pending=pending,
             )
         finally:
             os.close(fd)
-        return self._program_port(
+        port = self._program_port(
             port_id, name, raw, ifaces, port_security, persist, netns=path, router=router
         )
+        return self._with_identity(port, identity)
+
+    def _with_identity(self, port: Port, identity: Identity) -> Port:
+        """Give a new pod port its identity and, when the network has policies,
+        its tables (and everyone else's: the new pod may be selected as a peer)."""
+        port.identity = identity
+        try:
+            self._policy_changed()
+        except BaseException:
+            self.remove_port(port)
+            raise
+        return port
 
     @staticmethod
     def _open_netns(path: str, given: str) -> int:
@@ -395,6 +498,9 @@ class Network:
         netns: str,
         port_security: bool = True,
         router: bool = False,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        named_ports: dict[str, tuple[int, str]] | None = None,
     ) -> Port:
         """Take back a pod's persistent TAP after a restart, where it lives now.
 
@@ -412,7 +518,10 @@ class Network:
 
         The returned port has ``netns`` set, ``ifname`` the name inside it and
         ``persist`` True: ``close`` leaves the device, ``remove_port`` deletes it.
+        ``namespace``, ``labels`` and ``named_ports`` are as for ``add_port``;
+        with policies in the network, its tables are set before this returns.
         """
+        identity = check_identity(namespace, labels, named_ports)
         if not isinstance(ifname, str):
             raise ConfigError("ifname", ifname, "the interface's name in netns, like 'eth0'")
         if not isinstance(netns, str) or not netns:
@@ -432,7 +541,7 @@ class Network:
             )
         finally:
             os.close(fd)
-        return self._program_port(
+        port = self._program_port(
             port_id,
             ifname,
             raw,
@@ -443,6 +552,7 @@ class Network:
             reattached=True,
             router=router,
         )
+        return self._with_identity(port, identity)
 
     def remove_port(self, port: Port) -> None:
         """Remove a port from the data plane and delete its TAP, persistent or not
@@ -456,6 +566,8 @@ class Network:
         for ip in port.ips:
             if self._in_use.get(ip.ip) is port:
                 del self._in_use[ip.ip]
+        self._policy.tables.pop(port.id, None)
+        self._policy_changed()
 
     @property
     def gateway(self) -> Port | None:
@@ -522,6 +634,7 @@ class Network:
                 port.configure(mtu=mtu)
             where = path or self.node.netns
             prepare_forwarding(where, name, {ip.version for ip in ifaces})
+            self._policy_changed()  # its addresses are node addresses
         except BaseException:
             if not attach:
                 self.remove_port(port)
@@ -593,9 +706,27 @@ class Network:
         self.vteps.discard(addr)
 
     def add_remote(
-        self, mac: str, vtep: str, ip: str | Iterable[str] | None = None, port: int | None = None
+        self,
+        mac: str,
+        vtep: str,
+        ip: str | Iterable[str] | None = None,
+        port: int | None = None,
+        *,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
+        named_ports: dict[str, tuple[int, str]] | None = None,
+        gateway: bool = False,
     ) -> None:
-        """A pod on another node: FDB (vni, mac) -> vtep, and neighbours for ARP/ND suppression."""
+        """A pod on another node: FDB (vni, mac) -> vtep, and neighbours for ARP/ND suppression.
+
+        ``namespace`` (default ``default``), ``labels`` and ``named_ports`` are
+        the remote pod's identity for network policy, as for ``add_port``;
+        ``gateway``: this is another node's gateway on the network, not a pod
+        (its addresses are node addresses: always allowed). Calling it again
+        for the same MAC updates the remote; with policies in the network,
+        every local port's tables are recompiled before this returns.
+        """
+        identity = check_identity(namespace, labels, named_ports)
         if self.uplink is not None:
             raise ConflictError(
                 f"vni={self.vni} is an underlay network (uplink): pods of other nodes "
@@ -634,6 +765,12 @@ class Network:
         for a in addrs:
             self._in_use[a] = key
         self.remotes[key] = (addr, addrs)
+        self._remote_ids[key] = identity
+        if gateway:
+            self._remote_gateways.add(key)
+        else:
+            self._remote_gateways.discard(key)
+        self._policy_changed()
 
     def remove_remote(self, mac: str) -> None:
         key = mac_str(mac_bytes(mac, "mac"))
@@ -647,9 +784,132 @@ class Network:
         eng.fdb_del(self.vni, mac_bytes(key))
         for a in ips:
             eng.neigh_del(self.vni, a)
+        self._remote_ids.pop(key, None)
+        self._remote_gateways.discard(key)
+        self._policy_changed()
 
     def counters(self) -> dict[str, int]:
         return self.node.engine.network_counters(self.vni)
+
+    # -- network policy -------------------------------------------------------
+
+    def set_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        """Declare a Kubernetes namespace of this network with its ``labels``
+        (``kubernetes.io/metadata.name`` is added). A namespace that pods name
+        without being declared has no other label. With policies in force,
+        the ports' tables are recompiled before this returns; a bad name or
+        label raises ConfigError and changes nothing."""
+        checked = check_namespace(name, labels)
+        nss = self._policy.namespaces
+        old = nss.get(name)
+        nss[name] = checked
+        try:
+            self._policy_changed()
+        except BaseException:
+            if old is None:
+                del nss[name]
+            else:
+                nss[name] = old
+            raise
+
+    def apply_policies(
+        self,
+        policies: Iterable[object] = (),
+        *,
+        admin: Iterable[object] = (),
+        baseline: object = None,
+        audit: bool = False,
+    ) -> None:
+        """Put this set of policies in force on every pod port of the network,
+        both directions, replacing the set before (an empty set: no policy).
+
+        ``policies``: NetworkPolicies (and any other kind, as ``policy.load``
+        returns them), as Kubernetes objects (dicts) or ``overlay.policy``
+        objects; ``admin``: AdminNetworkPolicies; ``baseline``: the
+        BaselineAdminNetworkPolicy or None. ``audit``: denies are only counted
+        (``policy_audit``) and reported (policy events), and the packets pass.
+        Everything is checked and compiled before any table changes: a bad
+        policy raises ConfigError naming the object and field and leaves the
+        policy in force as it was. Established connections that the new set
+        no longer allows are cut at their next packet."""
+        if not isinstance(audit, bool):
+            raise ConfigError("audit", audit, "True or False")
+        pset = parse_policies(policies, admin, baseline)
+        self._program_policy(pset, audit)
+
+    def explain(self, src: str, dst: str, port: int, protocol: str = "TCP") -> Verdict:
+        """Would a connection from ``src`` to ``dst``:``port``/``protocol`` be
+        allowed, and which tier, policy and rule decides (``Verdict``: also the
+        egress and ingress decisions)? Answered from the tables in force for
+        local pods, and for a remote pod from its table compiled here from the
+        same policies and world."""
+        world = self._policy.world(self._members(), self._node_addresses())
+        local = {str(ip.ip): p.id for p in self._pod_ports() for ip in p.ips}
+        return self._policy.explain(
+            world, src=src, dst=dst, port=port, protocol=protocol, local=local
+        )
+
+    def policy_table(self, port: Port, direction: str) -> PortTable | None:
+        """The compiled table in force at ``port`` for ``direction`` (plain data:
+        ``to_dict()``), or None before the network's first ``apply_policies``."""
+        return self._policy.tables.get(port.id, {}).get(direction)  # type: ignore[call-overload]
+
+    def policy_rule(self, rule_id: int) -> RuleRef:
+        """What a rule id of a hit counter or a policy event stands for."""
+        return self._policy.ids.ref(rule_id)
+
+    @property
+    def namespaces(self) -> dict[str, dict[str, str]]:
+        """The declared namespaces and their labels (``set_namespace``)."""
+        return {k: dict(v) for k, v in self._policy.namespaces.items()}
+
+    def _pod_ports(self) -> list[Port]:
+        return [p for p in self.ports if not (p.gateway or p.uplink)]
+
+    def _members(self) -> list[Member]:
+        out = [
+            Member(p.id, tuple(str(i.ip) for i in p.ips), p.identity, True)
+            for p in self._pod_ports()
+        ]
+        for key, (_, addrs) in self.remotes.items():
+            if key not in self._remote_gateways and addrs:
+                ident = self._remote_ids.get(key, Identity())
+                out.append(Member(key, tuple(str(a) for a in addrs), ident, False))
+        return out
+
+    def _node_addresses(self) -> set[str]:
+        """This network's gateway addresses on every node: the local gateway's
+        and the remotes marked ``gateway``."""
+        out = {str(i.ip) for p in self.ports if p.gateway for i in p.ips}
+        for key in self._remote_gateways:
+            out.update(str(a) for a in self.remotes.get(key, (None, []))[1])
+        return out
+
+    def _policy_changed(self) -> None:
+        """Identities, namespaces or members changed: recompile when policies
+        are in force."""
+        pol = self._policy
+        if pol.policies is not None:
+            self._program_policy(pol.policies, pol.audit)
+
+    def _program_policy(self, pset: Any, audit: bool) -> None:
+        """Compile every pod port's tables from ``pset``, then swap those that
+        changed (all of them when ``audit`` changed or a port is new)."""
+        pol = self._policy
+        members = self._members()
+        world = pol.world(members, self._node_addresses())
+        compiled = pol.compile(world, [m for m in members if m.local], pset, audit)
+        eng = self.node.engine
+        force = audit != pol.audit or pol.policies is None
+        for pid, dirs in compiled.items():
+            done = pol.tables.setdefault(pid, {})
+            for d in POLICY_DIRECTIONS:
+                table, rules = dirs[d]
+                if not force and done.get(d) == table:
+                    continue
+                eng.port_policy_set(pid, d, rules, isolated=table.isolated, audit=audit)
+                done[d] = table
+        pol.policies, pol.audit = pset, audit
 
 
 class Node:
@@ -863,8 +1123,45 @@ class Node:
         return self.engine.event_fd
 
     def events(self) -> list[Event]:
-        """Drain queued data-plane events (misses, MACs seen, learned MACs)."""
+        """Drain queued data-plane events (misses, MACs seen, learned MACs, and
+        policy verdicts: ``kind == "policy"``, see ``policy_events``)."""
         return self.engine.events()
+
+    def policy_events(self, events: Iterable[Event]) -> list[PolicyEvent]:
+        """The policy verdicts among ``events`` (as ``events()`` drained them),
+        each with the port and the rule (tier, policy, rule index) that gave it.
+        The engine reports denies and audited denies, at most once a second
+        per port, direction, rule and verdict."""
+        out = []
+        for ev in events:
+            v = ev.policy
+            if ev.kind != "policy" or v is None:
+                continue
+            net = self.networks.get(ev.vni)
+            port = None
+            if net is not None and ev.port_id is not None:
+                port = next((p for p in net.ports if p.id == ev.port_id), None)
+            ref = net.policy_rule(v.rule_id) if net is not None else RuleRef("unknown")
+            if ref.tier == "isolation" and net is not None and port is not None:
+                table = net.policy_table(port, v.direction)  # name the isolating policy
+                ref = RuleRef("isolation", table.isolated_by if table else None)
+            out.append(
+                PolicyEvent(
+                    v.verdict,
+                    v.direction,
+                    ev.vni,
+                    port,
+                    ref.tier,
+                    ref.policy,
+                    ref.rule,
+                    v.proto,
+                    v.src,
+                    v.dst,
+                    v.sport,
+                    v.dport,
+                )  # fmt: skip
+            )
+        return out
 
     def watch_events(self, loop: Any, callback: Callable[[Event], None]) -> None:
         """Call callback for every event from the asyncio loop (stdlib or uvloop)."""

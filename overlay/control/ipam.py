@@ -51,8 +51,8 @@ Decisions:
   ``auto`` network keeps the network's: its tunnel peers' pods must stay
   on-link, since the gateway port may not forward a packet whose source is one
   of the network's own endpoints (the engine's anti-spoofing), and its direct
-  peers' subnets are routed through the gateway by routes in its pods
-  (``overlay.daemon.routing``).
+  peers' pods are reached through the gateway, which answers ARP for them
+  (proxy ARP, ``overlay.daemon.routing``).
 * At most one grant per owner: a node that already holds a subnet gets it
   back, a MAC that already holds an address in the subnet gets that back.
   When the holder's key is under another lease (the agent restarted with a new

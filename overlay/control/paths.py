@@ -1,4 +1,4 @@
-"""The path to each peer of a routed or auto network: direct, tunnel or BGP.
+"""The path to each peer of a network: direct, tunnel, BGP or the segment.
 
 Design notes (flannel's host-gw and DirectRouting, Calico's CrossSubnet).
 - **Decided per peer, from the underlay alone.** A peer whose underlay
@@ -9,7 +9,9 @@ Design notes (flannel's host-gw and DirectRouting, Calico's CrossSubnet).
   through the tunnel as in an overlay network; in a ``routed`` network it
   needs a route this node cannot program itself (a router must know where
   the peer's subnet is: BGP's job, ``needs-bgp``). An ``overlay`` network
-  tunnels to every peer.
+  tunnels to every peer. An ``underlay`` network encapsulates nothing either:
+  its pods are stations of the physical segment, and so are the peer's
+  (``segment``; behind the segment's router when the peer is on another).
 - **One answer everywhere.** The peers reconciler (which peers are member
   VTEPs), overlayd's route programming (``overlay.daemon.routing``) and the
   views ask this module, so what is programmed and what is shown agree.
@@ -31,7 +33,8 @@ IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 DIRECT = "direct"
 TUNNEL = "tunnel"
 NEEDS_BGP = "needs-bgp"
-PATHS = (DIRECT, TUNNEL, NEEDS_BGP)
+SEGMENT = "segment"
+PATHS = (DIRECT, TUNNEL, NEEDS_BGP, SEGMENT)
 
 # Modes whose traffic between nodes may leave without encapsulation.
 ROUTED_MODES = ("routed", "auto")
@@ -49,9 +52,18 @@ def peer_path(mode: str, local: IPNetwork | None, peer: IPAddress | str) -> Path
     """The path to a peer with underlay ``peer`` in a network of ``mode``, for a
     node whose underlay subnet is ``local`` (None: not known)."""
     addr = ipaddress.ip_address(str(peer))
+    same = local is not None and addr.version == local.version and addr in local
+    if mode == "underlay":
+        where = (
+            "on this node's segment"
+            if same
+            else "on another segment: behind the segment's router"
+            if local
+            else "on the physical network"
+        )
+        return Path(SEGMENT, f"underlay network: pods are stations {where}, not encapsulated")
     if mode not in ROUTED_MODES:
         return Path(TUNNEL, f"{mode} network: encapsulated to every peer")
-    same = local is not None and addr.version == local.version and addr in local
     if same:
         return Path(DIRECT, f"{addr} is on this node's underlay subnet {local}")
     where = (

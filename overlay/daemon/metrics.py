@@ -315,9 +315,10 @@ class SnapshotCollector(Collector):
         )
         path = GaugeMetricFamily(
             "overlay_peer_path",
-            "1 for the path this node takes to the peer's pods in a routed or auto "
-            "network: direct (kernel route over the underlay), tunnel (encapsulated) or "
-            "needs-bgp (no direct path: a route learned over BGP carries it)",
+            "1 for the path this node takes to the peer's pods in a routed, auto or "
+            "underlay network: direct (kernel route over the underlay), tunnel "
+            "(encapsulated), needs-bgp (no direct path: a route learned over BGP carries "
+            "it) or segment (underlay network: pods on the physical segment)",
             labels=["peer", "vni", "path"],
         )
         for p in peers:

@@ -20,17 +20,23 @@ super-frames. This room keeps three things equal to the checked state:
   then refuses it as a source. Only routes of our own ``proto`` are ever
   changed or removed, so BGP's, the operator's and the connected routes are
   safe; on a restart the routes in the table are compared, not flushed.
-- **Routes in the pods of auto networks.** An auto network's pods keep the
-  network's prefix: its tunnel peers' pods must stay on-link, because the
+- **Proxy ARP on the gateways of auto networks.** An auto network's pods keep
+  the network's prefix: its tunnel peers' pods must stay on-link, because the
   gateway port may not forward a packet whose source is one of the network's
   own endpoints (the engine's anti-spoofing, ``encap.c``), so tunnel traffic
-  cannot pass through the node's kernel. A direct peer's subnet is therefore
-  routed in each pod of the network, ``<subnet> via <its gateway>`` (our
-  ``proto``), and the pod sends through the gateway like routed traffic. Proxy
-  ARP on the gateway would spare the per-pod routes, but the engine drops a
-  gateway's ARP reply for an address that is not its own (``spoofed_arp``):
-  relaxing that for gateway ports as ``gateway_forwards`` does for IP would
-  let this room use ``proxy_arp`` instead.
+  cannot pass through the node's kernel. A direct peer's pods are on-link for
+  a pod too, so it ARPs for them: the engine's suppression does not know them
+  (they are no remotes) and floods the request, and the gateway TAP, with
+  ``proxy_arp`` on (and ``proxy_delay`` 0: no random wait), answers with its
+  own MAC, since the node routes that address out of another interface (the
+  underlay). A tunnel peer's pods and this node's own are on the gateway's
+  connected prefix, so the kernel never answers for them. The engine lets a
+  gateway answer ARP only for addresses no endpoint of the network holds
+  (``gateway_proxies_arp``, the rule ``gateway_forwards`` applies to IP).
+  Why not a route per pod (``<direct subnet> via <gateway>`` in each pod's
+  namespace, as this room did first): one sysctl per gateway replaces a
+  netlink walk through every pod's namespace at each sync, and it holds for
+  pods whose addresses overlayd did not give.
 - **Anti-spoofing** (nftables table ``inet overlay-routes``, its own table so
   it is replaced in one transaction with the routes it checks, independently
   of the gateways' table ``inet overlay``): a packet entering the node from
@@ -72,7 +78,7 @@ from overlay.daemon.parts import Parts
 from overlay.daemon.rooms import Room
 from overlay.errors import OverlayError
 from overlay.nft import Nft
-from overlay.nsenter import iproute
+from overlay.nsenter import call_in, iproute
 
 log = logging.getLogger("overlay.daemon")
 
@@ -211,35 +217,40 @@ def program_routes(netns: str | None, wanted: dict[str, str | None]) -> tuple[in
     return changed, removed
 
 
-def program_pod_routes(netns: str, ifname: str, wanted: dict[str, str]) -> int:
-    """Make our routes in a pod's namespace exactly ``wanted`` (CIDR -> its gateway,
-    out of ``ifname``); returns how many changed. Blocks for netlink."""
+def _proxy_arp_values(ifname: str) -> dict[str, str]:
+    return {
+        f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp": "1",
+        f"/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay": "0",
+    }
+
+
+def _set_sysctls(values: dict[str, str]) -> int:
+    """Write each value that differs (run inside the namespace); how many did."""
     changed = 0
-    with iproute(netns) as ipr:
-        have = _kernel_routes(ipr)
-        idx = ipr.link_lookup(ifname=ifname)
-        for dst in have:
-            if dst not in wanted:
-                ipr.route("del", dst=dst, table=TABLE_MAIN, proto=RTPROT_OVERLAY)
-                changed += 1
-        for dst, via in wanted.items():
-            r = have.get(dst)
-            if r is not None and _next_hop(r) == via:
+    for path, value in values.items():
+        with open(path) as f:
+            if f.read().strip() == value:
                 continue
-            extra = {"oif": idx[0]} if idx else {}
-            ipr.route(
-                "replace", dst=dst, gateway=via, table=TABLE_MAIN, proto=RTPROT_OVERLAY, **extra
-            )
-            changed += 1
+        with open(path, "w") as f:
+            f.write(value + "\n")
+        changed += 1
     return changed
 
 
-class Routing(Room):
-    """Kernel routes (the node's, and auto pods') and anti-spoofing of routed and auto networks."""
+def enable_proxy_arp(netns: str | None, ifnames: list[str]) -> int:
+    """Proxy ARP, answered at once, on each gateway in ``ifnames`` (module notes);
+    returns how many settings changed. Blocks."""
+    values: dict[str, str] = {}
+    for ifname in ifnames:
+        values.update(_proxy_arp_values(ifname))
+    return call_in(netns, _set_sysctls, values) if values else 0
 
-    def __init__(self, parts: Parts, attachments: Any = None) -> None:
+
+class Routing(Room):
+    """Kernel routes, proxy ARP and anti-spoofing of routed and auto networks."""
+
+    def __init__(self, parts: Parts) -> None:
         self.parts = parts
-        self.attachments = attachments  # overlay.daemon.attach.Attachments: auto pods
         self.errors: dict[int, str] = {}  # vni -> why its routes are not as wanted (-1: table)
         self.paths: dict[int, list[dict[str, Any]]] = {}  # vni -> one row per peer subnet
         self.routes: dict[str, str | None] = {}  # what was programmed last
@@ -283,13 +294,15 @@ class Routing(Room):
         for vni in agent.spec.networks:
             spec = agent.specs.get(vni)
             net = agent.claims.nets.get(vni)
-            if spec is None or spec.mode not in ROUTED_MODES or net is None:
+            if spec is None or net is None:
+                continue
+            if spec.mode not in ROUTED_MODES and spec.mode != "underlay":
                 continue
             if spec.mode == "routed":
                 routes[str(spec.network)] = None
-            else:
+            elif spec.mode == "auto":
                 auto[vni] = []
-            out = rows.setdefault(vni, [])
+            out = rows.setdefault(vni, [])  # underlay: the rows only (no routes of ours)
             for sub, owner in sorted(net.leases.items()):
                 if owner == agent.name:
                     continue
@@ -301,7 +314,7 @@ class Routing(Room):
                     underlay = None
                 else:
                     underlay = peer.underlay
-                    path = peer_path(spec.mode, local, underlay)
+                    path = peer_path(spec.mode, local, underlay)  # underlay: segment
                     if path.kind == DIRECT:
                         routes[cidr] = str(underlay)
                         if vni in auto:
@@ -352,7 +365,7 @@ class Routing(Room):
                 self.errors.pop(0, None)
             except (OSError, OverlayError) as exc:
                 self._fail(0, f"kernel routes: {exc}")
-            await self._pod_routes(auto)
+            await self._proxy_arp(auto)
             nets = self._rule_networks()
             rules = antispoof_rules(nets) if nets else []
             if rules != self._rules:
@@ -367,21 +380,25 @@ class Routing(Room):
                 except OverlayError as exc:
                     self._fail(-1, f"anti-spoofing table: {exc}")
 
-    async def _pod_routes(self, auto: dict[int, list[str]]) -> None:
-        """Each pod of an auto network routes its direct peers' subnets through its
-        gateway (module notes); a pod whose namespace is gone is skipped."""
-        if self.attachments is None:
+    async def _proxy_arp(self, auto: dict[int, list[str]]) -> None:
+        """The gateway of each auto network answers ARP for its direct peers' pods
+        (module notes). A setting is checked at each sync: a gateway made again
+        (a new TAP) gets it back."""
+        node = self.parts.node
+        if node is None:
             return
-        for rec in list(self.attachments.attached.values()):
-            subnets = auto.get(rec.vni)
-            if subnets is None or not rec.gateway or rec.ipam != "node":
-                continue
-            wanted = {cidr: rec.gateway for cidr in subnets}
-            try:
-                await asyncio.to_thread(program_pod_routes, rec.netns, rec.ifname, wanted)
-                self.errors.pop(1, None)
-            except (OSError, OverlayError) as exc:
-                self._fail(1, f"routes of pod {rec.container_id}/{rec.ifname}: {exc}")
+        ifnames = []
+        for vni in sorted(auto):
+            net = node.networks.get(vni)
+            if net is not None and net.gateway is not None and net.gateway.netns is None:
+                ifnames.append(net.gateway.ifname)
+        try:
+            changed = await asyncio.to_thread(enable_proxy_arp, node.netns, ifnames)
+            if changed:
+                log.info("overlayd: routes: proxy ARP on %s", ", ".join(ifnames))
+            self.errors.pop(1, None)
+        except OSError as exc:
+            self._fail(1, f"proxy ARP on {', '.join(ifnames)}: {exc}")
 
     def _fail(self, key: int, why: str) -> None:
         if self.errors.get(key) != why:
@@ -391,7 +408,8 @@ class Routing(Room):
     # -- views ----------------------------------------------------------------------
 
     def peer_paths(self, name: str) -> list[dict[str, Any]]:
-        """The path to peer ``name`` in each routed or auto network (``overlay peers``)."""
+        """The path to peer ``name`` in each routed, auto or underlay network
+        (``overlay peers``; an underlay network's peers are on the segment)."""
         out = []
         for vni, rows in sorted(self.paths.items()):
             for r in rows:

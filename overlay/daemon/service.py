@@ -97,7 +97,7 @@ class Daemon:
         self.attachments = Attachments(self.parts)
         self.gateways = Gateways(self.parts)
         self.uplinks = Uplinks(self.parts)
-        self.routing = Routing(self.parts, self.attachments)
+        self.routing = Routing(self.parts)
         self.reloader = Reloader(self.parts, self.definitions, self.attachments, self.gateways)
         self.bgp = Bgp(self.parts, self.routing.announced)
         self.views = Views(

@@ -67,6 +67,7 @@ __all__ = [
     "PING_RTT_MS",
     "SMALL_UDP_PPS",
     "TCP_GBPS",
+    "TCP_CONNECTS_PER_S",
     "Comparison",
     "GatewayNet",
     "KernelNet",
@@ -75,6 +76,7 @@ __all__ = [
     "OUTSIDE_IP",
     "OverlayNet",
     "PyForwarderNet",
+    "RoutedNet",
     "Side",
     "TcpFigures",
     "UdpFigures",
@@ -92,6 +94,7 @@ __all__ = [
     "small_udp",
     "small_udp_pps",
     "tcp_gbps",
+    "tcp_connects_per_s",
     "tcp_stream",
 ]
 
@@ -550,7 +553,8 @@ class UnderlayNet(_Net):
 
     One bridge (the segment) joins node ``n0`` (198.18.0.1 on ``ul0``) and a
     plain host (:data:`UNDERLAY_HOST_IP`) that runs nothing of ours. Two pods
-    of ``n0`` sit on the segment beside it, both with the overlay pod's MTU:
+    of ``n0`` sit on the segment beside it, both with the segment's full MTU
+    (an underlay network has no tunnel: ``add_network(tunnel=False)``):
 
     * ``pods[0]``, ours: a TAP pod (198.18.0.10) of an underlay network whose
       uplink is ``ul0`` (``Network.add_uplink``): pod TAP -> engine -> packet
@@ -606,8 +610,8 @@ def build_underlay_net(
         topo.lan([n0, h], [f"{underlay_ip(0)}/24", f"{UNDERLAY_HOST_IP}/24"], mtu=mtu)
         node = Node(underlay_ip(0), Encap.VXLAN, netns=n0.path, mtu=mtu, **dict(node_options or {}))
         stack.callback(node.close)
-        pod_mtu = node.pod_mtu()
-        net = node.add_network(vni, "bench")
+        net = node.add_network(vni, "bench", tunnel=False)
+        pod_mtu = node.pod_mtu(net)
         net.add_uplink("ul0")
         port = net.add_port(pod_mac(0, vni, 1), ["198.18.0.10/24"], ifname=f"t{vni}p0"[:15])
         port.move_to_netns(pod_ns.path, "eth0")
@@ -633,6 +637,127 @@ def build_underlay_net(
                     f"{UNDERLAY_HOST_IP} (no answer to ping)"
                 )
         return UnderlayNet(topo, stack.pop_all(), node, host, pods)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class RoutedNet(_Net):
+    """Two nodes on one segment, each reaching the other's pods by a plain route.
+
+    Nodes ``n0`` and ``n1`` (198.18.0.1, .2 on one veth, the underlay MTU) each
+    hold two pods, one per way of routing, both at the underlay's full MTU:
+
+    * ``pods[0]``, ``pods[1]``, ours: a TAP pod (``cidr``'s /24 of the node:
+      10.244.0.2, 10.244.1.2) of a routed network (``add_network(tunnel=False)``)
+      whose default route is the network's gateway ``ovg<vni>`` (.1): pod TAP ->
+      engine -> gateway TAP -> the node's routing table -> the underlay, plain IP;
+    * ``pods[2]``, ``pods[3]``, the kernel's own host-gw (flannel's): a veth pod
+      (``kernel_cidr``'s /24 of the node) whose default route is the veth's node
+      end (.1), routed by the node's kernel alone.
+
+    Each node routes the other's two /24s ``via`` the other's underlay address,
+    as overlayd's routing room does (``overlay.daemon.routing``).
+    """
+
+    kind = "routed"
+
+    def __init__(
+        self,
+        topology: Topology,
+        stack: contextlib.ExitStack,
+        nodes: list[Any],
+        pods: list[NetPod],
+    ) -> None:
+        super().__init__(topology, stack)
+        self.nodes = nodes  # overlay.node.Node of n0, n1
+        self.pods: list[NetPod] = pods
+
+    def pair(self) -> tuple[NetPod, NetPod]:
+        """Our routed pod on n0 and our routed pod on n1."""
+        return self.pods[0], self.pods[1]
+
+    def kernel_side(self, name: str | None = None) -> Side:
+        """The host-gw veth pod on n0 to the one on n1 (``host-gw``)."""
+        a, b = self.pods[2], self.pods[3]
+        return Side(name or "host-gw", a.netns, b.netns, a.ip, b.ip)
+
+    def sides(self) -> dict[str, Side]:
+        """``{"routed": side(), "host-gw": kernel_side()}``, for :func:`compare`."""
+        return {"routed": self.side(), "host-gw": self.kernel_side()}
+
+
+def _node_subnet(cidr: str, node: int, field_name: str) -> ipaddress.IPv4Network:
+    """Node ``node``'s /24 of ``cidr``."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=True)
+    except ValueError:
+        raise ValueError(f"{field_name}={cidr!r}: give a network like 10.244.0.0/16") from None
+    if net.version != 4 or net.prefixlen > 23:
+        raise ValueError(f"{field_name}={cidr!r}: give an IPv4 network of /23 or larger")
+    return list(itertools.islice(net.subnets(new_prefix=24), node, node + 1))[0]
+
+
+def build_routed_net(
+    mtu: int = 1500,
+    node_options: Mapping[str, Any] | None = None,
+    vni: int = 100,
+    cidr: str = "10.244.0.0/16",
+    kernel_cidr: str = "10.245.0.0/16",
+) -> RoutedNet:
+    """Build and start a :class:`RoutedNet`; the caller closes it. Before
+    returning, every pod must reach its peer on the other node (a ping each)."""
+    from overlay.gateway import prepare_forwarding
+    from overlay.node import Node
+
+    if ipaddress.ip_network(cidr).overlaps(ipaddress.ip_network(kernel_cidr)):
+        raise ValueError(
+            f"cidr={cidr!r} and kernel_cidr={kernel_cidr!r} must not overlap: the nodes "
+            "route both; give another kernel_cidr"
+        )
+    with contextlib.ExitStack() as stack:
+        topo = _new_topology("r")
+        stack.callback(topo.close)
+        ns = [topo.add_netns(f"n{i}") for i in range(2)]
+        topo.veth(ns[0], ns[1], f"{underlay_ip(0)}/24", f"{underlay_ip(1)}/24", mtu=mtu)
+        nodes: list[Any] = []
+        ours: list[NetPod] = []
+        kernel: list[NetPod] = []
+        for i, n in enumerate(ns):
+            node = Node(
+                underlay_ip(i), Encap.VXLAN, netns=n.path, mtu=mtu, **dict(node_options or {})
+            )
+            stack.callback(node.close)
+            nodes.append(node)
+            net = node.add_network(vni, "bench", tunnel=False)
+            sub, ksub = _node_subnet(cidr, i, "cidr"), _node_subnet(kernel_cidr, i, "kernel_cidr")
+            gw = f"{sub.network_address + 1}/24"
+            net.add_gateway(pod_mac(i, vni, 0), [gw])
+            pod_cidr = f"{sub.network_address + 2}/24"
+            port = net.add_port(pod_mac(i, vni, 1), [pod_cidr], ifname=f"t{vni}p{i}"[:15])
+            pod_ns = topo.add_netns(f"p{i}")
+            port.move_to_netns(pod_ns.path, "eth0", gateway=str(sub.network_address + 1))
+            ours.append(NetPod(f"p{i}", pod_ns, i, port.mac, pod_cidr))
+            kpod_ns = topo.add_netns(f"k{i}")
+            kpod_cidr = f"{ksub.network_address + 2}/24"
+            topo.veth(
+                n, kpod_ns, f"{ksub.network_address + 1}/24", kpod_cidr, name_a="kgw0",
+                name_b="eth0", mtu=mtu,
+            )  # fmt: skip
+            kpod_ns.route_add("default", gateway=str(ksub.network_address + 1))
+            prepare_forwarding(n.path, "kgw0", {4})
+            kernel.append(
+                NetPod(f"k{i}", kpod_ns, i, kpod_ns.link_info("eth0").mac or "", kpod_cidr)
+            )
+        for i, n in enumerate(ns):
+            other = 1 - i
+            for c in (cidr, kernel_cidr):
+                n.route_add(str(_node_subnet(c, other, "cidr")), gateway=underlay_ip(other))
+        for node in nodes:
+            node.start()
+        pods = ours + kernel
+        for a, b in ((pods[0], pods[1]), (pods[2], pods[3])):
+            if not ping(a.netns, b.ip, count=3, interval=0.2, timeout=2.0).received:
+                raise RuntimeError(f"routed test bed: pod {a.ip} cannot reach {b.ip} (no answer)")
+        return RoutedNet(topo, stack.pop_all(), nodes, pods)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -712,6 +837,17 @@ class Testbeds:
         self, mtu: int = 1500, node_options: Mapping[str, Any] | None = None, vni: int = 300
     ) -> UnderlayNet:
         net: UnderlayNet = self._keep(build_underlay_net(mtu, node_options, vni))
+        return net
+
+    def routed(
+        self,
+        mtu: int = 1500,
+        node_options: Mapping[str, Any] | None = None,
+        vni: int = 100,
+        cidr: str = "10.244.0.0/16",
+        kernel_cidr: str = "10.245.0.0/16",
+    ) -> RoutedNet:
+        net: RoutedNet = self._keep(build_routed_net(mtu, node_options, vni, cidr, kernel_cidr))
         return net
 
     def close(self) -> None:
@@ -927,6 +1063,66 @@ def ping_rtt_ms(
     return value
 
 
+def tcp_connects_per_s(side: Side, seconds: float = 2.0, *, benchmark: Any | None = None) -> float:
+    """New TCP connections per second from ``a`` to a listener in ``b``, one at a time.
+
+    Each connection is a full handshake (connect returns once the SYN-ACK is
+    back and the ACK is sent) ended by an RST (``SO_LINGER`` 0), so no
+    TIME_WAIT piles up and every connection has a fresh source port: a new
+    flow for every stateful hop on the way (the first packet of each is the
+    one a policy classifies). The client loop runs in a thread inside ``a``,
+    the accepting loop in a thread on a socket of ``b``; both stop after
+    ``seconds``. A connect that fails or takes over 2 s ends the run early
+    (its figure counts what completed).
+    """
+    if not 0 < seconds <= _MAX_SECONDS:
+        raise ValueError(f"seconds={seconds}: 0 < seconds <= {_MAX_SECONDS}")
+    listener = side.b.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stop = threading.Event()
+    try:
+        listener.bind((side.b_ip, 0))
+        listener.listen(1024)
+        listener.settimeout(0.2)
+        addr = listener.getsockname()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                conn.close()
+
+        acceptor = threading.Thread(target=accept, name="tcp_connects-accept", daemon=True)
+        acceptor.start()
+        linger = struct.pack("ii", 1, 0)
+
+        def client() -> tuple[int, float]:
+            done = 0
+            t0 = time.monotonic()
+            end = t0 + seconds
+            while time.monotonic() < end:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.settimeout(2.0)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    s.connect(addr)
+                    done += 1
+                except OSError:
+                    break
+                finally:
+                    s.close()
+            return done, time.monotonic() - t0
+
+        done, elapsed = side.a.call(client)
+    finally:
+        stop.set()
+        listener.close()
+    value = done / elapsed if elapsed > 0 else 0.0
+    record(benchmark, "tcp_connects_per_s", side.name, value)
+    return value
+
+
 # ---- comparisons ------------------------------------------------------------
 
 
@@ -952,6 +1148,7 @@ TCP_GBPS = Metric("tcp_gbps", "Gbit/s", tcp_gbps)
 SMALL_UDP_PPS = Metric("small_udp_pps", "packets/s", small_udp_pps)
 PING_RTT_MS = Metric("ping_rtt_ms", "ms", ping_rtt_ms, higher_is_better=False)
 CPU_S_PER_GB = Metric("cpu_s_per_gb", "CPU s/GB", cpu_s_per_gb, higher_is_better=False)
+TCP_CONNECTS_PER_S = Metric("tcp_connects_per_s", "connections/s", tcp_connects_per_s)
 
 
 def _summary(values: list[float]) -> dict[str, float]:

@@ -55,6 +55,11 @@ def _network(d: Overlayd, vni: int = 100) -> dict[str, Any]:
     return dict(net)
 
 
+def _neigh_mac(ns: Netns, ip: str) -> str | None:
+    out = ns.run(["ip", "neigh", "show", ip]).stdout.split()
+    return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+
 def _paths(d: Overlayd) -> dict[str, str]:
     return {p["name"]: q["path"] for p in d.client.peers() for q in p["paths"]}
 
@@ -189,6 +194,67 @@ def test_a_kernel_only_node_interoperates(overlay_daemons: Any) -> None:
     assert tcp_transfer(k1, p0, _ip(a0), 4 << 20).ok
 
 
+def test_a_static_peer_removed_by_a_reload_takes_its_route_with_it(overlay_daemons: Any) -> None:
+    cluster: DaemonCluster = overlay_daemons(n_nodes=2, networks=[ROUTED], extra=NO_HEALTH)
+    cluster.start()
+    n0 = cluster.node_ns[0]
+    d0, d1 = cluster.daemons
+    sub1 = _network(d1)["subnet"]
+    assert wait_for(lambda: f"{sub1} via 198.18.0.2" in _our_routes(n0)), _our_routes(n0)
+    cfg = d0.config
+    cfg["store"]["peers"] = []
+    d0.write_config(cfg)
+    d0.reload()
+    assert wait_for(lambda: sub1 not in _our_routes(n0)), _our_routes(n0)
+    # The rest of ours stays: the range's blackhole.
+    assert "blackhole 10.244.0.0/16" in _our_routes(n0)
+    assert _paths(d0) == {}
+
+
+def test_a_peer_whose_lease_expires_takes_its_route_with_it(
+    overlay_daemons: Any, overlay_etcd: Any
+) -> None:
+    cluster: DaemonCluster = overlay_daemons(
+        n_nodes=2, networks=[ROUTED], extra=NO_HEALTH, store=overlay_etcd.endpoint
+    )
+    cluster.start()
+    n0 = cluster.node_ns[0]
+    d0, d1 = cluster.daemons
+    sub1 = _network(d1)["subnet"]
+    assert wait_for(lambda: f"{sub1} via 198.18.0.2" in _our_routes(n0), 20), _our_routes(n0)
+    d1.kill()  # no goodbye: its lease (ttl 3 s) runs out in etcd
+    assert wait_for(lambda: sub1 not in _our_routes(n0), 30), _our_routes(n0)
+    assert "blackhole 10.244.0.0/16" in _our_routes(n0)
+
+
+def test_a_restart_adopts_our_routes_removes_stale_ones_and_leaves_others(
+    overlay_daemons: Any,
+) -> None:
+    cluster: DaemonCluster = overlay_daemons(n_nodes=2, networks=[ROUTED], extra=NO_HEALTH)
+    cluster.start()
+    n0 = cluster.node_ns[0]
+    d0, d1 = cluster.daemons
+    sub1 = _network(d1)["subnet"]
+    assert wait_for(lambda: f"{sub1} via 198.18.0.2" in _our_routes(n0)), _our_routes(n0)
+    before = sorted(_our_routes(n0).splitlines())
+    d0.stop()
+    # Routes outlive the daemon (the data plane's state is not flushed).
+    assert sorted(_our_routes(n0).splitlines()) == before
+    # While it is down: a stale route of ours, and an operator's route in the range.
+    n0.run(["ip", "route", "add", "10.244.99.0/24", "via", "198.18.0.2", "proto", "160"])
+    n0.run(["ip", "route", "add", "10.244.98.0/24", "via", "198.18.0.2", "proto", "static"])
+    logged = d0.log().count("overlayd: routes:")
+    d0.start()
+    assert wait_for(lambda: "10.244.99.0/24" not in _our_routes(n0)), _our_routes(n0)
+    # Adopted, not made again: the same routes, once each, and one change (the
+    # stale route's removal) logged by the new process.
+    after = _our_routes(n0).splitlines()
+    assert sorted(after) == before and len(set(after)) == len(after)
+    new_lines = [ln for ln in d0.log().splitlines() if "overlayd: routes:" in ln][logged:]
+    assert len(new_lines) == 1 and "0 programmed, 1 removed" in new_lines[0], new_lines
+    assert "10.244.98.0/24 via 198.18.0.2" in n0.run(["ip", "-4", "route"]).stdout
+
+
 def _auto_bed(topo: Topology, tmp: Path) -> tuple[list[Netns], list[Overlayd]]:
     """n0, n1 on 198.18.1.0/24; n2 on 198.18.2.0/24; a plain router r between."""
     nodes = [topo.add_netns(f"n{i}") for i in range(3)]
@@ -242,9 +308,11 @@ def test_auto_is_direct_on_the_segment_and_tunnelled_across_the_router(
         subs = [_network(d)["subnet"] for d in daemons]
         assert wait_for(lambda: f"{subs[1]} via 198.18.1.2" in _our_routes(nodes[0]))
         assert subs[2] not in _our_routes(nodes[0])  # the tunnel peer: no route of ours
-        # Pods of an auto network route a direct peer's subnet through their gateway.
-        assert wait_for(lambda: subs[1] in _our_routes(pods[0])), _our_routes(pods[0])
-        assert subs[2] not in _our_routes(pods[0])
+        # No route in the pods: the gateway answers ARP for a direct peer's pods
+        # (proxy ARP), never for a tunnel peer's or its own node's.
+        assert _our_routes(pods[0]) == ""
+        n0_ovg = "/proc/sys/net/ipv4/conf/ovg100/proxy_arp"
+        assert nodes[0].run(["cat", n0_ovg]).stdout.strip() == "1"
         paths = _paths(daemons[0])
         assert paths == {"node1": "direct", "node2": "tunnel"}, paths
         assert _network(daemons[0])["vteps"] == ["198.18.2.1"]  # the tunnel peer only
@@ -267,6 +335,11 @@ def test_auto_is_direct_on_the_segment_and_tunnelled_across_the_router(
         assert not [r for r in tunnel if addrs[1] in r["ip.src"] + r["ip.dst"]]
         out = VIEWS["peers"][1](daemons[0].client.peers())
         assert "node1 vni 100" in out and "direct" in out and "tunnel" in out
+        gw_mac = _network(daemons[0])["gateway"]["mac"]
+        assert _neigh_mac(pods[0], addrs[1]) == gw_mac  # direct: through the gateway
+        assert _neigh_mac(pods[0], addrs[2]) not in (None, gw_mac)  # tunnel: the pod's own
+        # Not one of the gateway's ARP answers was refused by the engine.
+        assert daemons[0].client.counters()["drops"]["spoofed_arp"] == 0
     finally:
         for d in daemons:
             d.stop()

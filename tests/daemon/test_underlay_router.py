@@ -108,6 +108,9 @@ def test_underlay_pods_route_through_the_router_at_full_mtu_and_the_uplink_is_sh
     up = net["uplink"]
     assert up["ifname"] == "ul0" and up["counters"]["rx_packets"] > 0, up
     assert net["router"] == ROUTER and net["mode"] == "underlay"
+    # The other nodes' pods are on the segment: no tunnel, no route of ours.
+    paths = {(p["name"], q["path"]) for p in d0.client.peers() for q in p["paths"]}
+    assert paths == {("node1", "segment"), ("node2", "segment")}, paths
     text = subprocess.run(
         [sys.executable, "-m", "overlay.cli", "--socket", d0.socket, "networks"],
         capture_output=True,
