@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from overlay import policy
-from overlay.bindings import ENCAP_VXLAN, PolicyRule, PortRange
+from overlay.bindings import DROP_REASONS, ENCAP_VXLAN, PolicyRule, PortRange
 from overlay.testing.fakes import FakePort, fake_transport_engine
 from overlay.testing.throughput import (
     SMALL_UDP_PPS,
@@ -86,6 +86,7 @@ class Bed:
     hooks: dict[str, Callable[[], None]]
     allow_hits: Callable[[], dict[str, int]]
     held: dict[str, int]
+    drops: Callable[[], dict[str, dict[str, int]]]
 
 
 def open_udp_flows(side: Side, count: int) -> None:
@@ -144,7 +145,15 @@ def bed(overlay_net: Callable[..., OverlayNet]) -> Iterator[Bed]:
             for name, (eng, pid) in tables.items()
         }
 
-    yield Bed(sides, {"flows_100k": refill}, allow_hits, held)
+    def drops() -> dict[str, dict[str, int]]:
+        """The receiving nodes' drop counters that are not zero."""
+        out = {}
+        for name, eng in (("main", engine), ("flows", feng)):
+            c = eng.counters()
+            out[name] = {k: c[k] for k in DROP_REASONS if c[k]}
+        return out
+
+    yield Bed(sides, {"flows_100k": refill}, allow_hits, held, drops)
 
 
 def _run(benchmark: Any, bed: Bed, metric: Metric) -> None:
@@ -162,6 +171,7 @@ def _run(benchmark: Any, bed: Bed, metric: Metric) -> None:
     benchmark.extra_info["allow_rule_hits"] = bed.allow_hits()
     benchmark.extra_info["flows_sent"] = FLOWS
     benchmark.extra_info.update(bed.held)
+    benchmark.extra_info["receiving_node_drops"] = bed.drops()
 
 
 def test_policy_small_udp_packets(benchmark: Any, bed: Bed) -> None:

@@ -77,9 +77,10 @@ typedef struct pkt {
 
 static int tunnel_header(ovl_worker_t *w, pkt_t *x)
 {
-    ovl_engine_t *e = w->e;
-    /* The tunnel port speaks the engine's encapsulation (network.h). */
-    int hl = ovl_wire_decode(e->cfg.encap, x->buf, x->len, &x->t);
+    (void)w;
+    /* Each tunnel port speaks one encapsulation (network.h): the receive
+     * says which port it came to. */
+    int hl = ovl_wire_decode(x->rx->encap, x->buf, x->len, &x->t);
     if (hl < 0)
         return -hl;
     x->frame = x->buf + hl;
@@ -106,7 +107,7 @@ static int vni_hosted(ovl_worker_t *w, pkt_t *x)
 {
     ovl_engine_t *e = w->e;
     x->n = ovl_network_lookup(e, x->t.vni);
-    if (!x->n || x->n->encap != e->cfg.encap) {
+    if (!x->n || x->n->encap != x->rx->encap) {
         x->n = NULL;
         return OVL_C_UNKNOWN_VNI;
     }
@@ -231,7 +232,7 @@ static int learn(ovl_worker_t *w, pkt_t *x)
         ovl_learn_t l = { .kind = OVL_FDB_LEARNED, .vni = x->t.vni, .port_id = -1,
                           .when_ns = w->now_ns };
         memcpy(l.mac, src, 6);
-        ovl_addr_make(&l.vtep, family, addr, e->udp_port);
+        ovl_addr_make(&l.vtep, family, addr, e->udp_ports[x->n->encap]);
         ovl_fdb_learn_queue(w, &l);
     } else if (v->kind == OVL_FDB_LEARNED) {
         __atomic_store_n(&v->updated_ns, w->now_ns, __ATOMIC_RELAXED);

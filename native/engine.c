@@ -262,8 +262,18 @@ int ovl_engine_create_on(const ovl_engine_config_t *cfg, const ovl_transport_ops
         rc = -errno;
         goto fail;
     }
-    e->udp_port = c->udp_port ? c->udp_port
-                              : (c->encap == OVL_ENCAP_VXLAN ? OVL_VXLAN_PORT : OVL_GENEVE_PORT);
+    /* Each encapsulation's tunnel port: the engine's from udp_port, the
+     * other's from alt_port, each defaulting to its IANA port. The other's
+     * opens with its first network (transport.h, listen). */
+    int alt = c->encap == OVL_ENCAP_VXLAN ? OVL_ENCAP_GENEVE : OVL_ENCAP_VXLAN;
+    e->udp_ports[OVL_ENCAP_VXLAN] = OVL_VXLAN_PORT;
+    e->udp_ports[OVL_ENCAP_GENEVE] = OVL_GENEVE_PORT;
+    if (c->udp_port)
+        e->udp_ports[c->encap] = c->udp_port;
+    if (c->alt_port)
+        e->udp_ports[alt] = c->alt_port;
+    e->udp_port = e->udp_ports[c->encap];
+    e->listening = 1u << c->encap;
     e->nets = calloc(c->max_networks, sizeof *e->nets);
     e->ports = calloc(c->max_ports, sizeof *e->ports);
     if (!e->nets || !e->ports) {
@@ -328,6 +338,13 @@ int ovl_engine_create(const ovl_engine_config_t *c, ovl_engine_t **out)
 int ovl_engine_udp_port(ovl_engine_t *e)
 {
     return e->udp_port;
+}
+
+int ovl_engine_tunnel_port(ovl_engine_t *e, int encap)
+{
+    if (encap != OVL_ENCAP_VXLAN && encap != OVL_ENCAP_GENEVE)
+        return -EINVAL;
+    return e->udp_ports[encap];
 }
 
 uint32_t ovl_engine_offloads(ovl_engine_t *e)

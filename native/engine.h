@@ -146,7 +146,10 @@ struct ovl_engine {
     int netns_fd;                /* our own dup, or -1 */
     int stop_fd;                 /* eventfd: wakes the workers to stop */
     int running;
-    uint16_t udp_port;           /* the tunnel port: listened on, the default VTEP port */
+    uint16_t udp_port;           /* the tunnel port of cfg.encap: udp_ports[cfg.encap] */
+    uint16_t udp_ports[3];       /* by OVL_ENCAP_*: each encapsulation's tunnel port, the
+                                  * port of a VTEP of its networks given as 0 */
+    uint32_t listening;          /* bit OVL_ENCAP_*: the transport receives it (listen) */
     uint32_t offloads;           /* OVL_OFF_* in use */
     uint32_t tap_probed;         /* a TAP has been opened: the TAP bits are known */
     uint32_t n_workers;

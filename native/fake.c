@@ -8,7 +8,8 @@
  *   tables, counters, events. Only the datagrams differ: what the engine
  *   sends is kept in an outbox for the test to take (ovl_fake_take), what
  *   the test injects (ovl_fake_inject) waits in an inbox and arrives as if a
- *   peer had sent it to the tunnel port.
+ *   peer had sent it to the tunnel port (ovl_fake_inject_to: to the tunnel
+ *   port of either encapsulation, so one engine takes VXLAN and Geneve).
  * - One inbox per worker, as the UDP transport has one receive socket per
  *   worker, under the transport's mutex, each with an eventfd its worker's
  *   epoll watches: readable exactly while the inbox holds a datagram
@@ -42,6 +43,7 @@
 typedef struct dgram {
     struct dgram *next;
     uint8_t family;
+    uint8_t encap;               /* injected: the tunnel port it goes to */
     uint8_t addr[16];
     uint16_t port;
     uint16_t sport;
@@ -97,7 +99,7 @@ typedef struct fake {
     uint32_t n_inboxes;          /* one per worker */
     inbox_t in[OVL_MAX_WORKERS];
     list_t out;
-    ovl_steer_prog_t prog;       /* the receive steering (several workers) */
+    ovl_steer_prog_t prog[3];    /* by OVL_ENCAP_*: each tunnel port's receive steering */
 } fake_t;
 
 static void fake_close(ovl_engine_t *e)
@@ -131,8 +133,9 @@ static int fake_open(ovl_engine_t *e)
         if ((f->in[i].fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
             return -errno;
     if (f->n_inboxes > 1) {
-        int rc = ovl_steer_build(&f->prog, e->cfg.encap, f->n_inboxes);
-        if (rc < 0)
+        int rc;
+        if ((rc = ovl_steer_build(&f->prog[OVL_ENCAP_VXLAN], OVL_ENCAP_VXLAN, f->n_inboxes)) < 0 ||
+            (rc = ovl_steer_build(&f->prog[OVL_ENCAP_GENEVE], OVL_ENCAP_GENEVE, f->n_inboxes)) < 0)
             return rc;
         e->steering |= OVL_STEER_UNDERLAY;
     }
@@ -172,6 +175,16 @@ static int fake_worker_open(ovl_worker_t *w)
 static int fake_fd(const ovl_worker_t *w)
 {
     return ((const fake_t *)w->e->tp_state)->in[w->idx].fd;
+}
+
+/* Every tunnel port is one inbox per worker here: listening costs nothing,
+ * and an injected datagram carries the encapsulation of the port it is sent
+ * to (ovl_fake_inject_to). */
+static int fake_listen(ovl_engine_t *e, int encap)
+{
+    (void)e;
+    (void)encap;
+    return 0;
 }
 
 static void fake_queue(ovl_worker_t *w, const ovl_addr_t *to, const struct iovec *iov,
@@ -254,6 +267,7 @@ static int fake_recv(ovl_worker_t *w, ovl_rx_t *out, uint32_t max)
         memcpy(rx->buf, d->data, rx->len);
         rx->seg = 0;
         rx->family = d->family;
+        rx->encap = d->encap;
         memcpy(rx->addr, d->addr, 16);
         free(d);
     }
@@ -267,6 +281,7 @@ const ovl_transport_ops_t ovl_fake_transport = {
     .worker_open = fake_worker_open,
     .worker_close = fake_worker_close,
     .fd = fake_fd,
+    .listen = fake_listen,
     .queue = fake_queue,
     .queued = fake_queued,
     .flush = fake_flush,
@@ -283,7 +298,17 @@ int ovl_fake_engine_create(const ovl_engine_config_t *c, ovl_engine_t **out)
 int ovl_fake_inject(ovl_engine_t *e, int family, const uint8_t *addr, uint16_t port,
                     const uint8_t *buf, size_t len)
 {
+    return ovl_fake_inject_to(e, 0, family, addr, port, buf, len);
+}
+
+int ovl_fake_inject_to(ovl_engine_t *e, int encap, int family, const uint8_t *addr,
+                       uint16_t port, const uint8_t *buf, size_t len)
+{
     if (e->tp != &ovl_fake_transport || ovl_addr_len(family) < 0 || len > OVL_SUPER_MAX)
+        return -EINVAL;
+    if (encap == 0)
+        encap = e->cfg.encap;
+    if (encap != OVL_ENCAP_VXLAN && encap != OVL_ENCAP_GENEVE)
         return -EINVAL;
     fake_t *f = e->tp_state;
     dgram_t *d = malloc(sizeof *d + len);
@@ -291,12 +316,13 @@ int ovl_fake_inject(ovl_engine_t *e, int family, const uint8_t *addr, uint16_t p
         return -ENOMEM;
     memset(d, 0, sizeof *d);
     d->family = (uint8_t)family;
+    d->encap = (uint8_t)encap;
     memcpy(d->addr, addr, (size_t)ovl_addr_len(family));
     d->port = port;
     d->len = (uint32_t)len;
     memcpy(d->data, buf, len);
     /* The worker whose receive socket the kernel would choose. */
-    uint32_t i = f->n_inboxes > 1 ? ovl_steer_run(&f->prog, buf, len) : 0;
+    uint32_t i = f->n_inboxes > 1 ? ovl_steer_run(&f->prog[encap], buf, len) : 0;
     inbox_t *in = &f->in[i < f->n_inboxes ? i : 0];
     pthread_mutex_lock(&f->lock);
     if (f->n_in >= OVL_FAKE_INBOX) {

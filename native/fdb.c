@@ -40,7 +40,8 @@ int ovl_fdb_add(ovl_engine_t *e, uint32_t vni, const uint8_t *mac, int family,
         return -EINVAL;
     OVL_WRLOCK(e);
     int rc = 0;
-    if (!ovl_network_lookup(e, vni)) {
+    const ovl_network_t *n = ovl_network_lookup(e, vni);
+    if (!n) {
         rc = -ENOENT;
         goto out;
     }
@@ -56,7 +57,8 @@ int ovl_fdb_add(ovl_engine_t *e, uint32_t vni, const uint8_t *mac, int family,
         goto out;
     }
     ovl_addr_t a;
-    ovl_addr_make(&a, family, vtep, port ? port : e->udp_port);
+    /* Port 0: the tunnel port of the network's encapsulation (network.h). */
+    ovl_addr_make(&a, family, vtep, port ? port : e->udp_ports[n->encap]);
     v->kind = OVL_FDB_REMOTE;
     nexthop_tunnel(&v->nh, &a);
     v->updated_ns = ovl_now_ns();

@@ -83,8 +83,6 @@ int ovl_network_add(ovl_engine_t *e, uint32_t vni, int encap, uint32_t flags)
         encap = e->cfg.encap;
     if (encap != OVL_ENCAP_VXLAN && encap != OVL_ENCAP_GENEVE)
         return -EINVAL;
-    if (encap != e->cfg.encap)
-        return -EPROTONOSUPPORT; /* one tunnel port, one encapsulation (network.h) */
     OVL_WRLOCK(e);
     int rc = 0;
     if (ovl_network_lookup(e, vni)) {
@@ -97,6 +95,20 @@ int ovl_network_add(ovl_engine_t *e, uint32_t vni, int encap, uint32_t flags)
     if (idx == e->cfg.max_networks) {
         rc = -ENOSPC;
         goto out;
+    }
+    /* The first tunnel network of an encapsulation opens its tunnel port
+     * (network.h). Its port stays open when the network goes: reopening
+     * would cost sockets per add and could lose the port to another
+     * program in between. */
+    if (!(flags & OVL_NET_NO_TUNNEL) && !(e->listening & (1u << encap))) {
+        int alt = encap == OVL_ENCAP_VXLAN ? OVL_ENCAP_GENEVE : OVL_ENCAP_VXLAN;
+        if (e->udp_ports[encap] == e->udp_ports[alt])
+            rc = -EADDRINUSE; /* one port cannot tell the two apart */
+        else
+            rc = e->tp->listen(e, encap);
+        if (rc < 0)
+            goto out;
+        e->listening |= 1u << encap;
     }
     ovl_network_t *n = &e->nets[idx];
     free(n->vteps);
@@ -232,7 +244,7 @@ int ovl_network_vtep_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_
         goto out;
     }
     ovl_addr_t a;
-    ovl_addr_make(&a, family, addr, port ? port : e->udp_port);
+    ovl_addr_make(&a, family, addr, port ? port : e->udp_ports[n->encap]);
     for (uint32_t i = 0; i < n->n_vteps; i++) {
         if (n->vteps[i].family == family && memcmp(n->vteps[i].addr, a.addr, 16) == 0) {
             n->vteps[i] = a; /* same member, maybe a new port */

@@ -4,11 +4,18 @@
  * Design notes.
  * - A network carries its own encapsulation (encap) and its tunnel header,
  *   prebuilt from it (VPP's per-tunnel rewrite): encapsulating is one copy
- *   into the frame's headroom. Today the engine has one tunnel port, so every
- *   network uses the port's encapsulation (ovl_network_add refuses another);
- *   the field is where a node with VXLAN and Geneve networks side by side
- *   (two listeners), or a routed network (no header, the direct transport),
- *   will say so.
+ *   into the frame's headroom. VXLAN and Geneve networks live side by side:
+ *   each encapsulation has its own tunnel port (e->udp_ports), the
+ *   engine's open from the start, the other's opened by the transport
+ *   when its first tunnel network is added (transport.h, listen), so a
+ *   node that uses one encapsulation holds one port, as before. A receive
+ *   is decoded with the encapsulation of the port it came to and accepted
+ *   only for a network of that encapsulation (decap.c); a VTEP given
+ *   without a port gets the port of its network's encapsulation. Why ports
+ *   and not one port for both: the two headers cannot be told apart by
+ *   their bytes (a VXLAN header and an option-less Geneve header are both
+ *   8 bytes with the VNI at the same place), and peers send each to its
+ *   IANA port.
  * - The member VTEPs are kept twice: as a list for head-end replication
  *   (flooding), and in e->members, keyed (VNI, address), for the decap check
  *   "is the outer source a member of this VNI" at one lookup per datagram.

@@ -220,6 +220,8 @@ typedef struct ovl_engine_config {
     int family;              /* 4 or 6: the underlay */
     uint8_t local_addr[16];  /* underlay address to bind */
     uint16_t udp_port;       /* listen and destination port; 0: the encap's default */
+    uint16_t alt_port;       /* the other encapsulation's tunnel port, opened when its
+                              * first network is added; 0: its default (4789, 6081) */
     uint16_t sport_lo;       /* outer source port range, default 49152..65535 */
     uint16_t sport_hi;
     uint16_t sport_slots;    /* sockets (source ports) flows are spread over, default 16 */
@@ -253,6 +255,10 @@ int ovl_engine_stop(ovl_engine_t *e);
 void ovl_engine_destroy(ovl_engine_t *e);
 /* The tunnel port: listened on, and the port of every VTEP given as 0. */
 int ovl_engine_udp_port(ovl_engine_t *e);
+/* The tunnel port of encapsulation encap (OVL_ENCAP_*): the port its networks
+ * listen on once one exists, and the port of their VTEPs given as 0; -EINVAL
+ * for another value. */
+int ovl_engine_tunnel_port(ovl_engine_t *e, int encap);
 /* The offloads in use (OVL_OFF_*): asked for and supported by this kernel.
  * The TAP ones are known once a TAP port exists. */
 uint32_t ovl_engine_offloads(ovl_engine_t *e);
@@ -264,8 +270,11 @@ uint32_t ovl_engine_steering(ovl_engine_t *e);
 /* ---- networks, VTEPs, options (network.c) ---- */
 
 /* Add network vni with encapsulation encap (OVL_ENCAP_*; 0: the engine's).
- * A VNI may be added once. Today every network of an engine uses the tunnel
- * port's encapsulation: another is -EPROTONOSUPPORT. flags: OVL_NET_*. */
+ * A VNI may be added once. Networks of both encapsulations live side by
+ * side: the first tunnel network of the encapsulation that is not the
+ * engine's opens that encapsulation's tunnel port (alt_port), and fails with
+ * its error (-EADDRINUSE: the port is taken, or is the engine's own).
+ * flags: OVL_NET_*. */
 int ovl_network_add(ovl_engine_t *e, uint32_t vni, int encap, uint32_t flags);
 int ovl_network_del(ovl_engine_t *e, uint32_t vni);
 /* Geneve options sent with every packet of the network (TLV bytes). */
@@ -275,7 +284,7 @@ int ovl_network_set_options(ovl_engine_t *e, uint32_t vni, const uint8_t *tlv, s
 int ovl_network_known_option_add(ovl_engine_t *e, uint16_t cls, uint8_t type);
 
 /* Member VTEPs of a network: flood list and accepted sources. port 0 means
- * the engine's udp_port. */
+ * the tunnel port of the network's encapsulation (ovl_engine_tunnel_port). */
 int ovl_network_vtep_add(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr,
                          uint16_t port);
 int ovl_network_vtep_del(ovl_engine_t *e, uint32_t vni, int family, const uint8_t *addr);

@@ -55,6 +55,11 @@ int ovl_fake_engine_create(const ovl_engine_config_t *c, ovl_engine_t **out);
 #define OVL_FAKE_INBOX 4096
 int ovl_fake_inject(ovl_engine_t *e, int family, const uint8_t *addr, uint16_t port,
                     const uint8_t *buf, size_t len);
+/* As ovl_fake_inject, to the tunnel port of encapsulation encap
+ * (OVL_ENCAP_*; 0: the engine's): the datagram is decoded as encap, as a
+ * receive on that port would be. -EINVAL for another encap. */
+int ovl_fake_inject_to(ovl_engine_t *e, int encap, int family, const uint8_t *addr,
+                       uint16_t port, const uint8_t *buf, size_t len);
 
 /* A datagram the engine sent: to (family, addr, port), from the outer
  * source port sport (ovl_wire_source_port of its flow, the port the UDP

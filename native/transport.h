@@ -8,7 +8,14 @@
  *   in-memory fake beside the real one (bindtest). The engine never names a
  *   socket: encap.c queues datagrams to a next hop and flushes once per
  *   burst, decap.c asks for a burst of receives, engine.c hands each worker's
- *   receive fd to epoll. udp.c is the tunnel transport (VXLAN/Geneve over
+ *   receive fd to epoll.
+ * - Encapsulations. A network chooses VXLAN or Geneve (network.h); the
+ *   transport listens on one tunnel port per encapsulation in use and marks
+ *   each receive with the encapsulation of the port it came to (ovl_rx_t
+ *   encap): decap.c decodes by it, never by guessing from the bytes (a VXLAN
+ *   header and a Geneve header without options are alike). Sending needs
+ *   nothing per encapsulation: the header is the network's, the destination
+ *   port the VTEP's. udp.c is the tunnel transport (VXLAN/Geneve over
  *   kernel UDP sockets, with GSO and GRO); fake.c keeps datagrams in memory
  *   for tests. The routed transport of the next issues (no encapsulation,
  *   direct.c) joins behind the same table.
@@ -71,6 +78,7 @@ typedef struct ovl_rx {
     uint32_t seg;          /* 0: one datagram */
     uint8_t truncated;     /* larger than the receive buffer: buf holds a part */
     uint8_t family;        /* the sender: 4 or 6, 0 when unknown */
+    uint8_t encap;         /* OVL_ENCAP_* of the tunnel port it arrived on */
     uint8_t addr[16];
 } ovl_rx_t;
 
@@ -86,8 +94,17 @@ typedef struct ovl_transport_ops {
      * failure worker_close() is still called. */
     int (*worker_open)(ovl_worker_t *w);
     void (*worker_close)(ovl_worker_t *w);
-    /* The fd that becomes readable when a receive for worker w waits. */
+    /* The fd that becomes readable when a receive for worker w waits on
+     * the tunnel port of the engine's encapsulation. */
     int (*fd)(const ovl_worker_t *w);
+    /* Receive encapsulation encap too, on its tunnel port
+     * (e->udp_ports[encap]), in every worker: called by the control plane
+     * under the writer lock when the first network of an encapsulation
+     * other than the engine's is added (the engine's listens from the
+     * start). The transport has each worker's epoll watch what it opens
+     * (OVL_EP_TRANSPORT), and recv() then takes from every tunnel port.
+     * 0 or -errno; on failure nothing is left open. */
+    int (*listen)(ovl_engine_t *e, int encap);
     /* Queue one datagram made of n_iov iovecs for next hop `to`; hash is the
      * inner flow's hash (the UDP transport picks the source port from it).
      * May flush what is queued first to make room. Requires: the memory
@@ -100,8 +117,9 @@ typedef struct ovl_transport_ops {
      * A datagram that cannot be sent is counted (udp_send_failed), never
      * retried later. */
     void (*flush)(ovl_worker_t *w);
-    /* Receive a burst of at most max receives into out, without blocking;
-     * returns how many (0: none waiting). */
+    /* Receive a burst of at most max receives into out, without blocking,
+     * from every tunnel port listened on, each receive marked with the
+     * encapsulation of its port; returns how many (0: none waiting). */
     int (*recv)(ovl_worker_t *w, ovl_rx_t *out, uint32_t max);
 } ovl_transport_ops_t;
 

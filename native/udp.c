@@ -240,7 +240,8 @@ typedef struct txe {
 } txe_t;
 
 typedef struct udp_worker {
-    int rx_fd;
+    int rx_fd[3];                /* by OVL_ENCAP_*: its tunnel port's socket, or -1 */
+    uint8_t rx_next;             /* the encapsulation recv() reads first */
     uint32_t batch;
     uint32_t rx_buf_size;        /* largest (coalesced) receive */
     uint8_t *rx_bufs;            /* batch x rx_buf_size */
@@ -265,8 +266,9 @@ static void udp_worker_close(ovl_worker_t *w)
     udp_worker_t *uw = w->tp;
     if (!uw)
         return;
-    if (uw->rx_fd >= 0)
-        close(uw->rx_fd);
+    for (int k = 0; k < 3; k++)
+        if (uw->rx_fd[k] >= 0)
+            close(uw->rx_fd[k]);
     free(uw->rx_bufs);
     free(uw->rx_ctrl);
     free(uw->rx_msgs);
@@ -282,6 +284,47 @@ static void udp_worker_close(ovl_worker_t *w)
     w->tp = NULL;
 }
 
+/* Worker w's receive socket on the tunnel port of encap: bound with
+ * SO_REUSEPORT when there are several workers, the group's steering program
+ * set through worker 0's socket (the others join behind it in worker order,
+ * so socket i of the group is worker i's), UDP GRO when in use. With several
+ * tunnel ports, OVL_STEER_UNDERLAY holds only while every group steers. The
+ * fd or -errno. */
+static int rx_open(ovl_worker_t *w, int encap)
+{
+    ovl_engine_t *e = w->e;
+    const ovl_engine_config_t *c = &e->cfg;
+    int fd = open_bound(c->family, c->local_addr, e->udp_ports[encap], c->workers > 1);
+    if (fd < 0)
+        return fd;
+    big_buffers(fd);
+    if (c->workers > 1 && w->idx == 0) {
+        ovl_steer_prog_t prog;
+        struct sock_fprog fp;
+        int ok = 0;
+        if (ovl_steer_build(&prog, encap, c->workers) == 0) {
+            fp.len = prog.len;
+            fp.filter = prog.ins;
+            ok = setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof fp) == 0;
+        }
+        if (ok && encap == c->encap)
+            e->steering |= OVL_STEER_UNDERLAY;
+        else if (!ok)
+            e->steering &= ~(uint32_t)OVL_STEER_UNDERLAY;
+    }
+    if (e->offloads & OVL_OFF_UDP_GRO) {
+        int one = 1;
+        if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) < 0) {
+            if (encap != c->encap) { /* sized for GRO already: keep every port alike */
+                close(fd);
+                return -errno;
+            }
+            e->offloads &= ~(uint32_t)OVL_OFF_UDP_GRO; /* the first worker finds out */
+        }
+    }
+    return fd;
+}
+
 static int udp_worker_open(ovl_worker_t *w)
 {
     ovl_engine_t *e = w->e;
@@ -290,7 +333,7 @@ static int udp_worker_open(ovl_worker_t *w)
     if (!uw)
         return -ENOMEM;
     w->tp = uw;
-    uw->rx_fd = -1;
+    uw->rx_fd[0] = uw->rx_fd[1] = uw->rx_fd[2] = -1;
     /* With UDP GRO a receive may be up to 64 KB of coalesced datagrams. */
     size_t rx_max = (e->offloads & OVL_OFF_UDP_GRO) ? OVL_SUPER_MAX
                                                      : OVL_GENEVE_HLEN + OVL_GENEVE_OPTS_MAX + c->frame_max;
@@ -318,34 +361,51 @@ static int udp_worker_open(ovl_worker_t *w)
         uw->rx_msgs[i].msg_hdr.msg_name = &uw->rx_names[i];
         uw->rx_msgs[i].msg_hdr.msg_control = uw->rx_ctrl + i * RX_CTRL;
     }
-    int fd = open_bound(c->family, c->local_addr, e->udp_port, c->workers > 1);
+    int fd = rx_open(w, c->encap);
     if (fd < 0)
         return fd;
-    big_buffers(fd);
-    uw->rx_fd = fd;
-    /* The group's program, set through its first socket: the others join
-     * behind it in worker order, so socket i of the group is worker i's. */
-    if (c->workers > 1 && w->idx == 0) {
-        ovl_steer_prog_t prog;
-        struct sock_fprog fp;
-        if (ovl_steer_build(&prog, c->encap, c->workers) == 0) {
-            fp.len = prog.len;
-            fp.filter = prog.ins;
-            if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof fp) == 0)
-                e->steering |= OVL_STEER_UNDERLAY;
-        }
-    }
-    if (e->offloads & OVL_OFF_UDP_GRO) {
-        int one = 1;
-        if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) < 0)
-            e->offloads &= ~(uint32_t)OVL_OFF_UDP_GRO; /* the first worker finds out */
-    }
+    uw->rx_fd[c->encap] = fd;
     return 0;
 }
 
 static int udp_fd(const ovl_worker_t *w)
 {
-    return ((const udp_worker_t *)w->tp)->rx_fd;
+    return ((const udp_worker_t *)w->tp)->rx_fd[w->e->cfg.encap];
+}
+
+/* Open encap's tunnel port in every worker (transport.h, listen): one
+ * SO_REUSEPORT group per port, each with the steering program of its
+ * encapsulation (the inner frame sits behind a different header), joined
+ * in worker order as the first group. In the engine's namespace: the caller
+ * is the control plane, wherever it runs. Under the writer lock, so no
+ * worker is in recv() while rx_fd changes. */
+static int udp_listen(ovl_engine_t *e, int encap)
+{
+    int fds[OVL_MAX_WORKERS], saved, rc = 0;
+    uint32_t n = 0;
+    if ((rc = ovl_netns_enter(e->netns_fd, &saved)) < 0)
+        return rc;
+    uint32_t steering = e->steering;
+    for (; n < e->n_workers; n++) {
+        if ((fds[n] = rx_open(e->workers[n], encap)) < 0) {
+            rc = fds[n];
+            break;
+        }
+    }
+    ovl_netns_leave(saved);
+    for (uint32_t i = 0; rc == 0 && i < n; i++)
+        rc = ovl_worker_watch(e->workers[i], fds[i], OVL_EP_TRANSPORT);
+    if (rc < 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            ovl_worker_unwatch(e->workers[i], fds[i]);
+            close(fds[i]);
+        }
+        e->steering = steering;
+        return rc;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        ((udp_worker_t *)e->workers[i]->tp)->rx_fd[encap] = fds[i];
+    return 0;
 }
 
 /* ---- sending ---- */
@@ -514,19 +574,22 @@ static size_t gro_size(struct msghdr *h)
     return 0;
 }
 
-static int udp_recv(ovl_worker_t *w, ovl_rx_t *out, uint32_t max)
+/* One recvmmsg on fd into the buffers from index first on, at most b; the
+ * receives are marked encap. Returns how many. */
+static uint32_t recv_port(ovl_worker_t *w, int fd, int encap, ovl_rx_t *out, uint32_t first,
+                          uint32_t b)
 {
     udp_worker_t *uw = w->tp;
-    uint32_t b = max < uw->batch ? max : uw->batch;
-    for (uint32_t i = 0; i < b; i++) {
+    for (uint32_t i = first; i < b; i++) {
         uw->rx_msgs[i].msg_hdr.msg_namelen = sizeof(ovl_sockaddr_t);
         uw->rx_msgs[i].msg_hdr.msg_controllen = RX_CTRL;
         uw->rx_msgs[i].msg_hdr.msg_flags = 0;
     }
-    int n = recvmmsg(uw->rx_fd, uw->rx_msgs, b, MSG_DONTWAIT, NULL);
-    if (n <= 0)
+    int got = recvmmsg(fd, uw->rx_msgs + first, b - first, MSG_DONTWAIT, NULL);
+    if (got <= 0)
         return 0;
-    for (int i = 0; i < n; i++) {
+    uint32_t n = first + (uint32_t)got;
+    for (uint32_t i = first; i < n; i++) {
         struct msghdr *h = &uw->rx_msgs[i].msg_hdr;
         ovl_rx_t *rx = &out[i];
         rx->buf = uw->rx_bufs + (size_t)i * uw->rx_buf_size;
@@ -537,6 +600,7 @@ static int udp_recv(ovl_worker_t *w, ovl_rx_t *out, uint32_t max)
         if (ovl_sockaddr_parse(&uw->rx_names[i], &family, rx->addr) < 0)
             family = 0;
         rx->family = (uint8_t)family;
+        rx->encap = (uint8_t)encap;
         size_t seg = rx->truncated ? 0 : gro_size(h);
         if (seg && seg < rx->len) {
             rx->seg = (uint32_t)seg;
@@ -545,7 +609,25 @@ static int udp_recv(ovl_worker_t *w, ovl_rx_t *out, uint32_t max)
             rx->seg = 0;
         }
     }
-    return n;
+    return (uint32_t)got;
+}
+
+/* Every tunnel port in turn, into one burst. With two ports the first read
+ * alternates, so that a port kept busy cannot starve the other (epoll is
+ * level-triggered: what is left wakes the worker again). */
+static int udp_recv(ovl_worker_t *w, ovl_rx_t *out, uint32_t max)
+{
+    udp_worker_t *uw = w->tp;
+    uint32_t b = max < uw->batch ? max : uw->batch, n = 0;
+    int first = uw->rx_next ? uw->rx_next : w->e->cfg.encap;
+    int second = first == OVL_ENCAP_VXLAN ? OVL_ENCAP_GENEVE : OVL_ENCAP_VXLAN;
+    if (uw->rx_fd[second] >= 0)
+        uw->rx_next = (uint8_t)second;
+    if (uw->rx_fd[first] >= 0)
+        n += recv_port(w, uw->rx_fd[first], first, out, n, b);
+    if (n < b && uw->rx_fd[second] >= 0)
+        n += recv_port(w, uw->rx_fd[second], second, out, n, b);
+    return (int)n;
 }
 
 const ovl_transport_ops_t ovl_udp_transport = {
@@ -555,6 +637,7 @@ const ovl_transport_ops_t ovl_udp_transport = {
     .worker_open = udp_worker_open,
     .worker_close = udp_worker_close,
     .fd = udp_fd,
+    .listen = udp_listen,
     .queue = udp_queue,
     .queued = udp_queued,
     .flush = udp_flush,

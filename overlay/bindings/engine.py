@@ -58,6 +58,7 @@ class Engine(NetworkArea, PortArea, FdbArea, CountersArea, EventsArea, PolicyAre
         encap: int,
         local: IPAddress,
         udp_port: int = 0,
+        alt_port: int = 0,
         source_ports: tuple[int, int] = (49152, 65535),
         source_port_slots: int = 16,
         udp_checksum: bool = True,
@@ -87,6 +88,9 @@ class Engine(NetworkArea, PortArea, FdbArea, CountersArea, EventsArea, PolicyAre
         if not 0 <= udp_port <= 65535:
             raise ConfigError("port", udp_port, "a UDP port 1-65535 (0 for the default)")
         cfg.udp_port = udp_port
+        if not 0 <= alt_port <= 65535:
+            raise ConfigError("alt_port", alt_port, "a UDP port 1-65535 (0 for the default)")
+        cfg.alt_port = alt_port
         lo, hi = source_ports
         if not (1 <= lo <= hi <= 65535):
             raise ConfigError(
@@ -154,6 +158,11 @@ class Engine(NetworkArea, PortArea, FdbArea, CountersArea, EventsArea, PolicyAre
     @property
     def udp_port(self) -> int:
         return int(lib.ovl_engine_udp_port(self._h()))
+
+    def tunnel_port(self, encap: int) -> int:
+        """The tunnel port of encapsulation ``encap`` (ENCAP_*): listened on once a
+        network of it exists, the port of its networks' VTEPs given without one."""
+        return int(check(lib.ovl_engine_tunnel_port(self._h(), encap), "encap"))
 
     @property
     def offloads(self) -> dict[str, bool]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 from overlay.bindings._ffi import Handle, IPAddress, addr_bytes, check, lib
-from overlay.errors import ConfigError
+from overlay.errors import ConfigError, ConflictError
 
 __all__ = ["ENCAP_GENEVE", "ENCAP_NAMES", "ENCAP_VXLAN", "NetworkArea"]
 
@@ -22,8 +22,9 @@ class NetworkArea(Handle):
     def network_add(
         self, vni: int, learning: bool = False, encap: int | None = None, tunnel: bool = True
     ) -> None:
-        """Add network ``vni``; ``encap`` (ENCAP_*) defaults to the engine's. The
-        engine has one tunnel port today: another encapsulation is refused.
+        """Add network ``vni``; ``encap`` (ENCAP_*) defaults to the engine's. VXLAN
+        and Geneve networks live side by side: the first tunnel network of the
+        other encapsulation opens its tunnel port (``tunnel_port``).
         ``tunnel=False`` (OVL_NET_NO_TUNNEL): frames leave unencapsulated, up to the
         underlay MTU plus the Ethernet header; the network takes no VTEPs."""
         flags = lib.OVL_NET_LEARNING if learning else 0
@@ -32,11 +33,13 @@ class NetworkArea(Handle):
         if encap is not None and encap not in ENCAP_NAMES:
             raise ConfigError("encap", encap, "ENCAP_VXLAN or ENCAP_GENEVE")
         rc = lib.ovl_network_add(self._h(), vni, encap or 0, flags)
-        if rc == -errno.EPROTONOSUPPORT:
-            raise ConfigError(
-                "encap",
-                encap,
-                f"the engine's encapsulation ({ENCAP_NAMES[self.encap]}): one per node today",
+        if rc == -errno.EADDRINUSE:
+            name = ENCAP_NAMES[encap or self.encap]
+            port = lib.ovl_engine_tunnel_port(self._h(), encap or self.encap)
+            raise ConflictError(
+                f"the {name} tunnel port {port} is in use (by another program, or it is "
+                f"the port of the other encapsulation): choose another one for {name} "
+                "(the engine's alt_port, or udp_port)"
             )
         check(rc, f"adding network vni={vni}")
 

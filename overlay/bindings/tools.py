@@ -168,12 +168,19 @@ class FakeTransportEngine(Engine):
 
     _CREATE = "ovl_fake_engine_create"
 
-    def inject(self, datagram: bytes, src: IPAddress, port: int = 0) -> None:
-        """Deliver ``datagram`` to the engine from ``src`` (port ``port``)."""
+    def inject(
+        self, datagram: bytes, src: IPAddress, port: int = 0, encap: int | None = None
+    ) -> None:
+        """Deliver ``datagram`` to the engine from ``src`` (port ``port``), to the
+        tunnel port of ``encap`` (ENCAP_*; None: the engine's encapsulation)."""
         if not 0 <= port <= 65535:
             raise ConfigError("port", port, "a UDP port 0-65535")
+        if encap is not None and encap not in (lib.OVL_ENCAP_VXLAN, lib.OVL_ENCAP_GENEVE):
+            raise ConfigError("encap", encap, "ENCAP_VXLAN or ENCAP_GENEVE")
         family, raw = addr_bytes(src)
-        rc = lib.ovl_fake_inject(self._h(), family, raw, port, datagram, len(datagram))
+        rc = lib.ovl_fake_inject_to(
+            self._h(), encap or 0, family, raw, port, datagram, len(datagram)
+        )
         if rc == -errno.ENOBUFS:
             raise CapacityError(
                 f"the fake transport holds {FAKE_INBOX} datagrams: "

@@ -169,15 +169,43 @@ def test_fdb_entries_name_their_next_hop(node: FakeTransportEngine) -> None:
     }
 
 
-def test_a_network_takes_the_engines_encapsulation_and_no_other() -> None:
+def test_a_network_takes_its_own_encapsulation_beside_the_engines() -> None:
+    """A VXLAN engine hosts a Geneve network too: each network's frames leave
+    with its own header to its encapsulation's port, and each tunnel port
+    accepts only its own encapsulation's networks."""
     with fake_transport_engine(ENCAP_VXLAN) as eng:
-        eng.network_add(VNI, encap=ENCAP_VXLAN)
-        with pytest.raises(ConfigError, match="encap"):
-            eng.network_add(VNI + 1, encap=ENCAP_GENEVE)
+        eng.network_add(VNI)  # the engine's: VXLAN
         with pytest.raises(ConfigError, match="encap"):
             eng.network_add(VNI + 1, encap=7)
-        eng.network_add(VNI + 1)  # nothing was half-added
-        assert eng.network_counters(VNI + 1)["drops"] == 0
+        eng.network_add(VNI + 1, encap=ENCAP_GENEVE)
+        assert eng.tunnel_port(ENCAP_VXLAN) == eng.udp_port == wire.VXLAN_PORT
+        assert eng.tunnel_port(ENCAP_GENEVE) == wire.GENEVE_PORT
+        for vni in (VNI, VNI + 1):
+            eng.vtep_add(vni, PEER)  # no port: its network's encapsulation's
+            eng.fdb_add(vni, mac_bytes(MAC_B), PEER)
+        pv = FakePort(eng, VNI, MAC_A, (IP_A,))
+        pg = FakePort(eng, VNI + 1, MAC_A, (IP_A,))
+        for port, vni, encap, dport in (
+            (pv, VNI, ENCAP_VXLAN, wire.VXLAN_PORT),
+            (pg, VNI + 1, ENCAP_GENEVE, wire.GENEVE_PORT),
+        ):
+            out = udp_frame(MAC_A, MAC_B, IP_A, IP_B)
+            port.send(out)
+            (d,) = sent(eng, 1)
+            assert (d.dst, d.port) == (PEER, dport)
+            assert d.data == tunnelled(encap, vni, out)
+            back = udp_frame(MAC_B, MAC_A, IP_B, IP_A)
+            eng.inject(tunnelled(encap, vni, back), PEER, encap=encap)
+            assert port.recv() == back
+            assert eng.network_counters(vni)["decap_packets"] == 1
+        # Each port decodes its own encapsulation: the other's header is refused.
+        eng.inject(tunnelled(ENCAP_GENEVE, VNI + 1, back), PEER, encap=ENCAP_VXLAN)
+        eng.inject(tunnelled(ENCAP_VXLAN, VNI, back), PEER, encap=ENCAP_GENEVE)
+        assert wait_for(lambda: eng.counters()["vxlan_bad_flags"] == 1)
+        # VXLAN's flag byte 0x08 read as Geneve: 32 bytes of options that are not there
+        assert wait_for(lambda: eng.counters()["geneve_option_overrun"] == 1)
+        assert eng.network_counters(VNI)["decap_packets"] == 1
+        assert eng.network_counters(VNI + 1)["decap_packets"] == 1
 
 
 def test_counters_of_several_workers_are_summed() -> None:
