@@ -159,7 +159,10 @@ class NetworkSpec:
     vni: int
     tenant: str
     cidr: str = "10.244.0.0/16"
-    encap: str = "vxlan"
+    # The network's encapsulation (ENCAPS), the same on every node: each node
+    # takes it on its tunnel port for it (``NodeSpec.tunnel_port``). "": each
+    # node's own (``Node``'s encap), as before networks chose their own.
+    encap: str = ""
     subnet_prefix: int = 24  # the size of each node's subnet lease
     learning: bool = False
     # A gateway on every node that hosts the network (overlay.gateway, GATEWAYS):
@@ -206,8 +209,10 @@ class NetworkSpec:
                 False,
                 "true: pods behind an isolated gateway reach the outside only masqueraded",
             )
-        if not isinstance(self.encap, str) or self.encap not in ENCAPS:
-            raise ConfigError("network.encap", self.encap, f"one of {ENCAPS}")
+        if not isinstance(self.encap, str) or self.encap not in (*ENCAPS, ""):
+            raise ConfigError(
+                "network.encap", self.encap, f'one of {ENCAPS}, or "" for each node\'s own'
+            )
         top = 32 if net.version == 4 else 128
         if (
             isinstance(self.subnet_prefix, bool)
@@ -266,6 +271,11 @@ class NodeSpec:
     underlay: str
     networks: tuple[int, ...] = ()
     port: int = 0  # 0: the encapsulation's default
+    # The node's tunnel port of each encapsulation, where its networks of that
+    # encapsulation are sent; 0: not announced, ``port`` then serves every
+    # network (records of nodes with one encapsulation).
+    vxlan_port: int = 0
+    geneve_port: int = 0
 
     def __post_init__(self) -> None:
         _name(self.name, "node.name")
@@ -279,7 +289,15 @@ class NodeSpec:
         for v in nets:
             _vni(v, "node.networks")
         _int(self.port, "node.port", 0, 65535, "0-65535")
+        _int(self.vxlan_port, "node.vxlan_port", 0, 65535, "0-65535")
+        _int(self.geneve_port, "node.geneve_port", 0, 65535, "0-65535")
         object.__setattr__(self, "networks", tuple(nets))
+
+    def tunnel_port(self, encap: str) -> int:
+        """The port to send this node a network of ``encap`` ("vxlan", "geneve",
+        "": the node's own) on; 0: the receiver's default for it."""
+        own = self.vxlan_port if encap == "vxlan" else self.geneve_port if encap == "geneve" else 0
+        return own or self.port
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

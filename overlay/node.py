@@ -65,7 +65,7 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 class Encap(enum.Enum):
-    """The tunnel encapsulation of a node (one per node, as with the kernel's devices)."""
+    """A tunnel encapsulation: a node's default, chosen per network (``add_network``)."""
 
     VXLAN = _bindings.ENCAP_VXLAN
     GENEVE = _bindings.ENCAP_GENEVE
@@ -299,9 +299,11 @@ class Network:
         options: tuple[GeneveOption, ...],
         learning: bool,
         tunnel: bool = True,
+        encap: Encap | None = None,
     ) -> None:
         self.node = node
         self.vni = vni
+        self.encap = encap or node.encap  # its tunnel's: header, port, pods' MTU
         self.tenant = tenant
         self.geneve_options = options
         self.learning = learning
@@ -919,6 +921,10 @@ class Node:
     node binds and where its TAPs are born; by default, the caller's.
     ``mtu`` is the underlay MTU; pods get it less the encapsulation overhead,
     or all of it in a network without a tunnel (``add_network(tunnel=False)``).
+    ``encap`` is the default of the node's networks, each of which may choose
+    the other (``add_network(encap=...)``): each encapsulation has its tunnel
+    port, ``port`` for ``encap`` and ``alt_port`` for the other (default: the
+    IANA ports 4789 and 6081), the other's opened with its first network.
     """
 
     def __init__(
@@ -927,6 +933,7 @@ class Node:
         encap: Encap = Encap.VXLAN,
         *,
         port: int | None = None,
+        alt_port: int | None = None,
         netns: str | None = None,
         mtu: int = 1500,
         udp_checksum: bool = True,
@@ -944,6 +951,8 @@ class Node:
             raise ConfigError("encap", encap, "Encap.VXLAN or Encap.GENEVE")
         if port is not None and not model.UDP_PORT_MIN <= port <= model.UDP_PORT_MAX:
             raise ConfigError("port", port, model.UDP_PORT_EXPECTED)
+        if alt_port is not None and not model.UDP_PORT_MIN <= alt_port <= model.UDP_PORT_MAX:
+            raise ConfigError("alt_port", alt_port, model.UDP_PORT_EXPECTED)
         if not model.UNDERLAY_MTU_MIN <= mtu <= model.UNDERLAY_MTU_MAX:
             raise ConfigError("mtu", mtu, model.UNDERLAY_MTU_EXPECTED)
         if offloads is True:
@@ -979,6 +988,7 @@ class Node:
                 encap=encap.value,
                 local=addr,
                 udp_port=port or 0,
+                alt_port=alt_port or 0,
                 source_ports=source_ports,
                 source_port_slots=source_port_slots,
                 udp_checksum=udp_checksum,
@@ -1002,6 +1012,17 @@ class Node:
     def __repr__(self) -> str:
         return f"Node({str(self.underlay)!r}, {self.encap.name}, port={self.port})"
 
+    @property
+    def tunnel_ports(self) -> dict[str, int]:
+        """Each encapsulation's tunnel port by name ("vxlan", "geneve"): what the
+        node announces to its peers (``NodeSpec``)."""
+        return {e.name.lower(): self.tunnel_port(e) for e in Encap}
+
+    def tunnel_port(self, encap: Encap | None = None) -> int:
+        """The UDP port the node takes ``encap``'s networks on (None: the node's
+        encapsulation), and the port their VTEPs get when ``add_vtep`` names none."""
+        return self.engine.tunnel_port((encap or self.encap).value)
+
     def __enter__(self) -> Node:
         return self
 
@@ -1014,7 +1035,8 @@ class Node:
         if network is not None and not network.tunnel:
             return self.mtu
         opts = sum(len(o.encode()) for o in network.geneve_options) if network else 0
-        return self.mtu - self.encap.overhead(self.family, opts)
+        encap = network.encap if network is not None else self.encap
+        return self.mtu - encap.overhead(self.family, opts)
 
     def add_network(
         self,
@@ -1024,8 +1046,13 @@ class Node:
         geneve_options: Iterable[GeneveOption] = (),
         learning: bool = False,
         tunnel: bool = True,
+        encap: Encap | str | None = None,
     ) -> Network:
         """Host a network: one VNI, owned by one tenant.
+
+        ``encap`` is the network's encapsulation (None: the node's): VXLAN and
+        Geneve networks live side by side on one node, each on its own tunnel
+        port (``tunnel_port``); Geneve options need a Geneve network.
 
         ``tunnel=False`` makes a network whose frames never leave encapsulated: a
         routed network (pods reach other nodes through the gateway and the node's
@@ -1038,10 +1065,23 @@ class Node:
         if vni in self.networks:
             owner = self.networks[vni].tenant
             raise ConflictError(f"vni={vni} exists already (tenant {owner!r}); choose another VNI")
+        if isinstance(encap, str) and encap.upper() in Encap.__members__:
+            encap = Encap[encap.upper()]  # a NetworkSpec's name; "": the node's
+        elif encap == "":
+            encap = None
+        if encap is not None and not isinstance(encap, Encap):
+            raise ConfigError(
+                "encap",
+                encap,
+                'Encap.VXLAN, Encap.GENEVE ("vxlan", "geneve") or None (the node\'s)',
+            )
+        enc = encap or self.encap
         opts = tuple(geneve_options)
         tlv = b"".join(o.encode() for o in opts)
-        if opts and self.encap is not Encap.GENEVE:
-            raise ConfigError("geneve_options", opts, "options need a node with Encap.GENEVE")
+        if opts and enc is not Encap.GENEVE:
+            raise ConfigError(
+                "geneve_options", opts, "options need a Geneve network (encap=Encap.GENEVE)"
+            )
         if len(tlv) > 252:
             raise ConfigError("geneve_options", opts, "at most 252 bytes of options in all")
         if not isinstance(tunnel, bool):
@@ -1049,8 +1089,8 @@ class Node:
         if opts and not tunnel:
             raise ConfigError("geneve_options", opts, "none: a network without a tunnel")
         # The node's encapsulation is the default of its networks; the engine
-        # keeps it per network, so that a later node can mix them.
-        self.engine.network_add(vni, learning=learning, encap=self.encap.value, tunnel=tunnel)
+        # keeps it per network (its header, its tunnel port).
+        self.engine.network_add(vni, learning=learning, encap=enc.value, tunnel=tunnel)
         try:
             if tlv:
                 self.engine.network_set_options(vni, tlv)
@@ -1059,7 +1099,7 @@ class Node:
         except Exception:
             self.engine.network_del(vni)
             raise
-        net = Network(self, vni, tenant, opts, learning, tunnel)
+        net = Network(self, vni, tenant, opts, learning, tunnel, enc)
         self.networks[vni] = net
         return net
 

@@ -114,8 +114,16 @@ class Agent(Generic[P]):
         reconcilers: Sequence[ReconcilerFactory] = RECONCILERS,
     ) -> None:
         hosted = tuple(sorted(set(networks) | set(getattr(node, "networks", {}))))
+        # The node's port of each encapsulation, so that peers send each network
+        # to the port of its own (a node without them announces its one port).
+        ports = getattr(node, "tunnel_ports", {})
         self.spec = NodeSpec(
-            name=name, underlay=str(node.underlay), networks=hosted, port=int(node.port or 0)
+            name=name,
+            underlay=str(node.underlay),
+            networks=hosted,
+            port=int(node.port or 0),
+            vxlan_port=int(ports.get("vxlan", 0)),
+            geneve_port=int(ports.get("geneve", 0)),
         )
         if not 1.0 <= ttl <= 3600:
             raise ConfigError("ttl", ttl, "1-3600 seconds")

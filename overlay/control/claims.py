@@ -804,19 +804,29 @@ class Claims:
                 return f"{ip} is claimed first by {first.key!r}"
         return None
 
+    def _encap(self, vni: int) -> str:
+        """vni's encapsulation ("" when undefined: each node's own): which of a
+        node's tunnel ports its datagrams go to (``NodeSpec.tunnel_port``)."""
+        spec = self.specs.get(vni)
+        return spec.encap if spec is not None else ""
+
     def _remote(self, c: _Claim) -> Remote:
         spec = self.nodes[c.node]
-        return Remote(self._node_claims[c.node].underlay, c.ips, spec.port)
+        port = spec.tunnel_port(self._encap(c.ep.vni))
+        return Remote(self._node_claims[c.node].underlay, c.ips, port)
 
     def _vtep(self, vni: int, underlay: IPAddress) -> int | None:
         name = self._member.get(underlay)
         spec = self.nodes.get(name) if name is not None else None
-        return spec.port if spec is not None and vni in spec.networks else None
+        if spec is None or vni not in spec.networks:
+            return None
+        return spec.tunnel_port(self._encap(vni))
 
     def vteps(self, vni: int) -> dict[IPAddress, int | None]:
         """Every member VTEP of vni (underlay -> UDP port, 0 for the default)."""
+        encap = self._encap(vni)
         return {
-            u: self.nodes[name].port
+            u: self.nodes[name].tunnel_port(encap)
             for u, name in self._member.items()
             if name in self.nodes and vni in self.nodes[name].networks
         }

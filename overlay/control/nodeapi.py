@@ -98,10 +98,17 @@ class NodeTables(Protocol):
     def networks(self) -> Mapping[int, NetworkTables]: ...
 
     def add_network(
-        self, vni: int, tenant: str, *, learning: bool = False, tunnel: bool = True
+        self,
+        vni: int,
+        tenant: str,
+        *,
+        learning: bool = False,
+        tunnel: bool = True,
+        encap: str | None = None,
     ) -> NetworkTables:
         """Host network vni; ``tunnel=False``: it never encapsulates (routed,
-        underlay: no VTEPs, no remotes, pods at the full underlay MTU)."""
+        underlay: no VTEPs, no remotes, pods at the full underlay MTU);
+        ``encap``: a tunnel network's ("vxlan", "geneve"; None: the node's)."""
         ...
 
     def network(self, vni: int) -> NetworkTables: ...
@@ -156,7 +163,13 @@ class HostNode(NodeTables, Protocol[P]):
     def networks(self) -> Mapping[int, HostNetwork[P]]: ...
 
     def add_network(
-        self, vni: int, tenant: str, *, learning: bool = False, tunnel: bool = True
+        self,
+        vni: int,
+        tenant: str,
+        *,
+        learning: bool = False,
+        tunnel: bool = True,
+        encap: str | None = None,
     ) -> HostNetwork[P]: ...
 
     def network(self, vni: int) -> HostNetwork[P]: ...

@@ -61,6 +61,9 @@ expected — the first problem found, in file order.
     cidr = "10.244.0.0/16"
     subnet_prefix = 24
     mode = "overlay"               # or "routed", "auto", "underlay"
+    encap = "geneve"               # optional: [node] encap by default; each encapsulation
+                                   # has its tunnel port (VXLAN 4789, Geneve 6081; [node]
+                                   # port is the one of [node] encap)
     gateway = true                 # the node's way in and out: host <-> pods, Services, egress;
                                    # "isolated": a router namespace of its own (egress only)
     masquerade = true              # egress to outside the network leaves as the node's address
@@ -197,7 +200,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 NETWORK_KEYS = {
     "vni", "tenant", "cidr", "subnet_prefix", "learning", "gateway", "masquerade", "mode",
-    "router",
+    "router", "encap",
 }  # fmt: skip
 _SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks", "bgp"}
 _STORE_KEYS = {
@@ -519,7 +522,7 @@ def parse(text: str) -> DaemonConfig:
                 vni=get_key(t, "vni", where, int, f"a VNI 0-{VNI_MAX}"),
                 tenant=get_key(t, "tenant", where, str, "the owning tenant's name"),
                 cidr=get_key(t, "cidr", where, str, "a CIDR", "10.244.0.0/16"),
-                encap=encap,
+                encap=get_key(t, "encap", where, str, '"vxlan" or "geneve"', encap),
                 subnet_prefix=get_key(t, "subnet_prefix", where, int, "a prefix", 24),
                 learning=get_key(t, "learning", where, bool, "true or false", False),
                 gateway=get_key(

@@ -26,6 +26,7 @@ prefix trie); tests check it answers as ``evaluate`` does.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import ipaddress
 from collections.abc import Iterable
@@ -34,20 +35,20 @@ from overlay.errors import ConfigError
 from overlay.policy.evaluate import Decision, Verdict, check_inputs, combine
 from overlay.policy.model import (
     AdminNetworkPolicy,
-    AdminPeer,
     AdminRule,
     BaselineAdminNetworkPolicy,
     Direction,
     Endpoint,
     IPAddress,
     IPNetwork,
+    LabelSelector,
     NetworkPolicy,
     Rule,
+    Subject,
     World,
 )
 from overlay.policy.model import Peer as NPPeer
 
-ALL = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 PORT_ANY = (0, 65535)
 
 
@@ -114,172 +115,430 @@ class PortTable:
         return dataclasses.asdict(self)
 
 
-def _collapse(nets: Iterable[IPNetwork]) -> tuple[str, ...]:
-    nets = list(nets)
-    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
-    out = [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
-    return tuple(str(n) for n in out)
+# -- addresses as integers ----------------------------------------------------
+#
+# A set of addresses is a list of inclusive ranges (family, first, last) of
+# integers: pods are (f, a, a), a prefix its first and last address. Merging
+# them and cutting the union into prefixes is integer arithmetic, so no
+# ipaddress object is made per pod or per rule.
+
+Range = tuple[int, int, int]
+_BITS = {4: 32, 6: 128}
+_ALL_RANGES: tuple[Range, ...] = ((4, 0, (1 << 32) - 1), (6, 0, (1 << 128) - 1))
+_ABOVE = 1 << 129  # above every address: bisect's upper bound
 
 
-def _subtract(net: IPNetwork, excepts: Iterable[IPNetwork]) -> list[IPNetwork]:
-    parts = [net]
+def _net_range(net: IPNetwork) -> Range:
+    first = int(net.network_address)
+    return (net.version, first, first | int(net.hostmask))
+
+
+def _subtract(r: Range, excepts: Iterable[IPNetwork]) -> list[Range]:
+    """``r`` less every prefix of ``excepts`` (an ipBlock's cidr and except)."""
+    parts = [r]
     for e in excepts:
-        nxt: list[IPNetwork] = []
+        fam, lo, hi = _net_range(e)
+        nxt: list[Range] = []
         for p in parts:
-            if e.version != p.version or not e.overlaps(p):
+            if p[0] != fam or p[2] < lo or p[1] > hi:
                 nxt.append(p)
-            elif p.subnet_of(e):  # type: ignore[arg-type]
                 continue
-            else:
-                nxt.extend(p.address_exclude(e))  # type: ignore[arg-type]
+            if p[1] < lo:
+                nxt.append((fam, p[1], lo - 1))
+            if p[2] > hi:
+                nxt.append((fam, hi + 1, p[2]))
         parts = nxt
     return parts
 
 
-def _host(ep: Endpoint) -> IPNetwork:
-    return ipaddress.ip_network(ep.ip)
+def _merge(ranges: Iterable[Range]) -> tuple[Range, ...]:
+    """Sorted ranges, neither overlapping nor adjacent, covering ``ranges``."""
+    out: list[list[int]] = []
+    for fam, lo, hi in sorted(ranges):
+        last = out[-1] if out else None
+        if last is not None and last[0] == fam and lo <= last[2] + 1:
+            if hi > last[2]:
+                last[2] = hi
+        else:
+            out.append([fam, lo, hi])
+    return tuple((f, lo, hi) for f, lo, hi in out)
+
+
+def _text(fam: int, addr: int, prefix_len: int) -> str:
+    if fam == 4:
+        return f"{addr >> 24}.{addr >> 16 & 255}.{addr >> 8 & 255}.{addr & 255}/{prefix_len}"
+    return f"{ipaddress.IPv6Address(addr)}/{prefix_len}"
+
+
+def _prefixes(merged: Iterable[Range]) -> tuple[str, ...]:
+    """The fewest prefixes covering merged ranges, in address order (IPv4
+    first): what ``ipaddress.collapse_addresses`` gives, by arithmetic."""
+    out: list[str] = []
+    for fam, lo, hi in merged:
+        bits = _BITS[fam]
+        while lo <= hi:
+            align = (lo & -lo).bit_length() - 1 if lo else bits
+            k = min(align, (hi - lo + 1).bit_length() - 1)
+            out.append(_text(fam, lo, bits - k))
+            lo += 1 << k
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Peers:
+    """A rule's resolved peers: the collapsed prefixes and the merged ranges
+    behind them (for membership)."""
+
+    cidrs: tuple[str, ...]
+    ranges: tuple[Range, ...]
+
+    def contains(self, fam: int, addr: int) -> bool:
+        i = bisect.bisect_right(self.ranges, (fam, addr, _ABOVE))
+        if not i:
+            return False
+        f, lo, hi = self.ranges[i - 1]
+        return f == fam and lo <= addr <= hi
+
+
+_EMPTY: frozenset[int] = frozenset()
+
+
+class _Index:
+    """The world, indexed once: endpoints by namespace, by label (key, value)
+    and by label key, so that a selector is a few set operations instead of a
+    scan. Endpoint ``k`` is the k-th in address order (sorting a set of them
+    sorts their addresses); ``world_order`` lists them as the world does."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        keyed = []
+        for e in world.endpoints:
+            a = e.address
+            keyed.append(((a.version, int(a)), e))
+        keyed.sort(key=lambda x: x[0])
+        self.eps: list[Endpoint] = [e for _, e in keyed]
+        self.addr: list[tuple[int, int]] = [fa for fa, _ in keyed]
+        pos = {id(e): k for k, e in enumerate(self.eps)}
+        self.world_order: list[int] = [pos[id(e)] for e in world.endpoints]
+        self.all: frozenset[int] = frozenset(range(len(self.eps)))
+        by_ns: dict[str, set[int]] = {}
+        by_label: dict[tuple[str, str], set[int]] = {}
+        by_key: dict[str, set[int]] = {}
+        by_port: dict[str, list[int]] = {}
+        for k, e in enumerate(self.eps):
+            by_ns.setdefault(e.namespace, set()).add(k)
+            for item in e.labels.items():
+                by_label.setdefault(item, set()).add(k)
+                by_key.setdefault(item[0], set()).add(k)
+        for k in self.world_order:
+            for name in self.eps[k].named_ports:
+                by_port.setdefault(name, []).append(k)
+        self.by_ns = {ns: frozenset(s) for ns, s in by_ns.items()}
+        self.by_label = {kv: frozenset(s) for kv, s in by_label.items()}
+        self.by_key = {key: frozenset(s) for key, s in by_key.items()}
+        self.by_port = by_port  # name -> endpoints with a port of that name, world order
+        self._pods: dict[LabelSelector, frozenset[int]] = {}
+        self._nss: dict[LabelSelector, frozenset[int]] = {}
+
+    def pods(self, sel: LabelSelector) -> frozenset[int]:
+        """Endpoints whose labels ``sel`` matches (``LabelSelector.matches``)."""
+        got = self._pods.get(sel)
+        if got is not None:
+            return got
+        s: frozenset[int] | None = None
+        for item in sel.match_labels:
+            m = self.by_label.get(item, _EMPTY)
+            s = m if s is None else s & m
+        for r in sel.match_expressions:
+            if r.operator in ("In", "NotIn"):
+                m = _EMPTY.union(*(self.by_label.get((r.key, v), _EMPTY) for v in r.values))
+                if r.operator == "NotIn":  # an absent key is "not in"
+                    m = self.all - m
+            else:
+                m = self.by_key.get(r.key, _EMPTY)
+                if r.operator == "DoesNotExist":
+                    m = self.all - m
+            s = m if s is None else s & m
+        got = self.all if s is None else s
+        self._pods[sel] = got
+        return got
+
+    def in_namespaces(self, sel: LabelSelector) -> frozenset[int]:
+        """Endpoints of the namespaces whose labels ``sel`` matches."""
+        got = self._nss.get(sel)
+        if got is None:
+            w = self.world
+            got = _EMPTY.union(
+                *(
+                    self.by_ns.get(ns, _EMPTY)
+                    for ns in w.namespaces
+                    if sel.matches(w.namespaces[ns])
+                )
+            )
+            self._nss[sel] = got
+        return got
+
+    def namespaced(self, ns_sel: LabelSelector, pod_sel: LabelSelector | None) -> frozenset[int]:
+        """An ANP subject or peer: namespaceSelector AND podSelector."""
+        got = self.in_namespaces(ns_sel)
+        return got if pod_sel is None else got & self.pods(pod_sel)
+
+    def np_peer(self, peer: NPPeer, policy_ns: str) -> frozenset[int]:
+        """A selector peer (``World.np_peer_matches``)."""
+        if peer.namespace_selector is None:
+            got = self.by_ns.get(policy_ns, _EMPTY)
+        else:
+            got = self.in_namespaces(peer.namespace_selector)
+        return got if peer.pod_selector is None else got & self.pods(peer.pod_selector)
+
+    def np_selected(self, p: NetworkPolicy) -> frozenset[int]:
+        """The pods ``p`` selects (``World.np_selects``)."""
+        return self.by_ns.get(p.namespace, _EMPTY) & self.pods(p.pod_selector)
+
+
+Entry = tuple[tuple[str, ...], str | None, int, int]  # cidrs, protocol, first, last port
+Sig = tuple[tuple[int, str] | None, ...]
 
 
 class _Compiler:
+    """Every port's tables from one world and one policy set. What does not
+    depend on the port is resolved once and shared: each rule's peers, each
+    policy's selected pods, each rule's entries (those of an ingress rule with
+    named ports once per distinct (name -> port) of the pods), and identical
+    tiers are one tuple of the same ``CompiledRule`` objects."""
+
     def __init__(
         self,
         world: World,
         nps: list[NetworkPolicy],
         anps: list[AdminNetworkPolicy],
         banp: BaselineAdminNetworkPolicy | None,
-        ep: Endpoint,
-        direction: Direction,
     ) -> None:
-        self.world, self.nps, self.anps, self.banp = world, nps, anps, banp
-        self.ep, self.direction = ep, direction
+        self.ix = _Index(world)
+        self.nps, self.anps, self.banp = nps, anps, banp
+        self.node = _prefixes(
+            _merge(_net_range(ipaddress.ip_network(a)) for a in world.node_addresses)
+        )
+        self._all = _Peers(_prefixes(_ALL_RANGES), _ALL_RANGES)
+        self._peers: dict[tuple[frozenset[int], tuple[Range, ...]], _Peers] = {}
+        self._named_cache: dict[tuple[int, str, str | None], list[Entry]] = {}
+        self._rules: dict[tuple[object, ...], list[CompiledRule]] = {}
+        self._isolating: dict[Direction, list[list[int]]] = {}
+        self._subjects: dict[int, frozenset[int]] = {}
+        self._tuples: dict[tuple[int, ...], tuple[CompiledRule, ...]] = {}
+        self._names_cache: dict[tuple[int, Direction], tuple[str, ...]] = {}
 
     # -- peers -> prefixes
 
-    def _np_peers(self, rule: Rule, ns: str) -> list[IPNetwork]:
+    def _resolve(self, hosts: frozenset[int], ranges: list[Range]) -> _Peers | None:
+        if not hosts and not ranges:
+            return None
+        key = (hosts, tuple(ranges))
+        got = self._peers.get(key)
+        if got is None:
+            addr = self.ix.addr
+            merged = _merge([*ranges, *((addr[k][0], addr[k][1], addr[k][1]) for k in hosts)])
+            got = _Peers(_prefixes(merged), merged)
+            self._peers[key] = got
+        return got
+
+    def _np_peers(self, rule: Rule, ns: str) -> _Peers | None:
         if not rule.peers:
-            return list(ALL)
-        out: list[IPNetwork] = []
+            return self._all
+        hosts: frozenset[int] = _EMPTY
+        ranges: list[Range] = []
         for peer in rule.peers:
-            out.extend(self._np_peer(peer, ns))
-        return out
+            if peer.ip_block is not None:
+                ranges += _subtract(_net_range(peer.ip_block.cidr), peer.ip_block.except_)
+            else:
+                hosts = hosts | self.ix.np_peer(peer, ns)
+        return self._resolve(hosts, ranges)
 
-    def _np_peer(self, peer: NPPeer, ns: str) -> list[IPNetwork]:
-        if peer.ip_block is not None:
-            return _subtract(peer.ip_block.cidr, peer.ip_block.except_)
-        w = self.world
-        return [_host(e) for e in w.endpoints if w.np_peer_matches(peer, ns, e)]
-
-    def _admin_peers(self, rule: AdminRule) -> list[IPNetwork]:
-        out: list[IPNetwork] = []
+    def _admin_peers(self, rule: AdminRule) -> _Peers | None:
+        hosts: frozenset[int] = _EMPTY
+        ranges: list[Range] = []
         for peer in rule.peers:
-            out.extend(self._admin_peer(peer))
-        return out
-
-    def _admin_peer(self, peer: AdminPeer) -> list[IPNetwork]:
-        if peer.networks:
-            return list(peer.networks)
-        w = self.world
-        sel = peer.namespace_selector
-        assert sel is not None  # a non-network admin peer always has one (model)
-        return [
-            _host(e)
-            for e in w.endpoints
-            if sel.matches(w.namespace_labels(e.namespace))
-            and (peer.pod_selector is None or peer.pod_selector.matches(e.labels))
-        ]
+            if peer.networks:
+                ranges += [_net_range(n) for n in peer.networks]
+            else:
+                sel = peer.namespace_selector
+                assert sel is not None  # a non-network admin peer always has one (model)
+                hosts = hosts | self.ix.namespaced(sel, peer.pod_selector)
+        return self._resolve(hosts, ranges)
 
     # -- named ports: (peer prefixes, protocol, number) entries
 
     def _named(
-        self, peers: list[IPNetwork], name: str, protocol: str | None
-    ) -> list[tuple[list[IPNetwork], str, int]]:
-        """Where ``name`` resolves: on this pod for ingress (any peer), on each
-        destination pod inside ``peers`` for egress. ``protocol`` None: any
-        (ANP namedPort), else the port must have that protocol too."""
-        out: list[tuple[list[IPNetwork], str, int]] = []
-        if self.direction == "ingress":
-            got = self.ep.named_ports.get(name)
+        self, peers: _Peers, name: str, protocol: str | None, d: Direction, ep: Endpoint | None
+    ) -> list[Entry]:
+        """Where ``name`` resolves: on this pod (``ep``) for ingress (any
+        peer), on each destination pod inside ``peers`` for egress.
+        ``protocol`` None: any (ANP namedPort), else the port must have that
+        protocol too."""
+        if d == "ingress":
+            assert ep is not None
+            got = ep.named_ports.get(name)
             if got is not None and protocol in (None, got[1]):
-                out.append((peers, got[1], got[0]))
-            return out
-        for e in self.world.endpoints:
-            got = e.named_ports.get(name)
-            if got is None or protocol not in (None, got[1]):
-                continue
-            addr = e.address
-            if any(addr in p for p in peers):
-                out.append(([_host(e)], got[1], got[0]))
+                return [(peers.cidrs, got[1], got[0], got[0])]
+            return []
+        key = (id(peers), name, protocol)
+        out = self._named_cache.get(key)
+        if out is None:
+            out = []
+            ix = self.ix
+            for k in ix.by_port.get(name, ()):
+                got = ix.eps[k].named_ports[name]
+                fam, a = ix.addr[k]
+                if protocol in (None, got[1]) and peers.contains(fam, a):
+                    out.append(((_text(fam, a, _BITS[fam]),), got[1], got[0], got[0]))
+            self._named_cache[key] = out
         return out
 
-    @staticmethod
-    def _entry(
-        nets: list[IPNetwork], proto: str | None, lo: int, hi: int, action: str, pol: str, i: int
-    ) -> list[CompiledRule]:
-        cidrs = _collapse(nets)
-        return [CompiledRule(cidrs, proto, lo, hi, action, pol, i)] if cidrs else []
-
-    def np_rule(self, policy: NetworkPolicy, i: int, rule: Rule) -> list[CompiledRule]:
+    def _np_entries(
+        self, policy: NetworkPolicy, rule: Rule, d: Direction, ep: Endpoint | None
+    ) -> list[Entry]:
         peers = self._np_peers(rule, policy.namespace)
-        if not peers:
+        if peers is None:
             return []
         if not rule.ports:
-            return self._entry(peers, None, *PORT_ANY, "allow", policy.key, i)
-        out: list[CompiledRule] = []
+            return [(peers.cidrs, None, *PORT_ANY)]
+        out: list[Entry] = []
         for p in rule.ports:
             if p.port is None:
-                out += self._entry(peers, p.protocol, *PORT_ANY, "allow", policy.key, i)
+                out.append((peers.cidrs, p.protocol, *PORT_ANY))
             elif isinstance(p.port, str):
-                for nets, proto, n in self._named(peers, p.port, p.protocol):
-                    out += self._entry(nets, proto, n, n, "allow", policy.key, i)
+                out += self._named(peers, p.port, p.protocol, d, ep)
             else:
                 hi = p.end_port if p.end_port is not None else p.port
-                out += self._entry(peers, p.protocol, p.port, hi, "allow", policy.key, i)
+                out.append((peers.cidrs, p.protocol, p.port, hi))
         return out
 
-    def admin_rule(self, name: str, i: int, rule: AdminRule) -> list[CompiledRule]:
+    def _admin_entries(self, rule: AdminRule, d: Direction, ep: Endpoint | None) -> list[Entry]:
         peers = self._admin_peers(rule)
-        if not peers:
+        if peers is None:
             return []
-        action = rule.action.lower()
         if rule.ports is None:
-            return self._entry(peers, None, *PORT_ANY, action, name, i)
-        out: list[CompiledRule] = []
+            return [(peers.cidrs, None, *PORT_ANY)]
+        out: list[Entry] = []
         for p in rule.ports:
             if p.name is not None:
-                for nets, proto, n in self._named(peers, p.name, None):
-                    out += self._entry(nets, proto, n, n, action, name, i)
+                out += self._named(peers, p.name, None, d, ep)
             else:
-                out += self._entry(peers, p.protocol, p.start, p.end, action, name, i)
+                out.append((peers.cidrs, p.protocol, p.start, p.end))
         return out
 
-    def table(self) -> PortTable:
-        w, ep, d = self.world, self.ep, self.direction
+    def _policy_rules(
+        self, policy: NetworkPolicy | AdminNetworkPolicy | BaselineAdminNetworkPolicy,
+        d: Direction, ep: Endpoint,
+    ) -> list[CompiledRule]:  # fmt: skip
+        """A policy's entries for ``d`` as ``ep`` sees them, cached per policy,
+        direction and (ingress only) the pod's ports of the names the
+        policy's rules use."""
+        names = self._names(policy, d)
+        sig: Sig = tuple(ep.named_ports.get(n) for n in names)
+        key = (id(policy), d, sig)
+        got = self._rules.get(key)
+        if got is not None:
+            return got
+        got = []
+        if isinstance(policy, NetworkPolicy):
+            for i, r in enumerate(policy.rules(d)):
+                for cidrs, proto, lo, hi in self._np_entries(policy, r, d, ep):
+                    if cidrs:
+                        got.append(CompiledRule(cidrs, proto, lo, hi, "allow", policy.key, i))
+        else:
+            for i, ar in enumerate(policy.rules(d)):
+                action = ar.action.lower()
+                for cidrs, proto, lo, hi in self._admin_entries(ar, d, ep):
+                    if cidrs:
+                        got.append(CompiledRule(cidrs, proto, lo, hi, action, policy.name, i))
+        self._rules[key] = got
+        return got
+
+    def _names(
+        self, policy: NetworkPolicy | AdminNetworkPolicy | BaselineAdminNetworkPolicy, d: Direction
+    ) -> tuple[str, ...]:
+        """The port names an ingress table of ``policy`` resolves on its pod."""
+        if d != "ingress":
+            return ()
+        key = (id(policy), d)
+        got = self._names_cache.get(key)
+        if got is None:
+            names: set[str] = set()
+            if isinstance(policy, NetworkPolicy):
+                for r in policy.rules(d):
+                    names.update(p.port for p in r.ports if isinstance(p.port, str))
+            else:
+                for ar in policy.rules(d):
+                    names.update(p.name for p in ar.ports or () if p.name is not None)
+            got = self._names_cache[key] = tuple(sorted(names))
+        return got
+
+    def _selects(self, subject: Subject) -> frozenset[int]:
+        got = self._subjects.get(id(subject))
+        if got is None:
+            got = self.ix.namespaced(subject.namespace_selector, subject.pod_selector)
+            self._subjects[id(subject)] = got
+        return got
+
+    def _isolating_of(self, d: Direction) -> list[list[int]]:
+        """Per endpoint, the NetworkPolicies (indexes, in order) that isolate it in ``d``."""
+        got = self._isolating.get(d)
+        if got is None:
+            got = [[] for _ in self.ix.eps]
+            for i, p in enumerate(self.nps):
+                if p.isolates(d):
+                    for k in self.ix.np_selected(p):
+                        got[k].append(i)
+            self._isolating[d] = got
+        return got
+
+    def _intern(self, rules: list[CompiledRule]) -> tuple[CompiledRule, ...]:
+        key = tuple(map(id, rules))
+        got = self._tuples.get(key)
+        if got is None:
+            got = self._tuples[key] = tuple(rules)
+        return got
+
+    def table(self, k: int, d: Direction) -> PortTable:
+        ep = self.ix.eps[k]
         admin: list[CompiledRule] = []
         for anp in self.anps:
-            if w.subject_selects(anp.subject, ep):
-                for i, r in enumerate(anp.rules(d)):
-                    admin += self.admin_rule(anp.name, i, r)
-        isolating = [p for p in self.nps if p.isolates(d) and w.np_selects(p, ep)]
+            if k in self._selects(anp.subject):
+                admin += self._policy_rules(anp, d, ep)
+        isolating = self._isolating_of(d)[k]
         nprules: list[CompiledRule] = []
-        for p in isolating:
-            for i, nr in enumerate(p.rules(d)):
-                nprules += self.np_rule(p, i, nr)
+        for i in isolating:
+            nprules += self._policy_rules(self.nps[i], d, ep)
         baseline: list[CompiledRule] = []
-        if self.banp is not None and w.subject_selects(self.banp.subject, ep):
-            for i, r in enumerate(self.banp.rules(d)):
-                baseline += self.admin_rule(self.banp.name, i, r)
-        node = _collapse(ipaddress.ip_network(a) for a in w.node_addresses)
+        if self.banp is not None and k in self._selects(self.banp.subject):
+            baseline += self._policy_rules(self.banp, d, ep)
         return PortTable(
             str(ep.address),
             d,
-            node,
-            tuple(admin),
+            self.node,
+            self._intern(admin),
             bool(isolating),
-            isolating[0].key if isolating else None,
-            tuple(nprules),
-            tuple(baseline),
+            self.nps[isolating[0]].key if isolating else None,
+            self._intern(nprules),
+            self._intern(baseline),
         )
+
+    def endpoint_index(self, port_ip: str) -> int:
+        try:
+            ep = self.ix.world.endpoint(port_ip)
+        except ValueError:
+            raise ConfigError("port_ip", port_ip, "an IPv4 or IPv6 address") from None
+        if ep is None:
+            raise ConfigError("port_ip", port_ip, "the address of an endpoint of the world")
+        a = ep.address
+        return bisect.bisect_left(self.ix.addr, (a.version, int(a)))
+
+
+def _direction(direction: object) -> Direction:
+    if direction not in ("ingress", "egress"):
+        raise ConfigError("direction", direction, "'ingress' or 'egress'")
+    return direction
 
 
 def compile_port(
@@ -293,15 +552,33 @@ def compile_port(
 ) -> PortTable:
     """The rule table of the pod at ``port_ip`` for ``direction``."""
     nps, anps, banp = check_inputs(networkpolicies, admin, baseline)
-    if direction not in ("ingress", "egress"):
-        raise ConfigError("direction", direction, "'ingress' or 'egress'")
-    try:
-        ep = world.endpoint(port_ip)
-    except ValueError:
-        raise ConfigError("port_ip", port_ip, "an IPv4 or IPv6 address") from None
-    if ep is None:
-        raise ConfigError("port_ip", port_ip, "the address of an endpoint of the world")
-    return _Compiler(world, nps, anps, banp, ep, direction).table()
+    d = _direction(direction)
+    c = _Compiler(world, nps, anps, banp)
+    return c.table(c.endpoint_index(port_ip), d)
+
+
+def compile_ports(
+    world: World,
+    networkpolicies: Iterable[NetworkPolicy] = (),
+    admin: Iterable[AdminNetworkPolicy] = (),
+    baseline: BaselineAdminNetworkPolicy | None = None,
+    *,
+    port_ips: Iterable[str] | None = None,
+    directions: Iterable[Direction] = ("ingress", "egress"),
+) -> dict[tuple[str, Direction], PortTable]:
+    """The tables of many pods at once, keyed by (address as given, direction):
+    what ``compile_port`` gives for each, with everything that does not depend
+    on the pod resolved once. ``port_ips`` None: every endpoint of the world."""
+    nps, anps, banp = check_inputs(networkpolicies, admin, baseline)
+    ds = [_direction(d) for d in directions]
+    c = _Compiler(world, nps, anps, banp)
+    ips = [e.ip for e in world.endpoints] if port_ips is None else list(port_ips)
+    out: dict[tuple[str, Direction], PortTable] = {}
+    for ip in ips:
+        k = c.endpoint_index(ip)
+        for d in ds:
+            out[(ip, d)] = c.table(k, d)
+    return out
 
 
 def evaluate_tables(

@@ -79,12 +79,14 @@ class Cluster:
         *,
         nodes: list[int] | None = None,
         geneve_options: tuple[GeneveOption, ...] = (),
+        encap: Encap | None = None,
     ) -> list[Network]:
-        """Host vni on ``nodes`` (default: all), each with the others as member VTEPs."""
+        """Host vni on ``nodes`` (default: all), each with the others as member VTEPs;
+        ``encap``: the network's encapsulation (None: the nodes')."""
         hosts = list(range(self.n_nodes)) if nodes is None else nodes
         nets = []
         for i in hosts:
-            net = self.nodes[i].add_network(vni, tenant, geneve_options=geneve_options)
+            net = self.nodes[i].add_network(vni, tenant, geneve_options=geneve_options, encap=encap)
             for j in hosts:
                 if j != i:
                     net.add_vtep(underlay_ip(j))

@@ -126,6 +126,7 @@ class RecordingNetwork:
         self.vni = vni
         self.tenant = tenant
         self.tunnel = tunnel  # False: the node refuses VTEPs and remotes (as Node does)
+        self.encap: str | None = None  # as add_network was told (None: the node's)
         self.ports: list[Any] = []
         self.vteps: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
         self.remotes: dict[str, tuple[Any, list[Any]]] = {}
@@ -168,9 +169,16 @@ class RecordingNode:
         self.networks: dict[int, RecordingNetwork] = {}
 
     def add_network(
-        self, vni: int, tenant: str, *, learning: bool = False, tunnel: bool = True
+        self,
+        vni: int,
+        tenant: str,
+        *,
+        learning: bool = False,
+        tunnel: bool = True,
+        encap: str | None = None,
     ) -> RecordingNetwork:
         net = RecordingNetwork(vni, tenant, tunnel)
+        net.encap = encap
         self.networks[vni] = net
         return net
 

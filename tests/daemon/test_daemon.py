@@ -20,6 +20,7 @@ import pytest
 
 from overlay.daemon.api import MAX_HEADER
 from overlay.daemon.client import ApiError, Client, DaemonUnavailable
+from overlay.testing.capture import Capture, tshark_fields
 from overlay.testing.daemon import DaemonCluster, Overlayd, to_toml
 from overlay.testing.netns import Netns, Topology
 from overlay.testing.traffic import ping, tcp_transfer
@@ -476,3 +477,45 @@ def test_reload_that_adds_the_first_peer_applies_the_new_file_to_new_networks(
     _attach(d0.client, "cg", pg, vni=200)
     h = _attach(d1.client, "ch", ph, vni=200)
     assert ping(pg, _ip(h), count=2).received == 2
+
+
+@pytest.mark.parametrize("store", ["memory", "etcd"])
+def test_a_vxlan_and_a_geneve_network_side_by_side(
+    overlay_topology: Topology,
+    overlay_daemons: Any,
+    store: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """[[networks]] encap: one network of each encapsulation on the same two nodes
+    (the nodes' default VXLAN), pods of both talk at once."""
+    url = request.getfixturevalue("overlay_etcd").endpoint if store == "etcd" else "memory"
+    nets = [
+        {"vni": 100, "tenant": "blue", "cidr": "10.244.0.0/16"},
+        {"vni": 200, "tenant": "red", "cidr": "10.245.0.0/16", "encap": "geneve"},
+    ]
+    cl = overlay_daemons(store=url, networks=nets)
+    cl.start()
+    pcap = tmp_path / "mixed.pcap"
+    with Capture(cl.node_ns[1], "ul0", bpf="udp port 4789 or udp port 6081", path=pcap):
+        for vni in (100, 200):
+            pa, pb = _pod(overlay_topology, f"a{vni}"), _pod(overlay_topology, f"b{vni}")
+            a = _attach(cl.daemons[0].client, f"ca{vni}", pa, vni=vni)
+            b = _attach(cl.daemons[1].client, f"cb{vni}", pb, vni=vni)
+            assert a["mtu"] == b["mtu"] == 1450  # Geneve without options costs as VXLAN
+            assert ping(pa, _ip(b), count=3).received == 3
+            assert ping(pb, _ip(a), count=3).received == 3
+            tr = tcp_transfer(pa, pb, _ip(b), 1_000_000)
+            assert tr.ok, tr
+            tr = tcp_transfer(pb, pa, _ip(a), 1_000_000)
+            assert tr.ok, tr
+    # each network on the wire with its own header to its own port
+    rows = tshark_fields(pcap, ["udp.dstport", "vxlan.vni", "geneve.vni"])
+    geneve = {(r["udp.dstport"], int(r["geneve.vni"], 0)) for r in rows if r["geneve.vni"]}
+    vxlan = {(r["udp.dstport"], int(r["vxlan.vni"])) for r in rows if r["vxlan.vni"]}
+    assert geneve == {("6081", 200)}
+    assert (vxlan - {("4789", 16777215)}) == {("4789", 100)}  # and the health probes' VNI
+    for d in cl.daemons:
+        per_net = d.client.counters()["networks"]  # by VNI (JSON: as text)
+        for vni in ("100", "200"):
+            assert per_net[vni]["decap_packets"] > 0 and per_net[vni]["encap_packets"] > 0

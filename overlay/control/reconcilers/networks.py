@@ -15,7 +15,8 @@ Design notes.
 - **Made with or without a tunnel, once.** A routed or underlay network is
   made without one (``add_network(tunnel=False)``: full underlay MTU, no
   VTEPs); overlay and auto networks with one (``NetworkSpec.tunnel``). The
-  kind is fixed at creation, as the mode of a network with pods is.
+  kind is fixed at creation, as the mode of a network with pods is; so is a
+  tunnel network's encapsulation (``NetworkSpec.encap``, "": the node's).
 - **Runs first.** ``RECONCILERS`` lists it before the reconcilers that
   program into a network, so they find it in the same batch.
 """
@@ -56,7 +57,13 @@ class Networks:
                 continue
             try:
                 if spec.tunnel:
-                    self.node.add_network(vni, spec.tenant, learning=spec.learning)
+                    # its own encapsulation on its tunnel port ("": the node's)
+                    if spec.encap:
+                        self.node.add_network(
+                            vni, spec.tenant, learning=spec.learning, encap=spec.encap
+                        )
+                    else:
+                        self.node.add_network(vni, spec.tenant, learning=spec.learning)
                 else:
                     self.node.add_network(vni, spec.tenant, learning=spec.learning, tunnel=False)
             except OverlayError as exc:
