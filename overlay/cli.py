@@ -223,6 +223,7 @@ VIEWS: dict[str, tuple[Callable[[Client, argparse.Namespace], Any], Callable[...
                 ("tenant", "TENANT"),
                 ("cidr", "CIDR"),
                 ("mode", "MODE"),
+                ("encap", "ENCAP"),
                 ("subnet", "NODE_SUBNET"),
                 ("pod_mtu", "POD_MTU"),
                 ("gateway", "GATEWAY"),

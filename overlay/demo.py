@@ -6,8 +6,9 @@ confused with them, a pod of one tenant cannot reach the other tenant at all,
 a TCP transfer is verified byte for byte, a spoofing pod is stopped, the node
 reaches pods and pods the outside through a gateway (masqueraded), a routed
 network carries plain IP, a NetworkPolicy admits only the pods it names, and
-every frame is accounted for in the counters. Everything lives in network namespaces with the run's prefix
-and is removed at the end, also on failure or Ctrl-C.
+every frame is accounted for in the counters. Everything lives in network
+namespaces with the run's prefix and is removed at the end, also on failure or
+Ctrl-C.
 """
 
 from __future__ import annotations

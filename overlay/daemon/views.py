@@ -120,6 +120,10 @@ class Views(Room):
                     "tenant": spec.tenant if spec else None,
                     "cidr": spec.cidr if spec else None,
                     "mode": spec.mode if spec else None,
+                    # the tunnel's encapsulation (and port) where the network has one
+                    "encap": net.encap.name.lower()
+                    if net is not None and spec and spec.mode in ("overlay", "auto")
+                    else None,
                     "learning": spec.learning if spec else None,
                     "gateway": self.gateways.view(vni),
                     # An underlay network's way onto the segment: interface, MAC and

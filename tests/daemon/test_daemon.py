@@ -516,6 +516,8 @@ def test_a_vxlan_and_a_geneve_network_side_by_side(
     assert geneve == {("6081", 200)}
     assert (vxlan - {("4789", 16777215)}) == {("4789", 100)}  # and the health probes' VNI
     for d in cl.daemons:
+        encaps = {n["vni"]: n["encap"] for n in d.client.networks()}
+        assert encaps == {100: "vxlan", 200: "geneve"}  # `overlay networks` says which
         per_net = d.client.counters()["networks"]  # by VNI (JSON: as text)
         for vni in ("100", "200"):
             assert per_net[vni]["decap_packets"] > 0 and per_net[vni]["encap_packets"] > 0

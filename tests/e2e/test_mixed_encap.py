@@ -23,10 +23,13 @@ pytestmark = pytest.mark.root
 VX, GN = 100, 200
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 def test_a_vxlan_and_a_geneve_network_carry_traffic_at_once(
-    overlay_topology: Topology, tmp_path: Path
+    overlay_topology: Topology, tmp_path: Path, workers: int
 ) -> None:
-    with Cluster(overlay_topology, Encap.VXLAN) as c:
+    """With two workers each tunnel port is a SO_REUSEPORT group of its own,
+    steered by the program of its encapsulation."""
+    with Cluster(overlay_topology, Encap.VXLAN, node_options={"workers": workers}) as c:
         c.add_network(VX, "blue")
         c.add_network(GN, "red", encap=Encap.GENEVE)
         for node in c.nodes:

@@ -22,7 +22,7 @@ from scapy.packet import Raw
 from overlay import wire
 from overlay.bindings import ENCAP_GENEVE, ENCAP_VXLAN, mac_bytes
 from overlay.bindings.tools import FakeTransportEngine, SentDatagram
-from overlay.errors import ConfigError
+from overlay.errors import ConfigError, ConflictError
 from overlay.testing.fakes import FakePort, fake_transport_engine
 from overlay.testing.traffic import wait_for
 
@@ -206,6 +206,21 @@ def test_a_network_takes_its_own_encapsulation_beside_the_engines() -> None:
         assert wait_for(lambda: eng.counters()["geneve_option_overrun"] == 1)
         assert eng.network_counters(VNI)["decap_packets"] == 1
         assert eng.network_counters(VNI + 1)["decap_packets"] == 1
+
+
+def test_two_encapsulations_on_one_port_are_refused_with_the_fix() -> None:
+    with fake_transport_engine(ENCAP_VXLAN, udp_port=wire.GENEVE_PORT) as eng:
+        eng.network_add(VNI)
+        with pytest.raises(ConflictError, match="Geneve tunnel port 6081.*alt_port"):
+            eng.network_add(VNI + 1, encap=ENCAP_GENEVE)
+        eng.network_add(VNI + 1, encap=ENCAP_GENEVE, tunnel=False)  # no tunnel: no port
+    with fake_transport_engine(ENCAP_VXLAN, udp_port=wire.GENEVE_PORT, alt_port=7000) as eng:
+        eng.network_add(VNI, encap=ENCAP_GENEVE)
+        eng.vtep_add(VNI, PEER)
+        pa = FakePort(eng, VNI, MAC_A, (IP_A,))
+        pa.send(udp_frame(MAC_A, "ff:ff:ff:ff:ff:ff", IP_A, IP_B))
+        (d,) = sent(eng, 1)
+        assert (d.port, eng.tunnel_port(ENCAP_GENEVE)) == (7000, 7000)
 
 
 def test_counters_of_several_workers_are_summed() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from overlay.daemon.config import load, parse
 from overlay.errors import ConfigError
+from overlay.model import NodeSpec
 
 GOOD = """
 [node]
@@ -60,6 +61,23 @@ def test_a_full_configuration_is_read() -> None:
     ]
     assert all(n.encap == "geneve" for n in c.networks)
     assert c.api_socket == "/run/overlay/test.sock" and c.log_level == "debug"
+
+
+def test_a_network_chooses_its_encapsulation() -> None:
+    c = parse(GOOD.replace('cidr = "10.245.0.0/16"', 'cidr = "10.245.0.0/16"\nencap = "vxlan"'))
+    assert [(n.vni, n.encap) for n in c.networks] == [(100, "geneve"), (200, "vxlan")]
+    bad = GOOD.replace('cidr = "10.245.0.0/16"', 'cidr = "10.245.0.0/16"\nencap = "gre"')
+    with pytest.raises(ConfigError) as err:
+        parse(bad)
+    assert "encap" in str(err.value) and "vxlan" in str(err.value)
+
+
+def test_a_node_record_gives_each_encapsulations_port() -> None:
+    both = NodeSpec("n", "198.18.0.1", port=4789, vxlan_port=4789, geneve_port=6081)
+    assert (both.tunnel_port("vxlan"), both.tunnel_port("geneve")) == (4789, 6081)
+    assert both.tunnel_port("") == 4789  # a network of each node's own encapsulation
+    old = NodeSpec("n", "198.18.0.1", port=4790)  # a record with one port: for every network
+    assert (old.tunnel_port("vxlan"), old.tunnel_port("geneve")) == (4790, 4790)
 
 
 def test_defaults_for_a_minimal_file() -> None:
