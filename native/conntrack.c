@@ -338,6 +338,18 @@ int ovl_ct_track(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t po
     return v;
 }
 
+/* How readily a live session gives its slot to a new connection when its
+ * bucket is full: 2 closed (RST, or FIN from both ends: nothing but stray
+ * segments of the close will come), 1 never answered, 0 never (answered and
+ * open, half-closed included: the other end may still send). Within a rank
+ * the session due first goes. */
+static int evict_rank(const ovl_ct_sess_t *s)
+{
+    if (s->state == OVL_CT_S_CLOSE || s->state == OVL_CT_S_TIME_WAIT)
+        return 2;
+    return (s->flags & OVL_CT_F_REPLIED) ? 0 : 1;
+}
+
 int ovl_ct_commit(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t port_gen,
                   int stage, uint64_t now_ns, uint32_t gen, uint32_t bit, int audit,
                   ovl_ct_sess_t **out)
@@ -358,10 +370,15 @@ int ovl_ct_commit(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t p
         if (!live(&b[i], now_ns))
             slot = &b[i];
     if (!slot) {
-        for (int i = 0; i < OVL_CT_WAYS; i++)
-            if (!(b[i].flags & OVL_CT_F_REPLIED) &&
-                (!victim || b[i].expires_ns < victim->expires_ns))
+        int victim_rank = 0;
+        for (int i = 0; i < OVL_CT_WAYS; i++) {
+            int r = evict_rank(&b[i]);
+            if (r && (r > victim_rank ||
+                      (r == victim_rank && b[i].expires_ns < victim->expires_ns))) {
                 victim = &b[i];
+                victim_rank = r;
+            }
+        }
         if (!victim)
             return -ENOSPC;
         slot = victim;

@@ -17,11 +17,14 @@
  *   shared per packet. Flow steering brings both directions to one worker.
  * - Bounded, set-associative: a bucket of OVL_CT_WAYS sessions, found by
  *   the key's hash; a session that is due is free to take. When a bucket is
- *   full, the oldest session that never saw a reply (a half-open TCP
- *   connection, an unanswered UDP or ICMP flow) is evicted; when every one
- *   has, the new connection is refused (conntrack_full) and the table
- *   recovers as sessions expire. A flood of unanswered connections thus
- *   never evicts an established one. No allocation after creation.
+ *   full, a closed TCP session (RST, or FIN from both ends: CLOSE,
+ *   TIME_WAIT) is evicted first, the one due first; then the oldest session
+ *   that never saw a reply (a half-open TCP connection, an unanswered UDP or
+ *   ICMP flow); when every one is answered and open, the new connection is
+ *   refused (conntrack_full) and the table recovers as sessions expire. A
+ *   burst of short connections thus reuses the slots of those that closed,
+ *   and a flood of unanswered connections never evicts an established one.
+ *   No allocation after creation.
  * - TCP follows the handshake (SYN, SYN-ACK, ACK), FIN from each side and
  *   RST, with Linux's timeouts; flag combinations no stack sends (SYN+FIN,
  *   SYN+RST, no flags, FIN without ACK) and packets out of the handshake
@@ -42,8 +45,7 @@
 
 #include "ovl.h"
 
-#define OVL_CT_WAYS 8
-#define OVL_CT_DEFAULT_SESSIONS 65536  /* per worker */
+#define OVL_CT_WAYS 8  /* sessions per bucket; the size: config conntrack_sessions */
 
 /* A packet as connection tracking sees it. */
 typedef struct ovl_ct_pkt {
@@ -132,7 +134,7 @@ int ovl_ct_track(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t po
                  int stage, uint64_t now_ns, ovl_ct_sess_t **s);
 
 /* Start the session of p (allowed at stage by bit of table generation gen).
- * 0 (and *out), or -ENOSPC: the bucket is full of answered sessions.
+ * 0 (and *out), or -ENOSPC: the bucket is full of answered, open sessions.
  * Packets that open nothing (a TCP RST, an ICMP error) return 0 and *out NULL. */
 int ovl_ct_commit(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t port_gen,
                   int stage, uint64_t now_ns, uint32_t gen, uint32_t bit, int audit,

@@ -108,6 +108,7 @@ void ovl_engine_config_default(ovl_engine_config_t *c)
     c->event_ring = 4096;
     c->netns_fd = -1;
     c->offloads = OVL_OFF_ALL;
+    c->conntrack_sessions = OVL_CONNTRACK_SESSIONS_DEFAULT;
 }
 
 static int check_config(const ovl_engine_config_t *c)
@@ -128,6 +129,9 @@ static int check_config(const ovl_engine_config_t *c)
     if (c->busy_poll_us > 1000000)
         return -ERANGE;
     if (c->underlay_mtu && (c->underlay_mtu < 576 || c->underlay_mtu > 65535))
+        return -ERANGE;
+    if (c->conntrack_sessions < OVL_CONNTRACK_SESSIONS_MIN ||
+        c->conntrack_sessions > OVL_CONNTRACK_SESSIONS_MAX)
         return -ERANGE;
     if (c->max_ports == 0 || c->max_ports > (1u << 20) || c->max_networks == 0 ||
         c->max_networks > (1u << 20) || c->fdb_size == 0 || c->event_ring == 0 ||

@@ -241,7 +241,14 @@ typedef struct ovl_engine_config {
                               * it less the outer IP (20 or 40) and UDP (8) headers and the
                               * network's tunnel header is frame_oversize at the TAP;
                               * default 0: frame_max alone bounds frames */
+    uint32_t conntrack_sessions; /* sessions each worker's connection tracking holds,
+                              * OVL_CONNTRACK_SESSIONS_MIN..MAX, default 65536; rounded up
+                              * to a power of two times OVL_CT_WAYS (8) */
 } ovl_engine_config_t;
+
+#define OVL_CONNTRACK_SESSIONS_DEFAULT 65536
+#define OVL_CONNTRACK_SESSIONS_MIN 8
+#define OVL_CONNTRACK_SESSIONS_MAX 4194304
 
 void ovl_engine_config_default(ovl_engine_config_t *c);
 /* Create the engine on the UDP transport: sockets, tables, workers (not

@@ -185,10 +185,10 @@ void ovl_policy_worker_free(ovl_worker_t *w)
     w->policy = NULL;
 }
 
-static struct ovl_policy_worker *worker_state(void)
+static struct ovl_policy_worker *worker_state(const ovl_engine_t *e)
 {
     struct ovl_policy_worker *pw = calloc(1, sizeof *pw);
-    if (pw && !(pw->ct = ovl_ct_create(OVL_CT_DEFAULT_SESSIONS))) {
+    if (pw && !(pw->ct = ovl_ct_create(e->cfg.conntrack_sessions))) {
         free(pw);
         pw = NULL;
     }
@@ -213,7 +213,7 @@ int ovl_port_policy_set(ovl_engine_t *e, int port_id, int direction,
     int need = t && !e->workers[0]->policy;
     OVL_UNLOCK(e);
     for (uint32_t i = 0; need && i < e->n_workers; i++)
-        if (!(fresh[i] = worker_state()))
+        if (!(fresh[i] = worker_state(e)))
             rc = -ENOMEM;
     ovl_acl_t *old = NULL;
     if (rc == 0) {

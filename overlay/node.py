@@ -925,6 +925,8 @@ class Node:
     the other (``add_network(encap=...)``): each encapsulation has its tunnel
     port, ``port`` for ``encap`` and ``alt_port`` for the other (default: the
     IANA ports 4789 and 6081), the other's opened with its first network.
+    ``conntrack_sessions`` (8 to 4,194,304) is what each worker's connection
+    tracking holds: connections of pods with a policy, both directions.
     """
 
     def __init__(
@@ -945,6 +947,7 @@ class Node:
         fdb_size: int = 65536,
         offloads: bool | Iterable[str] = True,
         busy_poll_us: int = 0,
+        conntrack_sessions: int = 65536,
     ) -> None:
         addr = _parse_ip(underlay, "underlay")
         if not isinstance(encap, Encap):
@@ -1001,6 +1004,7 @@ class Node:
                 offloads=mask,
                 busy_poll_us=busy_poll_us,
                 underlay_mtu=mtu,
+                conntrack_sessions=conntrack_sessions,
             )
         finally:
             if fd >= 0:

@@ -8,7 +8,8 @@
  * related (read from real frames through the parser); sessions are per port
  * (and port generation); every timeout expires; a full table refuses an
  * answered connection, evicts an unanswered one, and recovers as sessions
- * expire.
+ * expire; closed sessions (RST, FIN both ways) are evicted before anything
+ * else, so a burst of short connections never fills a bucket.
  */
 #include "../conntrack.h"
 
@@ -235,12 +236,72 @@ static void full_table(void)
     ovl_ct_free(c2);
 }
 
+/* One TCP connection from A:sport to B:80, through its handshake; then closed
+ * by close: RST from B, FIN from both ends, or FIN from A alone (half-closed). */
+enum { CLOSE_RST, CLOSE_FIN, CLOSE_HALF, CLOSE_NONE };
+static void tcp_conn(ovl_ct_t *ct, uint16_t sport, int close, uint64_t t)
+{
+    CHECK(commit(ct, pkt(6, A, sport, B, 80, SYN), 1, OUT, t) == 0, "SYN %u", sport);
+    CHECK(track(ct, pkt(6, B, 80, A, sport, SYN | ACK), 1, IN, t) == OVL_CT_REPLY, "SYN-ACK");
+    CHECK(track(ct, pkt(6, A, sport, B, 80, ACK), 1, OUT, t) == OVL_CT_ONGOING, "ACK");
+    if (close == CLOSE_RST)
+        CHECK(track(ct, pkt(6, B, 80, A, sport, RST), 1, IN, t) == OVL_CT_REPLY, "RST");
+    if (close == CLOSE_FIN || close == CLOSE_HALF)
+        CHECK(track(ct, pkt(6, A, sport, B, 80, FIN | ACK), 1, OUT, t) == OVL_CT_ONGOING, "FIN");
+    if (close == CLOSE_FIN)
+        CHECK(track(ct, pkt(6, B, 80, A, sport, FIN | ACK), 1, IN, t) == OVL_CT_REPLY, "FIN");
+}
+
+/* A burst of short connections: closed sessions (CLOSE, TIME_WAIT) give their
+ * slots to new ones before anything else; then unanswered ones; answered
+ * open and half-closed sessions never. */
+static void closed_sessions_evicted(void)
+{
+    uint64_t t = 10 * S;
+    ovl_ct_t *ct = ovl_ct_create(OVL_CT_WAYS); /* one bucket */
+    for (uint16_t i = 0; i < 200; i++) /* 25 times the bucket, each closed at once */
+        tcp_conn(ct, (uint16_t)(40000 + i), i % 2 ? CLOSE_RST : CLOSE_FIN, t + i);
+    CHECK(ct->count == OVL_CT_WAYS, "bounded: %u", ct->count);
+    CHECK(track(ct, pkt(6, A, 40199, B, 80, ACK), 1, OUT, t + 200) == OVL_CT_ONGOING,
+          "the last connection is held");
+    ovl_ct_free(ct);
+
+    /* established, half-closed, unanswered and closed sessions in one bucket */
+    ct = ovl_ct_create(OVL_CT_WAYS);
+    tcp_conn(ct, 1, CLOSE_NONE, t);     /* established */
+    tcp_conn(ct, 2, CLOSE_HALF, t);     /* FIN from A only */
+    tcp_conn(ct, 3, CLOSE_FIN, t + 2);  /* TIME_WAIT, newer */
+    tcp_conn(ct, 4, CLOSE_RST, t + 1);  /* CLOSE, older */
+    CHECK(commit(ct, pkt(6, A, 5, B, 80, SYN), 1, OUT, t) == 0, "unanswered SYN");
+    for (uint16_t i = 6; i < 6 + OVL_CT_WAYS - 5; i++)
+        tcp_conn(ct, i, CLOSE_NONE, t);
+    CHECK(ct->count == OVL_CT_WAYS, "full");
+    uint64_t now = t + 5;
+    CHECK(commit(ct, pkt(6, A, 100, B, 80, SYN), 1, OUT, now) == 0, "a new SYN takes a slot");
+    CHECK(track(ct, pkt(6, B, 80, A, 4, ACK), 1, IN, now) == OVL_CT_NEW, "the RST one went");
+    CHECK(commit(ct, pkt(6, A, 101, B, 80, SYN), 1, OUT, now + 1) == 0, "a second");
+    CHECK(track(ct, pkt(6, B, 80, A, 3, ACK), 1, IN, now + 1) == OVL_CT_NEW, "then TIME_WAIT");
+    CHECK(commit(ct, pkt(6, A, 102, B, 80, SYN), 1, OUT, now + 2) == 0, "a third");
+    CHECK(track(ct, pkt(6, A, 5, B, 80, SYN), 1, OUT, now + 2) == OVL_CT_NEW,
+          "then the oldest unanswered");
+    CHECK(commit(ct, pkt(6, A, 103, B, 80, SYN), 1, OUT, now + 3) == 0, "a fourth");
+    CHECK(track(ct, pkt(6, A, 100, B, 80, SYN), 1, OUT, now + 3) == OVL_CT_NEW,
+          "then the next oldest unanswered");
+    CHECK(track(ct, pkt(6, A, 101, B, 80, SYN), 1, OUT, now + 3) == OVL_CT_ONGOING,
+          "not a newer one");
+    CHECK(track(ct, pkt(6, B, 80, A, 1, ACK), 1, IN, now + 3) == OVL_CT_REPLY, "established kept");
+    CHECK(track(ct, pkt(6, B, 80, A, 2, ACK), 1, IN, now + 3) == OVL_CT_REPLY,
+          "half-closed kept: the other end may still send");
+    ovl_ct_free(ct);
+}
+
 int main(void)
 {
     tcp();
     udp_icmp();
     icmp_errors();
     full_table();
+    closed_sessions_evicted();
     if (failures) {
         fprintf(stderr, "%d failures\n", failures);
         return 1;

@@ -73,12 +73,15 @@ class Engine(NetworkArea, PortArea, FdbArea, CountersArea, EventsArea, PolicyAre
         offloads: int = lib.OVL_OFF_ALL,
         busy_poll_us: int = 0,
         underlay_mtu: int = 0,
+        conntrack_sessions: int = lib.OVL_CONNTRACK_SESSIONS_DEFAULT,
     ) -> None:
         """``underlay_mtu`` (576-65535, 0: not given) bounds what a pod may send to
         what one datagram carries on the underlay: the MTU less the outer IP and
         UDP headers and the network's tunnel header (VXLAN: a pod MTU 50 bytes
         below it over IPv4, 70 over IPv6; Geneve: its option bytes less again).
-        A larger frame is a ``frame_oversize`` drop at the TAP."""
+        A larger frame is a ``frame_oversize`` drop at the TAP.
+        ``conntrack_sessions``: the connections each worker's connection
+        tracking holds (rounded up to a power of two times 8)."""
         cfg = ffi.new("ovl_engine_config_t *")
         lib.ovl_engine_config_default(cfg)
         cfg.encap = encap
@@ -124,6 +127,19 @@ class Engine(NetworkArea, PortArea, FdbArea, CountersArea, EventsArea, PolicyAre
         if underlay_mtu and not 576 <= underlay_mtu <= 65535:
             raise ConfigError("underlay_mtu", underlay_mtu, "576-65535 bytes, or 0 (not given)")
         cfg.underlay_mtu = underlay_mtu
+        lo_ct, hi_ct = lib.OVL_CONNTRACK_SESSIONS_MIN, lib.OVL_CONNTRACK_SESSIONS_MAX
+        if (
+            not isinstance(conntrack_sessions, int)
+            or isinstance(conntrack_sessions, bool)
+            or not lo_ct <= conntrack_sessions <= hi_ct
+        ):
+            raise ConfigError(
+                "conntrack_sessions",
+                conntrack_sessions,
+                f"an integer {lo_ct}-{hi_ct} (sessions per worker; default "
+                f"{lib.OVL_CONNTRACK_SESSIONS_DEFAULT})",
+            )
+        cfg.conntrack_sessions = conntrack_sessions
         out = ffi.new("ovl_engine_t **")
         rc = getattr(lib, self._CREATE)(cfg, out)
         if rc == -errno.EADDRINUSE:

@@ -15,7 +15,9 @@ carries them across.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from overlay.errors import ConfigError
 
 __all__ = [
     "DIRECTIONS",
+    "EncodedRules",
     "RULE_DEFAULT",
     "RULE_ISOLATION",
     "RULE_PENDING",
@@ -31,6 +34,7 @@ __all__ = [
     "PolicyArea",
     "PolicyRule",
     "PortRange",
+    "encode_rules",
 ]
 
 DIRECTIONS: dict[str, int] = {"ingress": lib.OVL_POLICY_INGRESS, "egress": lib.OVL_POLICY_EGRESS}
@@ -82,17 +86,59 @@ class PolicyRule:
     audit: bool = False
 
 
+_CIDR_EXPECTED = "a CIDR block like 10.244.0.0/16 or 2001:2::/48"
+
+
 def _net(value: str, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ConfigError(where, value, "a CIDR block like 10.244.0.0/16 or 2001:2::/48") from None
+    except (ValueError, TypeError):
+        raise ConfigError(where, value, _CIDR_EXPECTED) from None
 
 
-def _lines(rules: Sequence[PolicyRule]) -> list[dict[str, object]]:
-    """The ovl_policy_line_t fields of rules, each field checked."""
-    out: list[dict[str, object]] = []
+# ovl_policy_line_t, packed as the compiler lays it out (checked below): the
+# head (rule, id, tier, action, kind, flags) and the tail (family,
+# prefix_len, proto, pad, port_lo, port_hi, addr).
+_HEAD = struct.Struct("=IIBBBB")
+_TAIL = struct.Struct("=BBBxHH16s")
+_LAYOUT = (
+    ffi.sizeof("ovl_policy_line_t"),
+    ffi.offsetof("ovl_policy_line_t", "family"),
+    ffi.offsetof("ovl_policy_line_t", "addr"),
+)
+if (_HEAD.size + _TAIL.size, _HEAD.size, _HEAD.size + 8) != _LAYOUT:
+    raise ImportError(f"ovl_policy_line_t is laid out as {_LAYOUT}, not as packed here")
+_ANY_PORT = _TAIL.pack(0, 0, 0, 0, 65535, bytes(16))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _prefix_tail(cidr: str) -> bytes:
+    """The tail of a PEER or EXCEPT line for ``cidr`` (ValueError if it is not
+    one). Tables repeat the same prefixes across ports: parsed once."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    return _TAIL.pack(
+        net.version, net.prefixlen, 0, 0, 0, net.network_address.packed.ljust(16, b"\0")
+    )
+
+
+@dataclass(frozen=True)
+class EncodedRules:
+    """Rules checked and laid out as ``ovl_policy_line_t`` lines
+    (:func:`encode_rules`): what ``port_policy_set`` hands to C. One encoding
+    can be set on many ports (tables that are the same are encoded once)."""
+
+    data: bytes
+    lines: int
+    rules: int
+    netpol: bool
+
+
+def encode_rules(rules: Sequence[PolicyRule]) -> EncodedRules:
+    """The ovl_policy_line_t lines of ``rules``, each field checked
+    (``ConfigError`` names the rule and field at fault)."""
+    parts: list[bytes] = []
     last_tier = -1
+    netpol = False
     for rank, r in enumerate(rules):
         where = f"rules[{rank}]"
         if not isinstance(r.id, int) or not 0 <= r.id <= RULE_ID_MAX:
@@ -107,55 +153,55 @@ def _lines(rules: Sequence[PolicyRule]) -> list[dict[str, object]]:
                 f"{where}.tier", r.tier, "rules in precedence order: admin, netpol, baseline"
             )
         last_tier = tier
-        if r.tier == "netpol" and r.action != "allow":
-            raise ConfigError(f"{where}.action", r.action, "NetworkPolicy rules only allow")
+        if r.tier == "netpol":
+            netpol = True
+            if r.action != "allow":
+                raise ConfigError(f"{where}.action", r.action, "NetworkPolicy rules only allow")
         if r.action == "pass" and r.tier != "admin":
             raise ConfigError(f"{where}.action", r.action, "pass is for admin rules only")
-        base = {
-            "rule": rank,
-            "id": r.id,
-            "tier": tier,
-            "action": action,
-            "flags": lib.OVL_RULE_AUDIT if r.audit else 0,
-        }
-        mine: list[dict[str, object]] = []
+        flags = lib.OVL_RULE_AUDIT if r.audit else 0
+        head_peer = _HEAD.pack(rank, r.id, tier, action, lib.OVL_LINE_PEER, flags)
+        start = len(parts)
         for i, peer in enumerate(r.peers):
-            block = peer if isinstance(peer, PeerBlock) else PeerBlock(peer)
-            net = _net(block.cidr, f"{where}.peers[{i}]")
-            mine.append({**base, "kind": lib.OVL_LINE_PEER, **_prefix(net)})
-            for j, ex in enumerate(block.except_):
-                exn = _net(ex, f"{where}.peers[{i}].except[{j}]")
-                if exn.version != net.version or not exn.subnet_of(net):  # type: ignore[arg-type]
+            cidr = peer.cidr if isinstance(peer, PeerBlock) else peer
+            try:
+                parts.append(head_peer + _prefix_tail(cidr))
+            except (ValueError, TypeError):
+                raise ConfigError(f"{where}.peers[{i}]", cidr, _CIDR_EXPECTED) from None
+            if isinstance(peer, PeerBlock) and peer.except_:
+                parts += _excepts(peer, f"{where}.peers[{i}]", rank, r.id, tier, action, flags)
+        if r.ports:
+            head_port = _HEAD.pack(rank, r.id, tier, action, lib.OVL_LINE_PORT, flags)
+            for i, pr in enumerate(r.ports):
+                proto = PROTOCOLS.get(pr.protocol.lower()) if isinstance(pr.protocol, str) else None
+                if proto is None:
                     raise ConfigError(
-                        f"{where}.peers[{i}].except[{j}]", ex, f"a prefix inside {block.cidr}"
+                        f"{where}.ports[{i}].protocol", pr.protocol, f"one of {sorted(PROTOCOLS)}"
                     )
-                mine.append({**base, "kind": lib.OVL_LINE_EXCEPT, **_prefix(exn)})
-        for i, pr in enumerate(r.ports):
-            proto = PROTOCOLS.get(pr.protocol.lower()) if isinstance(pr.protocol, str) else None
-            if proto is None:
-                raise ConfigError(
-                    f"{where}.ports[{i}].protocol", pr.protocol, f"one of {sorted(PROTOCOLS)}"
-                )
-            if not (0 <= pr.lo <= pr.hi <= 65535):
-                raise ConfigError(
-                    f"{where}.ports[{i}]",
-                    (pr.lo, pr.hi),
-                    "a range lo..hi with 0 <= lo <= hi <= 65535",
-                )
-            mine.append({**base, "kind": lib.OVL_LINE_PORT, "proto": proto,
-                         "port_lo": pr.lo, "port_hi": pr.hi})  # fmt: skip
-        if not mine:  # any peer, any port
-            mine.append({**base, "kind": lib.OVL_LINE_PORT, "proto": 0, "port_hi": 65535})
-        out.extend(mine)
+                if not (0 <= pr.lo <= pr.hi <= 65535):
+                    raise ConfigError(
+                        f"{where}.ports[{i}]",
+                        (pr.lo, pr.hi),
+                        "a range lo..hi with 0 <= lo <= hi <= 65535",
+                    )
+                parts.append(head_port + _TAIL.pack(0, 0, proto, pr.lo, pr.hi, bytes(16)))
+        if len(parts) == start:  # any peer, any port
+            parts.append(_HEAD.pack(rank, r.id, tier, action, lib.OVL_LINE_PORT, flags) + _ANY_PORT)
+    return EncodedRules(b"".join(parts), len(parts), len(rules), netpol)
+
+
+def _excepts(
+    block: PeerBlock, where: str, rank: int, rid: int, tier: int, action: int, flags: int
+) -> list[bytes]:
+    net = _net(block.cidr, where)
+    head = _HEAD.pack(rank, rid, tier, action, lib.OVL_LINE_EXCEPT, flags)
+    out = []
+    for j, ex in enumerate(block.except_):
+        exn = _net(ex, f"{where}.except[{j}]")
+        if exn.version != net.version or not exn.subnet_of(net):  # type: ignore[arg-type]
+            raise ConfigError(f"{where}.except[{j}]", ex, f"a prefix inside {block.cidr}")
+        out.append(head + _prefix_tail(str(exn)))
     return out
-
-
-def _prefix(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, object]:
-    return {
-        "family": net.version,
-        "prefix_len": net.prefixlen,
-        "addr": net.network_address.packed.ljust(16, b"\0"),
-    }
 
 
 class PolicyArea(Handle):
@@ -165,7 +211,7 @@ class PolicyArea(Handle):
         self,
         port_id: int,
         direction: str,
-        rules: Sequence[PolicyRule] = (),
+        rules: Sequence[PolicyRule] | EncodedRules = (),
         *,
         isolated: bool = False,
         audit: bool = False,
@@ -178,26 +224,25 @@ class PolicyArea(Handle):
         policy (everything passes, nothing is tracked)."""
         if direction not in DIRECTIONS:
             raise ConfigError("direction", direction, "ingress or egress")
-        if any(r.tier == "netpol" for r in rules) and not isolated:
+        netpol = (
+            rules.netpol
+            if isinstance(rules, EncodedRules)
+            else any(r.tier == "netpol" for r in rules)
+        )
+        if netpol and not isolated:
             raise ConfigError(
                 "isolated", isolated, "True when the table holds NetworkPolicy (netpol) rules"
             )
-        lines = _lines(rules)
-        n = len(lines)
+        enc = rules if isinstance(rules, EncodedRules) else encode_rules(rules)
+        n = enc.lines
         if n > lib.OVL_POLICY_LINES_MAX:
             raise ConfigError("rules", f"{n} lines", f"at most {lib.OVL_POLICY_LINES_MAX} lines")
-        if len(rules) > lib.OVL_POLICY_RULES_MAX:
+        if enc.rules > lib.OVL_POLICY_RULES_MAX:
             raise ConfigError(
-                "rules", f"{len(rules)} rules", f"at most {lib.OVL_POLICY_RULES_MAX} rules"
+                "rules", f"{enc.rules} rules", f"at most {lib.OVL_POLICY_RULES_MAX} rules"
             )
         buf = ffi.new("ovl_policy_line_t[]", max(n, 1))
-        for i, ln in enumerate(lines):
-            c = buf[i]
-            for k, v in ln.items():
-                if k == "addr":
-                    ffi.memmove(c.addr, v, 16)
-                else:
-                    setattr(c, k, v)
+        ffi.memmove(buf, enc.data, len(enc.data))
         flags = (lib.OVL_POLICY_ISOLATED if isolated else 0) | (
             lib.OVL_POLICY_AUDIT if audit else 0
         )

@@ -27,6 +27,7 @@ connections pass)::
     table = policy.compile_port(world, nps, admin, baseline,
                                 port_ip="10.244.1.10", direction="ingress")
     table.to_dict()                                 # plain data for the classifier
+    tables = policy.compile_ports(world, nps, admin, baseline)   # every pod, both directions
 
 Kinds: ``NetworkPolicy`` (networking.k8s.io/v1), ``AdminNetworkPolicy`` and
 ``BaselineAdminNetworkPolicy`` (policy.networking.k8s.io/v1alpha1).
@@ -58,7 +59,13 @@ Semantics (each is a test in tests/unit/test_policy_*.py):
 
 from __future__ import annotations
 
-from overlay.policy.compile import CompiledRule, PortTable, compile_port, evaluate_tables
+from overlay.policy.compile import (
+    CompiledRule,
+    PortTable,
+    compile_port,
+    compile_ports,
+    evaluate_tables,
+)
 from overlay.policy.evaluate import Decision, Verdict, evaluate
 from overlay.policy.load import PolicyObject, load, split
 from overlay.policy.model import (
@@ -83,6 +90,7 @@ __all__ = [
     "Verdict",
     "World",
     "compile_port",
+    "compile_ports",
     "evaluate",
     "evaluate_tables",
     "load",

@@ -22,6 +22,13 @@ Expanded entries of one rule stay adjacent and share its action, so first
 match semantics survive the expansion. ``PortTable.decide`` is the reference
 classifier over a table (a linear scan; the C engine hashes /32s and uses a
 prefix trie); tests check it answers as ``evaluate`` does.
+
+Cost. A network recompiles every port whenever a pod or a policy changes,
+so ``compile_ports`` resolves the world once for all of them: endpoints are
+indexed by namespace and label (a selector is a few set operations), each
+rule's peers are resolved once (not once per port), addresses are integers
+merged and cut into prefixes by arithmetic, and ports the same policies
+select share one tuple of rules (1,000 policies over 1,000 pods: ~0.2 s).
 """
 
 from __future__ import annotations

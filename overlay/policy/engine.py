@@ -43,11 +43,19 @@ from overlay.bindings.policy import (
     RULE_DEFAULT,
     RULE_ISOLATION,
     RULE_PENDING,
+    EncodedRules,
     PolicyRule,
     PortRange,
+    encode_rules,
 )
 from overlay.errors import ConfigError
-from overlay.policy.compile import CompiledRule, PortTable, compile_port, evaluate_tables
+from overlay.policy.compile import (
+    CompiledRule,
+    PortTable,
+    compile_port,
+    compile_ports,
+    evaluate_tables,
+)
 from overlay.policy.evaluate import Verdict, check_packet
 from overlay.policy.load import PolicyObject, _one
 from overlay.policy.model import (
@@ -270,7 +278,7 @@ class Member:
     local: bool
 
 
-Compiled = dict[int, dict[Direction, tuple[PortTable, list[PolicyRule]]]]
+Compiled = dict[int, dict[Direction, tuple[PortTable, EncodedRules]]]
 
 
 class NetworkPolicies:
@@ -315,23 +323,33 @@ class NetworkPolicies:
         policies: PolicySet,
         audit: bool,
     ) -> Compiled:
-        """Every local member's tables, both directions; nothing is set."""
+        """Every local member's tables, both directions, with the engine's
+        lines for each; nothing is set. The world and the policies are
+        resolved once for all members (``compile_ports``), and tables whose
+        tiers are the same (the same policies select the pods) are turned
+        into lines once and shared."""
+        ports = [(m.key, m.ips[0]) for m in local if m.ips]  # no address: nothing passes anyway
+        tables = compile_ports(
+            world,
+            policies.networkpolicies,
+            policies.admin,
+            policies.baseline,
+            port_ips=[ip for _, ip in ports],
+        )
+        encoded: dict[tuple[object, ...], EncodedRules] = {}
         out: Compiled = {}
-        for m in local:
-            if not m.ips:
-                continue  # no address: no IP packet passes its port security anyway
-            assert isinstance(m.key, int)
-            out[m.key] = {}
+        for key, ip in ports:
+            assert isinstance(key, int)
+            out[key] = {}
             for d in DIRECTIONS:
-                t = compile_port(
-                    world,
-                    policies.networkpolicies,
-                    policies.admin,
-                    policies.baseline,
-                    port_ip=m.ips[0],
-                    direction=d,
-                )
-                out[m.key][d] = (t, to_rules(t, self.ids, audit=audit))
+                t = tables[(ip, d)]
+                # The compiler shares one tuple between the ports with the same
+                # rules: their identity names the table (held alive in tables).
+                same = (id(t.admin), id(t.networkpolicy), id(t.baseline), t.isolated, t.node)
+                enc = encoded.get(same)
+                if enc is None:
+                    enc = encoded[same] = encode_rules(to_rules(t, self.ids, audit=audit))
+                out[key][d] = (t, enc)
         return out
 
     def explain(

@@ -10,6 +10,7 @@ either delivered to A or a counted drop.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Iterator
@@ -68,13 +69,19 @@ def counter(eng: FakeTransportEngine, name: str, want: int) -> bool:
     return wait_for(lambda: eng.counters()[name] == want)
 
 
-@pytest.fixture
-def node() -> Iterator[FakeTransportEngine]:
-    with fake_transport_engine(ENCAP_VXLAN) as eng:
+@contextlib.contextmanager
+def engine(**options: object) -> Iterator[FakeTransportEngine]:
+    with fake_transport_engine(ENCAP_VXLAN, **options) as eng:
         eng.network_add(VNI)
         eng.vtep_add(VNI, PEER)
         eng.fdb_add(VNI, mac_bytes(MAC_B), PEER)
         eng.neigh_add(VNI, ipaddress.ip_address(IP_B), mac_bytes(MAC_B))
+        yield eng
+
+
+@pytest.fixture
+def node() -> Iterator[FakeTransportEngine]:
+    with engine() as eng:
         yield eng
 
 
@@ -299,6 +306,87 @@ def test_many_rules_classify_as_a_few(node: FakeTransportEngine) -> None:
     a.send(udp(MAC_A, MAC_B, IP_A, IP_B, 4000, 54))
     assert counter(node, "policy_denied_egress", 1)
     assert node.port_policy_hits(a.id, "egress")[99_999] == 1
+
+
+def answered_udp_flows(eng: FakeTransportEngine, a: FakePort, count: int) -> int:
+    """A sends count UDP queries to B:53 and B answers each one that left
+    (the others are refused: conntrack_full). Returns how many left."""
+    left = 0
+    for n in range(count):
+        sport = 4000 + n
+        full = eng.counters()["conntrack_full"]
+        a.send(udp(MAC_A, MAC_B, IP_A, IP_B, sport, 53))
+        out: list[object] = []
+        assert wait_for(
+            lambda: bool(out.extend(eng.sent()) or out) or eng.counters()["conntrack_full"] > full  # noqa: B023
+        )
+        if out:
+            answer = udp(MAC_B, MAC_A, IP_B, IP_A, 53, sport)
+            from_b(eng, answer)
+            assert a.recv() == answer
+            left += 1
+    return left
+
+
+def test_conntrack_capacity_is_the_engines_conntrack_sessions() -> None:
+    # 8 sessions: one bucket; its 8 answered flows are kept, a ninth is refused
+    with engine(conntrack_sessions=8) as eng:
+        a = FakePort(eng, VNI, MAC_A, (IP_A,))
+        eng.port_policy_set(a.id, "egress", [allow(1, f"{IP_B}/32", "udp", 53)], isolated=True)
+        assert answered_udp_flows(eng, a, 9) == 8
+        assert eng.counters()["conntrack_full"] == 1
+        assert eng.conntrack_sessions() == 8
+    with engine() as eng:  # the default (65,536) holds them all
+        a = FakePort(eng, VNI, MAC_A, (IP_A,))
+        eng.port_policy_set(a.id, "egress", [allow(1, f"{IP_B}/32", "udp", 53)], isolated=True)
+        assert answered_udp_flows(eng, a, 9) == 9
+        assert eng.conntrack_sessions() == 9 and eng.counters()["conntrack_full"] == 0
+
+
+@pytest.mark.parametrize("bad", [0, 7, 4_194_305, "65536", True])
+def test_conntrack_sessions_out_of_bounds_is_refused_by_name(bad: object) -> None:
+    with (
+        pytest.raises(ConfigError, match="conntrack_sessions.*8-4194304"),
+        engine(conntrack_sessions=bad),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("close", ["R", "FA"])
+def test_closed_connections_give_their_sessions_to_new_ones(close: str) -> None:
+    """A burst of short connections through a table of one bucket: each one
+    closed (RST, or FIN from both ends) is evicted for the next SYN, so no
+    SYN is refused (before, closed sessions counted as answered and filled
+    the bucket: conntrack_full from the ninth on)."""
+    with engine(conntrack_sessions=8) as eng:
+        a = FakePort(eng, VNI, MAC_A, (IP_A,))
+        eng.port_policy_set(a.id, "egress", [allow(1, f"{IP_B}/32", "tcp", 80)], isolated=True)
+        for n in range(40):
+            sport = 40000 + n
+            syn = tcp(MAC_A, MAC_B, IP_A, IP_B, sport, 80, "S")
+            a.send(syn)
+            assert sent_to_b(eng) == [syn], f"connection {n}"
+            from_b(eng, tcp(MAC_B, MAC_A, IP_B, IP_A, 80, sport, "SA"))
+            a.recv()
+            a.send(tcp(MAC_A, MAC_B, IP_A, IP_B, sport, 80, "A"))
+            sent_to_b(eng)
+            a.send(tcp(MAC_A, MAC_B, IP_A, IP_B, sport, 80, close))
+            sent_to_b(eng)
+            if close == "FA":
+                from_b(eng, tcp(MAC_B, MAC_A, IP_B, IP_A, 80, sport, "FA"))
+                a.recv()
+        assert eng.counters()["conntrack_full"] == 0
+        assert eng.conntrack_sessions() == 8
+        # answered, open connections are never evicted: with the bucket full of
+        # them, a new SYN is refused
+        for n in range(8):
+            sport = 50000 + n
+            a.send(tcp(MAC_A, MAC_B, IP_A, IP_B, sport, 80, "S"))
+            sent_to_b(eng)
+            from_b(eng, tcp(MAC_B, MAC_A, IP_B, IP_A, 80, sport, "SA"))
+            a.recv()
+        a.send(tcp(MAC_A, MAC_B, IP_A, IP_B, 50100, 80, "S"))
+        assert counter(eng, "conntrack_full", 1)
 
 
 @pytest.mark.parametrize(

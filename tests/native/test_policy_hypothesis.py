@@ -4,16 +4,16 @@ Hypothesis draws a world (namespaces with labels, pods with labels and named
 ports, IPv4 or IPv6), NetworkPolicies, AdminNetworkPolicies, a
 BaselineAdminNetworkPolicy and a handful of connections. Every pod becomes a
 port of one in-process engine (fake ports, fake transport), programmed with
-the tables ``overlay.policy.compile_port`` makes, turned into the engine's
-rules (``engine_rules`` below). Each connection's first packet (a TCP SYN, a
-UDP datagram, an SCTP INIT or an ICMP echo request) goes from its source
-port to its destination port, and what the engine does with it must be what
-``overlay.policy.evaluate`` says, down to the deciding tier, policy and rule
-of each direction (read back from the ports' hit counters). Then the other
-end answers: an allowed connection's reply passes whatever the policies say
-of the reverse direction; after a refused one, the same packet is
-unsolicited and passes only where the reverse direction is allowed by
-itself.
+the tables ``overlay.policy.compile_ports`` makes, turned into the engine's
+rules by the product's converter (``overlay.policy.engine.to_rules``). Each
+connection's first packet (a TCP SYN, a UDP datagram, an SCTP INIT or an
+ICMP echo request) goes from its source port to its destination port, and
+what the engine does with it must be what ``overlay.policy.evaluate`` says,
+down to the deciding tier, policy and rule of each direction (read back
+from the ports' hit counters). Then the other end answers: an allowed
+connection's reply passes whatever the policies say of the reverse
+direction; after a refused one, the same packet is unsolicited and passes
+only where the reverse direction is allowed by itself.
 
 Everything the test waits for is an event that must come (a frame delivered
 or a drop counted), bounded at 10 s; no assertion depends on timing.
@@ -45,10 +45,10 @@ from overlay.bindings import (
     RULE_DEFAULT,
     RULE_ISOLATION,
     PolicyRule,
-    PortRange,
 )
 from overlay.bindings.tools import FakeTransportEngine
 from overlay.policy import PortTable
+from overlay.policy.engine import RuleIds, to_rules
 from overlay.testing.fakes import FakePort, fake_transport_engine
 
 VNI = 300
@@ -65,11 +65,15 @@ PROTOS = ("TCP", "UDP", "SCTP")
 #: What decided, as the reference reports it: (tier, policy, rule index).
 Meaning = tuple[str, str | None, int | None]
 
+#: One id per (tier, policy, rule) for the whole run, as a network keeps them.
+IDS = RuleIds()
+
 
 @dataclass(frozen=True)
 class EngineTable:
-    """A PortTable as ``Engine.port_policy_set`` takes it, and the meaning of
-    each rule id (the implicit ISOLATION and DEFAULT ids included)."""
+    """A PortTable as ``Engine.port_policy_set`` takes it (the product's
+    converter, ``overlay.policy.engine.to_rules``), and the meaning of each
+    rule id (the implicit ISOLATION and DEFAULT ids included)."""
 
     rules: tuple[PolicyRule, ...]
     isolated: bool
@@ -81,35 +85,17 @@ class EngineTable:
 
 
 def engine_rules(table: PortTable) -> EngineTable:
-    """One PolicyRule per compiled entry, in precedence order: the node's
-    addresses (always allowed) as the first admin rule, then the admin,
-    NetworkPolicy and baseline entries. A table with nothing to enforce is
-    no policy at all."""
-    if not (table.admin or table.isolated or table.baseline):
-        return EngineTable((), False, {})
-    rules: list[PolicyRule] = []
+    """The engine's rules of a compiled table and what each id stands for:
+    the reference names the NetworkPolicy that isolates where the engine
+    reports the implicit ISOLATION rule."""
+    rules = to_rules(table, IDS)
     meaning: dict[int, Meaning] = {
         RULE_DEFAULT: ("default", None, None),
         RULE_ISOLATION: ("networkpolicy", table.isolated_by, None),
     }
-
-    def add(tier: str, action: str, cidrs: tuple[str, ...], proto: str | None,
-            lo: int, hi: int, what: Meaning) -> None:  # fmt: skip
-        rid = len(rules) + 1
-        ports = () if proto is None else (PortRange(proto.lower(), lo, hi),)
-        rules.append(PolicyRule(id=rid, action=action, tier=tier, peers=cidrs, ports=ports))
-        meaning[rid] = what
-
-    if table.node:
-        add("admin", "allow", table.node, None, 0, 65535, ("node", None, None))
-    for tier, entries, name in (
-        ("admin", table.admin, "admin"),
-        ("netpol", table.networkpolicy, "networkpolicy"),
-        ("baseline", table.baseline, "baseline"),
-    ):
-        for r in entries:
-            add(tier, r.action, r.cidrs, r.protocol, r.port_min, r.port_max,
-                (name, r.policy, r.rule))  # fmt: skip
+    for r in rules:
+        ref = IDS.ref(r.id)
+        meaning[r.id] = (ref.tier, ref.policy, ref.rule)
     return EngineTable(tuple(rules), table.isolated, meaning)
 
 
@@ -486,13 +472,14 @@ def test_the_engine_decides_every_connection_as_evaluate_does(
     ports: list[FakePort] = []
     try:
         tables: dict[tuple[int, str], EngineTable] = {}
+        compiled = policy.compile_ports(*args)
         for i, ep in enumerate(w.endpoints):
             n = next(_macs)
             mac = f"02:00:{n >> 16 & 0xFF:02x}:{n >> 8 & 0xFF:02x}:{n & 0xFF:02x}:01"
             p = FakePort(engine, VNI, mac, (ep.ip,))
             ports.append(p)
             for d in ("ingress", "egress"):
-                t = engine_rules(policy.compile_port(*args, port_ip=ep.ip, direction=d))
+                t = engine_rules(compiled[ep.ip, d])
                 tables[i, d] = t
                 if not t.empty:
                     engine.port_policy_set(p.id, d, t.rules, isolated=t.isolated)
