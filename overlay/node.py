@@ -538,8 +538,17 @@ class Network:
         raw, ifaces = self._check_port(mac, ips, ifname)
         fd = self._open_netns(path, netns)
         try:
+            # With policies in force, the re-attached pod is isolated until its
+            # tables are set (before this returns), as a new one is.
             port_id = self.node.engine.port_attach(
-                self.vni, raw, ifname, fd, security=port_security, router=router, netns=path
+                self.vni,
+                raw,
+                ifname,
+                fd,
+                security=port_security,
+                router=router,
+                netns=path,
+                policy_pending=self._policy.active,
             )
         finally:
             os.close(fd)

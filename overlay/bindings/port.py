@@ -76,18 +76,22 @@ class PortArea(Handle):
         router: bool = False,
         gateway: bool = False,
         netns: str | None = None,
+        policy_pending: bool = False,
     ) -> int:
         """Re-attach the existing (persistent) TAP ``ifname`` of the namespace behind
         ``netns_fd`` (-1: the engine's) as a port; returns the port id.
 
         ``netns`` names that namespace in error messages. The port is persistent:
         ``port_del`` removes the device, ``close`` leaves it. Nothing is created
-        when the interface is missing.
+        when the interface is missing. ``policy_pending``: isolated (no IP
+        traffic) until ``port_policy_set`` gives each direction a table.
         """
         if not ifname or len(ifname.encode()) > 15:
             raise ConfigError("ifname", ifname, "the interface's name, 1-15 bytes")
         where = f"network namespace {netns}" if netns else "the node's network namespace"
         flags = _port_flags(security, router, gateway)
+        if policy_pending:
+            flags |= lib.OVL_PORT_POLICY_PENDING
         rc = lib.ovl_port_attach(self._h(), vni, ifname.encode(), netns_fd, mac, flags)
         if rc == -errno.ENODEV:
             raise NotFoundError(
