@@ -29,6 +29,10 @@ connections pass)::
     table.to_dict()                                 # plain data for the classifier
     tables = policy.compile_ports(world, nps, admin, baseline)   # every pod, both directions
 
+    world = policy.world_from("cluster/")           # Namespace and Pod manifests
+    diffs = policy.diff(world, (nps, admin, baseline), policy.split(policy.load("new/")))
+    print(policy.format_report(diffs))              # the connections whose verdict changed
+
 Kinds: ``NetworkPolicy`` (networking.k8s.io/v1), ``AdminNetworkPolicy`` and
 ``BaselineAdminNetworkPolicy`` (policy.networking.k8s.io/v1alpha1).
 
@@ -66,6 +70,7 @@ from overlay.policy.compile import (
     compile_ports,
     evaluate_tables,
 )
+from overlay.policy.diff import Difference, Probe, diff, format_report, world_from
 from overlay.policy.evaluate import Decision, Verdict, evaluate
 from overlay.policy.load import PolicyObject, load, split
 from overlay.policy.model import (
@@ -82,17 +87,22 @@ __all__ = [
     "BaselineAdminNetworkPolicy",
     "CompiledRule",
     "Decision",
+    "Difference",
     "Endpoint",
     "LabelSelector",
     "NetworkPolicy",
     "PolicyObject",
     "PortTable",
+    "Probe",
     "Verdict",
     "World",
     "compile_port",
     "compile_ports",
+    "diff",
     "evaluate",
     "evaluate_tables",
+    "format_report",
     "load",
     "split",
+    "world_from",
 ]
