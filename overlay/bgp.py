@@ -79,7 +79,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from overlay.errors import ConfigError, OverlayError
-from overlay.nsenter import call_in, netns_path, pid_alive
+from overlay.nsenter import call_in, netns_path, pid_alive, stop_process
 
 __all__ = [
     "ASN_MAX",
@@ -547,13 +547,7 @@ class BirdSpeaker:
         proc, self._proc = self._proc, None
         self.config, self._text = None, None
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
+            stop_process(proc, timeout)
         for path in (self.ctl_path, self.pid_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -314,15 +314,7 @@ class NodeRules:
 
     def counters(self) -> dict[str, int]:
         """Packets each rule matched, by its comment ("egress ovg100 10.244.0.0/16", ...)."""
-        out: dict[str, int] = {}
-        for obj in self.nft.table(FAMILY, TABLE) or []:
-            rule = obj.get("rule")
-            if not rule:
-                continue
-            for e in rule.get("expr", []):
-                if "counter" in e:
-                    out[rule.get("comment", "")] = int(e["counter"].get("packets", 0))
-        return out
+        return self.nft.counters(FAMILY, TABLE)
 
 
 def _write_sysctls(values: dict[str, str]) -> None:

@@ -143,3 +143,16 @@ class Nft:
             raise
         items: list[dict[str, Any]] = json.loads(out).get("nftables", []) if out else []
         return [i for i in items if "metainfo" not in i]
+
+    def counters(self, family: str, name: str) -> dict[str, int]:
+        """Packets each counted rule of the table matched, by the rule's comment
+        (empty when the table is absent)."""
+        out: dict[str, int] = {}
+        for obj in self.table(family, name) or []:
+            rule = obj.get("rule")
+            if not rule:
+                continue
+            for e in rule.get("expr", []):
+                if "counter" in e:
+                    out[rule.get("comment", "")] = int(e["counter"].get("packets", 0))
+        return out

@@ -17,7 +17,9 @@ import ctypes
 import errno
 import ipaddress
 import os
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -44,6 +46,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int | None:
+    """End a child we started, by its PID: SIGTERM, SIGKILL if it is still there
+    after ``timeout`` seconds; waits for it and returns its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=timeout)
 
 
 def setns(fd: int) -> None:

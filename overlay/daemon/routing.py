@@ -420,14 +420,6 @@ class Routing(Room):
     def counters(self) -> dict[str, int]:
         """Packets each anti-spoofing rule dropped, by its comment."""
         node = self.parts.node
-        out: dict[str, int] = {}
         if node is None or not self._rules:
-            return out
-        for obj in Nft(node.netns).table(NFT_FAMILY, NFT_TABLE) or []:
-            rule = obj.get("rule")
-            if not rule:
-                continue
-            for e in rule.get("expr", []):
-                if "counter" in e:
-                    out[rule.get("comment", "")] = int(e["counter"].get("packets", 0))
-        return out
+            return {}
+        return Nft(node.netns).counters(NFT_FAMILY, NFT_TABLE)

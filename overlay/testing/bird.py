@@ -22,7 +22,6 @@ test, and :meth:`birdc` asks it questions.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from overlay.bgp import BIRD, BIRDC, check_config, parse_protocols, parse_routes, peer_protocol
+from overlay.nsenter import stop_process
 from overlay.testing.netns import Netns, check_allowed
 
 __all__ = ["BirdRouter"]
@@ -143,13 +143,7 @@ class BirdRouter:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+        stop_process(proc, timeout)
         self.ctl.unlink(missing_ok=True)
 
     def __enter__(self) -> BirdRouter:

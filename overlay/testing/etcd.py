@@ -38,7 +38,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -48,6 +47,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+from overlay.nsenter import stop_process
 
 ETCD_BINARY = "/usr/bin/etcd"
 ETCDCTL_BINARY = "/usr/bin/etcdctl"
@@ -290,13 +291,7 @@ class EtcdServer:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        stop_process(proc, timeout)
         self._proc = None
 
     def kill(self) -> None:
