@@ -385,6 +385,7 @@ int ovl_ct_commit(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t p
     }
     if (slot->state == OVL_CT_S_FREE)
         count_add(ct, 1);
+    int evicted = slot == victim; /* a live session of another connection gave way */
     memset(slot, 0, sizeof *slot);
     slot->k = k;
     slot->orig_a = (uint8_t)from_a;
@@ -403,7 +404,7 @@ int ovl_ct_commit(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t p
     }
     refresh(slot, now_ns);
     *out = slot;
-    return 0;
+    return evicted;
 }
 
 void ovl_ct_orig(const ovl_ct_sess_t *s, uint8_t *src, uint8_t *dst, uint16_t *sport,

@@ -20,7 +20,8 @@
  *   full, a closed TCP session (RST, or FIN from both ends: CLOSE,
  *   TIME_WAIT) is evicted first, the one due first; then the oldest session
  *   that never saw a reply (a half-open TCP connection, an unanswered UDP or
- *   ICMP flow); when every one is answered and open, the new connection is
+ *   ICMP flow), counted as conntrack_evicted by the caller (ovl_ct_commit
+ *   says so); when every one is answered and open, the new connection is
  *   refused (conntrack_full) and the table recovers as sessions expire. A
  *   burst of short connections thus reuses the slots of those that closed,
  *   and a flood of unanswered connections never evicts an established one.
@@ -134,8 +135,10 @@ int ovl_ct_track(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t po
                  int stage, uint64_t now_ns, ovl_ct_sess_t **s);
 
 /* Start the session of p (allowed at stage by bit of table generation gen).
- * 0 (and *out), or -ENOSPC: the bucket is full of answered, open sessions.
- * Packets that open nothing (a TCP RST, an ICMP error) return 0 and *out NULL. */
+ * 0 (and *out) when a free or due slot took it, 1 (and *out) when a live
+ * session was evicted for it (the caller counts conntrack_evicted), or
+ * -ENOSPC: the bucket is full of answered, open sessions. Packets that open
+ * nothing (a TCP RST, an ICMP error) return 0 and *out NULL. */
 int ovl_ct_commit(ovl_ct_t *ct, const ovl_ct_pkt_t *p, uint32_t port, uint32_t port_gen,
                   int stage, uint64_t now_ns, uint32_t gen, uint32_t bit, int audit,
                   ovl_ct_sess_t **out);

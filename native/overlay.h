@@ -481,5 +481,27 @@ int ovl_port_policy_set(ovl_engine_t *e, int port_id, int direction,
 int ovl_port_policy_hits(ovl_engine_t *e, int port_id, int direction, uint32_t *ids,
                          uint64_t *hits, size_t n);
 
+/* ovl_port_policy_probe verdicts */
+#define OVL_PROBE_NONE 0         /* no table in that direction (no policy): passes */
+#define OVL_PROBE_ALLOW 1
+#define OVL_PROBE_DENY 2
+#define OVL_PROBE_AUDIT 3        /* a deny that audit forwards (counted as policy_audit) */
+
+/* What port_id's table in force for direction decides for the first packet
+ * of a connection with the peer (family 4 or 6; 16 bytes, an IPv4 address in
+ * the first 4) over IP protocol proto to destination port dport (ignored
+ * for protocols other than TCP, UDP and SCTP): classified as the stage
+ * would classify it, by the same classifier and the same audit rule. A port
+ * still pending (OVL_PORT_POLICY_PENDING, that direction never set) is
+ * OVL_PROBE_DENY by OVL_RULE_PENDING; no table is OVL_PROBE_NONE with
+ * OVL_RULE_DEFAULT. *rule_id: the deciding rule's id (or OVL_RULE_*). A dry
+ * run under the reader lock: no session, hit counter, counter or event
+ * changes, so a verifier may compare what the data plane holds with what the
+ * policies say without sending a packet. Returns an OVL_PROBE_* verdict,
+ * -ENOENT (no such port) or -EINVAL (direction, family, a NULL pointer). */
+int ovl_port_policy_probe(ovl_engine_t *e, int port_id, int direction, int family,
+                          const uint8_t *peer, uint8_t proto, uint16_t dport,
+                          uint32_t *rule_id);
+
 /* Sessions of connection tracking held by the workers, summed. */
 uint64_t ovl_conntrack_sessions(ovl_engine_t *e);

@@ -66,6 +66,23 @@ static void report(ovl_worker_t *w, const ovl_port_t *p, int direction, uint32_t
     ovl_events_push(&w->e->events, w->c, &ev, 0);
 }
 
+/* Is p refusing every IP packet in direction, its policy not set yet? */
+static inline int pending(const ovl_port_t *p, int direction)
+{
+    return !p->acl[direction] && (p->flags & OVL_PORT_POLICY_PENDING) &&
+           !(p->policy_set & (1u << direction));
+}
+
+/* What rule r of a table does to a connection's first packet: OVL_PROBE_ALLOW,
+ * DENY, or AUDIT (a deny the rule or its table only counts). The stages and
+ * ovl_port_policy_probe decide by this one function. */
+static inline int verdict_of(const ovl_acl_rule_t *r)
+{
+    if (r->action != OVL_ACT_DENY)
+        return OVL_PROBE_ALLOW;
+    return r->audit ? OVL_PROBE_AUDIT : OVL_PROBE_DENY;
+}
+
 /* Classify (family, peer, proto, dport) by p's table for direction: the
  * deciding rule bit; *pass: forwarded (allowed, or an audited deny). */
 static uint32_t classify(ovl_worker_t *w, ovl_port_t *p, int direction, ovl_acl_t *t,
@@ -75,9 +92,10 @@ static uint32_t classify(ovl_worker_t *w, ovl_port_t *p, int direction, ovl_acl_
     uint32_t bit = ovl_acl_classify(t, k->family, peer, k->proto, dport, k->fragment);
     const ovl_acl_rule_t *r = ovl_acl_rule(t, bit);
     ovl_acl_hit(t, w->idx, bit);
+    int v = verdict_of(r);
     *audit = 0;
-    *pass = r->action != OVL_ACT_DENY;
-    if (!*pass && r->audit) {
+    *pass = v != OVL_PROBE_DENY;
+    if (v == OVL_PROBE_AUDIT) {
         ovl_count(w, OVL_C_POLICY_AUDIT, 1);
         report(w, p, direction, r->id, OVL_VERDICT_AUDIT, k);
         *pass = *audit = 1;
@@ -95,7 +113,7 @@ static int reclassify(ovl_worker_t *w, ovl_port_t *p, ovl_ct_sess_t *s, const ov
     int stage = s->stage;
     ovl_acl_t *t = p->acl[stage];
     if (!t) {
-        if ((p->flags & OVL_PORT_POLICY_PENDING) && !(p->policy_set & (1u << stage))) {
+        if (pending(p, stage)) {
             ovl_ct_end(pw->ct, s);
             return denied(stage);
         }
@@ -132,7 +150,7 @@ int ovl_policy_check(ovl_worker_t *w, ovl_port_t *p, int direction, const uint8_
     ovl_ct_pkt_t k;
     ovl_ct_pkt_from(frame, len, f, &k);
     ovl_acl_t *t = p->acl[direction];
-    if (!t && (p->flags & OVL_PORT_POLICY_PENDING) && !(p->policy_set & (1u << direction))) {
+    if (pending(p, direction)) {
         report(w, p, direction, OVL_RULE_PENDING, OVL_VERDICT_DENY, &k);
         return denied(direction);
     }
@@ -160,9 +178,13 @@ int ovl_policy_check(ovl_worker_t *w, ovl_port_t *p, int direction, const uint8_
                        k.dport, &pass, &audit);
     if (!pass)
         return denied(direction);
-    if (ovl_ct_commit(pw->ct, &k, p->id, p->gen, direction, w->now_ns,
-                      p->policy_gen[direction], bit, audit, &s) < 0)
-        return OVL_C_CONNTRACK_FULL;
+    int rc = ovl_ct_commit(pw->ct, &k, p->id, p->gen, direction, w->now_ns,
+                           p->policy_gen[direction], bit, audit, &s);
+    if (OVL_UNLIKELY(rc != 0)) {
+        if (rc < 0)
+            return OVL_C_CONNTRACK_FULL;
+        ovl_count(w, OVL_C_CONNTRACK_EVICTED, 1); /* a live session gave its slot */
+    }
     return OVL_PASS;
 }
 
@@ -270,6 +292,36 @@ int ovl_port_policy_hits(ovl_engine_t *e, int port_id, int direction, uint32_t *
     }
     OVL_UNLOCK(e);
     return (int)bits;
+}
+
+int ovl_port_policy_probe(ovl_engine_t *e, int port_id, int direction, int family,
+                          const uint8_t *peer, uint8_t proto, uint16_t dport,
+                          uint32_t *rule_id)
+{
+    if (direction != OVL_POLICY_INGRESS && direction != OVL_POLICY_EGRESS)
+        return -EINVAL;
+    if ((family != 4 && family != 6) || !peer || !rule_id)
+        return -EINVAL;
+    int v;
+    OVL_RDLOCK(e);
+    const ovl_port_t *p = ovl_port_get(e, port_id);
+    if (!p) {
+        v = -ENOENT;
+    } else if (pending(p, direction)) {
+        *rule_id = OVL_RULE_PENDING; /* as ovl_policy_check refuses it */
+        v = OVL_PROBE_DENY;
+    } else if (!p->acl[direction]) {
+        *rule_id = OVL_RULE_DEFAULT; /* no table: passes, tracked for the replies */
+        v = OVL_PROBE_NONE;
+    } else {
+        const ovl_acl_t *t = p->acl[direction];
+        const ovl_acl_rule_t *r = ovl_acl_rule(t, ovl_acl_classify(t, family, peer, proto,
+                                                                   dport, 0));
+        *rule_id = r->id;
+        v = verdict_of(r);
+    }
+    OVL_UNLOCK(e);
+    return v;
 }
 
 uint64_t ovl_conntrack_sessions(ovl_engine_t *e)

@@ -27,6 +27,14 @@
  *   none). Verdict events (OVL_EVENT_POLICY) go out for denies and audited
  *   denies, at most once a second per (port, direction, rule, verdict) and
  *   worker.
+ * - ovl_port_policy_probe is a first packet's classification without its
+ *   effects: the same pending test, classifier and audit rule as the stage
+ *   (one function each, shared), under the reader lock, and no session, hit,
+ *   counter or event. A verifier compares it with what the policies say.
+ * - A new session that takes the slot of a live one (conntrack.h: closed or
+ *   unanswered sessions give way in a full bucket) counts conntrack_evicted;
+ *   ovl_ct_commit says so in its return value, so the stage pays nothing
+ *   more when no session is evicted.
  * - Known limits: a non-first fragment has no ports, so it is classified
  *   by address alone (only rules without ports match it) and not tracked;
  *   a frame handled by a worker other than its flow's owner (steer_misses)

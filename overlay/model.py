@@ -300,6 +300,11 @@ class NodeSpec:
         return own or self.port
 
 
+# Labels of a pod's Kubernetes namespace (its policy namespace; "default" without) and name.
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+POD_LABEL = "io.kubernetes.pod.name"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
     """A pod's attachment: network, MAC, addresses, the node it lives on, labels."""

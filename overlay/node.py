@@ -27,17 +27,19 @@ loses its interface:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from overlay import bindings as _bindings
 from overlay import model
 from overlay.bindings import Engine, Event, FdbEntry, mac_bytes, mac_str
+from overlay.bindings.policy import probe_protocol
 from overlay.cni import validate
 from overlay.errors import ConfigError, ConflictError, NotFoundError
 from overlay.gateway import prepare_forwarding
@@ -50,6 +52,8 @@ from overlay.policy.engine import (
     Identity,
     Member,
     NetworkPolicies,
+    Peer,
+    PolicySet,
     RuleRef,
     check_identity,
     check_namespace,
@@ -157,6 +161,21 @@ class PolicyEvent:
     dst: str
     sport: int
     dport: int
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What the data plane's tables in force decide for one connection
+    (``Network.probe``): at the egress of the local pod that opens it and at
+    the ingress of the local pod it goes to, each the verdict ("allow",
+    "deny", "audit": a deny that audit forwards, "none": no table, no policy)
+    and the rule that gave it (``RuleRef``; "isolation", "default" or
+    "pending" for the implicit verdicts), or None where that end is no local
+    pod. ``allowed``: no end denies."""
+
+    allowed: bool
+    egress: tuple[str, RuleRef] | None
+    ingress: tuple[str, RuleRef] | None
 
 
 class Port:
@@ -324,6 +343,12 @@ class Network:
         self._policy = NetworkPolicies()
         self._remote_ids: dict[str, Identity] = {}
         self._remote_gateways: set[str] = set()
+        # Other nodes' pods as policy knows them (update_policy), by MAC: they
+        # win over a remote's own identity, and also name pods that are not
+        # remotes here (routed and underlay networks have none).
+        self._peers: dict[str, Peer] = {}
+        self.policy_swaps = 0  # port tables put in force (a no-op change adds none)
+        self.policy_compiles = 0
 
     def __repr__(self) -> str:
         return f"Network(vni={self.vni}, tenant={self.tenant!r})"
@@ -860,6 +885,37 @@ class Network:
             world, src=src, dst=dst, port=port, protocol=protocol, local=local
         )
 
+    def probe(self, src: str, dst: str, port: int, protocol: str = "TCP") -> Probed:
+        """What the data plane's tables in force decide for a connection from
+        ``src`` to ``dst``:``port``/``protocol`` (TCP, UDP, SCTP, ICMP; any
+        case): the egress table of the local pod port that owns ``src`` and
+        the ingress table of the one that owns ``dst``, each asked by the
+        engine as the connection's first packet would be, with nothing
+        counted, tracked or reported (``Engine.port_policy_probe``). An end
+        that is no local pod has no say here. ``explain`` answers from what
+        the policies compile to; where the two differ, a table in force is
+        not what the policies say. ConfigError names ``src``, ``dst``,
+        ``protocol`` or ``port``."""
+        s, d = _parse_ip(src, "src"), _parse_ip(dst, "dst")
+        probe_protocol(protocol, port, s.version)  # refused whether or not an end is local
+        owners = {i.ip: p for p in self._pod_ports() for i in p.ips}
+        eng = self.node.engine
+
+        def at(owner: IPAddress, peer: IPAddress, direction: str) -> tuple[str, RuleRef] | None:
+            p = owners.get(owner)
+            if p is None:
+                return None
+            verdict, rule_id = eng.port_policy_probe(p.id, direction, str(peer), protocol, port)
+            ref = self.policy_rule(rule_id)
+            if ref.tier == "isolation":  # name the isolating policy, as policy_events does
+                table = self.policy_table(p, direction)
+                ref = RuleRef("isolation", table.isolated_by if table else None)
+            return verdict, ref
+
+        egress, ingress = at(s, d, "egress"), at(d, s, "ingress")
+        allowed = all(end is None or end[0] != "deny" for end in (egress, ingress))
+        return Probed(allowed, egress, ingress)
+
     def policy_table(self, port: Port, direction: str) -> PortTable | None:
         """The compiled table in force at ``port`` for ``direction`` (plain data:
         ``to_dict()``), or None before the network's first ``apply_policies``."""
@@ -874,6 +930,52 @@ class Network:
         """The declared namespaces and their labels (``set_namespace``)."""
         return {k: dict(v) for k, v in self._policy.namespaces.items()}
 
+    def update_policy(
+        self,
+        *,
+        policies: PolicySet | None = None,
+        namespaces: Mapping[str, Mapping[str, str]] | None = None,
+        peers: Mapping[str, Peer | None] | None = None,
+        peers_full: bool = False,
+        audit: bool | None = None,
+    ) -> int:
+        """Change what policy judges by, all at once, with one compile: the
+        policy set (checked, ``overlay.policy.engine.parse_policies``), the
+        namespaces (the whole set: name -> labels), other nodes' pods by MAC
+        (``Peer``, None: gone; ``peers_full``: these are all of them) and
+        ``audit``. What is not given stays. Only the ports whose tables differ
+        are set; returns how many tables were put in force (0 for a change
+        that changes nothing). A bad namespace raises ConfigError and changes
+        nothing. This is what the agent's policy reconciler calls."""
+        pol = self._policy
+        nss = None
+        if namespaces is not None:
+            nss = {name: check_namespace(name, labels) for name, labels in namespaces.items()}
+        old = (dict(pol.namespaces), dict(self._peers))
+        if nss is not None:
+            pol.namespaces = nss
+        if peers is not None:
+            if peers_full:
+                self._peers = {m: p for m, p in peers.items() if p is not None}
+            else:
+                for mac, peer in peers.items():
+                    if peer is None:
+                        self._peers.pop(mac, None)
+                    else:
+                        self._peers[mac] = peer
+        pset = policies if policies is not None else pol.policies
+        if pset is None:
+            return 0  # nothing in force and none given: identities are kept for later
+        before = self.policy_swaps
+        if self.node._policy_batch is not None:
+            self.node._policy_batch.discard(self.vni)  # compiled here, with everything
+        try:
+            self._program_policy(pset, pol.audit if audit is None else bool(audit))
+        except BaseException:
+            pol.namespaces, self._peers = old
+            raise
+        return self.policy_swaps - before
+
     def _pod_ports(self) -> list[Port]:
         return [p for p in self.ports if not (p.gateway or p.uplink)]
 
@@ -883,25 +985,36 @@ class Network:
             for p in self._pod_ports()
         ]
         for key, (_, addrs) in self.remotes.items():
-            if key not in self._remote_gateways and addrs:
+            if key not in self._remote_gateways and key not in self._peers and addrs:
                 ident = self._remote_ids.get(key, Identity())
                 out.append(Member(key, tuple(str(a) for a in addrs), ident, False))
+        for key, peer in self._peers.items():
+            if not peer.gateway and peer.ips and key not in self._port_macs:
+                out.append(Member(key, peer.ips, peer.identity, False))
         return out
 
     def _node_addresses(self) -> set[str]:
-        """This network's gateway addresses on every node: the local gateway's
-        and the remotes marked ``gateway``."""
+        """This network's gateway addresses on every node: the local gateway's,
+        the remotes marked ``gateway`` and the peers that are gateways."""
         out = {str(i.ip) for p in self.ports if p.gateway for i in p.ips}
         for key in self._remote_gateways:
             out.update(str(a) for a in self.remotes.get(key, (None, []))[1])
+        for peer in self._peers.values():
+            if peer.gateway:
+                out.update(str(ipaddress.ip_interface(a).ip) for a in peer.ips)
         return out
 
     def _policy_changed(self) -> None:
         """Identities, namespaces or members changed: recompile when policies
-        are in force."""
+        are in force (once at the end of the node's ``policy_batch`` when one
+        is open)."""
         pol = self._policy
-        if pol.policies is not None:
-            self._program_policy(pol.policies, pol.audit)
+        if pol.policies is None:
+            return
+        if self.node._policy_batch is not None:
+            self.node._policy_batch.add(self.vni)
+            return
+        self._program_policy(pol.policies, pol.audit)
 
     def _program_policy(self, pset: Any, audit: bool) -> None:
         """Compile every pod port's tables from ``pset``, then swap those that
@@ -910,6 +1023,7 @@ class Network:
         members = self._members()
         world = pol.world(members, self._node_addresses())
         compiled = pol.compile(world, [m for m in members if m.local], pset, audit)
+        self.policy_compiles += 1
         eng = self.node.engine
         force = audit != pol.audit or pol.policies is None
         for pid, dirs in compiled.items():
@@ -920,6 +1034,7 @@ class Network:
                     continue
                 eng.port_policy_set(pid, d, rules, isolated=table.isolated, audit=audit)
                 done[d] = table
+                self.policy_swaps += 1
         pol.policies, pol.audit = pset, audit
 
 
@@ -1020,6 +1135,8 @@ class Node:
                 os.close(fd)
         self.port = self.engine.udp_port
         self.networks: dict[int, Network] = {}
+        # Networks whose policy tables wait for the end of a policy_batch.
+        self._policy_batch: set[int] | None = None
         self._known_options: set[tuple[int, int]] = set()
 
     def __repr__(self) -> str:
@@ -1115,6 +1232,25 @@ class Node:
         net = Network(self, vni, tenant, opts, learning, tunnel, enc)
         self.networks[vni] = net
         return net
+
+    @contextlib.contextmanager
+    def policy_batch(self) -> Iterator[None]:
+        """Within it, changes that make a network recompile its policy tables
+        (remotes added or removed, identities) compile each network once, at
+        the end, instead of once per change: the agent programs a batch of
+        store changes this way. Nested batches are one."""
+        if self._policy_batch is not None:
+            yield
+            return
+        self._policy_batch = set()
+        try:
+            yield
+        finally:
+            dirty, self._policy_batch = self._policy_batch, None
+            for vni in sorted(dirty):
+                net = self.networks.get(vni)
+                if net is not None:
+                    net._policy_changed()
 
     def network(self, vni: int) -> Network:
         try:

@@ -7,8 +7,9 @@
  * refused; UDP and ICMP echo replies; ICMP errors quoting a tracked flow are
  * related (read from real frames through the parser); sessions are per port
  * (and port generation); every timeout expires; a full table refuses an
- * answered connection, evicts an unanswered one, and recovers as sessions
- * expire; closed sessions (RST, FIN both ways) are evicted before anything
+ * answered connection, evicts an unanswered one (and says so: the caller's
+ * conntrack_evicted; a due slot or a reopened session is no eviction), and
+ * recovers as sessions expire; closed sessions (RST, FIN both ways) are evicted before anything
  * else, so a burst of short connections never fills a bucket.
  */
 #include "../conntrack.h"
@@ -228,7 +229,7 @@ static void full_table(void)
     ovl_ct_t *c2 = ovl_ct_create(OVL_CT_WAYS);
     for (uint16_t i = 0; i < OVL_CT_WAYS; i++)
         commit(c2, pkt(17, A, (uint16_t)(1000 + i), B, 53, 0), 1, OUT, t + i);
-    CHECK(commit(c2, pkt(17, A, 3000, B, 53, 0), 1, OUT, t + 100) == 0, "evicts");
+    CHECK(commit(c2, pkt(17, A, 3000, B, 53, 0), 1, OUT, t + 100) == 1, "evicts, and says so");
     CHECK(track(c2, pkt(17, A, 1000, B, 53, 0), 1, OUT, t + 100) == OVL_CT_NEW, "the oldest");
     CHECK(track(c2, pkt(17, A, 1001, B, 53, 0), 1, OUT, t + 100) == OVL_CT_ONGOING, "not others");
     CHECK(c2->count == OVL_CT_WAYS, "count stays bounded");
@@ -241,7 +242,7 @@ static void full_table(void)
 enum { CLOSE_RST, CLOSE_FIN, CLOSE_HALF, CLOSE_NONE };
 static void tcp_conn(ovl_ct_t *ct, uint16_t sport, int close, uint64_t t)
 {
-    CHECK(commit(ct, pkt(6, A, sport, B, 80, SYN), 1, OUT, t) == 0, "SYN %u", sport);
+    CHECK(commit(ct, pkt(6, A, sport, B, 80, SYN), 1, OUT, t) >= 0, "SYN %u", sport);
     CHECK(track(ct, pkt(6, B, 80, A, sport, SYN | ACK), 1, IN, t) == OVL_CT_REPLY, "SYN-ACK");
     CHECK(track(ct, pkt(6, A, sport, B, 80, ACK), 1, OUT, t) == OVL_CT_ONGOING, "ACK");
     if (close == CLOSE_RST)
@@ -277,14 +278,14 @@ static void closed_sessions_evicted(void)
         tcp_conn(ct, i, CLOSE_NONE, t);
     CHECK(ct->count == OVL_CT_WAYS, "full");
     uint64_t now = t + 5;
-    CHECK(commit(ct, pkt(6, A, 100, B, 80, SYN), 1, OUT, now) == 0, "a new SYN takes a slot");
+    CHECK(commit(ct, pkt(6, A, 100, B, 80, SYN), 1, OUT, now) == 1, "a new SYN takes a slot");
     CHECK(track(ct, pkt(6, B, 80, A, 4, ACK), 1, IN, now) == OVL_CT_NEW, "the RST one went");
-    CHECK(commit(ct, pkt(6, A, 101, B, 80, SYN), 1, OUT, now + 1) == 0, "a second");
+    CHECK(commit(ct, pkt(6, A, 101, B, 80, SYN), 1, OUT, now + 1) == 1, "a second");
     CHECK(track(ct, pkt(6, B, 80, A, 3, ACK), 1, IN, now + 1) == OVL_CT_NEW, "then TIME_WAIT");
-    CHECK(commit(ct, pkt(6, A, 102, B, 80, SYN), 1, OUT, now + 2) == 0, "a third");
+    CHECK(commit(ct, pkt(6, A, 102, B, 80, SYN), 1, OUT, now + 2) == 1, "a third");
     CHECK(track(ct, pkt(6, A, 5, B, 80, SYN), 1, OUT, now + 2) == OVL_CT_NEW,
           "then the oldest unanswered");
-    CHECK(commit(ct, pkt(6, A, 103, B, 80, SYN), 1, OUT, now + 3) == 0, "a fourth");
+    CHECK(commit(ct, pkt(6, A, 103, B, 80, SYN), 1, OUT, now + 3) == 1, "a fourth");
     CHECK(track(ct, pkt(6, A, 100, B, 80, SYN), 1, OUT, now + 3) == OVL_CT_NEW,
           "then the next oldest unanswered");
     CHECK(track(ct, pkt(6, A, 101, B, 80, SYN), 1, OUT, now + 3) == OVL_CT_ONGOING,

@@ -10,6 +10,12 @@ naming the rule and field at fault, turns them into ``ovl_policy_line_t``
 lines and swaps the port's table at once. The compiler that produces the
 rules from Kubernetes objects lives in ``overlay.policy``; this module only
 carries them across.
+
+:meth:`PolicyArea.port_policy_probe` is the dry run of one connection's first
+packet against a port's table in force (``ovl_port_policy_probe``): the
+verdict and rule the stage would give, with nothing counted, tracked or
+reported, so what the data plane holds can be checked against what the
+policies say without a packet sent.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from overlay.errors import ConfigError
 
 __all__ = [
     "DIRECTIONS",
+    "PROBE_PROTOCOLS",
+    "PROBE_VERDICTS",
     "EncodedRules",
     "RULE_DEFAULT",
     "RULE_ISOLATION",
@@ -35,6 +43,7 @@ __all__ = [
     "PolicyRule",
     "PortRange",
     "encode_rules",
+    "probe_protocol",
 ]
 
 DIRECTIONS: dict[str, int] = {"ingress": lib.OVL_POLICY_INGRESS, "egress": lib.OVL_POLICY_EGRESS}
@@ -55,6 +64,38 @@ RULE_ISOLATION: int = lib.OVL_RULE_ISOLATION
 RULE_DEFAULT: int = lib.OVL_RULE_DEFAULT
 RULE_PENDING: int = lib.OVL_RULE_PENDING
 RULE_ID_MAX = RULE_PENDING - 1
+
+#: ``ovl_port_policy_probe``'s verdicts by name: "none" is no table in that
+#: direction (no policy: the packet passes); "audit" a deny that audit forwards.
+PROBE_VERDICTS: dict[int, str] = {
+    lib.OVL_PROBE_NONE: "none",
+    lib.OVL_PROBE_ALLOW: "allow",
+    lib.OVL_PROBE_DENY: "deny",
+    lib.OVL_PROBE_AUDIT: "audit",
+}
+#: What a probe takes as protocol (any case) and its IP protocol; ICMP and
+#: ICMPv6 (None) both stand for the peer's family's ICMP (1 or 58), no port.
+PROBE_PROTOCOLS: dict[str, int | None] = {
+    "tcp": 6,
+    "udp": 17,
+    "sctp": 132,
+    "icmp": None,
+    "icmpv6": None,
+}
+
+
+def probe_protocol(protocol: object, port: object, family: int) -> tuple[int, int]:
+    """The IP protocol and destination port a probe of ``protocol``/``port``
+    classifies for a peer of ``family`` (4 or 6): ICMP is the family's, with
+    port 0 whatever ``port`` says. ConfigError names ``protocol`` or ``port``."""
+    if not isinstance(protocol, str) or protocol.lower() not in PROBE_PROTOCOLS:
+        raise ConfigError("protocol", protocol, "TCP, UDP, SCTP or ICMP (any case)")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError("port", port, "an integer 0-65535 (0 for ICMP)")
+    proto = PROBE_PROTOCOLS[protocol.lower()]
+    if proto is None:
+        return (1 if family == 4 else 58), 0
+    return proto, port
 
 
 @dataclass(frozen=True)
@@ -268,6 +309,44 @@ class PolicyArea(Handle):
         for i in range(n):
             out[int(ids[i])] = out.get(int(ids[i]), 0) + int(hits[i])
         return out
+
+    def port_policy_probe(
+        self, port_id: int, direction: str, peer: str, protocol: str, port: int
+    ) -> tuple[str, int]:
+        """What the port's table in force for ``direction`` decides for the
+        first packet of a connection with ``peer`` (the remote end: the source
+        of an ingress connection, the destination of an egress one) over
+        ``protocol`` (TCP, UDP, SCTP, ICMP; any case) to ``port``: the verdict
+        ("allow", "deny", "audit": a deny audit forwards, "none": no table in
+        that direction) and the deciding rule id (RULE_DEFAULT for no table,
+        RULE_PENDING for a port whose policy was never set). A dry run: no
+        session, hit counter, counter or event changes. NotFoundError when the
+        port is gone; ConfigError names ``direction``, ``peer``, ``protocol``
+        or ``port``."""
+        if direction not in DIRECTIONS:
+            raise ConfigError("direction", direction, "ingress or egress")
+        try:
+            if not isinstance(peer, str):
+                raise ValueError(peer)
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            raise ConfigError("peer", peer, "an IPv4 or IPv6 address") from None
+        proto, dport = probe_protocol(protocol, port, addr.version)
+        rule_id = ffi.new("uint32_t *")
+        v = check(
+            lib.ovl_port_policy_probe(
+                self._h(),
+                port_id,
+                DIRECTIONS[direction],
+                addr.version,
+                addr.packed.ljust(16, b"\0"),
+                proto,
+                dport,
+                rule_id,
+            ),
+            f"probing the {direction} policy of port {port_id}",
+        )
+        return PROBE_VERDICTS[v], int(rule_id[0])
 
     def conntrack_sessions(self) -> int:
         """Sessions held by the workers' connection tracking tables."""

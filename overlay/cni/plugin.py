@@ -50,6 +50,30 @@ MAC asked for, the pod's MAC is derived from its address
 (``overlay.control.ipam.mac_of``), so it is the same whenever the address
 is.
 
+Who the pod is. The network-policy layer places a pod by its labels, and its
+namespace by the label ``io.kubernetes.pod.namespace`` (``NAMESPACE_LABEL``;
+"default" without it), so the identity is gathered from every place a
+runtime puts it. Places of equal standing that disagree are refused, not
+settled by guessing (a pod placed in the wrong namespace would be judged by
+another namespace's policies); a field that names the pod outranks a label:
+
+- labels: ``args.cni.labels`` (``[{"key": k, "value": v}]``, the args
+  convention) merged with ``runtimeConfig.labels`` (``{k: v}``, passed when
+  the configuration declares the ``labels`` capability); a key the two give
+  different values is code 7 naming both;
+- the namespace and the pod's name: ``CNI_ARGS`` ``K8S_POD_NAMESPACE`` and
+  ``K8S_POD_NAME`` (what kubelet's runtimes pass), else ``args.cni.namespace``
+  and ``args.cni.podName``, else the labels' ``io.kubernetes.pod.namespace``
+  and ``io.kubernetes.pod.name``. The first two naming different pods is
+  code 7 naming both; a label they contradict is overridden. Each is
+  held to Kubernetes' rule (a namespace a DNS label, a name a DNS subdomain):
+  code 4 for a ``CNI_ARGS`` value, 7 for the configuration's;
+- ``K8S_POD_UID`` becomes ``io.kubernetes.pod.uid``.
+
+The namespace and name go to overlayd as the attach request's ``namespace``
+and ``pod`` besides the labels, and name the endpoint "<namespace>/<pod>"
+(the container ID without a pod).
+
 GC forwards to a delegate that speaks 1.1.0. One that stops at 1.0.0, like
 host-local, has no GC verb; instead each attachment the daemon reports
 removed gets a delegate DEL, which releases its lease.
@@ -104,12 +128,13 @@ from overlay.cni.spec import (
 )
 from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
 from overlay.errors import ConfigError
-from overlay.model import VNI_MAX, _mac
+from overlay.model import NAMESPACE_LABEL, POD_LABEL, VNI_MAX, _mac
 
 if TYPE_CHECKING:  # imported when a configuration delegates IPAM (it costs start-up time)
     from overlay.cni.delegate import Delegate
 
 PLUGIN = "overlay-cni"
+UID_LABEL = "io.kubernetes.pod.uid"  # CNI_ARGS K8S_POD_UID, as a label
 OWN_KEYS = ("vni", "socket", "mtu", "routes")
 MTU_MIN, MTU_MAX = 68, 65535
 
@@ -260,9 +285,118 @@ def _parse_routes(raw: object) -> tuple[Route, ...]:
     return tuple(out)
 
 
-def endpoint_identity(env: CniEnv, net: NetConf) -> tuple[str, dict[str, str]]:
-    """The endpoint's name and labels: the Kubernetes pod from CNI_ARGS, plus the
-    ``args.cni.labels`` the runtime may pass; the container ID when there is no pod.
+@dataclasses.dataclass(frozen=True)
+class PodIdentity:
+    """Who the pod is (see "Who the pod is" in the design notes): the endpoint's
+    name and labels, and the Kubernetes namespace and pod name they came with
+    ("" when no source names one)."""
+
+    name: str
+    labels: dict[str, str]
+    namespace: str = ""
+    pod: str = ""
+
+
+def _label_sources(net: NetConf) -> list[tuple[str, str, str]]:
+    """The labels the configuration gives, as (where, key, value): ``args.cni.labels``
+    entries, then ``runtimeConfig.labels`` (the ``labels`` capability)."""
+    out = []
+    cni_args = _cni_args(net)
+    # The spec says plugins ignore ``args`` they do not understand: malformed
+    # entries are skipped, not refused. A well-formed label that breaks a bound
+    # is refused, never dropped: a pod missing a label could slip out of a
+    # policy that selects it.
+    items = cni_args.get("labels", [])
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if isinstance(item, dict):
+            key, value = item.get("key"), item.get("value")
+            if isinstance(key, str) and isinstance(value, str) and key:
+                out.append((f"args.cni.labels[{i}]", key, value))
+    # A capability's value is the runtime's own: a malformed one is refused.
+    runtime = net.raw.get("runtimeConfig")
+    given = runtime.get("labels") if isinstance(runtime, dict) else None
+    if given is not None:
+        if not isinstance(given, dict):
+            raise CniError(
+                INVALID_CONFIG,
+                f"runtimeConfig.labels={validate.shown(given)}: a JSON object of label keys "
+                'to string values, like {"app": "web"}',
+            )
+        for key, value in given.items():
+            if not isinstance(value, str):
+                raise CniError(
+                    INVALID_CONFIG,
+                    f"runtimeConfig.labels (key {validate.shown(key)}) has "
+                    f"{validate.shown(value)}: a string value",
+                )
+            out.append(("runtimeConfig.labels", key, value))
+    return out
+
+
+def _cni_args(net: NetConf) -> dict[str, Any]:
+    """The configuration's ``args.cni`` ({} when absent or not an object)."""
+    args = net.raw.get("args")
+    cni_args = args.get("cni") if isinstance(args, dict) else None
+    return cni_args if isinstance(cni_args, dict) else {}
+
+
+def _pod_field(
+    env: CniEnv,
+    net: NetConf,
+    labels: Mapping[str, str],
+    given: Mapping[str, str],
+    arg: str,
+    key: str,
+    label: str,
+) -> tuple[str, str]:
+    """The pod's namespace (or name) and where it came from, by precedence:
+    ``CNI_ARGS`` ``arg``, then ``args.cni.<key>``, then ``label`` among the
+    configuration's ``labels`` (``given`` names each label's source); ("", "")
+    when none names it. Checked by Kubernetes' rule for it; the first two
+    naming different values is code 7 naming both."""
+    rule = validate.namespace_name if label == NAMESPACE_LABEL else validate.pod_name
+    from_env = env.args.get(arg, "")
+    from_conf = _cni_args(net).get(key)
+    if from_conf is not None and not isinstance(from_conf, str):
+        what = "namespace" if label == NAMESPACE_LABEL else "name"
+        raise CniError(
+            INVALID_CONFIG,
+            f"args.cni.{key}={validate.shown(from_conf)}: the pod's {what}, a string",
+        )
+
+    def check(source: str, value: str) -> None:
+        try:
+            rule(value)
+        except validate.Invalid as exc:
+            code = INVALID_ENV if source.startswith("CNI_ARGS") else INVALID_CONFIG
+            raise CniError(code, f"{source}={validate.shown(value)}: {exc.expected}") from None
+
+    # Both fields are checked whether or not they win (a conflict's message
+    # should not hide a bad value); the label only when it names the pod.
+    candidates = [(f"CNI_ARGS {arg}", from_env), (f"args.cni.{key}", from_conf or "")]
+    for source, value in candidates:
+        if value:
+            check(source, value)
+    chosen = next(((source, value) for source, value in candidates if value), ("", ""))
+    if not chosen[1] and label in labels:  # an empty label too: it names no pod
+        chosen = (f"{given[label]} (key {label})", labels[label])
+        check(*chosen)
+    if from_env and from_conf and from_env != from_conf:
+        raise CniError(
+            INVALID_CONFIG,
+            f"args.cni.{key}={validate.shown(from_conf)} and CNI_ARGS {arg}="
+            f"{validate.shown(from_env)} name different pods: remove args.cni.{key}, or "
+            "give it the same value",
+        )
+    return chosen[1], chosen[0]
+
+
+def endpoint_identity(env: CniEnv, net: NetConf) -> PodIdentity:
+    """The pod's identity (see "Who the pod is" in the design notes): its labels
+    from ``args.cni.labels`` and ``runtimeConfig.labels``, its namespace and name
+    from ``CNI_ARGS`` (``K8S_POD_*``), ``args.cni.namespace``/``podName`` or those
+    labels, and the endpoint's name, "<namespace>/<pod>" (the container ID when
+    there is no pod).
 
     Unknown CNI_ARGS keys are code 4 unless IgnoreUnknown=1 (the CNI convention).
     """
@@ -276,54 +410,56 @@ def endpoint_identity(env: CniEnv, net: NetConf) -> tuple[str, dict[str, str]]:
                     "IgnoreUnknown=1 to CNI_ARGS",
                 )
     labels: dict[str, str] = {}
-    args = net.raw.get("args")
-    cni_args = args.get("cni") if isinstance(args, dict) else None
-    # The spec says plugins ignore ``args`` they do not understand: malformed
-    # entries are skipped, not refused. A well-formed label that breaks a bound
-    # is refused, never dropped: a pod missing a label could slip out of a
-    # policy that selects it.
-    items = cni_args.get("labels", []) if isinstance(cni_args, dict) else []
-    for i, item in enumerate(items if isinstance(items, list) else []):
-        if isinstance(item, dict):
-            label, value = item.get("key"), item.get("value")
-            if isinstance(label, str) and isinstance(value, str) and label:
-                try:
-                    validate.label(label, value)
-                except validate.Invalid as exc:
-                    raise CniError(
-                        INVALID_CONFIG,
-                        f"args.cni.labels[{i}] (key {validate.shown(label)}): {exc.expected}",
-                    ) from None
-                labels[label] = value
-    pod = env.args.get("K8S_POD_NAME", "")
-    namespace = env.args.get("K8S_POD_NAMESPACE", "")
+    given: dict[str, str] = {}  # label key -> where it was given first
+    for source, key, value in _label_sources(net):
+        try:
+            validate.label(key, value)
+        except validate.Invalid as exc:
+            raise CniError(
+                INVALID_CONFIG, f"{source} (key {validate.shown(key)}): {exc.expected}"
+            ) from None
+        if labels.get(key, value) != value:
+            raise CniError(
+                INVALID_CONFIG,
+                f"{source} gives label {key}={validate.shown(value)} and {given[key]} gives "
+                f"{key}={validate.shown(labels[key])}: give the label once, or the same value",
+            )
+        labels[key] = value
+        given.setdefault(key, source)
+    namespace, ns_from = _pod_field(
+        env, net, labels, given, "K8S_POD_NAMESPACE", "namespace", NAMESPACE_LABEL
+    )
+    pod, pod_from = _pod_field(env, net, labels, given, "K8S_POD_NAME", "podName", POD_LABEL)
+    if namespace:
+        labels[NAMESPACE_LABEL] = namespace
+    if pod:
+        labels[POD_LABEL] = pod
     uid = env.args.get("K8S_POD_UID", "")
-    for arg, label, value in (
-        ("K8S_POD_NAME", "io.kubernetes.pod.name", pod),
-        ("K8S_POD_NAMESPACE", "io.kubernetes.pod.namespace", namespace),
-        ("K8S_POD_UID", "io.kubernetes.pod.uid", uid),
-    ):
-        if value:
-            try:
-                validate.label(label, value)
-            except validate.Invalid as exc:
-                raise CniError(
-                    INVALID_ENV, f"CNI_ARGS {arg}={validate.shown(value)}: {exc.expected}"
-                ) from None
-            labels[label] = value
+    if uid:
+        try:
+            validate.label(UID_LABEL, uid)
+        except validate.Invalid as exc:
+            raise CniError(
+                INVALID_ENV, f"CNI_ARGS K8S_POD_UID={validate.shown(uid)}: {exc.expected}"
+            ) from None
+        labels[UID_LABEL] = uid
     try:
         validate.labels(labels)
     except validate.Invalid as exc:
-        raise CniError(INVALID_CONFIG, f"args.cni.labels: {exc.expected}") from None
+        raise CniError(
+            INVALID_CONFIG,
+            f"args.cni.labels and runtimeConfig.labels, with the pod's own: {exc.expected}",
+        ) from None
     name = f"{namespace}/{pod}" if pod and namespace else pod or env.container_id
     try:
         validate.endpoint_name(name)
-    except validate.Invalid as exc:
+    except validate.Invalid as exc:  # bounded above; kept against a change of the bounds
+        sources = " and ".join(s for s in (ns_from, pod_from) if s) or "CNI_CONTAINERID"
         raise CniError(
-            INVALID_ENV,
-            f"CNI_ARGS K8S_POD_NAMESPACE/K8S_POD_NAME={validate.shown(name)}: {exc.expected}",
+            INVALID_ENV if sources.startswith("CNI_") else INVALID_CONFIG,
+            f"{sources} make the endpoint's name {validate.shown(name)}: {exc.expected}",
         ) from None
-    return name, labels
+    return PodIdentity(name, labels, namespace, pod)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,15 +605,21 @@ def result_from_record(record: Mapping[str, Any], dns: Mapping[str, Any]) -> Res
 
 def cmd_add(env: CniEnv, net: NetConf) -> Result:
     conf = OverlayConf.parse(net)
-    name, labels = endpoint_identity(env, net)
+    who = endpoint_identity(env, net)
     request: dict[str, Any] = {
         "container_id": env.container_id,
         "ifname": env.ifname,
         "netns": env.netns,
         "vni": conf.vni,
-        "name": name,
-        "labels": labels,
+        "name": who.name,
+        "labels": who.labels,
     }
+    # The pod's own fields as well as its labels: overlayd checks them by
+    # Kubernetes' rules and that the labels agree.
+    if who.namespace:
+        request["namespace"] = who.namespace
+    if who.pod:
+        request["pod"] = who.pod
     routes = list(conf.routes)
     dns: Mapping[str, Any] = net.dns
     delegate = conf.delegate(env)

@@ -32,6 +32,10 @@ configuration"), checked with ``fullmatch`` and bounded in length:
 - endpoint name and labels (from ``CNI_ARGS`` and the runtime's
   ``args.cni.labels``): bounded, because every API answer, the state file and
   the store carry them.
+- a pod's namespace and name: Kubernetes' rules (a namespace is a DNS label
+  of RFC 1123, 1-63 characters; a pod's name a DNS subdomain, 1-253), the
+  ones the network-policy layer holds a namespace to: a namespace it would
+  refuse must not reach it as a label.
 
 JSON from outside (stdin of the plugin, request bodies of the API) is
 decoded with ``load_json``, which bounds the nesting: the stdlib parser
@@ -61,8 +65,12 @@ MAX_PATH_BYTES = 4095  # PATH_MAX (4096) less the terminating NUL
 MAX_NAME_CHARS = model.ENDPOINT_NAME_MAX
 MAX_LABELS = model.LABELS_MAX
 MAX_JSON_DEPTH = 64  # attach bodies nest 3 deep, CNI configurations about 5
+MAX_NAMESPACE_CHARS = 63  # Kubernetes: a namespace's name is a DNS label
+MAX_POD_NAME_CHARS = 253  # Kubernetes: a pod's name is a DNS subdomain
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _ID_RULE = (
     f"1-{MAX_ID_CHARS} characters: a letter or digit first, then letters, digits, '_', '.' or '-'"
 )
@@ -184,6 +192,24 @@ def endpoint_name(value: str) -> None:
     """An endpoint's name (the pod's "<namespace>/<name>", or the container ID)."""
     if len(value) > MAX_NAME_CHARS:
         raise Invalid(f"at most {MAX_NAME_CHARS} characters")
+
+
+def namespace_name(value: str) -> None:
+    """A pod's Kubernetes namespace: a DNS label (see the design notes)."""
+    if len(value) > MAX_NAMESPACE_CHARS or not _DNS_LABEL_RE.fullmatch(value):
+        raise Invalid(
+            f"a namespace name: 1-{MAX_NAMESPACE_CHARS} lowercase letters, digits or '-', "
+            "a letter or digit at both ends"
+        )
+
+
+def pod_name(value: str) -> None:
+    """A pod's Kubernetes name: a DNS subdomain (see the design notes)."""
+    if len(value) > MAX_POD_NAME_CHARS or not _DNS_SUBDOMAIN_RE.fullmatch(value):
+        raise Invalid(
+            f"a pod name: 1-{MAX_POD_NAME_CHARS} lowercase letters, digits, '-' or '.', "
+            "a letter or digit at both ends and around each '.'"
+        )
 
 
 def label(key: str, value: str) -> None:

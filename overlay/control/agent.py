@@ -55,10 +55,10 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Generic
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic
 
-from overlay.control import keys
+from overlay.control import keys, policies
 from overlay.control.claims import REASONS, Claims, Rejection
 from overlay.control.ipam import (
     AddressAllocator,
@@ -68,7 +68,9 @@ from overlay.control.ipam import (
     primary_address,
 )
 from overlay.control.nodeapi import HostNode, P
-from overlay.control.reconcilers import RECONCILERS, Reconciler, ReconcilerFactory
+from overlay.control.policies import Realised
+from overlay.control.reconcilers import RECONCILERS, Policies, Reconciler, ReconcilerFactory
+from overlay.control.reconcilers.base import Update
 from overlay.control.store import (
     Compacted,
     Event,
@@ -79,7 +81,7 @@ from overlay.control.store import (
 )
 from overlay.errors import ConfigError, ConflictError, OverlayError
 from overlay.gateway import ROLE_GATEWAY, ROLE_LABEL
-from overlay.model import Endpoint, NodeSpec, _mac, to_json
+from overlay.model import NAMESPACE_LABEL, Endpoint, NodeSpec, _mac, to_json
 from overlay.nsenter import delete_link, link_addresses
 
 log = logging.getLogger("overlay.agent")
@@ -163,6 +165,10 @@ class Agent(Generic[P]):
         # Called with the seconds from a batch of store changes arriving to the
         # node being programmed (overlayd's reconcile-latency metric).
         self.on_reconcile: Callable[[float], None] | None = None
+        # What this node has in force per tenant, and its verification probe's
+        # findings: published by report_policy.
+        self.policy_report: dict[str, Realised] = {}
+        self.policy_verify: dict[str, Any] = {}
 
     @property
     def connected(self) -> bool:
@@ -373,6 +379,10 @@ class Agent(Generic[P]):
             addrs = [addr]
         try:
             self.reconcile([vni])  # the network exists on the node before its port
+            # The pod's identity for policy: its namespace is its
+            # io.kubernetes.pod.namespace label. When its tenant has policies,
+            # the port is judged by them from its first packet: the network
+            # has them in force already (reconciled above).
             port = self.node.network(vni).add_port(
                 mac,
                 addrs,
@@ -380,6 +390,8 @@ class Agent(Generic[P]):
                 netns=netns,
                 port_security=port_security,
                 persist=persist,
+                namespace=(labels or {}).get(NAMESPACE_LABEL) or None,
+                labels=dict(labels or {}),
             )
         except Exception:
             await self._release(vni, mac, addrs)
@@ -569,10 +581,14 @@ class Agent(Generic[P]):
     # -- reading desired state -------------------------------------------------
 
     def _prefixes(self) -> list[bytes]:
-        """Nodes and networks (global, small); per hosted network its subnet leases
-        (what an endpoint's addresses are checked against) and its endpoints."""
+        """Nodes, networks, policies and namespaces (global, small: every tenant's
+        policies are read, those of tenants without a network here are never
+        compiled); per hosted network its subnet leases (what an endpoint's
+        addresses are checked against) and its endpoints."""
         per_network = [(keys.subnets(v), keys.endpoints(v)) for v in self.spec.networks]
-        return [keys.NODES, keys.NETWORKS] + [p for pair in per_network for p in pair]
+        return [keys.NODES, keys.NETWORKS, keys.POLICIES, keys.NAMESPACES] + [
+            p for pair in per_network for p in pair
+        ]
 
     def _went_down(self) -> None:
         if not self._down:
@@ -627,6 +643,7 @@ class Agent(Generic[P]):
             # (Re)connected: compare every network with the node once.
             self.claims.mark_full()
             self.reconcile()
+            await self.report_policy()
             self.synced.set()
             while True:
                 item = await queue.get()
@@ -646,6 +663,7 @@ class Agent(Generic[P]):
                 self.reconcile()
                 if failure is not None:
                     raise failure
+                await self.report_policy()
                 if self.on_reconcile is not None:
                     self.on_reconcile(time.monotonic() - began)
         finally:
@@ -718,10 +736,51 @@ class Agent(Generic[P]):
                 )
         # The checked updates of the batch, to every reconciler (each takes the
         # kinds it handles), then one apply each, in order.
-        for update in self.claims.settle().values():
+        updates: list[Update] = [*self.claims.settle().values(), *self.claims.settle_policies()]
+        for update in updates:
             for r in self.reconcilers:
                 r.on_update(update)
         wanted = set(hosted if vnis is None else vnis)
-        for r in self.reconcilers:
-            r.apply(hosted, wanted)
+        # Policy tables are compiled once per network at the batch's end, not
+        # once per remote programmed (``Node.policy_batch``).
+        batch = getattr(self.node, "policy_batch", None)
+        with batch() if batch is not None else contextlib.nullcontext():
+            for r in self.reconcilers:
+                r.apply(hosted, wanted)
         self.reconciles += 1
+        self._note_realised()
+
+    # -- what policy is in force here -------------------------------------------
+
+    def _note_realised(self) -> None:
+        """Fold the policy reconciler's realised sets into this node's report:
+        a tenant whose set in force changed gets the store revision read now."""
+        pol = next((r for r in self.reconcilers if isinstance(r, Policies)), None)
+        if pol is None:
+            return
+        revision = max(self.revisions.get(keys.POLICIES, 0), self.revisions.get(keys.NAMESPACES, 0))
+        report: dict[str, Realised] = {}
+        for tenant, (digest, ports, vnis) in pol.realised.items():
+            have = self.policy_report.get(tenant)
+            if have is not None and (have.hash, have.ports, have.networks) == (
+                digest,
+                ports,
+                vnis,
+            ):
+                report[tenant] = have
+            else:
+                report[tenant] = Realised(digest, revision, time.time(), vnis, ports)
+        self.policy_report = report
+
+    async def report_policy(self, verify: Mapping[str, Any] | None = None) -> None:
+        """Publish what this node has in force (``policy-status/<node>``, under
+        the node's lease) when it changed; ``verify``: the verification probe's
+        findings per tenant, kept until given again."""
+        if verify is not None:
+            self.policy_verify = dict(verify)
+        if not self.policy_report and not self.policy_verify:
+            return
+        value = policies.status_value(self.policy_report, self.policy_verify)
+        key = keys.policy_status(self.name)
+        if self.published.get(key) != value:
+            await self.publish(key, value)

@@ -67,12 +67,14 @@ import dataclasses
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from overlay.control import keys
+from overlay.control import keys, policies
 from overlay.control.store import Event, KeyValue
 from overlay.errors import ConfigError
 from overlay.model import _NAME_RE, Endpoint, NetworkSpec, NodeSpec, TooLarge, from_json
+from overlay.policy.engine import PolicySet
+from overlay.policy.model import AdminNetworkPolicy, BaselineAdminNetworkPolicy, NetworkPolicy
 
 log = logging.getLogger("overlay.agent")
 
@@ -114,6 +116,26 @@ class Remote:
     vtep: IPAddress
     ips: tuple[IPAddress, ...]
     port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyChanges:
+    """Tenant ``tenant``'s policies or namespaces changed (or are to be compared
+    with the node again): the update the policy reconciler folds."""
+
+    tenant: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantPolicies:
+    """One tenant's accepted policy records, as the policy reconciler reads
+    them: the checked ``PolicySet``, the namespaces' labels, the set's hash
+    (``overlay.control.policies.set_hash``) and whether there is anything."""
+
+    policies: PolicySet
+    namespaces: Mapping[str, Mapping[str, str]]
+    hash: str
+    empty: bool
 
 
 @dataclasses.dataclass
@@ -319,6 +341,10 @@ class Claims:
         self._dirty_nodes: set[str] = set()
         self._pinned: dict[int, NetworkSpec] = {}  # last accepted definition per VNI
         self.nets: dict[int, _Net] = {}
+        # Policies and namespaces, per tenant: key -> (value, checked object, revision).
+        self.policy_records: dict[str, dict[bytes, tuple[bytes, policies.Object, int]]] = {}
+        self._dirty_tenants: set[str] = set()
+        self._tenant_views: dict[str, TenantPolicies] = {}
         # The dispatch table: the kind of a record (its key's top-level prefix,
         # ``keys.kind``) -> the check that folds it. A new kind of record is one
         # check and one line here, and its prefix in the agent's watches.
@@ -327,6 +353,8 @@ class Claims:
             keys.NETWORKS: self._network_event,
             keys.SUBNETS: self._subnet_event,
             keys.ENDPOINTS: self._endpoint_event,
+            keys.POLICIES: self._policy_event,
+            keys.NAMESPACES: self._policy_event,
         }
         self.set_hosted(hosted)
 
@@ -352,6 +380,7 @@ class Claims:
         """Decide and program every hosted network in full at the next settle."""
         for net in self.nets.values():
             net.full = True
+        self._dirty_tenants.update(self.policy_records)
 
     # -- records in ------------------------------------------------------------
 
@@ -376,6 +405,11 @@ class Claims:
             for nc in self._node_claims.values():
                 if nc.key not in self.rejected:
                     yield nc.key, nc.revision
+        elif prefix in (keys.POLICIES, keys.NAMESPACES):
+            for recs in self.policy_records.values():
+                for key, (_, _, revision) in recs.items():
+                    if key.startswith(prefix) and key not in self.rejected:
+                        yield key, revision
         elif prefix == keys.NETWORKS:
             for vni in self.specs:
                 key = keys.network(vni)
@@ -551,6 +585,70 @@ class Claims:
         if not mine:
             del net.by_node[c.node]
         net.index(c, False)
+
+    def _policy_event(self, ev: Event) -> None:
+        """A policy or a namespace of a tenant (``overlay.control.policies``):
+        checked as ``policy apply`` checks a manifest; a bad record is refused
+        and the rest of the tenant's set still applies."""
+        prefix = keys.kind(ev.key)
+        tenant = keys.tenant_of(ev.key, prefix)
+        if tenant is None or not _NAME_RE.fullmatch(tenant):
+            what = (
+                "policies/<tenant>/<kind>/<name>"
+                if prefix == keys.POLICIES
+                else ("namespaces/<tenant>/<name>")
+            )
+            self._bad_key(ev, what)
+            return
+        recs = self.policy_records.setdefault(tenant, {})
+        self._dirty_tenants.add(tenant)
+        recs.pop(ev.key, None)
+        if ev.kind == "delete":
+            self._clear(ev.key)
+            if not recs:
+                del self.policy_records[tenant]
+            return
+        try:
+            obj = policies.decode(tenant, ev.key, ev.value)
+        except ConfigError as exc:
+            reason = "key_mismatch" if exc.field == "key" else "malformed"
+            if "bytes" in str(exc.expected) and exc.field == "value":
+                reason = "too_large"
+            self._reject(ev.key, ev.mod_revision, reason, str(exc))
+            return
+        self._accept(ev.key)
+        recs[ev.key] = (ev.value, obj, ev.mod_revision)
+
+    def settle_policies(self) -> list[PolicyChanges]:
+        """The tenants whose policies or namespaces changed since the last call
+        (every tenant after ``mark_full``)."""
+        dirty, self._dirty_tenants = self._dirty_tenants, set()
+        for t in dirty:
+            self._tenant_views.pop(t, None)
+        return [PolicyChanges(t) for t in sorted(dirty)]
+
+    def tenant_policies(self, tenant: str) -> TenantPolicies:
+        """Tenant's accepted policy set (cached until it changes)."""
+        got = self._tenant_views.get(tenant)
+        if got is not None:
+            return got
+        recs = self.policy_records.get(tenant, {})
+        nps = tuple(o for _, o, _ in recs.values() if isinstance(o, NetworkPolicy))
+        anps = tuple(o for _, o, _ in recs.values() if isinstance(o, AdminNetworkPolicy))
+        banp = next(
+            (o for _, o, _ in recs.values() if isinstance(o, BaselineAdminNetworkPolicy)), None
+        )
+        nss = {
+            o.name: dict(o.labels) for _, o, _ in recs.values() if isinstance(o, policies.Namespace)
+        }
+        got = TenantPolicies(
+            PolicySet(nps, anps, banp),
+            nss,
+            policies.set_hash({k: v for k, (v, _, _) in recs.items()}, tenant),
+            not recs,
+        )
+        self._tenant_views[tenant] = got
+        return got
 
     def _subnet_event(self, ev: Event) -> None:
         vni = keys.vni_of(ev.key, keys.SUBNETS)

@@ -13,6 +13,17 @@ on it through the version in the prefix: a later layout lives under
                                                (created by compare-and-swap), under the
                                                owning node's lease
     /overlay/v1/endpoints/<vni>/<node>/<mac>   Endpoint (JSON), under the node's lease
+    /overlay/v1/policies/<tenant>/<kind>/<name>
+                                               a policy of the tenant's networks: the
+                                               Kubernetes manifest (JSON); <kind> is
+                                               networkpolicy (<name> is <namespace>/<name>),
+                                               adminnetworkpolicy or
+                                               baselineadminnetworkpolicy (<name> default)
+    /overlay/v1/namespaces/<tenant>/<name>     {"labels": {...}}: a Kubernetes namespace
+                                               of the tenant and its labels
+    /overlay/v1/policy-status/<node>           what the node realised of each tenant's
+                                               policies (revision, hash) and what its
+                                               verification probe found, under the node's lease
 
 Keys under a node's lease vanish when the node stops renewing it: its
 VTEP, endpoints and addresses leave every peer's tables within the TTL.
@@ -43,6 +54,9 @@ NODES = PREFIX + b"nodes/"
 SUBNETS = PREFIX + b"subnets/"
 ADDRS = PREFIX + b"addrs/"
 ENDPOINTS = PREFIX + b"endpoints/"
+POLICIES = PREFIX + b"policies/"
+NAMESPACES = PREFIX + b"namespaces/"
+POLICY_STATUS = PREFIX + b"policy-status/"
 
 
 def kind(key: bytes) -> bytes:
@@ -85,6 +99,37 @@ def endpoints(vni: int) -> bytes:
 
 def endpoint(vni: int, node: str, mac: str) -> bytes:
     return endpoints(vni) + f"{node}/{mac}".encode()
+
+
+def policies(tenant: str) -> bytes:
+    return POLICIES + f"{tenant}/".encode()
+
+
+def policy(tenant: str, kind: str, name: str) -> bytes:
+    """A policy's key; ``kind`` in lower case, ``name`` "<namespace>/<name>" for a
+    NetworkPolicy."""
+    return policies(tenant) + f"{kind}/{name}".encode()
+
+
+def namespaces(tenant: str) -> bytes:
+    return NAMESPACES + f"{tenant}/".encode()
+
+
+def namespace(tenant: str, name: str) -> bytes:
+    return namespaces(tenant) + name.encode()
+
+
+def policy_status(node: str) -> bytes:
+    return POLICY_STATUS + node.encode()
+
+
+def tenant_of(key: bytes, prefix: bytes) -> str | None:
+    """The tenant right after prefix in key (``policies/<tenant>/...``), or None."""
+    head, slash, _ = key[len(prefix) :].partition(b"/")
+    try:
+        return head.decode() if slash and head else None
+    except UnicodeDecodeError:
+        return None
 
 
 def parse_endpoint(key: bytes) -> tuple[int, str | None, str] | None:

@@ -134,6 +134,8 @@ class HostNetwork(NetworkTables, Protocol[P]):
         netns: str | None = None,
         port_security: bool = True,
         persist: bool = False,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> P: ...
 
     def remove_port(self, port: P) -> None: ...

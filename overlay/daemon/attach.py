@@ -51,7 +51,7 @@ from overlay.daemon.pods import (
 from overlay.daemon.rooms import Room, handles
 from overlay.daemon.state import Attachment, StateFile
 from overlay.errors import ConfigError, ConflictError, NotFoundError
-from overlay.model import Endpoint
+from overlay.model import NAMESPACE_LABEL, Endpoint
 
 log = logging.getLogger("overlay.daemon")
 
@@ -146,8 +146,15 @@ class Attachments(Room):
         agent.reconcile([rec.vni])  # the network exists before its port
         net = node.network(rec.vni)
         if not any(p.mac == rec.mac for p in net.ports):
+            # With its identity: the tenant's policies judge it as before the restart.
             await asyncio.to_thread(
-                net.attach_port, rec.mac, rec.ips, ifname=rec.ifname, netns=rec.netns
+                net.attach_port,
+                rec.mac,
+                rec.ips,
+                ifname=rec.ifname,
+                netns=rec.netns,
+                namespace=rec.labels.get(NAMESPACE_LABEL) or None,
+                labels=dict(rec.labels),
             )
         ep = Endpoint(
             vni=rec.vni,

@@ -50,6 +50,11 @@ expected — the first problem found, in file order.
     vni = 16777215                 # the probes' own network (reserved: no [[networks]] may use it)
     interval = 1.0                 # seconds between probes
 
+    [policy]
+    verify_interval = 10.0         # seconds between rounds of the verification probe
+                                   # (the data plane's tables against the policies); 0: off
+    verify_budget = 4000           # truth-table cells checked per round
+
     [bgp]                          # optional: announce this node's subnets of routed
     asn = 65001                    # networks to routers and learn the others' (overlay.bgp)
     router_id = "198.18.0.1"       # optional: the node's underlay IPv4 address
@@ -126,6 +131,12 @@ class HealthConfig:
     interval: float = 1.0
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    verify_interval: float = 10.0  # 0: no verification probe
+    verify_budget: int = 4000
+
+
 class Secret(str):
     """A password: the text itself for whoever uses it, ``'<hidden>'`` in every repr
     (error messages, logs, the configuration's repr)."""
@@ -174,6 +185,7 @@ class DaemonConfig:
     log_level: str
     health: HealthConfig = HealthConfig()
     bgp: BgpConfig | None = None  # [bgp]; None: no BGP speaker
+    policy: PolicyConfig = PolicyConfig()
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -202,7 +214,7 @@ NETWORK_KEYS = {
     "vni", "tenant", "cidr", "subnet_prefix", "learning", "gateway", "masquerade", "mode",
     "router", "encap",
 }  # fmt: skip
-_SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks", "bgp"}
+_SECTIONS = {"node", "store", "api", "metrics", "log", "health", "networks", "bgp", "policy"}
 _STORE_KEYS = {
     "kind",
     "endpoints",
@@ -588,7 +600,23 @@ def parse(text: str) -> DaemonConfig:
         nets.append(spec)
     _check_peer_subnets(store, nets)
     bgp = _bgp(raw, node)
-    return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level, health, bgp)
+    pol = _policy(raw)
+    return DaemonConfig(node, store, tuple(nets), socket_path, metrics, level, health, bgp, pol)
+
+
+def _policy(raw: Mapping[str, Any]) -> PolicyConfig:
+    """The [policy] section: the verification probe's pace."""
+    t = _table(raw, "policy", "")
+    _unknown(t, {"verify_interval", "verify_budget"}, "policy.")
+    interval = float(
+        get_key(t, "verify_interval", "policy.", (int, float), "0 (off) or 0.1-3600 seconds", 10.0)
+    )
+    if interval != 0 and not 0.1 <= interval <= 3600:
+        raise ConfigError("policy.verify_interval", interval, "0 (off) or 0.1-3600 seconds")
+    budget = get_key(t, "verify_budget", "policy.", int, "100-1000000 cells per round", 4000)
+    if not 100 <= budget <= 1_000_000:
+        raise ConfigError("policy.verify_budget", budget, "100-1000000 cells per round")
+    return PolicyConfig(interval, budget)
 
 
 def _bgp(raw: Mapping[str, Any], node: NodeConfig) -> BgpConfig | None:

@@ -11,6 +11,13 @@ Design notes.
   refused outside the lease or when taken). The CNI plugin sends the latter
   for a runtime's ``IP=`` or ``runtimeConfig.ips`` when no ``ipam`` plugin is
   configured.
+- **The pod's identity.** ``namespace`` and ``pod`` name the Kubernetes pod
+  (checked by Kubernetes' rules, ``overlay.cni.validate``) and become its
+  labels ``NAMESPACE_LABEL`` and ``POD_LABEL`` (``overlay.model``): the
+  namespace label is the pod's policy namespace ("default" without it). A
+  ``labels`` entry of either with another value is refused, not overridden:
+  the request would name two pods. Without a ``name``, the endpoint is named
+  "<namespace>/<pod>" (the plugin's name for a pod too).
 - **A new pod announces itself.** Once its interface is up, the pod sends a
   gratuitous ARP (an RFC 5227 announcement) for each IPv4 address and an
   unsolicited neighbour advertisement (override flag set, to all nodes) for
@@ -37,6 +44,7 @@ from typing import Any
 from overlay.cni import validate
 from overlay.daemon.config import get_key
 from overlay.errors import ConfigError
+from overlay.model import NAMESPACE_LABEL, POD_LABEL
 from overlay.nsenter import call_in, iproute, link_index, netns_path
 from overlay.nsenter import delete_link as _delete_link
 from overlay.wire import checksum, mac_to_bytes
@@ -80,6 +88,8 @@ class AttachRequest:
     name: str = ""
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     ip_masq: bool = False  # CNI ipMasq: the network must masquerade its egress
+    namespace: str = ""  # the pod's Kubernetes namespace: labels[NAMESPACE_LABEL]
+    pod: str = ""  # the pod's Kubernetes name: labels[POD_LABEL]
 
     @classmethod
     def parse(cls, body: Any, forbidden: Mapping[str, str] | None = None) -> AttachRequest:
@@ -153,10 +163,40 @@ class AttachRequest:
         mac = get("mac", (str, type(None)), "a unicast MAC like 02:00:00:00:00:01", None)
         name = get("name", str, "a name", "")
         _check("name", name, validate.endpoint_name)
-        labels = get("labels", dict, "a mapping of strings to strings", {})
+        labels = dict(get("labels", dict, "a mapping of strings to strings", {}))
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             raise ConfigError("labels", validate.clip(labels), "a mapping of strings to strings")
         _check("labels", labels, validate.labels)
+        namespace = get("namespace", str, "the pod's Kubernetes namespace", "")
+        pod = get("pod", str, "the pod's Kubernetes name", "")
+        for field, value, label, rule in (
+            ("namespace", namespace, NAMESPACE_LABEL, validate.namespace_name),
+            ("pod", pod, POD_LABEL, validate.pod_name),
+        ):
+            if not value:
+                continue
+            _check(field, value, rule)
+            if labels.get(label, value) != value:
+                raise ConfigError(
+                    field,
+                    value,
+                    f"the value of label {label} in labels ({validate.shown(labels[label])}), "
+                    "or leave the label out",
+                )
+            labels[label] = value
+        if not namespace and NAMESPACE_LABEL in labels:
+            # The label alone is the pod's policy namespace: held to the same rule.
+            try:
+                validate.namespace_name(labels[NAMESPACE_LABEL])
+            except validate.Invalid as exc:
+                raise ConfigError(
+                    "labels",
+                    {NAMESPACE_LABEL: validate.clip(labels[NAMESPACE_LABEL])},
+                    f"label {NAMESPACE_LABEL}: {exc.expected}",
+                ) from None
+        _check("labels", labels, validate.labels)  # the identity's labels count too
+        if not name and pod:
+            name = f"{namespace}/{pod}" if namespace else pod
         ip_masq = get("ip_masq", bool, "true or false", False)
         return cls(
             cid,
@@ -170,8 +210,10 @@ class AttachRequest:
             mtu,
             mac,
             name,
-            dict(labels),
+            labels,
             ip_masq,
+            namespace,
+            pod,
         )
 
 

@@ -278,6 +278,17 @@ class Member:
     local: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A pod of another node as policy sees it (``Network.update_policy``):
+    its addresses and identity; ``gateway``: another node's gateway, whose
+    addresses are node addresses (always allowed), not a pod."""
+
+    ips: tuple[str, ...]
+    identity: Identity = Identity()
+    gateway: bool = False
+
+
 Compiled = dict[int, dict[Direction, tuple[PortTable, EncodedRules]]]
 
 

@@ -15,9 +15,10 @@ and nothing is returned.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,71 @@ def _one(obj: Any, where: str, namespace: str) -> PolicyObject:
         raise ConfigError(f"{where} ({_describe(obj)}) {e.field}", e.value, e.expected) from None
 
 
+def _objects(source: str | bytes | os.PathLike[str] | list[Any]) -> list[tuple[str, Any]]:
+    """(where, document) pairs: of text, a file or a directory; or of a list of
+    objects already decoded (an API request's), named ``objects[i]``."""
+    if isinstance(source, list):
+        return [(f"objects[{i}]", o) for i, o in enumerate(source)]
+    return [
+        (f"{label} document {n}", doc)
+        for label, text in _texts(source)
+        for n, doc in enumerate(_documents(label, text), start=1)
+        if doc is not None
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """One object of a manifest: where it is (``policy.yaml document 2``, for
+    error messages), the mapping as written, and what it parsed to."""
+
+    where: str
+    raw: Mapping[str, Any]
+    obj: PolicyObject
+
+
+def documents(
+    source: str | bytes | os.PathLike[str] | list[Any],
+    *,
+    namespace: str = "default",
+    extra: Mapping[str, Callable[[Mapping[str, Any], str], Any]] | None = None,
+) -> list[Document]:
+    """Every object in ``source`` with where it is and its mapping as written
+    (``load`` without the mappings). ``extra``: more kinds this caller takes
+    (kind -> a parser of (mapping, where) that raises ConfigError); their
+    ``obj`` is what the parser returns. All-or-nothing, as ``load``."""
+    out: list[Document] = []
+    seen: dict[tuple[str, str], str] = {}
+    for where, doc in _objects(source):
+        items: list[tuple[str, Any]] = [(where, doc)]
+        if isinstance(doc, Mapping) and str(doc.get("kind", "")).endswith("List"):
+            raw = doc.get("items")
+            if not isinstance(raw, list):
+                raise ConfigError(f"{where} items", raw, "a list of objects")
+            items = [(f"{where} items[{i}]", o) for i, o in enumerate(raw)]
+        for w, o in items:
+            kind = o.get("kind") if isinstance(o, Mapping) else None
+            if extra and isinstance(kind, str) and kind in extra:
+                obj: Any = extra[kind](o, w)
+                key = (kind, str(getattr(obj, "name", "")))
+            else:
+                if extra and isinstance(o, Mapping) and kind not in KINDS:
+                    known = ", ".join([*KINDS, *extra])
+                    raise ConfigError(f"{w} kind", kind, f"one of {known} (or a List of them)")
+                obj = _one(o, w, namespace)
+                key = (
+                    type(obj).__name__,
+                    obj.key if isinstance(obj, NetworkPolicy) else obj.name,
+                )
+            if key in seen:
+                raise ConfigError(
+                    f"{w} metadata.name", key[1], f"a name not already used ({seen[key]})"
+                )
+            seen[key] = w
+            out.append(Document(w, o, obj))
+    return out
+
+
 def load(
     source: str | bytes | os.PathLike[str], *, namespace: str = "default"
 ) -> list[PolicyObject]:
@@ -107,32 +173,7 @@ def load(
     ``kubectl apply -n``). Two objects of the same kind and name (and
     namespace) are refused: applying them would keep only the last.
     """
-    out: list[PolicyObject] = []
-    seen: dict[tuple[str, str], str] = {}
-    for label, text in _texts(source):
-        for n, doc in enumerate(_documents(label, text), start=1):
-            if doc is None:
-                continue
-            where = f"{label} document {n}"
-            items: list[tuple[str, Any]] = [(where, doc)]
-            if isinstance(doc, Mapping) and str(doc.get("kind", "")).endswith("List"):
-                raw = doc.get("items")
-                if not isinstance(raw, list):
-                    raise ConfigError(f"{where} items", raw, "a list of objects")
-                items = [(f"{where} items[{i}]", o) for i, o in enumerate(raw)]
-            for w, o in items:
-                obj = _one(o, w, namespace)
-                key = (
-                    type(obj).__name__,
-                    obj.key if isinstance(obj, NetworkPolicy) else obj.name,
-                )
-                if key in seen:
-                    raise ConfigError(
-                        f"{w} metadata.name", key[1], f"a name not already used ({seen[key]})"
-                    )
-                seen[key] = w
-                out.append(obj)
-    return out
+    return [d.obj for d in documents(source, namespace=namespace)]
 
 
 def split(

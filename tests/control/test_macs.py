@@ -48,6 +48,8 @@ class PortNetwork(RecordingNetwork):
         netns: str | None = None,
         port_security: bool = True,
         persist: bool = False,
+        namespace: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> FakePort:
         if any(p.mac == mac for p in self.ports):
             raise ConflictError(f"MAC {mac} is in use on this node")

@@ -117,7 +117,7 @@ def drop(node: Any) -> None:
 def test_the_table_applies_networks_before_what_is_programmed_into_them() -> None:
     state: CheckedState = Claims("me", ipaddress.ip_address(ME), [NET], programmed=lambda v: None)
     made = [make(RecordingNode(ME), state, "me") for make in RECONCILERS]
-    assert [r.name for r in made] == ["networks", "peers"]
+    assert [r.name for r in made] == ["networks", "peers", "policy"]
 
 
 def test_networks_then_peers_program_the_checked_state(node: Any) -> None:

@@ -368,6 +368,7 @@ def test_each_input_error_code_names_the_fix(
         ({"netns": "/proc/self/ns/uts"}, "CNI_NETNS"),  # a namespace, not a network one
         ({"netns": "/dev/null"}, "CNI_NETNS"),
         ({"cni_args": "IgnoreUnknown=1;K8S_POD_NAME=" + "p" * 10_000}, "K8S_POD_NAME"),
+        ({"cni_args": "K8S_POD_NAMESPACE=Shop"}, "CNI_ARGS K8S_POD_NAMESPACE='Shop'"),
     ],
 )
 def test_cni_variables_outside_the_spec_rules_are_code_4_naming_them(
@@ -386,6 +387,14 @@ def test_cni_variables_outside_the_spec_rules_are_code_4_naming_them(
         ({"name": "blue\n"}, INVALID_CONFIG, "name="),
         ({"args": {"cni": {"labels": [{"key": "k", "value": "v" * 2000}]}}}, INVALID_CONFIG,
          "args.cni.labels[0]"),
+        # The pod's identity: cni() passes K8S_POD_NAMESPACE=default.
+        ({"args": {"cni": {"namespace": "shop"}}}, INVALID_CONFIG,
+         "args.cni.namespace='shop' and CNI_ARGS K8S_POD_NAMESPACE='default' name different"),
+        ({"runtimeConfig": {"labels": {"app": "a"}},
+          "args": {"cni": {"labels": [{"key": "app", "value": "b"}]}}}, INVALID_CONFIG,
+         "runtimeConfig.labels gives label app='a' and args.cni.labels[0] gives app='b'"),
+        ({"runtimeConfig": {"labels": {"app": ["a"]}}}, INVALID_CONFIG,
+         "runtimeConfig.labels (key 'app') has ['a']: a string value"),
     ],
 )  # fmt: skip
 def test_a_configuration_outside_the_rules_is_refused_with_its_code(
@@ -421,6 +430,58 @@ def test_the_plugin_and_the_api_apply_the_same_rules(pod_netns: str) -> None:
                 api_ok = False
                 assert exc.field == field
             assert plugin_ok == api_ok, (variable, value, plugin_ok, api_ok)
+
+
+def test_the_attach_api_takes_the_pods_namespace_and_name(pod_netns: str) -> None:
+    """``namespace`` and ``pod`` become the labels the policy layer reads, and name
+    the endpoint when the request does not."""
+    from overlay.daemon.pods import AttachRequest
+    from overlay.model import NAMESPACE_LABEL, POD_LABEL
+
+    body = {"container_id": "c1", "ifname": "eth0", "netns": pod_netns, "vni": 100}
+    req = AttachRequest.parse({**body, "namespace": "shop", "pod": "web-0", "labels": {"a": "b"}})
+    assert (req.namespace, req.pod, req.name) == ("shop", "web-0", "shop/web-0")
+    assert req.labels == {"a": "b", NAMESPACE_LABEL: "shop", POD_LABEL: "web-0"}
+    # A name given is kept; the same value as a label is no conflict.
+    req = AttachRequest.parse(
+        {**body, "namespace": "shop", "name": "mine", "labels": {NAMESPACE_LABEL: "shop"}}
+    )
+    assert req.name == "mine" and req.labels == {NAMESPACE_LABEL: "shop"}
+    assert AttachRequest.parse({**body, "pod": "web"}).name == "web"
+    assert AttachRequest.parse(body).labels == {}  # no pod: no namespace claimed
+
+
+@pytest.mark.parametrize(
+    "change, field, says",
+    [
+        ({"namespace": "Shop"}, "namespace", "a namespace name: 1-63 lowercase"),
+        ({"namespace": "n" * 64}, "namespace", "a namespace name"),
+        ({"namespace": "a.b"}, "namespace", "a namespace name"),
+        ({"namespace": 5}, "namespace", "the pod's Kubernetes namespace"),
+        ({"pod": "web_0"}, "pod", "a pod name: 1-253"),
+        ({"pod": "p" * 254}, "pod", "a pod name"),
+        ({"pod": ["web"]}, "pod", "the pod's Kubernetes name"),
+        ({"namespace": "shop", "labels": {"io.kubernetes.pod.namespace": "other"}}, "namespace",
+         "the value of label io.kubernetes.pod.namespace in labels ('other')"),
+        ({"pod": "web", "labels": {"io.kubernetes.pod.name": "db"}}, "pod",
+         "the value of label io.kubernetes.pod.name in labels ('db')"),
+        ({"pod": "web", "labels": {f"k{i}": "v" for i in range(64)}}, "labels",
+         "at most 64 labels"),
+        # The label alone is the policy namespace: held to the namespace rule.
+        ({"labels": {"io.kubernetes.pod.namespace": "Shop"}}, "labels",
+         "label io.kubernetes.pod.namespace: a namespace name"),
+    ],
+)  # fmt: skip
+def test_the_attach_api_refuses_a_bad_or_contradicted_namespace_or_pod(
+    pod_netns: str, change: dict[str, Any], field: str, says: str
+) -> None:
+    from overlay.daemon.pods import AttachRequest
+    from overlay.errors import ConfigError
+
+    body = {"container_id": "c1", "ifname": "eth0", "netns": pod_netns, "vni": 100}
+    with pytest.raises(ConfigError) as err:
+        AttachRequest.parse({**body, **change})
+    assert err.value.field == field and says in err.value.expected, err.value
 
 
 # -- no daemon -------------------------------------------------------------------
@@ -609,6 +670,43 @@ def test_add_attaches_the_pod_as_asked_and_prints_the_result(cni_daemon: CniDaem
     assert eth0.mac == rec["mac"] and eth0.mtu == 1400 and address in eth0.addresses
     routes = pod.run(["ip", "-4", "route"]).stdout
     assert "10.245.0.0/16 dev eth0" in routes and f"default via {gateway} dev eth0" in routes
+
+
+@pytest.mark.root
+def test_the_pods_identity_reaches_the_endpoint_overlayd_lists(cni_daemon: CniDaemon) -> None:
+    """What the policy layer reads: the endpoint ``GET /v1/endpoints`` lists carries
+    the namespace of CNI_ARGS and the labels of runtimeConfig and args.cni merged;
+    args.cni can name the pod itself; overlayd refuses a request that names two."""
+    from overlay.daemon.client import ApiError
+    from overlay.model import NAMESPACE_LABEL, POD_LABEL
+
+    conf = cni_daemon.conf(
+        capabilities={"labels": True},
+        runtimeConfig={"labels": {"app": "web"}},
+        args={"cni": {"labels": [{"key": "tier", "value": "front"}]}},
+    )
+    args = "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_NAMESPACE=shop"
+    out = cni("ADD", conf, cid="c1", netns=cni_daemon.pod_netns("web"), cni_args=args).success()
+    [ep] = [e for e in cni_daemon.client.endpoints() if e["mac"] == out["interfaces"][0]["mac"]]
+    assert ep["name"] == "shop/web" and ep["local"] and ep["container_id"] == "c1"
+    assert ep["labels"] == {NAMESPACE_LABEL: "shop", POD_LABEL: "web", "app": "web",
+                            "tier": "front"}  # fmt: skip
+    conf = cni_daemon.conf(args={"cni": {"namespace": "shop", "podName": "db"}})
+    out = cni("ADD", conf, cid="c2", netns=cni_daemon.pod_netns("db"), cni_args="").success()
+    [ep] = [e for e in cni_daemon.client.endpoints() if e["mac"] == out["interfaces"][0]["mac"]]
+    assert ep["name"] == "shop/db" and ep["labels"] == {NAMESPACE_LABEL: "shop", POD_LABEL: "db"}
+    body = {
+        "container_id": "c3",
+        "ifname": "eth0",
+        "netns": cni_daemon.pod_netns("x"),
+        "vni": cni_daemon.vni,
+        "namespace": "shop",
+        "labels": {NAMESPACE_LABEL: "other"},
+    }
+    with pytest.raises(ApiError) as err:
+        cni_daemon.client.attach(body)
+    assert err.value.status == 400 and err.value.field == "namespace"
+    assert {a["container_id"] for a in cni_daemon.client.attachments()} == {"c1", "c2"}
 
 
 # ADD: what the runtime asks for (podman's --ip and --mac-address, the capabilities)

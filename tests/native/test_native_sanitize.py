@@ -172,6 +172,7 @@ SANITIZED_TESTS = [
     "tests/native/test_steering.py",
     "tests/native/test_concurrent_tables.py",
     "tests/native/test_policy_engine.py",
+    "tests/native/test_policy_probe.py",
 ]
 SANITIZED_SELECTION = ["-m", "not slow"]
 BUILDER = ROOT / "overlay" / "_build.py"

@@ -10,10 +10,12 @@ Rooms, today and next:
 
 - ``networks.py``: each hosted, defined network exists on the node.
 - ``peers.py``: member VTEPs and remote endpoints (FDB, neighbours).
+- ``policy.py``: each network enforces its tenant's policies, knowing every
+  pod of other nodes by its endpoint record (compiled per-port rule tables,
+  only those that differ set).
 - next: ``routes.py`` (pod subnets of routed networks: the node's kernel
   routes and the ``direct`` transport's next hops), ``gateways.py`` (the node's
   own IP stack as a port of each network: host routes, masquerade, Services),
-  ``policy.py`` (compiled per-port rule tables, swapped in O(1)).
 
 Adding one is a new file with a class that fits ``base.Reconciler`` (its
 constructor takes ``(node, state, me)``) plus one line in ``RECONCILERS``
@@ -33,11 +35,21 @@ from overlay.control.reconcilers.base import (
 )
 from overlay.control.reconcilers.networks import Networks
 from overlay.control.reconcilers.peers import Peers
+from overlay.control.reconcilers.policy import Policies
 
 # In the order they apply: a network exists before anything is programmed into it.
 RECONCILERS: tuple[ReconcilerFactory, ...] = (
     Networks,
     Peers,
+    Policies,
 )
 
-__all__ = ["RECONCILERS", "CheckedState", "Networks", "Peers", "Reconciler", "Update"]
+__all__ = [
+    "RECONCILERS",
+    "CheckedState",
+    "Networks",
+    "Peers",
+    "Policies",
+    "Reconciler",
+    "Update",
+]

@@ -39,14 +39,16 @@ from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Protocol
 
-from overlay.control.claims import NetChanges, Remote
+from overlay.control.claims import NetChanges, PolicyChanges, Remote, TenantPolicies
 from overlay.control.nodeapi import IPAddress, NodeTables
-from overlay.model import NetworkSpec
+from overlay.model import Endpoint, NetworkSpec
 
-# The checked updates a reconciler folds. Today one kind: what changed in one
-# network's member VTEPs and remote endpoints. A new kind of record (routes,
-# gateways, policies) adds its update type here, as a union member.
-Update = NetChanges
+# The checked updates a reconciler folds: what changed in one network's member
+# VTEPs and remote endpoints (NetChanges), and which tenant's policies or
+# namespaces changed (PolicyChanges). A new kind of record adds its update
+# type here, as a union member; a reconciler ignores the kinds it does not
+# handle.
+Update = NetChanges | PolicyChanges
 
 
 class CheckedState(Protocol):
@@ -68,6 +70,15 @@ class CheckedState(Protocol):
 
     def remote(self, vni: int, mac: str) -> Remote | None:
         """One remote endpoint of vni as it should be programmed now (None: none). O(1)."""
+        ...
+
+    @property
+    def endpoints(self) -> Mapping[int, Mapping[str, Endpoint]]:
+        """Accepted endpoint records per hosted VNI, by MAC (this node's own too)."""
+        ...
+
+    def tenant_policies(self, tenant: str) -> TenantPolicies:
+        """One tenant's accepted policies and namespaces (cached until they change)."""
         ...
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Set as AbstractSet
 
+from overlay.control.claims import NetChanges
 from overlay.control.nodeapi import NodeTables
 from overlay.control.reconcilers.base import CheckedState, Update
 from overlay.errors import OverlayError
@@ -45,7 +46,8 @@ class Networks:
         self._touched: set[int] = set()  # VNIs with an update since the last apply
 
     def on_update(self, update: Update) -> None:
-        self._touched.add(update.vni)
+        if isinstance(update, NetChanges):
+            self._touched.add(update.vni)
 
     def apply(self, hosted: tuple[int, ...], wanted: AbstractSet[int]) -> None:
         touched, self._touched = self._touched, set()

@@ -70,6 +70,8 @@ class Peers:
         self._underlay: tuple[IPNetwork | None] | None = None  # the node's underlay subnet, once
 
     def on_update(self, update: Update) -> None:
+        if not isinstance(update, NetChanges):
+            return
         vni = update.vni
         have = self._pending.get(vni)
         if have is None or update.full:
