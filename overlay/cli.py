@@ -4,7 +4,8 @@
 working and removes it (no daemon needed). The other subcommands ask a running
 overlayd over its Unix socket and print a table, or the API's JSON with
 ``--json`` (for scripts). When no daemon answers, they say so and how to fix
-it, and exit with status 1; bad arguments exit with 2.
+it, and exit with status 1; bad arguments exit with 2. ``overlay policy`` (a
+tenant's network policies: apply, get, status, ...) lives in ``cli_policy``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from overlay import cli_policy
 from overlay.cni import install
 from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
 
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="include counters that are zero")
     sub.add_parser("health", help="readiness and reachability of every peer")
     sub.add_parser("reload", help="apply the daemon's configuration file again")
+    cli_policy.add_parser(sub)  # overlay policy ...: its own module
     i = sub.add_parser(
         "install-cni",
         help="write the overlay-cni plugin into a runtime's CNI plugin directory",
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         return rc or demo.run_discovery(encap)
     if args.cmd == "install-cni":
         return _install_cni(args.dir, args.name)
+    if args.cmd == "policy":
+        return cli_policy.run(args)
     client = Client(args.socket)
     try:
         if args.cmd == "counters":

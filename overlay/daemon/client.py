@@ -178,6 +178,76 @@ class Client:
         """Apply the daemon's configuration file again (as SIGHUP does); what changed."""
         return self.call("reload")
 
+    # policy: a tenant's policies in the store (tenant None: the one tenant of the
+    # daemon's hosted networks)
+
+    def policy_apply(
+        self,
+        manifest: str | None = None,
+        *,
+        objects: list[Any] | None = None,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        prune: bool = False,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Check ``manifest`` (YAML or JSON text) or ``objects`` (decoded objects) and
+        write what differs; with ``prune`` the tenant's other records are deleted.
+        Answers the names created, configured, unchanged, pruned, and the set's hash."""
+        body: dict[str, Any] = {"prune": prune, "dry_run": dry_run}
+        if manifest is not None:
+            body["manifest"] = manifest
+        if objects is not None:
+            body["objects"] = objects
+        if tenant is not None:
+            body["tenant"] = tenant
+        if namespace is not None:
+            body["namespace"] = namespace
+        return self.call("policy_apply", body=body)
+
+    def policy_get(self, tenant: str | None = None) -> dict[str, Any]:
+        """The tenant's policies and namespaces (``items``: manifests), hash, revision."""
+        return self.call("policy_get", tenant=tenant)
+
+    def policy_delete(
+        self,
+        kind: str | None = None,
+        name: str | None = None,
+        namespace: str | None = None,
+        *,
+        manifest: str | None = None,
+        objects: list[Any] | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        """Delete one object (``kind``, ``name``, ``namespace``) or those a manifest names."""
+        given = {
+            "kind": kind,
+            "name": name,
+            "namespace": namespace,
+            "manifest": manifest,
+            "objects": objects,
+            "tenant": tenant,
+        }
+        return self.call("policy_delete", body={k: v for k, v in given.items() if v is not None})
+
+    def policy_explain(
+        self, src: str, dst: str, port: int, protocol: str | None = None, vni: int | None = None
+    ) -> dict[str, Any]:
+        """What the policies and the tables in force decide for ``src`` -> ``dst``:``port``."""
+        return self.call("policy_explain", src=src, dst=dst, port=port, protocol=protocol, vni=vni)
+
+    def policy_drops(self, since: int | None = None) -> dict[str, Any]:
+        """Policy drop reports from sequence number ``since`` on: ``{"next", "events"}``."""
+        return self.call("policy_drops", since=since)
+
+    def policy_status(self, tenant: str | None = None) -> dict[str, Any]:
+        """Per node and tenant, the set in force against the store's (tenant None: all)."""
+        return self.call("policy_status", tenant=tenant)
+
+    def policy_verify(self, tenant: str | None = None) -> dict[str, Any]:
+        """What each node's verification probe found (tenant None: all)."""
+        return self.call("policy_verify", tenant=tenant)
+
 
 def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:
     """(status, decoded JSON body or None) of a whole HTTP/1.1 answer."""

@@ -7,7 +7,8 @@ Design notes
   into client-library objects would need a timer and would lag; instead a
   custom collector asks the daemon for a ``snapshot()`` at scrape time and
   turns it into metric families. Only what the daemon itself measures (how
-  long a reconcile takes) lives in a client-library object, a Histogram.
+  long a reconcile takes, and a policy compile-and-apply) lives in
+  client-library objects, Histograms.
 - **One registry of our own.** ``Metrics.registry`` is a private
   ``CollectorRegistry``, so several daemons (or tests) in one process never
   share or collide, and nothing of the process-global default registry
@@ -39,7 +40,23 @@ The snapshot, as the daemon provides it (every key optional)::
      "store_rejected": {"total": {"mac_conflict": 3, ...},      # every reason,
                         "current": {"mac_conflict": 1, ...}},   # Agent.rejected_counts()
      "bgp": {"running": True, "peers": [{"address": "198.18.0.254", "up": True,
-             "routes_learned": 3, "routes_announced": 1}]}}    # None: no [bgp]
+             "routes_learned": 3, "routes_announced": 1}]},    # None: no [bgp]
+     "policy": {                                       # overlay.daemon.policy.PolicyRoom
+         "hits": [{"vni": "100", "tenant": "blue", "direction": "ingress",
+                   "tier": "networkpolicy", "policy": "x/web", "rule": "0", "value": 7}],
+         "drops": [{..., "verdict": "deny", "value": 2}],  # the same labels and verdict
+         "conntrack_sessions": 12,                      # None: not known
+         "realised": [{"tenant": "blue", "hash": "3f2a...", "revision": 42}]}}
+
+Policy. Rule hits are the connections each rule decided, summed over the
+node's ports (a port that goes takes its hits along, as a restarted process
+would: Prometheus' ``rate`` treats it as a reset); drops are the data plane's
+policy reports per rule (the engine reports each port, direction, rule and
+verdict at most once a second, so they count reports, not packets: the
+packets are ``overlay_drops_total{reason="policy_denied_*"}``). Labels are
+policy names and rule indexes, bounded by the policy set. Audited denies
+(``policy_audit``) and conntrack evictions (``conntrack_evicted``) are engine
+counters, exported with the others as ``overlay_node_<name>_total``.
 """
 
 from __future__ import annotations
@@ -71,6 +88,10 @@ Snapshot = Callable[[], Mapping[str, Any]]
 
 RECONCILE_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+POLICY_APPLY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 )  # fmt: skip
 _FIELD = "metrics.address"
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
@@ -240,6 +261,10 @@ class SnapshotCollector(Collector):
         if bgp is not None:
             yield from self._bgp_families(bgp)
 
+        policy = snap.get("policy")
+        if policy is not None:
+            yield from self._policy_families(policy)
+
     @staticmethod
     def _object_families(
         kind: str,
@@ -273,6 +298,52 @@ class SnapshotCollector(Collector):
                 elif name == "drops":
                     drops.add_metric(values, float(value))
         yield from (packets, octets, drops)
+
+    @staticmethod
+    def _policy_families(policy: Mapping[str, Any]) -> Iterator[Metric]:
+        """Rule hits and drop reports per rule, conntrack sessions, the sets in force."""
+        rule = ["vni", "tenant", "direction", "tier", "policy", "rule"]
+        hits = CounterMetricFamily(
+            "overlay_policy_rule_hits",
+            "connections a policy rule decided, summed over this node's ports (tier: "
+            "node, admin, networkpolicy, baseline, isolation, default, pending; rule: "
+            "its index in the policy's list for the direction, empty for implicit verdicts)",
+            labels=rule,
+        )
+        for h in policy.get("hits") or ():
+            hits.add_metric([str(h.get(k, "")) for k in rule], _num(h.get("value")))
+        drops = CounterMetricFamily(
+            "overlay_policy_drops",
+            "policy verdict reports of the data plane per rule: deny (dropped) or audit "
+            "(would be dropped; forwarded). Each port, direction, rule and verdict is "
+            "reported at most once a second: these count reports, not packets",
+            labels=[*rule, "verdict"],
+        )
+        for d in policy.get("drops") or ():
+            drops.add_metric([str(d.get(k, "")) for k in (*rule, "verdict")], _num(d.get("value")))
+        yield from (hits, drops)
+        if policy.get("conntrack_sessions") is not None:
+            sessions = GaugeMetricFamily(
+                "overlay_conntrack_sessions",
+                "sessions held by the workers' connection tracking tables",
+            )
+            sessions.add_metric([], _num(policy["conntrack_sessions"]))
+            yield sessions
+        revision = GaugeMetricFamily(
+            "overlay_policy_realised_revision",
+            "the store revision of the tenant's policy set this node has in force",
+            labels=["tenant"],
+        )
+        in_force = GaugeMetricFamily(
+            "overlay_policy_in_force",
+            "1 for the hash of the tenant's policy set this node has in force "
+            "(equal to overlay policy status' desired hash when in sync)",
+            labels=["tenant", "hash"],
+        )
+        for r in policy.get("realised") or ():
+            revision.add_metric([str(r["tenant"])], _num(r.get("revision")))
+            in_force.add_metric([str(r["tenant"]), str(r.get("hash", ""))], 1)
+        yield from (revision, in_force)
 
     @staticmethod
     def _bgp_families(bgp: Mapping[str, Any]) -> Iterator[Metric]:
@@ -334,7 +405,8 @@ class SnapshotCollector(Collector):
 
 
 class Metrics:
-    """overlayd's metrics: a registry, the reconcile histogram and an HTTP endpoint.
+    """overlayd's metrics: a registry, the reconcile and policy-apply histograms and
+    an HTTP endpoint.
 
     ``snapshot`` is called at every scrape (and by ``render``); see the
     module's notes for its shape and for which thread calls it.
@@ -348,6 +420,13 @@ class Metrics:
             buckets=RECONCILE_BUCKETS,
             registry=self.registry,
         )
+        self.policy_apply = Histogram(
+            "overlay_policy_apply_seconds",
+            "time to compile and apply a batch of policy changes (every network of the "
+            "tenants concerned) into the data plane's tables",
+            buckets=POLICY_APPLY_BUCKETS,
+            registry=self.registry,
+        )
         self.collector = SnapshotCollector(snapshot)
         self.registry.register(self.collector)
         self.bound: tuple[str, int] | None = None  # where the endpoint listens
@@ -356,6 +435,10 @@ class Metrics:
     def observe_reconcile(self, seconds: float) -> None:
         """Record one reconcile's duration."""
         self.reconcile.observe(seconds)
+
+    def observe_policy_apply(self, seconds: float) -> None:
+        """Record one batch of policy compiles and table swaps."""
+        self.policy_apply.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every metric."""

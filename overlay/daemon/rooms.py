@@ -25,12 +25,14 @@ Design notes.
 from __future__ import annotations
 
 import inspect
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from overlay.daemon.api import Handler, Router
 from overlay.daemon.routes import BY_NAME, ROUTES, Route
 from overlay.errors import ConfigError
+from overlay.model import _NAME_RE  # the tenant rule of a network's definition
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MARK = "_overlay_route"
@@ -67,8 +69,56 @@ def query_vni(value: str) -> int:
     return int(value)
 
 
+def query_tenant(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        raise ConfigError(
+            "tenant", value, "a tenant name (letters, digits, '_', '.', '-'; up to 63)"
+        )
+    return value
+
+
+def _query_ip(field: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ConfigError(field, value, "an IPv4 or IPv6 address") from None
+
+    return parse
+
+
+def query_port(value: str) -> int:
+    if not value.isdigit() or len(value) > 5 or int(value) > 65535:
+        raise ConfigError("port", value, "a port number 0-65535 (0 for ICMP)")
+    return int(value)
+
+
+_PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "icmp": "ICMP", "icmpv6": "ICMPv6"}
+
+
+def query_protocol(value: str) -> str:
+    got = _PROTOCOLS.get(value.lower())
+    if got is None:
+        raise ConfigError("protocol", value, "TCP, UDP, SCTP, ICMP or ICMPv6 (any case)")
+    return got
+
+
+def query_since(value: str) -> int:
+    if not value.isdigit() or len(value) > 19:
+        raise ConfigError("since", value, "a sequence number (the `next` of the last answer)")
+    return int(value)
+
+
 # One parser per query parameter, whatever route reads it.
-QUERY: dict[str, Callable[[str], Any]] = {"vni": query_vni}
+QUERY: dict[str, Callable[[str], Any]] = {
+    "vni": query_vni,
+    "tenant": query_tenant,
+    "src": _query_ip("src"),
+    "dst": _query_ip("dst"),
+    "port": query_port,
+    "protocol": query_protocol,
+    "since": query_since,
+}
 
 
 def _adapt(route: Route, fn: Callable[..., Any]) -> Handler:

@@ -162,6 +162,63 @@ ROUTES: tuple[Route, ...] = (
         "/v1/reload",
         "the same as `SIGHUP`, answering with what changed or why not",
     ),
+    # policy (overlay.daemon.policy): a tenant's policies in the store, verdicts, drops
+    Route(
+        "policy_apply",
+        "POST",
+        "/v1/policies",
+        '`{"tenant", "manifest" (YAML/JSON text) or "objects", "namespace", "prune", '
+        '"dry_run"}`: check, then write what differs (all or nothing: a refusal names '
+        "the document and field)",
+        body=True,
+    ),
+    Route(
+        "policy_get",
+        "GET",
+        "/v1/policies",
+        "a tenant's policies and namespaces as stored (manifests), the set's hash and "
+        "revision, records refused",
+        query="tenant=T",
+    ),
+    Route(
+        "policy_delete",
+        "POST",
+        "/v1/policies/delete",
+        '`{"tenant", "kind", "name", "namespace"}`, or `"manifest"`/`"objects"`: delete '
+        "those records (404 when one is not there)",
+        body=True,
+    ),
+    Route(
+        "policy_explain",
+        "GET",
+        "/v1/policies/explain",
+        "what the policies decide for a connection (tier, policy, rule, per direction), "
+        "and what the tables in force do (`dataplane`)",
+        query="src=IP&dst=IP&port=N&protocol=P&vni=N",
+    ),
+    Route(
+        "policy_drops",
+        "GET",
+        "/v1/policies/drops",
+        "the data plane's policy denies and audited denies, from sequence number N "
+        '(`{"next", "events"}`)',
+        query="since=N",
+    ),
+    Route(
+        "policy_status",
+        "GET",
+        "/v1/policies/status",
+        "per node and tenant: the set in force, in sync with the store or how far behind",
+        query="tenant=T",
+    ),
+    Route(
+        "policy_verify",
+        "GET",
+        "/v1/policies/verify",
+        "what each node's verification probe found: cells checked, tables that disagree "
+        "with the policies",
+        query="tenant=T",
+    ),
 )
 
 BY_NAME: dict[str, Route] = {r.name: r for r in ROUTES}

@@ -6,9 +6,11 @@ Design notes.
   (``parts.Parts``: node, store, agent, prober) and wires the rooms that work
   on them: ``definitions`` (networks and static peers written to the store),
   ``attach`` (pods: attach, detach, GC, re-attach after a restart),
-  ``reload`` (the file applied again, as a difference) and ``views`` (the
-  read-only answers and the metrics snapshot). The API is the route table
-  (``routes``) served by the rooms' handlers (``rooms.build_router``). A new
+  ``reload`` (the file applied again, as a difference), ``views`` (the
+  read-only answers and the metrics snapshot) and ``policy`` (tenants'
+  policies in the store, explain, the data plane's policy drops). The API
+  is the route table (``routes``) served by the rooms' handlers
+  (``rooms.build_router``). A new
   resource (gateways, routes, policies) is one more room in ``Daemon.rooms`` and
   its lines in the table; the life cycle does not change.
 - **All or nothing at start.** The configuration is checked in full before
@@ -48,6 +50,7 @@ from overlay.daemon.definitions import Definitions
 from overlay.daemon.gateways import Gateways
 from overlay.daemon.health import HealthProber
 from overlay.daemon.parts import Parts
+from overlay.daemon.policy import PolicyRoom
 from overlay.daemon.reload import Reloader
 from overlay.daemon.rooms import Room, build_router
 from overlay.daemon.routing import Routing
@@ -100,19 +103,34 @@ class Daemon:
         self.routing = Routing(self.parts)
         self.reloader = Reloader(self.parts, self.definitions, self.attachments, self.gateways)
         self.bgp = Bgp(self.parts, self.routing.announced)
+        self.policy = PolicyRoom(self.parts)
         self.views = Views(
-            self.parts, self.attachments, self.gateways, self.routing, self.bgp, self.uplinks
+            self.parts,
+            self.attachments,
+            self.gateways,
+            self.routing,
+            self.bgp,
+            self.uplinks,
+            policy=self.policy,
         )
         self.metrics: Any = None
         self.api: ApiServer | None = None
         self.failed = False  # start-up failed after the API came up: exit non-zero
+        self.verifier: Any = None  # the policy verification probe, once running
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
 
     @property
     def rooms(self) -> list[Room]:
         """The rooms whose handlers serve the API (``rooms.build_router``)."""
-        return [self.definitions, self.attachments, self.gateways, self.reloader, self.views]
+        return [
+            self.definitions,
+            self.attachments,
+            self.gateways,
+            self.reloader,
+            self.views,
+            self.policy,
+        ]
 
     # -- start ------------------------------------------------------------------
 
@@ -167,13 +185,21 @@ class Daemon:
             networks=[n.vni for n in c.networks],
             ttl=c.store.ttl,
         )
+        self.policy.start()  # drains the node's events: policy drops for the API and metrics
         if c.metrics_address:
             from overlay.daemon.metrics import Metrics
 
             metrics = Metrics(self.views.snapshot)
             await metrics.serve(c.metrics_address)  # scrapes run on this loop: no locking
             self.metrics = metrics
-            p.agent.on_reconcile = metrics.observe_reconcile
+
+            def on_reconcile(seconds: float) -> None:
+                metrics.observe_reconcile(seconds)
+                applied = self.policy.apply_seconds()  # None: no policy compiled this batch
+                if applied is not None:
+                    metrics.observe_policy_apply(applied)
+
+            p.agent.on_reconcile = on_reconcile
             host, port = metrics.bound or ("?", 0)
             log.info("overlayd: metrics on http://%s:%d/metrics", host, port)
         self.api = ApiServer(router, c.api_socket)
@@ -217,6 +243,8 @@ class Daemon:
         await self.routing.sync()
         await self.bgp.sync()  # after the gateways: BIRD announces their connected routes
         self._tasks.append(asyncio.create_task(self._gateway_loop(), name="overlayd-gateways"))
+        if self.parts.config.policy.verify_interval:
+            self._tasks.append(asyncio.create_task(self._verify_loop(), name="overlayd-verify"))
         self.parts.ready = True
         log.info("overlayd: ready (%d attachments)", len(self.attachments.attached))
 
@@ -254,6 +282,27 @@ class Daemon:
                 await self.bgp.sync()
             except Exception:
                 log.exception("overlayd: syncing the BGP speaker failed")
+
+    async def _verify_loop(self) -> None:
+        """The policy verification probe (``overlay.control.verify``): a round
+        every ``policy.verify_interval`` seconds, its findings published with
+        the node's policy status (``overlay policy verify`` reads them)."""
+        from overlay.control.verify import PolicyVerifier
+
+        agent = self.parts.agent
+        assert agent is not None
+        pc = self.parts.config.policy
+        verifier = PolicyVerifier(agent, budget=pc.verify_budget)
+        self.verifier = verifier
+        while True:
+            await asyncio.sleep(self.parts.config.policy.verify_interval or 10.0)
+            try:
+                found = verifier.run_once()
+                await agent.report_policy(verify=found)
+            except StoreUnavailable:
+                pass  # published again at the next round
+            except Exception:
+                log.exception("overlayd: the policy verification round failed")
 
     async def _peer_loop(self) -> None:
         """Keep the health prober's peers equal to the nodes the agent knows."""
@@ -329,6 +378,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             await self.bgp.stop()  # the routers withdraw this node's subnets
         if p.node is not None:
+            self.policy.stop()  # before its event descriptor goes with the node
             p.node.close()  # persistent TAPs stay, in the pods' namespaces
         if p.store is not None:
             with contextlib.suppress(Exception):

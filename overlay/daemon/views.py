@@ -26,6 +26,7 @@ from overlay.daemon.bgp import Bgp
 from overlay.daemon.gateways import Gateways
 from overlay.daemon.health import HEALTH_TENANT
 from overlay.daemon.parts import Parts
+from overlay.daemon.policy import PolicyRoom
 from overlay.daemon.rooms import Room, handles
 from overlay.daemon.routing import Routing
 from overlay.daemon.underlay import Uplinks
@@ -44,6 +45,7 @@ class Views(Room):
         routing: Routing | None = None,
         bgp: Bgp | None = None,
         uplinks: Uplinks | None = None,
+        policy: PolicyRoom | None = None,
     ) -> None:
         self.parts = parts
         self.attachments = attachments
@@ -51,6 +53,7 @@ class Views(Room):
         self.routing = routing
         self.bgp = bgp
         self.uplinks = uplinks
+        self.policy = policy  # the policy room: what the metrics read of policy
 
     def _peer_results(self) -> dict[str, dict[str, Any]]:
         prober = self.parts.prober
@@ -254,4 +257,6 @@ class Views(Room):
             # Store records the agent refuses (overlay.control.claims), by reason.
             "store_rejected": agent.rejected_counts() if agent else None,
             "bgp": self.bgp.view() if self.bgp else None,
+            # Rule hits, drop reports per rule, conntrack, sets in force (PolicyRoom).
+            "policy": self.policy.snapshot() if self.policy else None,
         }

@@ -192,6 +192,15 @@ def test_policies_from_the_store_reach_every_node_incrementally(
             again = await policies.apply(store, TENANT, policies.parse(ALLOW_A_TO_B))
             assert again["unchanged"] == ["NetworkPolicy x/b-from-a"] and store.revision == rev
 
+            # A change that changes no table (a namespace label nothing selects)
+            # is compiled everywhere and sets nothing.
+            before = site.swaps()
+            relabel = NAMESPACES.replace("{name: y}", "{name: y, labels: {tier: back}}")
+            await policies.apply(store, TENANT, policies.parse(relabel))
+            want = (await policies.read(store, TENANT)).hash
+            await until(lambda: synced(site, want))
+            assert site.swaps() == before
+
             # A pod started after the policies is judged from its first packet.
             e_ip = await site.add_pod(2, "e")
             t = site.nodes[2].network(VNI).policy_table(site.port("e"), "ingress")

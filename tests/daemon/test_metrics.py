@@ -184,6 +184,44 @@ def test_reconcile_latency_is_a_histogram() -> None:
     assert m.get("overlay_reconcile_seconds_bucket", le="+Inf") == 3
 
 
+def test_policy_hits_drops_conntrack_and_the_sets_in_force_are_metrics() -> None:
+    rule = {"vni": "100", "tenant": "blue", "direction": "ingress", "tier": "networkpolicy"}
+    snap = {
+        "policy": {
+            "hits": [
+                {**rule, "policy": "x/web", "rule": "0", "value": 7},
+                {**rule, "tier": "default", "policy": "", "rule": "", "value": 2},
+            ],
+            "drops": [
+                {
+                    **rule,
+                    "tier": "isolation",
+                    "policy": "x/web",
+                    "rule": "",
+                    "verdict": "deny",
+                    "value": 3,
+                },
+            ],  # fmt: skip
+            "conntrack_sessions": 12,
+            "realised": [{"tenant": "blue", "hash": "0123abcd", "revision": 42}],
+        }
+    }
+    metrics = Metrics(lambda: snap)
+    metrics.observe_policy_apply(0.002)
+    m = parse(metrics)
+    assert m.get("overlay_policy_rule_hits_total", **rule, policy="x/web", rule="0") == 7
+    assert m.get("overlay_policy_rule_hits_total", **{**rule, "tier": "default"}, policy="",
+                 rule="") == 2  # fmt: skip
+    deny = {**rule, "tier": "isolation", "policy": "x/web", "rule": "", "verdict": "deny"}
+    assert m.get("overlay_policy_drops_total", **deny) == 3
+    assert m.types["overlay_policy_drops"] == "counter"
+    assert m.get("overlay_conntrack_sessions") == 12
+    assert m.get("overlay_policy_realised_revision", tenant="blue") == 42
+    assert m.get("overlay_policy_in_force", tenant="blue", hash="0123abcd") == 1
+    assert m.types["overlay_policy_apply_seconds"] == "histogram"
+    assert m.get("overlay_policy_apply_seconds_bucket", le="0.0025") == 1
+
+
 def test_a_failing_snapshot_is_counted_and_the_scrape_still_answers() -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("the node is gone")

@@ -122,6 +122,29 @@ CALLS: dict[str, tuple[Callable[[Client], Any], dict[str, Any]]] = {
     "fdb": (lambda c: c.fdb(vni=0), {"vni": 0}),
     "counters": (lambda c: c.counters(), {}),
     "reload": (lambda c: c.reload(), {}),
+    "policy_apply": (
+        lambda c: c.policy_apply("kind: Namespace", tenant="acme", prune=True),
+        {
+            "body": {
+                "manifest": "kind: Namespace",
+                "tenant": "acme",
+                "prune": True,
+                "dry_run": False,
+            }
+        },
+    ),
+    "policy_get": (lambda c: c.policy_get(tenant="acme"), {"tenant": "acme"}),
+    "policy_delete": (
+        lambda c: c.policy_delete("netpol", "web", "x"),
+        {"body": {"kind": "netpol", "name": "web", "namespace": "x"}},
+    ),
+    "policy_explain": (
+        lambda c: c.policy_explain("10.0.0.1", "fd00::2", 80, "udp", vni=5),
+        {"src": "10.0.0.1", "dst": "fd00::2", "port": 80, "protocol": "UDP", "vni": 5},
+    ),
+    "policy_drops": (lambda c: c.policy_drops(since=12), {"since": 12}),
+    "policy_status": (lambda c: c.policy_status(), {}),
+    "policy_verify": (lambda c: c.policy_verify(tenant="a.b-c"), {"tenant": "a.b-c"}),
 }
 
 
@@ -159,6 +182,31 @@ def test_a_query_parameter_is_parsed_alike_on_every_route_that_reads_it() -> Non
                 with pytest.raises(ApiError) as err:
                     await asyncio.to_thread(client.request, route.method, route.path + "?vni=x")
                 assert (err.value.status, err.value.field, err.value.value) == (400, "vni", "x")
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_the_policy_query_parameters_are_refused_naming_themselves() -> None:
+    bad = {
+        "tenant": "no/such tenant",
+        "src": "10.0.0.300",
+        "dst": "host",
+        "port": "65536",
+        "protocol": "icmp6",
+        "since": "-1",
+    }
+
+    async def go() -> None:
+        async with serving(Recorder()) as client:
+            for route in ROUTES:
+                for q in route.query_names:
+                    if q not in bad:
+                        continue
+                    target = f"{route.path}?{q}={bad[q]}".replace(" ", "%20")
+                    with pytest.raises(ApiError) as err:
+                        await asyncio.to_thread(client.request, route.method, target)
+                    assert (err.value.status, err.value.field) == (400, q), (route, q)
+                    assert err.value.value == bad[q]
 
     asyncio.run(asyncio.wait_for(go(), 60))
 
