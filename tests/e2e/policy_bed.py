@@ -13,6 +13,9 @@ A probe is "connected" (a TCP connect completes; a UDP datagram comes back
 echoed) or not. Probes run concurrently with a short timeout; a probe whose
 answer differs from the expectation is asked again with a long one before it
 counts, so a slow machine makes the run slower, never wrong.
+
+``Servers`` and ``Prober`` are shared with ``daemon_policy_bed`` (the same
+pods on real daemons): a bed says where a pod is by overriding ``address``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def node_of(pod: str) -> int:
     return (NAMESPACES.index(ns) + PODS.index(name)) % 3
 
 
-class _Servers:
+class Servers:
     """TCP echo (accept, echo until EOF) and UDP echo on every pod's ports,
     served by one thread."""
 
@@ -115,13 +118,86 @@ class _Servers:
         self.wake_w.close()
 
 
-class PolicyBed:
+class Prober:
+    """Real probes between the pods of ``self.pods`` (name -> its namespace),
+    shared by every bed of the nine pods: a bed says where a pod is
+    (``address``; the upstream table's addresses unless it overrides)."""
+
+    pods: dict[str, Netns]
+
+    def address(self, pod: str) -> str:
+        """The IPv4 address of ``pod`` ("ns/name")."""
+        return pod_ip(pod)
+
+    def connect(self, src: str, dst: str, port: int, timeout: float = LONG_S) -> socket.socket:
+        """An open TCP connection from pod ``src`` to ``dst``:``port`` (the caller closes it)."""
+        s = self.pods[src].socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect((self.address(dst), port))
+        return s
+
+    def _probe(self, sock: socket.socket, dst: str, port: int, proto: str, timeout: float) -> bool:
+        with sock:
+            sock.settimeout(timeout)
+            try:
+                if proto == "TCP":
+                    return sock.connect_ex((self.address(dst), port)) == 0
+                sock.sendto(b"probe", (self.address(dst), port))
+                data, _ = sock.recvfrom(64)
+                return data == b"probe"
+            except OSError:
+                return False
+
+    def probe(
+        self, pairs: Iterable[tuple[str, str]], port: int, proto: str, timeout: float
+    ) -> dict[tuple[str, str], bool]:
+        pairs = list(pairs)
+        kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
+        by_src: dict[str, list[str]] = {}
+        for f, t in pairs:
+            by_src.setdefault(f, []).append(t)
+        jobs: list[tuple[tuple[str, str], socket.socket]] = []
+        for f, dsts in by_src.items():
+            socks = self.pods[f].call(
+                lambda n: [socket.socket(socket.AF_INET, kind) for _ in range(n)], len(dsts)
+            )
+            jobs += [((f, t), s) for t, s in zip(dsts, socks, strict=True)]
+        with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+            futs = {
+                pair: pool.submit(self._probe, s, pair[1], port, proto, timeout) for pair, s in jobs
+            }
+            return {pair: f.result() for pair, f in futs.items()}
+
+    def check(self, port: int, proto: str, expected: Reachability) -> list[str]:
+        """Probe every ordered pair of pods (loopback ignored, as upstream);
+        the disagreements with ``expected`` as readable lines (none: all agree)."""
+        pairs = [(f, t) for (f, t) in expected.table if f != t]
+        got = self.probe(pairs, port, proto, SHORT_S)
+        wrong = [p for p in pairs if got[p] != expected.table[p]]
+        if wrong:
+            got.update(self.probe(wrong, port, proto, LONG_S))
+            wrong = [p for p in pairs if got[p] != expected.table[p]]
+        if not wrong:
+            return []
+        seen = Reachability(expected.pods)
+        for p, ok in got.items():
+            seen.table[p] = ok
+        return [
+            f"{port}/{proto}: expected",
+            grid(expected),
+            "observed",
+            grid(seen),
+            *(f"{f} -> {t}: expected {expected.table[(f, t)]}" for f, t in wrong),
+        ]
+
+
+class PolicyBed(Prober):
     """Three nodes, network ``VNI`` of tenant ``TENANT`` on each, the nine pods."""
 
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
         self.cluster = Cluster(topo, n_nodes=3)
-        self.servers = _Servers()
+        self.servers = Servers()
         self.pods: dict[str, Netns] = {}
         self.ports: dict[str, Port] = {}
         self.labels: dict[str, dict[str, str]] = {}
@@ -204,69 +280,6 @@ class PolicyBed:
     def set_namespace_labels(self, ns: str, labels: dict[str, str]) -> None:
         for net in self.nets:
             net.set_namespace(ns, labels)
-
-    # -- probes
-
-    def connect(self, src: str, dst: str, port: int, timeout: float = LONG_S) -> socket.socket:
-        """An open TCP connection from pod ``src`` to ``dst``:``port`` (the caller closes it)."""
-        s = self.pods[src].socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect((pod_ip(dst), port))
-        return s
-
-    def _probe(self, sock: socket.socket, dst: str, port: int, proto: str, timeout: float) -> bool:
-        with sock:
-            sock.settimeout(timeout)
-            try:
-                if proto == "TCP":
-                    return sock.connect_ex((pod_ip(dst), port)) == 0
-                sock.sendto(b"probe", (pod_ip(dst), port))
-                data, _ = sock.recvfrom(64)
-                return data == b"probe"
-            except OSError:
-                return False
-
-    def probe(
-        self, pairs: Iterable[tuple[str, str]], port: int, proto: str, timeout: float
-    ) -> dict[tuple[str, str], bool]:
-        pairs = list(pairs)
-        kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
-        by_src: dict[str, list[str]] = {}
-        for f, t in pairs:
-            by_src.setdefault(f, []).append(t)
-        jobs: list[tuple[tuple[str, str], socket.socket]] = []
-        for f, dsts in by_src.items():
-            socks = self.pods[f].call(
-                lambda n: [socket.socket(socket.AF_INET, kind) for _ in range(n)], len(dsts)
-            )
-            jobs += [((f, t), s) for t, s in zip(dsts, socks, strict=True)]
-        with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-            futs = {
-                pair: pool.submit(self._probe, s, pair[1], port, proto, timeout) for pair, s in jobs
-            }
-            return {pair: f.result() for pair, f in futs.items()}
-
-    def check(self, port: int, proto: str, expected: Reachability) -> list[str]:
-        """Probe every ordered pair of pods (loopback ignored, as upstream);
-        the disagreements with ``expected`` as readable lines (none: all agree)."""
-        pairs = [(f, t) for (f, t) in expected.table if f != t]
-        got = self.probe(pairs, port, proto, SHORT_S)
-        wrong = [p for p in pairs if got[p] != expected.table[p]]
-        if wrong:
-            got.update(self.probe(wrong, port, proto, LONG_S))
-            wrong = [p for p in pairs if got[p] != expected.table[p]]
-        if not wrong:
-            return []
-        seen = Reachability(expected.pods)
-        for p, ok in got.items():
-            seen.table[p] = ok
-        return [
-            f"{port}/{proto}: expected",
-            grid(expected),
-            "observed",
-            grid(seen),
-            *(f"{f} -> {t}: expected {expected.table[(f, t)]}" for f, t in wrong),
-        ]
 
     def close(self) -> None:
         self.servers.close()
