@@ -8,6 +8,7 @@ to clusters' stores.
     overlay policy drops [--follow] [--json]
     overlay policy status [--tenant T]
     overlay policy verify [--tenant T]
+    overlay policy repair
     overlay policy diff A B [--tenant T]
 
 Design notes.
@@ -22,7 +23,8 @@ Design notes.
 - **Scripts wait on exit statuses.** ``status`` exits 1 while any node is not
   in sync with the store, ``verify`` while any node's tables disagree with
   the policies, ``diff`` when the two sides differ, ``explain`` when the
-  tables in force do not do what the policies say.
+  tables in force do not do what the policies say, ``repair`` (this node's
+  tables set again, then verified) when they still do not.
 - **Several clusters.** ``--cluster SPEC`` (repeatable: ``etcd://host:port``
   or an overlayd configuration file with an etcd store) on apply, get,
   status and verify skips the daemon and works on each cluster's store
@@ -137,6 +139,11 @@ def add_parser(sub: Any) -> None:
     v = acts.add_parser("verify", help="the verification probe's disagreements (exit 1 if any)")
     tenant(v)
     clusters(v)
+
+    acts.add_parser(
+        "repair",
+        help="set this node's policy tables again, then verify them (exit 1 if still wrong)",
+    )
 
     df = acts.add_parser(
         "diff", help="connections allowed on one side and denied on the other (exit 1 if any)"
@@ -553,6 +560,22 @@ def _diff(args: argparse.Namespace, client: Client) -> int:
     return 1 if diffs else 0
 
 
+def _repair(args: argparse.Namespace, client: Client) -> int:
+    r = client.policy_repair()
+    if args.json:
+        print(json.dumps(r, indent=2, sort_keys=True))
+    bad = 0
+    lines = [f"{r.get('node')}: {r.get('tables', 0)} policy tables set again"]
+    for tenant, v in sorted((r.get("verify") or {}).items()):
+        count = int(v.get("count", 0))
+        bad += count
+        lines.append(f"  {tenant}: {v.get('checked', 0)} checked, {count} disagreements")
+        lines += [f"    {d.get('line')}" for d in v.get("disagreements") or ()]
+    if not args.json:
+        print("\n".join(lines))
+    return 1 if bad else 0
+
+
 ACTIONS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "apply": _apply,
     "get": _get,
@@ -561,6 +584,7 @@ ACTIONS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "drops": _drops,
     "status": _status,
     "verify": _verify,
+    "repair": _repair,
     "diff": _diff,
 }
 

@@ -938,6 +938,7 @@ class Network:
         peers: Mapping[str, Peer | None] | None = None,
         peers_full: bool = False,
         audit: bool | None = None,
+        force: bool = False,
     ) -> int:
         """Change what policy judges by, all at once, with one compile: the
         policy set (checked, ``overlay.policy.engine.parse_policies``), the
@@ -945,7 +946,9 @@ class Network:
         (``Peer``, None: gone; ``peers_full``: these are all of them) and
         ``audit``. What is not given stays. Only the ports whose tables differ
         are set; returns how many tables were put in force (0 for a change
-        that changes nothing). A bad namespace raises ConfigError and changes
+        that changes nothing). ``force``: set every table again, also those
+        that did not change (what repairs a table changed behind the control
+        plane's back). A bad namespace raises ConfigError and changes
         nothing. This is what the agent's policy reconciler calls."""
         pol = self._policy
         nss = None
@@ -970,7 +973,7 @@ class Network:
         if self.node._policy_batch is not None:
             self.node._policy_batch.discard(self.vni)  # compiled here, with everything
         try:
-            self._program_policy(pset, pol.audit if audit is None else bool(audit))
+            self._program_policy(pset, pol.audit if audit is None else bool(audit), force=force)
         except BaseException:
             pol.namespaces, self._peers = old
             raise
@@ -1016,7 +1019,7 @@ class Network:
             return
         self._program_policy(pol.policies, pol.audit)
 
-    def _program_policy(self, pset: Any, audit: bool) -> None:
+    def _program_policy(self, pset: Any, audit: bool, *, force: bool = False) -> None:
         """Compile every pod port's tables from ``pset``, then swap those that
         changed (all of them when ``audit`` changed or a port is new)."""
         pol = self._policy
@@ -1025,7 +1028,7 @@ class Network:
         compiled = pol.compile(world, [m for m in members if m.local], pset, audit)
         self.policy_compiles += 1
         eng = self.node.engine
-        force = audit != pol.audit or pol.policies is None
+        force = force or audit != pol.audit or pol.policies is None
         for pid, dirs in compiled.items():
             done = pol.tables.setdefault(pid, {})
             for d in POLICY_DIRECTIONS:

@@ -248,6 +248,10 @@ class Client:
         """What each node's verification probe found (tenant None: all)."""
         return self.call("policy_verify", tenant=tenant)
 
+    def policy_repair(self) -> dict[str, Any]:
+        """Set this node's policy tables again; what a verification round then found."""
+        return self.call("policy_repair")
+
 
 def _parse_response(raw: bytes, path: str) -> tuple[int, Any]:
     """(status, decoded JSON body or None) of a whole HTTP/1.1 answer."""

@@ -470,6 +470,27 @@ class PolicyRoom(Room):
     async def verify(self, tenant: str | None = None) -> dict[str, Any]:
         return verify_summary(await policies.status(self._store(), tenant))
 
+    @handles("policy_repair")
+    async def repair(self) -> dict[str, Any]:
+        """Every policy table of this node set again from what the policies
+        compile to (a table changed behind the control plane's back is put
+        right; nothing else changes), then one verification round, published
+        like the periodic ones and answered."""
+        from overlay.control.verify import PolicyVerifier
+
+        agent, node = self.parts.agent, self.parts.node
+        if agent is None or node is None:
+            raise Unavailable("starting: no node yet")
+        tables = 0
+        async with self.parts.lock:
+            for vni in agent.spec.networks:
+                net = node.networks.get(vni)
+                if net is not None and net._policy.active:
+                    tables += net.update_policy(force=True)
+        found = PolicyVerifier(agent).run_once()
+        await agent.report_policy(verify=found)
+        return {"node": self.parts.node_name, "tables": tables, "verify": found}
+
     # -- what the metrics read -------------------------------------------------------
 
     def _reconciler(self) -> Policies | None:

@@ -219,6 +219,12 @@ ROUTES: tuple[Route, ...] = (
         "with the policies",
         query="tenant=T",
     ),
+    Route(
+        "policy_repair",
+        "POST",
+        "/v1/policies/repair",
+        "set every policy table of this node again, then a verification round: what it found",
+    ),
 )
 
 BY_NAME: dict[str, Route] = {r.name: r for r in ROUTES}

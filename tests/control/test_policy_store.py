@@ -365,7 +365,13 @@ def test_verifier_agrees_then_catches_a_table_changed_by_hand(overlay_topology: 
             rows = {r["node"]: r for r in await policies.status(store, TENANT)}
             assert rows["node1"]["verify"]["count"] > 0
             assert rows["node0"]["verify"]["count"] == 0
-            # Applying the set again (a change) puts the right table back.
+            # Repair (overlay policy repair): every table set again, verified clean.
+            assert site.nodes[1].network(VNI).update_policy(force=True) >= 2
+            assert verifiers[1].run_once()[TENANT]["count"] == 0
+            site.nodes[1].engine.port_policy_set(
+                b.id, "ingress", encode_rules([]), isolated=False, audit=False
+            )
+            # A change of the set puts the right table back too.
             await policies.apply(store, TENANT, policies.parse(ALLOW_A_TO_B.replace("80", "81")))
             want = (await policies.read(store, TENANT)).hash
             await until(lambda: synced(site, want))

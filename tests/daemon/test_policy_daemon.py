@@ -183,6 +183,10 @@ def test_policies_through_one_daemon_with_the_memory_store(
     assert out.splitlines()[-1] == "0 disagreements", out
     summary = c.policy_verify()
     assert summary["disagreements"] == 0 and summary["nodes"][0]["checked"] > 0
+    # repair: every table of the node set again (4: two pods, two directions), verified.
+    rc, out, _ = run("policy", "repair")
+    assert rc == 0 and out.startswith("node0: 4 policy tables set again"), out
+    assert "blue: " in out and ", 0 disagreements" in out, out
 
     # explain: the policies' verdict and the tables', agreeing.
     rc, out, _ = run("policy", "explain", ip_a, ip_b, "80/tcp")

@@ -145,6 +145,7 @@ CALLS: dict[str, tuple[Callable[[Client], Any], dict[str, Any]]] = {
     "policy_drops": (lambda c: c.policy_drops(since=12), {"since": 12}),
     "policy_status": (lambda c: c.policy_status(), {}),
     "policy_verify": (lambda c: c.policy_verify(tenant="a.b-c"), {"tenant": "a.b-c"}),
+    "policy_repair": (lambda c: c.policy_repair(), {}),
 }
 
 
