@@ -21,6 +21,15 @@ its own rules, and a pod's name is at most 253 characters.
   alphabet. One deliberate difference: a value may be 253 characters long,
   not 63, because the CNI plugin labels an endpoint with its pod's name
   (``io.kubernetes.pod.name``), and Kubernetes allows pod names of 253.
+- Named container ports (``Endpoint.ports``, what a policy's ``port:
+  http`` resolves to on the pod) follow Kubernetes too: a name is an IANA
+  service name (1-15 characters of lowercase letters, digits and ``-``, at
+  least one letter, no ``-`` at either end or twice in a row), a number
+  1-65535, a protocol TCP, UDP or SCTP (upper-cased); at most 64 of them.
+- A field added to a record after a release that refuses unknown fields
+  (``from_json``) is left out of the JSON while it is empty
+  (``OMIT_EMPTY`` in its metadata): the records that do not use it stay
+  byte-identical, and nodes of that release keep reading them.
 - Types are exact: JSON ``true`` is not the integer 1, a CIDR or an underlay
   address is a string (``ipaddress`` would accept an integer), a list of
   addresses is a list.
@@ -84,6 +93,12 @@ LABEL_PREFIX_MAX = 253  # Kubernetes: the DNS-subdomain prefix of a key
 LABEL_VALUE_MAX = 253  # Kubernetes says 63; see the design notes
 _LABEL_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+NAMED_PORTS_MAX = 64  # named container ports of one endpoint
+PORT_NAME_MAX = 15  # Kubernetes' IANA_SVC_NAME
+PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+_PORT_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*")
+# Field metadata: leave the field out of ``to_json`` while it is empty (see the notes).
+OMIT_EMPTY = {"omit_empty": True}
 
 
 class TooLarge(ConfigError):
@@ -141,6 +156,59 @@ def check_label(key: object, value: object, field: str = "endpoint.labels") -> N
         raise ConfigError(
             field, {key: value}, "a value of [A-Za-z0-9_.-] starting and ending alphanumeric, or ''"
         )
+
+
+def check_named_ports(value: object, field: str = "endpoint.ports") -> dict[str, tuple[int, str]]:
+    """A pod's named container ports as Kubernetes accepts them (see the notes),
+    normalised: name -> (number, protocol upper-cased), a JSON list ``[80, "TCP"]``
+    taken as the pair. ConfigError names ``field`` or ``field[name]``; TooLarge
+    over ``NAMED_PORTS_MAX``."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            field, value, "a mapping of port names to (number, protocol): {'http': (80, 'TCP')}"
+        )
+    if len(value) > NAMED_PORTS_MAX:
+        raise TooLarge(field, f"{len(value)} ports", f"at most {NAMED_PORTS_MAX} named ports")
+    out: dict[str, tuple[int, str]] = {}
+    for name, pair in value.items():
+        where = f"{field}[{name!r}]"
+        check_port_name(name, where)
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise ConfigError(where, pair, "a (number, protocol) pair like (80, 'TCP')")
+        out[name] = (
+            check_port_number(pair[0], f"{where}[0]"),
+            check_port_protocol(pair[1], f"{where}[1]"),
+        )
+    return out
+
+
+def check_port_name(value: object, field: str) -> str:
+    """A container port's name: an IANA service name, as Kubernetes has it."""
+    if (
+        not isinstance(value, str)
+        or len(value) > PORT_NAME_MAX
+        or not _PORT_NAME_RE.fullmatch(value)
+        or not any(c.isalpha() for c in value)
+    ):
+        raise ConfigError(
+            field,
+            value,
+            f"a port name (IANA service name): 1-{PORT_NAME_MAX} lowercase letters, digits "
+            "or '-', at least one letter, no '-' at the ends or twice in a row",
+        )
+    return value
+
+
+def check_port_number(value: object, field: str) -> int:
+    return _int(value, field, 1, 65535, "a port number 1-65535")
+
+
+def check_port_protocol(value: object, field: str) -> str:
+    """TCP, UDP or SCTP in any case; returned upper-cased."""
+    protocol = value.upper() if isinstance(value, str) else None
+    if protocol is None or protocol not in PORT_PROTOCOLS:
+        raise ConfigError(field, value, "TCP, UDP or SCTP")
+    return protocol
 
 
 def _mac(value: object, field: str) -> str:
@@ -307,7 +375,8 @@ POD_LABEL = "io.kubernetes.pod.name"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A pod's attachment: network, MAC, addresses, the node it lives on, labels."""
+    """A pod's attachment: network, MAC, addresses, the node it lives on, labels,
+    named container ports."""
 
     vni: int
     mac: str
@@ -315,6 +384,12 @@ class Endpoint:
     node: str
     name: str = ""
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The pod's named container ports, name -> (number, protocol): what a
+    # policy's named port resolves to on this pod (``check_named_ports``).
+    # Left out of the JSON while empty (OMIT_EMPTY): the record of a pod
+    # without named ports is byte-identical to the previous release's, whose
+    # agents refuse a record with a field they do not know.
+    ports: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict, metadata=OMIT_EMPTY)
 
     def __post_init__(self) -> None:
         _vni(self.vni, "endpoint.vni")
@@ -346,10 +421,17 @@ class Endpoint:
             raise TooLarge("endpoint.labels", f"{len(self.labels)} labels", f"at most {LABELS_MAX}")
         for k, v in self.labels.items():
             check_label(k, v)
+        object.__setattr__(self, "ports", check_named_ports(self.ports))
 
 
 def to_json(obj: Any) -> bytes:
-    return json.dumps(dataclasses.asdict(obj), sort_keys=True, separators=(",", ":")).encode()
+    """A record as store bytes: compact, keys sorted; a field marked ``OMIT_EMPTY``
+    is left out while it is empty (see the notes)."""
+    d = dataclasses.asdict(obj)
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("omit_empty") and not d[f.name]:
+            del d[f.name]
+    return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
 
 def from_json(cls: type[Any], data: bytes) -> Any:

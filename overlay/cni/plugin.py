@@ -68,7 +68,17 @@ another namespace's policies); a field that names the pod outranks a label:
   code 7 naming both; a label they contradict is overridden. Each is
   held to Kubernetes' rule (a namespace a DNS label, a name a DNS subdomain):
   code 4 for a ``CNI_ARGS`` value, 7 for the configuration's;
-- ``K8S_POD_UID`` becomes ``io.kubernetes.pod.uid``.
+- ``K8S_POD_UID`` becomes ``io.kubernetes.pod.uid``;
+- named container ports (what a policy's ``port: http`` resolves to on the
+  pod): ``args.cni.namedPorts`` merged with ``runtimeConfig.namedPorts`` (the
+  ``namedPorts`` capability), each a list of ``{"name": "http", "port": 8080,
+  "protocol": "TCP"}`` (protocol TCP when left out), held to Kubernetes'
+  rules (``overlay.model.check_named_ports``); a name the two give different
+  ports is code 7 naming both. A malformed entry is refused (code 7 naming
+  it), in ``args.cni`` too: a port dropped could let a connection slip past
+  a policy that denies it by name. Sent as the attach request's
+  ``named_ports`` only when there are some, so an overlayd of the release
+  before them still takes the request.
 
 The namespace and name go to overlayd as the attach request's ``namespace``
 and ``pod`` besides the labels, and name the endpoint "<namespace>/<pod>"
@@ -128,7 +138,16 @@ from overlay.cni.spec import (
 )
 from overlay.daemon.client import DEFAULT_SOCKET, ApiError, Client, DaemonUnavailable
 from overlay.errors import ConfigError
-from overlay.model import NAMESPACE_LABEL, POD_LABEL, VNI_MAX, _mac
+from overlay.model import (
+    NAMED_PORTS_MAX,
+    NAMESPACE_LABEL,
+    POD_LABEL,
+    VNI_MAX,
+    _mac,
+    check_port_name,
+    check_port_number,
+    check_port_protocol,
+)
 
 if TYPE_CHECKING:  # imported when a configuration delegates IPAM (it costs start-up time)
     from overlay.cni.delegate import Delegate
@@ -295,6 +314,7 @@ class PodIdentity:
     labels: dict[str, str]
     namespace: str = ""
     pod: str = ""
+    named_ports: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
 
 def _label_sources(net: NetConf) -> list[tuple[str, str, str]]:
@@ -331,6 +351,78 @@ def _label_sources(net: NetConf) -> list[tuple[str, str, str]]:
                 )
             out.append(("runtimeConfig.labels", key, value))
     return out
+
+
+_NAMED_PORT_KEYS = ("name", "port", "protocol")
+_NAMED_PORT_SHAPE = '[{"name": "http", "port": 8080, "protocol": "TCP"}]'
+
+
+def _named_port_sources(net: NetConf) -> list[tuple[str, str, tuple[int, str]]]:
+    """The named ports the configuration gives, as (where, name, (port, protocol)):
+    ``args.cni.namedPorts`` entries, then ``runtimeConfig.namedPorts`` (the
+    ``namedPorts`` capability); code 7 naming a malformed one (see the notes)."""
+    runtime = net.raw.get("runtimeConfig")
+    out = []
+    for where, given in (
+        ("args.cni.namedPorts", _cni_args(net).get("namedPorts")),
+        (
+            "runtimeConfig.namedPorts",
+            runtime.get("namedPorts") if isinstance(runtime, dict) else None,
+        ),
+    ):
+        if given is None:
+            continue
+        if not isinstance(given, list):
+            raise CniError(
+                INVALID_CONFIG, f"{where}={validate.shown(given)}: a list like {_NAMED_PORT_SHAPE}"
+            )
+        for i, item in enumerate(given):
+            at = f"{where}[{i}]"
+            if not isinstance(item, dict):
+                raise CniError(
+                    INVALID_CONFIG,
+                    f"{at}={validate.shown(item)}: an object like {_NAMED_PORT_SHAPE[1:-1]}",
+                )
+            extra = sorted(str(k) for k in item if k not in _NAMED_PORT_KEYS)
+            if extra:
+                raise CniError(
+                    INVALID_CONFIG,
+                    f"{at}.{validate.shown(extra[0])}: unknown; a named port has name, port and "
+                    "protocol",
+                )
+            try:
+                name = check_port_name(item.get("name"), f"{at}.name")
+                number = check_port_number(item.get("port"), f"{at}.port")
+                protocol = check_port_protocol(item.get("protocol", "TCP"), f"{at}.protocol")
+            except ConfigError as exc:
+                raise CniError(
+                    INVALID_CONFIG, f"{exc.field}={validate.shown(exc.value)}: {exc.expected}"
+                ) from None
+            out.append((at, name, (number, protocol)))
+    return out
+
+
+def _named_ports(net: NetConf) -> dict[str, tuple[int, str]]:
+    """The pod's named ports, its sources merged (see the notes)."""
+    ports: dict[str, tuple[int, str]] = {}
+    given: dict[str, str] = {}  # name -> where it was given first
+    for source, name, value in _named_port_sources(net):
+        if ports.get(name, value) != value:
+            have = ports[name]
+            raise CniError(
+                INVALID_CONFIG,
+                f"{source} gives named port {name}={value[0]}/{value[1]} and {given[name]} "
+                f"gives {name}={have[0]}/{have[1]}: give the port once, or the same value",
+            )
+        ports[name] = value
+        given.setdefault(name, source)
+    if len(ports) > NAMED_PORTS_MAX:
+        raise CniError(
+            INVALID_CONFIG,
+            f"args.cni.namedPorts and runtimeConfig.namedPorts name {len(ports)} ports: "
+            f"at most {NAMED_PORTS_MAX}",
+        )
+    return ports
 
 
 def _cni_args(net: NetConf) -> dict[str, Any]:
@@ -395,8 +487,9 @@ def endpoint_identity(env: CniEnv, net: NetConf) -> PodIdentity:
     """The pod's identity (see "Who the pod is" in the design notes): its labels
     from ``args.cni.labels`` and ``runtimeConfig.labels``, its namespace and name
     from ``CNI_ARGS`` (``K8S_POD_*``), ``args.cni.namespace``/``podName`` or those
-    labels, and the endpoint's name, "<namespace>/<pod>" (the container ID when
-    there is no pod).
+    labels, the endpoint's name, "<namespace>/<pod>" (the container ID when
+    there is no pod), and its named ports from ``args.cni.namedPorts`` and
+    ``runtimeConfig.namedPorts``.
 
     Unknown CNI_ARGS keys are code 4 unless IgnoreUnknown=1 (the CNI convention).
     """
@@ -459,7 +552,7 @@ def endpoint_identity(env: CniEnv, net: NetConf) -> PodIdentity:
             INVALID_ENV if sources.startswith("CNI_") else INVALID_CONFIG,
             f"{sources} make the endpoint's name {validate.shown(name)}: {exc.expected}",
         ) from None
-    return PodIdentity(name, labels, namespace, pod)
+    return PodIdentity(name, labels, namespace, pod, _named_ports(net))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -620,6 +713,8 @@ def cmd_add(env: CniEnv, net: NetConf) -> Result:
         request["namespace"] = who.namespace
     if who.pod:
         request["pod"] = who.pod
+    if who.named_ports:  # only then: an overlayd without them refuses the field
+        request["named_ports"] = who.named_ports
     routes = list(conf.routes)
     dns: Mapping[str, Any] = net.dns
     delegate = conf.delegate(env)

@@ -81,7 +81,7 @@ from overlay.control.store import (
 )
 from overlay.errors import ConfigError, ConflictError, OverlayError
 from overlay.gateway import ROLE_GATEWAY, ROLE_LABEL
-from overlay.model import NAMESPACE_LABEL, Endpoint, NodeSpec, _mac, to_json
+from overlay.model import NAMESPACE_LABEL, Endpoint, NodeSpec, _mac, check_named_ports, to_json
 from overlay.nsenter import delete_link, link_addresses
 
 log = logging.getLogger("overlay.agent")
@@ -306,6 +306,7 @@ class Agent(Generic[P]):
         mac: str | None = None,
         name: str = "",
         labels: dict[str, str] | None = None,
+        named_ports: Mapping[str, tuple[int, str]] | None = None,
         ifname: str | None = None,
         port_security: bool = True,
         ips: Sequence[str] | None = None,
@@ -327,12 +328,22 @@ class Agent(Generic[P]):
         network has it already; ConfigError when it lies in a range kept for
         derived MACs and is not its own address's), otherwise the one the pod's
         address derives (``overlay.control.ipam.mac_of``): the same for the same
-        address after any restart, and unique in the network."""
+        address after any restart, and unique in the network.
+
+        ``labels`` (its namespace is ``io.kubernetes.pod.namespace``) and
+        ``named_ports`` (the pod's named container ports, ``{"http": (8080,
+        "TCP")}``) are the pod's identity for policy, here and, through its
+        record, on every node."""
         await self._hosted_and_defined(vni)
         if mac is not None:
             mac = _mac(mac, "mac")
-        # The record is checked before anything is taken: a bad name or label
-        # (overlay.model's bounds) is refused here, not after the port exists.
+        # The record is checked before anything is taken: a bad name, label or
+        # named port (overlay.model's bounds) is refused here, not after the
+        # port exists.
+        ports = check_named_ports(
+            dict(named_ports) if isinstance(named_ports, Mapping) else named_ports or {},
+            "named_ports",
+        )
         Endpoint(
             vni=vni,
             mac=mac or _ANY_MAC,
@@ -340,6 +351,7 @@ class Agent(Generic[P]):
             node=self.name,
             name=name,
             labels=dict(labels or {}),
+            ports=ports,
         )
         given = None if ips is None else [str(ip) for ip in ips]
         if reserve and (given is None or len(given) != 1):
@@ -392,6 +404,7 @@ class Agent(Generic[P]):
                 persist=persist,
                 namespace=(labels or {}).get(NAMESPACE_LABEL) or None,
                 labels=dict(labels or {}),
+                named_ports=dict(ports),
             )
         except Exception:
             await self._release(vni, mac, addrs)
@@ -403,6 +416,7 @@ class Agent(Generic[P]):
             node=self.name,
             name=name,
             labels=dict(labels or {}),
+            ports=ports,
         )
         self.local[(vni, ep.mac)] = ep
         await self.publish_endpoint(ep)

@@ -12,7 +12,10 @@ on it through the version in the prefix: a later layout lives under
     /overlay/v1/addrs/<vni>/<ip>               endpoint MAC: the address is taken
                                                (created by compare-and-swap), under the
                                                owning node's lease
-    /overlay/v1/endpoints/<vni>/<node>/<mac>   Endpoint (JSON), under the node's lease
+    /overlay/v1/endpoints/<vni>/<node>/<mac>   Endpoint (JSON), under the node's lease;
+                                               its "ports" (named container ports) is
+                                               left out while empty, so agents of the
+                                               release before it read those records
     /overlay/v1/policies/<tenant>/<kind>/<name>
                                                a policy of the tenant's networks: the
                                                Kubernetes manifest (JSON); <kind> is

@@ -136,6 +136,7 @@ class HostNetwork(NetworkTables, Protocol[P]):
         persist: bool = False,
         namespace: str | None = None,
         labels: dict[str, str] | None = None,
+        named_ports: dict[str, tuple[int, str]] | None = None,
     ) -> P: ...
 
     def remove_port(self, port: P) -> None: ...

@@ -11,8 +11,8 @@ Design notes.
   reference evaluator (``overlay.policy.evaluate.decide``: the semantics as
   written, not the compiler) over the store's view of the cluster: the
   tenant's accepted policies and namespaces and every endpoint record of the
-  network (this node's own too), by its namespace label and labels. The
-  actual verdict comes from the engine's tables in force
+  network (this node's own too), by its namespace label, labels and named
+  ports. The actual verdict comes from the engine's tables in force
   (``Engine.port_policy_probe``: the same classifier as a first packet, a
   dry run that creates no session, counts nothing and sends nothing, so pods
   are never disturbed).
@@ -140,7 +140,11 @@ class PolicyVerifier:
             nss.setdefault(peer.identity.namespace, {})
             for ip in peer.ips:
                 pods[ip] = PolicyEndpoint(
-                    ip, peer.identity.namespace, dict(peer.identity.labels), name=ep.name or ip
+                    ip,
+                    peer.identity.namespace,
+                    dict(peer.identity.labels),
+                    dict(peer.identity.named_ports),
+                    name=ep.name or ip,
                 )
         for p in net.ports:
             if getattr(p, "gateway", False):

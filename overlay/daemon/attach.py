@@ -155,6 +155,7 @@ class Attachments(Room):
                 netns=rec.netns,
                 namespace=rec.labels.get(NAMESPACE_LABEL) or None,
                 labels=dict(rec.labels),
+                named_ports=dict(rec.named_ports),
             )
         ep = Endpoint(
             vni=rec.vni,
@@ -163,6 +164,7 @@ class Attachments(Room):
             node=self.parts.node_name,
             name=rec.name,
             labels=dict(rec.labels),
+            ports=dict(rec.named_ports),
         )
         await agent.register_endpoint(ep, delegated=rec.ipam == "delegated")
         self.attached[rec.key] = rec
@@ -216,6 +218,7 @@ class Attachments(Room):
                         mac=req.mac,
                         name=req.name,
                         labels=req.labels,
+                        named_ports=req.named_ports,
                         ips=ips,
                         reserve=ips is not None and (former is not None or req.ipam == "node"),
                         persist=True,
@@ -265,6 +268,7 @@ class Attachments(Room):
                 routes=req.routes,
                 name=req.name,
                 labels=req.labels,
+                named_ports=ep.ports,
             )
             self.attached[key] = rec
             self._save()

@@ -17,7 +17,10 @@ Design notes.
   namespace label is the pod's policy namespace ("default" without it). A
   ``labels`` entry of either with another value is refused, not overridden:
   the request would name two pods. Without a ``name``, the endpoint is named
-  "<namespace>/<pod>" (the plugin's name for a pod too).
+  "<namespace>/<pod>" (the plugin's name for a pod too). ``named_ports``
+  (``{"serve-80-tcp": [80, "TCP"]}``: the pod's named container ports, by
+  ``overlay.model.check_named_ports``) are what a policy's named port
+  resolves to on the pod, on every node (its endpoint record carries them).
 - **A new pod announces itself.** Once its interface is up, the pod sends a
   gratuitous ARP (an RFC 5227 announcement) for each IPv4 address and an
   unsolicited neighbour advertisement (override flag set, to all nodes) for
@@ -44,7 +47,7 @@ from typing import Any
 from overlay.cni import validate
 from overlay.daemon.config import get_key
 from overlay.errors import ConfigError
-from overlay.model import NAMESPACE_LABEL, POD_LABEL
+from overlay.model import NAMESPACE_LABEL, POD_LABEL, check_named_ports
 from overlay.nsenter import call_in, iproute, link_index, netns_path
 from overlay.nsenter import delete_link as _delete_link
 from overlay.wire import checksum, mac_to_bytes
@@ -90,6 +93,8 @@ class AttachRequest:
     ip_masq: bool = False  # CNI ipMasq: the network must masquerade its egress
     namespace: str = ""  # the pod's Kubernetes namespace: labels[NAMESPACE_LABEL]
     pod: str = ""  # the pod's Kubernetes name: labels[POD_LABEL]
+    # The pod's named container ports, name -> (number, protocol).
+    named_ports: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def parse(cls, body: Any, forbidden: Mapping[str, str] | None = None) -> AttachRequest:
@@ -198,6 +203,13 @@ class AttachRequest:
         if not name and pod:
             name = f"{namespace}/{pod}" if namespace else pod
         ip_masq = get("ip_masq", bool, "true or false", False)
+        ports = get("named_ports", dict, 'a mapping like {"serve-80-tcp": [80, "TCP"]}', {})
+        try:
+            named_ports = check_named_ports(ports, "named_ports")
+        except ConfigError as exc:  # a hostile name or value is not echoed whole
+            raise type(exc)(
+                str(validate.clip(exc.field)), validate.clip(exc.value), exc.expected
+            ) from None
         return cls(
             cid,
             ifname,
@@ -214,6 +226,7 @@ class AttachRequest:
             ip_masq,
             namespace,
             pod,
+            named_ports,
         )
 
 

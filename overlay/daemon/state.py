@@ -52,6 +52,11 @@ class Attachment:
     routes: list[dict[str, str]] = dataclasses.field(default_factory=list)
     name: str = ""
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The pod's named container ports, name -> (number, protocol), given again
+    # on re-attach (a file read back holds each pair as a list, which the
+    # checks of ``attach_port`` and ``Endpoint`` take as the pair). A file
+    # written before the field has none: the pod had none.
+    named_ports: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
     created: float = dataclasses.field(default_factory=time.time)
 
     @property

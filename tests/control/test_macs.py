@@ -50,6 +50,7 @@ class PortNetwork(RecordingNetwork):
         persist: bool = False,
         namespace: str | None = None,
         labels: dict[str, str] | None = None,
+        named_ports: dict[str, tuple[int, str]] | None = None,
     ) -> FakePort:
         if any(p.mac == mac for p in self.ports):
             raise ConflictError(f"MAC {mac} is in use on this node")

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
+import json
 import pathlib
+from typing import Any
+
+import pytest
 
 import overlay
 from overlay import model, wire
@@ -15,7 +20,8 @@ from overlay.control import keys
 from overlay.control.agent import Agent
 from overlay.control.store import MemoryStore
 from overlay.daemon import config, health
-from overlay.model import Endpoint, NetworkSpec, NodeSpec, to_json
+from overlay.errors import ConfigError
+from overlay.model import Endpoint, NetworkSpec, NodeSpec, TooLarge, from_json, to_json
 from overlay.testing.aio import run, until
 from overlay.testing.fakes import RecordingNode
 
@@ -80,3 +86,97 @@ def test_the_retired_tenant_record_is_gone_and_old_stores_are_read_harmlessly(
 
 class _NoNet:
     remotes: dict[str, object] = {}
+
+
+# -- an endpoint's named container ports ------------------------------------------
+
+MAC = "02:00:00:00:00:02"
+
+
+def test_named_ports_round_trip_normalised() -> None:
+    ep = Endpoint(
+        vni=100,
+        mac=MAC,
+        ips=("10.244.2.2/16",),
+        node="b",
+        ports={"http": [8080, "tcp"], "dns": (53, "UDP"), "a-1": (1, "sctp")},  # type: ignore[dict-item]
+    )
+    assert ep.ports == {"http": (8080, "TCP"), "dns": (53, "UDP"), "a-1": (1, "SCTP")}
+    data = to_json(ep)
+    assert json.loads(data)["ports"] == {
+        "http": [8080, "TCP"],
+        "dns": [53, "UDP"],
+        "a-1": [1, "SCTP"],
+    }
+    back = from_json(Endpoint, data)
+    assert back == ep and back.ports["http"] == (8080, "TCP")
+    assert to_json(back) == data
+
+
+def test_a_record_without_named_ports_is_the_previous_releases_byte_for_byte() -> None:
+    """Agents of the release before ``ports`` refuse unknown fields: the record of
+    a pod without named ports leaves the field out, exactly as they wrote it."""
+    ep = Endpoint(
+        vni=100, mac=MAC, ips=("10.244.2.2/16",), node="b", name="x/b", labels={"pod": "b"}
+    )
+    assert to_json(ep) == (
+        b'{"ips":["10.244.2.2/16"],"labels":{"pod":"b"},"mac":"02:00:00:00:00:02",'
+        b'"name":"x/b","node":"b","vni":100}'
+    )
+
+    # The previous release's decoder: the same class without the field.
+    @dataclasses.dataclass(frozen=True)
+    class Previous:
+        vni: int
+        mac: str
+        ips: tuple[str, ...]
+        node: str
+        name: str = ""
+        labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    assert from_json(Previous, to_json(ep)).labels == {"pod": "b"}
+    with pytest.raises(ConfigError, match="only fields"):
+        from_json(Previous, to_json(dataclasses.replace(ep, ports={"http": (80, "TCP")})))
+    # And this release reads the previous release's records.
+    assert from_json(Endpoint, to_json(ep)).ports == {}
+
+
+@pytest.mark.parametrize(
+    "ports, field, says",
+    [
+        ({"HTTP": (80, "TCP")}, "endpoint.ports['HTTP']", "a port name"),
+        ({"a--b": (80, "TCP")}, "endpoint.ports['a--b']", "a port name"),
+        ({"-ab": (80, "TCP")}, "endpoint.ports['-ab']", "a port name"),
+        ({"ab-": (80, "TCP")}, "endpoint.ports['ab-']", "a port name"),
+        ({"8080": (80, "TCP")}, "endpoint.ports['8080']", "at least one letter"),
+        ({"a" * 16: (80, "TCP")}, "endpoint.ports['" + "a" * 16 + "']", "1-15"),
+        ({"": (80, "TCP")}, "endpoint.ports['']", "a port name"),
+        ({"http": (0, "TCP")}, "endpoint.ports['http'][0]", "1-65535"),
+        ({"http": (65536, "TCP")}, "endpoint.ports['http'][0]", "1-65535"),
+        ({"http": (True, "TCP")}, "endpoint.ports['http'][0]", "1-65535"),
+        ({"http": ("80", "TCP")}, "endpoint.ports['http'][0]", "1-65535"),
+        ({"http": (80, "ICMP")}, "endpoint.ports['http'][1]", "TCP, UDP or SCTP"),
+        ({"http": (80, 6)}, "endpoint.ports['http'][1]", "TCP, UDP or SCTP"),
+        ({"http": (80,)}, "endpoint.ports['http']", "a (number, protocol) pair"),
+        ({"http": 80}, "endpoint.ports['http']", "a (number, protocol) pair"),
+        ([["http", 80, "TCP"]], "endpoint.ports", "a mapping of port names"),
+    ],
+)
+def test_bad_named_ports_are_refused_naming_the_port(ports: Any, field: str, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Endpoint(vni=100, mac=MAC, ips=(), node="b", ports=ports)
+    assert err.value.field == field and says in err.value.expected, err.value
+    # The same from the store: refused at decoding, the value kept short.
+    raw = {"vni": 100, "mac": MAC, "ips": [], "node": "b", "ports": ports}
+    with pytest.raises(ConfigError) as err:
+        from_json(Endpoint, json.dumps(raw).encode())
+    assert err.value.field == field
+
+
+def test_more_than_64_named_ports_are_too_large() -> None:
+    ports = {f"p{i}": (1000 + i, "TCP") for i in range(65)}
+    with pytest.raises(TooLarge) as err:
+        Endpoint(vni=100, mac=MAC, ips=(), node="b", ports=ports)
+    assert err.value.field == "endpoint.ports" and "at most 64" in err.value.expected
+    del ports["p64"]
+    assert len(Endpoint(vni=100, mac=MAC, ips=(), node="b", ports=ports).ports) == 64

@@ -98,9 +98,17 @@ class Site:
         for a in self.agents:
             await asyncio.wait_for(a.synced.wait(), 10)
 
-    async def add_pod(self, i: int, name: str, ns: str = "x") -> str:
+    async def add_pod(
+        self,
+        i: int,
+        name: str,
+        ns: str = "x",
+        named_ports: dict[str, tuple[int, str]] | None = None,
+    ) -> str:
         labels = {"pod": name, NAMESPACE_LABEL: ns}
-        ep, _ = await self.agents[i].add_endpoint(VNI, name=f"{ns}/{name}", labels=labels)
+        ep, _ = await self.agents[i].add_endpoint(
+            VNI, name=f"{ns}/{name}", labels=labels, named_ports=named_ports
+        )
         ip = ep.ips[0].split("/")[0]
         self.pods[name] = (i, ip)
         return ip
@@ -275,6 +283,65 @@ def test_routed_network_knows_remote_pods_by_their_records(overlay_topology: Top
             assert not net1.remotes
             assert net1.explain(a_ip, b_ip, 80).allowed
             assert not net1.explain(c_ip, b_ip, 80).allowed
+        finally:
+            await site.close()
+
+    run(main)
+
+
+B_HTTP_FROM_A = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-http-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: a}}}]
+    ports: [{port: http}]
+"""
+
+
+def test_a_named_port_of_a_remote_pod_resolves_on_every_node(overlay_topology: Topology) -> None:
+    """b's named ports travel in its endpoint record: a's node, judging b's
+    ingress from b's record, and b's node, from its own port, agree that
+    ``port: http`` is 8080; the verifier (which reads the records) agrees too."""
+    from overlay.control.verify import PolicyVerifier
+
+    store = MemoryStore()
+    site = Site(overlay_topology, store)
+
+    async def main() -> None:
+        try:
+            await site.start()
+            # A bad named port is refused before anything is taken.
+            with pytest.raises(ConfigError) as err:
+                await site.agents[1].add_endpoint(VNI, named_ports={"HTTP": (8080, "TCP")})
+            assert err.value.field == "named_ports['HTTP']"
+            assert not site.nodes[1].network(VNI).ports and VNI not in site.agents[1].subnets
+            a_ip = await site.add_pod(0, "a")
+            b_ip = await site.add_pod(1, "b", named_ports={"http": (8080, "tcp")})
+            [kv] = [
+                kv
+                for kv in (await store.get_prefix(keys.ENDPOINTS))[0]
+                if b"/node1/" in kv.key and b'"pod":"b"' in kv.value
+            ]
+            assert json.loads(kv.value)["ports"] == {"http": [8080, "TCP"]}
+            await policies.apply(store, TENANT, policies.parse(B_HTTP_FROM_A + "---" + NAMESPACES))
+            want = (await policies.read(store, TENANT)).hash
+            await until(lambda: synced(site, want))
+            await until(lambda: len(site.nodes[0].network(VNI).remotes) == 1)
+            for i in (0, 1):  # a's node (b is a remote there) and b's
+                net = site.nodes[i].network(VNI)
+                v = net.explain(a_ip, b_ip, 8080)
+                assert v.allowed and v.policy == "x/b-http-from-a", (i, v)
+                assert not net.explain(a_ip, b_ip, 8081).allowed, i
+                assert not net.explain(a_ip, b_ip, 8080, "UDP").allowed, i
+            probed = site.nodes[1].network(VNI).probe(a_ip, b_ip, 8080)
+            assert probed.allowed, probed
+            assert not site.nodes[1].network(VNI).probe(a_ip, b_ip, 8081).allowed
+            for agent in site.agents[:2]:
+                got = PolicyVerifier(agent).run_once()[TENANT]
+                assert got["checked"] > 0 and got["count"] == 0, (agent.name, got)
         finally:
             await site.close()
 

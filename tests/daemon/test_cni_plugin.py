@@ -395,6 +395,12 @@ def test_cni_variables_outside_the_spec_rules_are_code_4_naming_them(
          "runtimeConfig.labels gives label app='a' and args.cni.labels[0] gives app='b'"),
         ({"runtimeConfig": {"labels": {"app": ["a"]}}}, INVALID_CONFIG,
          "runtimeConfig.labels (key 'app') has ['a']: a string value"),
+        ({"runtimeConfig": {"namedPorts": [{"name": "http", "port": 80}]},
+          "args": {"cni": {"namedPorts": [{"name": "http", "port": 81}]}}}, INVALID_CONFIG,
+         "runtimeConfig.namedPorts[0] gives named port http=80/TCP and "
+         "args.cni.namedPorts[0] gives http=81/TCP"),
+        ({"args": {"cni": {"namedPorts": [{"name": "Web", "port": 80}]}}}, INVALID_CONFIG,
+         "args.cni.namedPorts[0].name='Web': a port name"),
     ],
 )  # fmt: skip
 def test_a_configuration_outside_the_rules_is_refused_with_its_code(
@@ -449,6 +455,43 @@ def test_the_attach_api_takes_the_pods_namespace_and_name(pod_netns: str) -> Non
     assert req.name == "mine" and req.labels == {NAMESPACE_LABEL: "shop"}
     assert AttachRequest.parse({**body, "pod": "web"}).name == "web"
     assert AttachRequest.parse(body).labels == {}  # no pod: no namespace claimed
+
+
+def test_the_attach_api_takes_named_ports(pod_netns: str) -> None:
+    """``named_ports`` as JSON gives them (pairs as lists), normalised; none by default."""
+    from overlay.daemon.pods import AttachRequest
+
+    body = {"container_id": "c1", "ifname": "eth0", "netns": pod_netns, "vni": 100}
+    req = AttachRequest.parse(
+        {**body, "named_ports": {"serve-80-tcp": [80, "TCP"], "dns": [53, "udp"]}}
+    )
+    assert req.named_ports == {"serve-80-tcp": (80, "TCP"), "dns": (53, "UDP")}
+    assert AttachRequest.parse(body).named_ports == {}
+
+
+@pytest.mark.parametrize(
+    "named_ports, field, says",
+    [
+        ([["http", 80, "TCP"]], "named_ports", 'a mapping like {"serve-80-tcp": [80, "TCP"]}'),
+        ({"Http": [80, "TCP"]}, "named_ports['Http']", "a port name"),
+        ({"x" * 200: [80, "TCP"]}, "named_ports['" + "x" * 40, "a port name"),
+        ({"http": [80]}, "named_ports['http']", "a (number, protocol) pair"),
+        ({"http": [0, "TCP"]}, "named_ports['http'][0]", "a port number 1-65535"),
+        ({"http": [80, "ICMP"]}, "named_ports['http'][1]", "TCP, UDP or SCTP"),
+        ({f"p{i}": [i + 1, "TCP"] for i in range(65)}, "named_ports", "at most 64"),
+    ],
+)  # fmt: skip
+def test_the_attach_api_refuses_bad_named_ports_naming_them(
+    pod_netns: str, named_ports: Any, field: str, says: str
+) -> None:
+    from overlay.daemon.pods import AttachRequest
+    from overlay.errors import ConfigError
+
+    body = {"container_id": "c1", "ifname": "eth0", "netns": pod_netns, "vni": 100}
+    with pytest.raises(ConfigError) as err:
+        AttachRequest.parse({**body, "named_ports": named_ports})
+    assert err.value.field.startswith(field) and says in err.value.expected, err.value
+    assert len(str(err.value)) < 600  # a long name is not echoed whole
 
 
 @pytest.mark.parametrize(
@@ -681,9 +724,17 @@ def test_the_pods_identity_reaches_the_endpoint_overlayd_lists(cni_daemon: CniDa
     from overlay.model import NAMESPACE_LABEL, POD_LABEL
 
     conf = cni_daemon.conf(
-        capabilities={"labels": True},
-        runtimeConfig={"labels": {"app": "web"}},
-        args={"cni": {"labels": [{"key": "tier", "value": "front"}]}},
+        capabilities={"labels": True, "namedPorts": True},
+        runtimeConfig={
+            "labels": {"app": "web"},
+            "namedPorts": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        },
+        args={
+            "cni": {
+                "labels": [{"key": "tier", "value": "front"}],
+                "namedPorts": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+            }
+        },
     )
     args = "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_NAMESPACE=shop"
     out = cni("ADD", conf, cid="c1", netns=cni_daemon.pod_netns("web"), cni_args=args).success()
@@ -691,10 +742,13 @@ def test_the_pods_identity_reaches_the_endpoint_overlayd_lists(cni_daemon: CniDa
     assert ep["name"] == "shop/web" and ep["local"] and ep["container_id"] == "c1"
     assert ep["labels"] == {NAMESPACE_LABEL: "shop", POD_LABEL: "web", "app": "web",
                             "tier": "front"}  # fmt: skip
+    assert ep["ports"] == {"http": [8080, "TCP"], "dns": [53, "UDP"]}
+    assert cni_daemon.client.attachment("c1", "eth0")["named_ports"] == ep["ports"]
     conf = cni_daemon.conf(args={"cni": {"namespace": "shop", "podName": "db"}})
     out = cni("ADD", conf, cid="c2", netns=cni_daemon.pod_netns("db"), cni_args="").success()
     [ep] = [e for e in cni_daemon.client.endpoints() if e["mac"] == out["interfaces"][0]["mac"]]
     assert ep["name"] == "shop/db" and ep["labels"] == {NAMESPACE_LABEL: "shop", POD_LABEL: "db"}
+    assert ep["ports"] == {}  # none given: the record carries none
     body = {
         "container_id": "c3",
         "ifname": "eth0",

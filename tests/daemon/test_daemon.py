@@ -257,6 +257,51 @@ def test_restart_keeps_pods_talking(
     assert "eth0" not in pa.links()
 
 
+def test_named_ports_reach_every_node_and_outlive_a_restart(
+    overlay_topology: Topology, overlay_daemons: Any, overlay_etcd: Any
+) -> None:
+    """``named_ports`` of the attach body are in the pod's endpoint on every node
+    (through etcd); kept in the state file, a restarted daemon re-announces them."""
+    cl = overlay_daemons(store=overlay_etcd.endpoint)
+    cl.start()
+    pa = _pod(overlay_topology, "pa")
+    ports = {"http": [8080, "TCP"], "dns": [53, "UDP"]}
+    d0 = cl.daemons[0]
+    a = _attach(d0.client, "ca", pa, name="pod-a", named_ports={**ports, "dns": [53, "udp"]})
+    assert a["named_ports"] == ports
+
+    def everywhere() -> bool:
+        return all(
+            [e.get("ports") for e in d.client.endpoints(vni=100) if e["mac"] == a["mac"]] == [ports]
+            for d in cl.daemons
+        )
+
+    _wait(everywhere, what="the pod's named ports on every node")
+    assert d0.stop() == 0
+    d0.start()
+    assert d0.client.attachment("ca", "eth0")["named_ports"] == ports
+    _wait(everywhere, what="the named ports announced again after the restart")
+
+
+def test_a_state_file_written_before_named_ports_loads(tmp_path: Path) -> None:
+    from overlay.daemon.state import StateFile
+
+    old = {
+        "container_id": "c1",
+        "ifname": "eth0",
+        "netns": "/var/run/netns/p",
+        "vni": 100,
+        "tenant": "blue",
+        "mac": "02:00:00:00:00:01",
+        "ips": ["10.244.0.2/24"],
+        "mtu": 1450,
+        "labels": {"pod": "a"},
+    }
+    (tmp_path / "attachments.json").write_text(json.dumps({"format": 1, "attachments": [old]}))
+    [rec] = StateFile(str(tmp_path)).load()
+    assert rec.named_ports == {} and rec.labels == {"pod": "a"}
+
+
 def _with_green(cl: Any, i: int) -> dict[str, Any]:
     """Node ``i``'s configuration with a second network, vni 200, on every node."""
     cfg: dict[str, Any] = cl.config(i)

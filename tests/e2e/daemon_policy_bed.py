@@ -5,8 +5,10 @@ with the ``overlay`` command.
 Where ``policy_bed`` programs in-process nodes through the embedding API, this
 bed goes the way a cluster goes: each pod's namespace is made by the bed and
 handed to ``overlay-cni ADD`` (``CNI_ARGS`` ``K8S_POD_NAMESPACE``/``K8S_POD_NAME``,
-its label ``pod: <name>`` in ``args.cni.labels`` for some pods and in
-``runtimeConfig.labels`` for the others), its address is whatever the node's
+its label ``pod: <name>`` and its named container ports ``serve-<port>-<proto>``
+(``policy_bed.NAMED``) in ``args.cni.labels``/``args.cni.namedPorts`` for some
+pods and in ``runtimeConfig.labels``/``runtimeConfig.namedPorts`` for the
+others), its address is whatever the node's
 IPAM gave (read from the CNI result), and the other nodes learn it through
 etcd. Policies and namespaces are manifest files given to ``overlay policy
 apply -f FILE --prune`` on one node; every node's agent picks them up from the
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from policy_bed import TENANT, VNI, Prober, Servers, node_of
+from policy_bed import NAMED, TENANT, VNI, Prober, Servers, node_of
 from policy_matrix import NAMESPACES, all_pods, pod_ip
 
 from overlay import cli
@@ -304,8 +306,10 @@ class DaemonPolicyBed(Prober):
     # -- pods through the plugin
 
     def conf(self, node: int, labels: Mapping[str, str], *, runtime: bool) -> dict[str, Any]:
-        """overlay-cni's configuration on ``node``, the pod's ``labels`` given the
-        args way (``args.cni.labels``) or, with ``runtime``, the capability way."""
+        """overlay-cni's configuration on ``node``, the pod's ``labels`` and named
+        ports (``NAMED``) given the args way (``args.cni.labels``,
+        ``args.cni.namedPorts``) or, with ``runtime``, the capability way."""
+        ports = [{"name": n, "port": p, "protocol": proto} for n, (p, proto) in NAMED.items()]
         conf: dict[str, Any] = {
             "cniVersion": "1.1.0",
             "name": TENANT,
@@ -314,10 +318,15 @@ class DaemonPolicyBed(Prober):
             "socket": self.socket(node),
         }
         if runtime:
-            conf["capabilities"] = {"labels": True}
-            conf["runtimeConfig"] = {"labels": dict(labels)}
+            conf["capabilities"] = {"labels": True, "namedPorts": True}
+            conf["runtimeConfig"] = {"labels": dict(labels), "namedPorts": ports}
         else:
-            conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
+            conf["args"] = {
+                "cni": {
+                    "labels": [{"key": k, "value": v} for k, v in labels.items()],
+                    "namedPorts": ports,
+                }
+            }
         return conf
 
     def add_pod(

@@ -5,14 +5,15 @@ Three ``overlayd`` processes on one real etcd, nine pods added by the real
 policies go in as manifest files through ``overlay policy apply -f FILE --prune``
 on one node and reach every node through the store. What is proven here:
 
-* **Pods carry who they are.** Each pod's namespace (from ``CNI_ARGS``) and
-  labels (from ``args.cni.labels`` or ``runtimeConfig.labels``) are on its
-  endpoint on every node.
+* **Pods carry who they are.** Each pod's namespace (from ``CNI_ARGS``),
+  labels (from ``args.cni.labels`` or ``runtimeConfig.labels``) and named
+  container ports (``args.cni.namedPorts`` or ``runtimeConfig.namedPorts``)
+  are on its endpoint on every node.
 * **The conformance scenarios hold.** Every scenario of
-  ``test_netpol_conformance`` that does not use named ports (pods added by CNI
-  declare none) is applied with the command (``overlay policy get`` on
-  another node then lists exactly that set: ``--prune`` removed the previous
-  scenario's), ``overlay policy status`` is waited on until it exits 0
+  ``test_netpol_conformance``, those naming ports (``serve-81-tcp``) too, is
+  applied with the command (``overlay policy get`` on another node then
+  lists exactly that set: ``--prune`` removed the previous scenario's),
+  ``overlay policy status`` is waited on until it exits 0
   (every node has the set in force), and every ordered pair of pods is probed
   with real connections; ``overlay policy explain`` on the nodes of both ends
   then agrees with the expectation, and with the tables in force, for an
@@ -59,7 +60,7 @@ from daemon_policy_bed import (
     Sniffer,
     daemon_policy_bed,
 )
-from policy_bed import TENANT, VNI, bed_prefix, node_of
+from policy_bed import NAMED, TENANT, VNI, bed_prefix, node_of
 from policy_matrix import Reachability, all_pods, egress, ingress, labels, np
 from test_netpol_conformance import SCENARIOS
 
@@ -110,9 +111,10 @@ def clean(bed: DaemonPolicyBed) -> Iterator[DaemonPolicyBed]:
 def test_pods_added_by_cni_carry_their_namespace_and_labels_to_every_node(
     bed: DaemonPolicyBed,
 ) -> None:
-    """What the scenarios rest on: each pod's name, namespace label and ``pod``
-    label, given through ``args.cni.labels`` or ``runtimeConfig.labels``, are on
-    its endpoint on every node (local on its own, a remote from etcd elsewhere)."""
+    """What the scenarios rest on: each pod's name, namespace label, ``pod``
+    label and named ports, given through ``args.cni`` or ``runtimeConfig``, are
+    on its endpoint on every node (local on its own, a remote from etcd
+    elsewhere)."""
     ways = {"runtimeConfig" in p.conf for p in bed.added.values()}
     assert ways == {True, False}, "both ways of giving labels are exercised"
     for i, daemon in enumerate(bed.daemons):
@@ -121,31 +123,12 @@ def test_pods_added_by_cni_carry_their_namespace_and_labels_to_every_node(
             ns, name = pod.split("/")
             ep = eps[pod]
             assert ep["labels"]["pod"] == name and ep["labels"][NAMESPACE_LABEL] == ns, ep
+            assert ep["ports"] == {n: list(v) for n, v in NAMED.items()}, ep
             assert ep["local"] == (bed.added[pod].node == i), (i, ep)
             assert [a.split("/")[0] for a in ep["ips"]] == [bed.address(pod)], ep
 
 
 # -- the scenarios -------------------------------------------------------------------
-
-
-def _named_ports(policies: list[Any]) -> bool:
-    """Does any rule name a port (``serve-80-tcp``) instead of numbering it?"""
-
-    def named(value: Any) -> bool:
-        if isinstance(value, dict):
-            return isinstance(value.get("port"), str) or any(named(v) for v in value.values())
-        if isinstance(value, list):
-            return any(named(v) for v in value)
-        return False
-
-    for p in policies:
-        if isinstance(p, NetworkPolicy):
-            rules = p.ingress + p.egress
-            if any(isinstance(port.port, str) for r in rules for port in r.ports):
-                return True
-        elif named(p):
-            return True
-    return False
 
 
 def _pick(
@@ -162,8 +145,6 @@ def _pick(
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_upstream_scenario_through_the_command(bed: DaemonPolicyBed, name: str) -> None:
     s = SCENARIOS[name]()
-    if _named_ports(s.policies):
-        pytest.skip("named ports: pods added by overlay-cni declare no container ports")
     applied = bed.apply(s.policies)  # --prune: the previous scenario's policies go
     assert applied["tenant"] == TENANT
     stored = bed.cli(1, "--json", "policy", "get").json()  # as any node reads the store

@@ -1,6 +1,7 @@
 """Who a pod is, as overlay-cni gathers it (``overlay.cni.plugin.endpoint_identity``):
 labels from ``args.cni.labels`` and ``runtimeConfig.labels``, the namespace and
-name from ``CNI_ARGS``, ``args.cni`` or those labels, each refusal naming its
+name from ``CNI_ARGS``, ``args.cni`` or those labels, named ports from
+``args.cni.namedPorts`` and ``runtimeConfig.namedPorts``, each refusal naming its
 source. The same values through the real plugin and a real overlayd are in
 ``tests/daemon/test_cni_plugin.py``."""
 
@@ -147,6 +148,68 @@ def test_a_label_the_pods_own_field_overrides_is_not_checked_as_a_namespace() ->
     overrides need only be a valid label."""
     who = identity("K8S_POD_NAMESPACE=shop", runtimeConfig={"labels": {NAMESPACE_LABEL: "Old"}})
     assert who.labels[NAMESPACE_LABEL] == "shop"
+
+
+def test_named_ports_of_args_cni_and_runtime_config_are_merged() -> None:
+    who = identity(
+        capabilities={"namedPorts": True},
+        runtimeConfig={
+            "namedPorts": [
+                {"name": "http", "port": 8080, "protocol": "TCP"},
+                {"name": "dns", "port": 53, "protocol": "udp"},
+            ]
+        },
+        args={"cni": {"namedPorts": [{"name": "http", "port": 8080}, {"name": "m", "port": 9}]}},
+    )
+    assert who.named_ports == {"http": (8080, "TCP"), "dns": (53, "UDP"), "m": (9, "TCP")}
+    assert identity().named_ports == {}  # none given: none
+
+
+@pytest.mark.parametrize(
+    "conf, says",
+    [
+        # The same name with two values: both sources named.
+        ({"args": {"cni": {"namedPorts": [{"name": "http", "port": 80}]}},
+          "runtimeConfig": {"namedPorts": [{"name": "http", "port": 8080}]}},
+         "runtimeConfig.namedPorts[0] gives named port http=8080/TCP and "
+         "args.cni.namedPorts[0] gives http=80/TCP"),
+        ({"runtimeConfig": {"namedPorts": [{"name": "http", "port": 80},
+                                           {"name": "http", "port": 80, "protocol": "UDP"}]}},
+         "runtimeConfig.namedPorts[1] gives named port http=80/UDP and "
+         "runtimeConfig.namedPorts[0] gives http=80/TCP"),
+        # Bad entries, in either source: the field named.
+        ({"args": {"cni": {"namedPorts": {"http": 80}}}},
+         "args.cni.namedPorts={'http': 80}: a list like"),
+        ({"runtimeConfig": {"namedPorts": ["http"]}},
+         "runtimeConfig.namedPorts[0]='http': an object like"),
+        ({"runtimeConfig": {"namedPorts": [{"name": "HTTP", "port": 80}]}},
+         "runtimeConfig.namedPorts[0].name='HTTP': a port name"),
+        ({"args": {"cni": {"namedPorts": [{"name": "a" * 16, "port": 80}]}}},
+         "args.cni.namedPorts[0].name='aaaaaaaaaaaaaaaa': a port name"),
+        ({"args": {"cni": {"namedPorts": [{"name": "123", "port": 80}]}}},
+         "args.cni.namedPorts[0].name='123': a port name"),
+        ({"args": {"cni": {"namedPorts": [{"port": 80}]}}},
+         "args.cni.namedPorts[0].name=None: a port name"),
+        ({"args": {"cni": {"namedPorts": [{"name": "http", "port": 0}]}}},
+         "args.cni.namedPorts[0].port=0: a port number 1-65535"),
+        ({"args": {"cni": {"namedPorts": [{"name": "http", "port": "80"}]}}},
+         "args.cni.namedPorts[0].port='80': a port number"),
+        ({"args": {"cni": {"namedPorts": [{"name": "http"}]}}},
+         "args.cni.namedPorts[0].port=None: a port number"),
+        ({"runtimeConfig": {"namedPorts": [{"name": "http", "port": 80, "protocol": "ICMP"}]}},
+         "runtimeConfig.namedPorts[0].protocol='ICMP': TCP, UDP or SCTP"),
+        ({"runtimeConfig": {"namedPorts": [{"name": "http", "port": 80, "proto": "TCP"}]}},
+         "runtimeConfig.namedPorts[0].'proto': unknown"),
+        ({"runtimeConfig": {"namedPorts": [{"name": f"p{i}", "port": i + 1}
+                                           for i in range(65)]}},
+         "name 65 ports: at most 64"),
+    ],
+)  # fmt: skip
+def test_bad_or_conflicting_named_ports_are_code_7_naming_the_field(
+    conf: dict[str, Any], says: str
+) -> None:
+    err = refused("", **conf)
+    assert err.code == INVALID_CONFIG and says in err.msg, err.msg
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ Design notes.
 - **What it programs.** For every hosted network the node runs, the policy
   set and namespaces of the network's tenant (``overlay.control.policies``,
   checked in ``overlay.control.claims``) and the identity of every pod of
-  other nodes (namespace and labels of its endpoint record, its addresses;
-  another node's gateway as a node address), through one call,
+  other nodes (namespace, labels and named ports of its endpoint record, its
+  addresses; another node's gateway as a node address), through one call,
   ``Network.update_policy``: one compile, then only the port tables that
   differ are set. A change of one policy sets the tables of the pods it
   selects or that select by it and nothing else; a change that changes no
@@ -71,12 +71,13 @@ class PolicyNetwork(Protocol):
 
 def peer_of(ep: Endpoint) -> Peer:
     """An endpoint record as policy sees it: its namespace is its
-    ``io.kubernetes.pod.namespace`` label (``default`` without one)."""
+    ``io.kubernetes.pod.namespace`` label (``default`` without one), its named
+    ports the record's ``ports``."""
     ips = tuple(str(ipaddress.ip_interface(a).ip) for a in ep.ips)
     gateway = ep.labels.get(ROLE_LABEL) == ROLE_GATEWAY
     namespace = ep.labels.get(NAMESPACE_LABEL) or DEFAULT_NAMESPACE
     try:
-        identity = check_identity(namespace, ep.labels, None)
+        identity = check_identity(namespace, ep.labels, ep.ports)
     except OverlayError:
         # A record's labels passed the store's checks but not policy's (which
         # follow Kubernetes exactly): it matches no label selector.
