@@ -926,6 +926,11 @@ class Network:
         return self._policy.ids.ref(rule_id)
 
     @property
+    def policy_active(self) -> bool:
+        """True once the network has a policy set in force (an empty one too)."""
+        return self._policy.active
+
+    @property
     def namespaces(self) -> dict[str, dict[str, str]]:
         """The declared namespaces and their labels (``set_namespace``)."""
         return {k: dict(v) for k, v in self._policy.namespaces.items()}

@@ -101,7 +101,7 @@ class PolicyVerifier:
             if net is None or spec is None or net.tenant != spec.tenant:
                 continue
             tp = self.agent.claims.tenant_policies(net.tenant)
-            if tp.empty and not net._policy.active:
+            if tp.empty and not net.policy_active:
                 continue
             realised = pol.realised.get(net.tenant) if pol is not None else None
             entry = out.setdefault(

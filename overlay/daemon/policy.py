@@ -485,7 +485,7 @@ class PolicyRoom(Room):
         async with self.parts.lock:
             for vni in agent.spec.networks:
                 net = node.networks.get(vni)
-                if net is not None and net._policy.active:
+                if net is not None and net.policy_active:
                     tables += net.update_policy(force=True)
         found = PolicyVerifier(agent).run_once()
         await agent.report_policy(verify=found)
