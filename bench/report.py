@@ -11,6 +11,9 @@ better. Older files with only ``overlay``/``kernel``/``ratio`` are read too.
 Codec tests carry ns per packet. CNI latency tests (``bench/test_cni_latency.py``)
 carry ``cni_latency`` ({side: {verb: {n, p50, p90, max[, all]}}} in ms) and
 ``ratios`` of overlay ms over bridge ms (there > 1 means overlay is slower).
+Policy distribution (``bench/test_policy_distribution.py``) carries
+``policy_distribution``: per store, nodes and policies, the ``first`` apply
+and the ``change`` trials, each with p50/p99/max in ms and the ``baseline``.
 """
 
 from __future__ import annotations
@@ -58,10 +61,13 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
         "convergence": {},
         "cni_latency": {},
         "control_scale": {},
+        "policy_distribution": {},
     }
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})
-        if "control_scale" in info:  # bench/test_control_scale.py
+        if "policy_distribution" in info:  # bench/test_policy_distribution.py
+            out["policy_distribution"][b["name"]] = info["policy_distribution"]
+        elif "control_scale" in info:  # bench/test_control_scale.py
             out["control_scale"][b["name"]] = info["control_scale"]
         elif "cni_latency" in info:
             out["cni_latency"][b["name"]] = {
@@ -158,6 +164,39 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(
             f"RSS MB: {_num(rss['start'])} at start, {_num(rss['store_filled'])} with the store"
             f" filled, {_num(rss['programmed'])} programmed; kernel: {r['baseline']}."
+        )
+    if summary.get("policy_distribution"):
+        if lines:
+            lines.append("")
+        lines.append(
+            f"{'policy distribution ms':22} {'nodes':>5} {'pols':>5} {'first':>8} {'base':>7}"
+            f" {'1st node':>8} {'node p50':>8} {'p99':>7} {'all p50':>8} {'p99':>7}"
+            f" {'busy':>6} {'base':>6} {'base all':>8} {'swap x':>6}"
+        )
+        for r in summary["policy_distribution"].values():
+            f, c = r["first"], r["change"]
+            fb, cb = f.get("baseline", {}), c.get("baseline", {})
+            lines.append(
+                f"{r['store']:22} {r['nodes']:>5} {r['policies']:>5}"
+                f" {_num(f['all_nodes_ms']['p50']):>8}"
+                f" {_num(fb.get('all_nodes_ms', {}).get('p50')):>7}"
+                f" {_num(c.get('first_node_ms', {}).get('p50')):>8}"
+                f" {_num(c['per_node_ms']['p50']):>8} {_num(c['per_node_ms']['p99']):>7}"
+                f" {_num(c['all_nodes_ms']['p50']):>8} {_num(c['all_nodes_ms']['p99']):>7}"
+                f" {_num(c['agent_busy_ms']['p50']):>6}"
+                f" {_num(cb.get('per_node_ms', {}).get('p50')):>6}"
+                f" {_num(cb.get('all_nodes_ms', {}).get('p50')):>8}"
+                f" {f['swap_mismatch'] + c['swap_mismatch']:>6}"
+            )
+        lines.append(
+            "first: the whole set applied, until the last node enforces it; then one policy"
+            " changed: delay of the 1st node, per node (p50, p99) and of the last (all), from"
+            " apply's return;"
+        )
+        lines.append(
+            "busy: an agent's own work on the change (p50); base: Network.apply_policies on"
+            " every node in turn (first: all; change: per node, all); swap x: nodes whose"
+            " tables changed not as the change selects."
         )
     if summary.get("cni_latency"):
         if lines:

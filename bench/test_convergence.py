@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from stores import bench_store
 
 from overlay.control import keys
 from overlay.control.agent import Agent
-from overlay.control.store import MemoryStore, Store
+from overlay.control.store import Store
 from overlay.model import Endpoint, NetworkSpec, to_json
 from overlay.testing.fakes import RecordingNetwork, RecordingNode
 
@@ -129,13 +130,7 @@ def test_convergence(
     def one() -> None:
         loop = asyncio.new_event_loop()
         try:
-            if store_kind == "memory":
-                store: Store = MemoryStore()
-            else:
-                from overlay.control.etcd import EtcdStore
-
-                server = request.getfixturevalue("overlay_etcd")
-                store = EtcdStore([server.endpoint])
+            store, _ = bench_store(store_kind, request)
             result.update(loop.run_until_complete(converge(store, n, TRIALS)))
             loop.run_until_complete(store.close())
         finally:

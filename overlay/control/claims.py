@@ -633,8 +633,11 @@ class Claims:
         if got is not None:
             return got
         recs = self.policy_records.get(tenant, {})
-        nps = tuple(o for _, o, _ in recs.values() if isinstance(o, NetworkPolicy))
-        anps = tuple(o for _, o, _ in recs.values() if isinstance(o, AdminNetworkPolicy))
+        # In key order, whatever order the records arrived in: the compiled tables
+        # (the isolating policy they name) are then the same on every node.
+        ordered = [recs[k] for k in sorted(recs)]
+        nps = tuple(o for _, o, _ in ordered if isinstance(o, NetworkPolicy))
+        anps = tuple(o for _, o, _ in ordered if isinstance(o, AdminNetworkPolicy))
         banp = next(
             (o for _, o, _ in recs.values() if isinstance(o, BaselineAdminNetworkPolicy)), None
         )

@@ -496,3 +496,26 @@ def test_nodes_that_missed_updates_while_etcd_was_away_converge(
             await store.close()
 
     run(main)
+
+
+def test_the_set_is_the_same_whatever_order_its_records_arrived_in() -> None:
+    """Every node compiles the same set (the same isolating policy named in its
+    tables) whatever order its watch delivered the records in."""
+    import ipaddress
+
+    from overlay.control.claims import Claims
+    from overlay.control.store import Event
+
+    docs = policies.parse(DENY_ALL + "---" + ALLOW_A_TO_B + "---" + NAMESPACES)
+    events = [
+        Event("put", policies.record_key(TENANT, d.obj), policies.record_value(d), r + 2, r + 2)
+        for r, d in enumerate(docs)
+    ]
+    sets = []
+    for order in (events, events[::-1], events[1:] + events[:1]):
+        c = Claims("n", ipaddress.ip_address("198.18.0.1"), [], programmed=lambda v: None)
+        for ev in order:
+            c.apply(ev)
+        sets.append(c.tenant_policies(TENANT))
+    assert sets[0].policies == sets[1].policies == sets[2].policies
+    assert sets[0].hash == sets[1].hash == sets[2].hash
