@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policy_docs import ALLOW_A_TO_B as B_FROM_A
+from policy_docs import DENY_ALL as DENY_X
+from policy_docs import NAMESPACES
 
 from overlay.control import clusters, keys, policies
 from overlay.control.store import MemoryStore, Store
@@ -30,33 +33,6 @@ from overlay.testing.etcd import EtcdServer, etcd_unavailable_reason
 TENANT = "acme"
 VNI = 100
 
-NAMESPACES = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: x, labels: {team: web}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: y}
-"""
-
-DENY_X = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: deny-all, namespace: x}
-spec: {podSelector: {}}
-"""
-
-B_FROM_A = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: b-from-a, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {pod: a}}}]
-    ports: [{port: 80}]
-"""
 
 # The same policy with one rule more: y's pods may open x/b on 443.
 B_FROM_A_AND_Y = (

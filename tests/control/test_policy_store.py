@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from policy_docs import ALLOW_A_TO_B, DENY_ALL, NAMESPACES
 
 from overlay.control import keys, policies
 from overlay.control.agent import Agent
@@ -22,6 +22,7 @@ from overlay.control.store import MemoryStore
 from overlay.errors import ConfigError
 from overlay.model import NAMESPACE_LABEL, NetworkSpec, to_json
 from overlay.node import Encap, Node
+from overlay.testing import aio
 from overlay.testing.cluster import underlay_ip
 from overlay.testing.netns import Topology
 
@@ -29,51 +30,6 @@ pytestmark = pytest.mark.root
 
 VNI = 100
 TENANT = "acme"
-
-DENY_ALL = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: deny-all, namespace: x}
-spec: {podSelector: {}}
-"""
-
-ALLOW_A_TO_B = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: b-from-a, namespace: x}
-spec:
-  podSelector: {matchLabels: {pod: b}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {pod: a}}}]
-    ports: [{port: 80}]
-"""
-
-NAMESPACES = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: x, labels: {team: web}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: y}
-"""
-
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.wait_for(main(), 90))
-    finally:
-        loop.close()
-
-
-async def until(pred: Callable[[], bool], timeout: float = 8.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 class Site:
@@ -150,7 +106,7 @@ def test_policies_from_the_store_reach_every_node_incrementally(
             for i, name in enumerate(("a", "b", "c")):
                 await site.add_pod(i, name)
             await site.add_pod(0, "d", ns="y")
-            await until(lambda: all(len(n.network(VNI).remotes) == 3 for n in site.nodes[1:]))
+            await aio.until(lambda: all(len(n.network(VNI).remotes) == 3 for n in site.nodes[1:]))
             # No policy anywhere: ports carry none.
             assert site.nodes[0].network(VNI).policy_table(site.port("a"), "ingress") is None
 
@@ -161,7 +117,7 @@ def test_policies_from_the_store_reach_every_node_incrementally(
                 "Namespace y",
             ]
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
+            await aio.until(lambda: synced(site, want))
             for name in ("a", "b", "c"):
                 i, _ = site.pods[name]
                 t = site.nodes[i].network(VNI).policy_table(site.port(name), "ingress")
@@ -170,7 +126,7 @@ def test_policies_from_the_store_reach_every_node_incrementally(
             assert d_table is not None and not d_table.isolated
 
             # Status: every node reports the store's hash.
-            await until(
+            await aio.until(
                 lambda: all(a.published.get(keys.policy_status(a.name)) for a in site.agents)
             )
             rows = await policies.status(store, TENANT)
@@ -184,7 +140,7 @@ def test_policies_from_the_store_reach_every_node_incrementally(
             before = site.swaps()
             await policies.apply(store, TENANT, policies.parse(ALLOW_A_TO_B))
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
+            await aio.until(lambda: synced(site, want))
             after = site.swaps()
             assert [x - y for x, y in zip(after, before, strict=True)] == [0, 1, 0]
             _, a_ip = site.pods["a"]
@@ -206,7 +162,7 @@ def test_policies_from_the_store_reach_every_node_incrementally(
             relabel = NAMESPACES.replace("{name: y}", "{name: y, labels: {tier: back}}")
             await policies.apply(store, TENANT, policies.parse(relabel))
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
+            await aio.until(lambda: synced(site, want))
             assert site.swaps() == before
 
             # A pod started after the policies is judged from its first packet.
@@ -214,7 +170,7 @@ def test_policies_from_the_store_reach_every_node_incrementally(
             t = site.nodes[2].network(VNI).policy_table(site.port("e"), "ingress")
             assert t is not None and t.isolated
             # a's node learns e's identity: x/b-from-a does not let e in.
-            await until(
+            await aio.until(
                 lambda: (
                     e_ip
                     in {
@@ -240,7 +196,7 @@ def test_policies_from_the_store_reach_every_node_incrementally(
                     }
                 ).encode(),
             )
-            await until(lambda: all(bad in a.claims.rejected for a in site.agents))
+            await aio.until(lambda: all(bad in a.claims.rejected for a in site.agents))
             assert site.nodes[1].network(VNI).explain(a_ip, b_ip, 80).allowed
             ts = await policies.read(store, TENANT)
             assert bad in ts.refused
@@ -256,12 +212,12 @@ def test_policies_from_the_store_reach_every_node_incrementally(
                 ],
             )
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
+            await aio.until(lambda: synced(site, want))
             assert site.nodes[1].network(VNI).explain(c_ip, b_ip, 80).allowed
         finally:
             await site.close()
 
-    run(main)
+    aio.run("asyncio", main, 90)
 
 
 def test_routed_network_knows_remote_pods_by_their_records(overlay_topology: Topology) -> None:
@@ -278,7 +234,7 @@ def test_routed_network_knows_remote_pods_by_their_records(overlay_topology: Top
             b_ip = await site.add_pod(1, "b")
             await policies.apply(store, TENANT, policies.parse(ALLOW_A_TO_B))
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
+            await aio.until(lambda: synced(site, want))
             net1 = site.nodes[1].network(VNI)
             assert not net1.remotes
             assert net1.explain(a_ip, b_ip, 80).allowed
@@ -286,7 +242,7 @@ def test_routed_network_knows_remote_pods_by_their_records(overlay_topology: Top
         finally:
             await site.close()
 
-    run(main)
+    aio.run("asyncio", main, 90)
 
 
 B_HTTP_FROM_A = """
@@ -328,8 +284,8 @@ def test_a_named_port_of_a_remote_pod_resolves_on_every_node(overlay_topology: T
             assert json.loads(kv.value)["ports"] == {"http": [8080, "TCP"]}
             await policies.apply(store, TENANT, policies.parse(B_HTTP_FROM_A + "---" + NAMESPACES))
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
-            await until(lambda: len(site.nodes[0].network(VNI).remotes) == 1)
+            await aio.until(lambda: synced(site, want))
+            await aio.until(lambda: len(site.nodes[0].network(VNI).remotes) == 1)
             for i in (0, 1):  # a's node (b is a remote there) and b's
                 net = site.nodes[i].network(VNI)
                 v = net.explain(a_ip, b_ip, 8080)
@@ -345,7 +301,7 @@ def test_a_named_port_of_a_remote_pod_resolves_on_every_node(overlay_topology: T
         finally:
             await site.close()
 
-    run(main)
+    aio.run("asyncio", main, 90)
 
 
 def test_bad_manifests_are_refused_with_the_field_and_nothing_applied() -> None:
@@ -380,7 +336,7 @@ def test_bad_manifests_are_refused_with_the_field_and_nothing_applied() -> None:
             assert "document 2" in exc.value.field and field in exc.value.field, what
         assert (await store.get_prefix(keys.POLICIES))[0] == []
 
-    run(main)
+    aio.run("asyncio", main, 90)
 
 
 def test_verifier_agrees_then_catches_a_table_changed_by_hand(overlay_topology: Topology) -> None:
@@ -399,8 +355,8 @@ def test_verifier_agrees_then_catches_a_table_changed_by_hand(overlay_topology: 
             docs = policies.parse(DENY_ALL + "---" + ALLOW_A_TO_B + "---" + NAMESPACES)
             await policies.apply(store, TENANT, docs)
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
-            await until(
+            await aio.until(lambda: synced(site, want))
+            await aio.until(
                 lambda: all(
                     len(n.network(VNI).remotes) + len(n.network(VNI).ports) == 4 for n in site.nodes
                 )
@@ -441,12 +397,12 @@ def test_verifier_agrees_then_catches_a_table_changed_by_hand(overlay_topology: 
             # A change of the set puts the right table back too.
             await policies.apply(store, TENANT, policies.parse(ALLOW_A_TO_B.replace("80", "81")))
             want = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, want))
+            await aio.until(lambda: synced(site, want))
             assert verifiers[1].run_once()[TENANT]["count"] == 0
         finally:
             await site.close()
 
-    run(main)
+    aio.run("asyncio", main, 90)
 
 
 def test_nodes_that_missed_updates_while_etcd_was_away_converge(
@@ -467,10 +423,10 @@ def test_nodes_that_missed_updates_while_etcd_was_away_converge(
                 await site.add_pod(i, name)
             await policies.apply(store, TENANT, policies.parse(DENY_ALL))
             first = (await policies.read(store, TENANT)).hash
-            await until(lambda: synced(site, first), timeout=15)
+            await aio.until(lambda: synced(site, first), timeout=15)
 
             await asyncio.to_thread(overlay_etcd.kill)
-            await until(lambda: not any(a.connected for a in site.agents), timeout=20)
+            await aio.until(lambda: not any(a.connected for a in site.agents), timeout=20)
             await asyncio.to_thread(overlay_etcd.start)
             writer = EtcdStore([overlay_etcd.endpoint], timeout=5.0)
             try:
@@ -479,11 +435,11 @@ def test_nodes_that_missed_updates_while_etcd_was_away_converge(
                 _, rev = await writer.get_prefix(keys.VERSION_KEY)
                 await writer.compact(rev)
                 assert second != first
-                await until(lambda: synced(site, second), timeout=30)
-                await until(
+                await aio.until(lambda: synced(site, second), timeout=30)
+                await aio.until(
                     lambda: all(a.published.get(keys.policy_status(a.name)) for a in site.agents)
                 )
-                await until(lambda: all(a.connected for a in site.agents), timeout=30)
+                await aio.until(lambda: all(a.connected for a in site.agents), timeout=30)
                 rows = await policies.status(writer, TENANT)
                 assert [r["in_sync"] for r in rows] == [True, True, True], rows
             finally:
@@ -495,7 +451,7 @@ def test_nodes_that_missed_updates_while_etcd_was_away_converge(
             await site.close()
             await store.close()
 
-    run(main)
+    aio.run("asyncio", main, 90)
 
 
 def test_the_set_is_the_same_whatever_order_its_records_arrived_in() -> None:
@@ -519,3 +475,34 @@ def test_the_set_is_the_same_whatever_order_its_records_arrived_in() -> None:
         sets.append(c.tenant_policies(TENANT))
     assert sets[0].policies == sets[1].policies == sets[2].policies
     assert sets[0].hash == sets[1].hash == sets[2].hash
+
+
+def test_a_set_written_record_by_record_is_compiled_a_few_times(
+    overlay_topology: Topology,
+) -> None:
+    """Thirty policies written one by one, a few milliseconds apart (as
+    ``overlay policy apply`` writes a file): each agent compiles them in a few
+    batches, not once per record (``agent.POLICY_SETTLE_S``)."""
+    store = MemoryStore()
+    site = Site(overlay_topology, store)
+
+    async def main() -> None:
+        try:
+            await site.start()
+            await site.add_pod(0, "a")
+            await policies.apply(store, TENANT, policies.parse(DENY_ALL))
+            want = (await policies.read(store, TENANT)).hash
+            await aio.until(lambda: synced(site, want))
+            before = [site.policy(i).applies for i in range(3)]
+            for k in range(30):
+                text = ALLOW_A_TO_B.replace("b-from-a", f"p{k}").replace("80", str(1000 + k))
+                await policies.apply(store, TENANT, policies.parse(text))
+                await asyncio.sleep(0.002)
+            want = (await policies.read(store, TENANT)).hash
+            await aio.until(lambda: synced(site, want))
+            compiles = [site.policy(i).applies - before[i] for i in range(3)]
+            assert all(1 <= n <= 6 for n in compiles), compiles
+        finally:
+            await site.close()
+
+    aio.run("asyncio", main, 90)
