@@ -388,14 +388,13 @@ def _apply(args: argparse.Namespace, client: Client) -> int:
 
 def _apply_clusters(args: argparse.Namespace, docs: list[Any]) -> int:
     from overlay.control import policies
-    from overlay.daemon.policy import plan
 
     tenant = policies.check_tenant(_need_tenant(args))
     if args.dry_run:
 
         async def dry(store: Any) -> Row:
-            result, digest = plan(await policies.read(store, tenant), docs, prune=args.prune)
-            return {**result, "tenant": tenant, "hash": digest, "dry_run": True}
+            p = policies.plan(await policies.read(store, tenant), docs, prune=args.prune)
+            return {**p.result, "tenant": tenant, "hash": p.hash, "dry_run": True}
 
         for spec in args.cluster:
             r = asyncio.run(_with_store(spec, dry))

@@ -287,6 +287,48 @@ async def tenants(store: Store) -> list[str]:
 # -- writing -------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Plan:
+    """What applying documents to a tenant's set does: the object names by what
+    happens to them (created, configured, unchanged, pruned), the records to
+    write and to delete, and the hash the set then has."""
+
+    result: dict[str, list[str]]
+    puts: dict[bytes, bytes]
+    deletes: list[bytes]
+    hash: str
+
+
+def plan(have: TenantSet, docs: Iterable[Document], *, prune: bool = False) -> Plan:
+    """What ``apply`` of ``docs`` does to the set ``have``; nothing is written
+    (``--dry-run`` answers from it)."""
+    tenant = have.tenant
+    out: dict[str, list[str]] = {"created": [], "configured": [], "unchanged": [], "pruned": []}
+    after = {k: v for k, (v, _, _) in have.records.items()}
+    want: dict[bytes, bytes] = {}
+    puts: dict[bytes, bytes] = {}
+    for d in docs:
+        key, value = record_key(tenant, d.obj), record_value(d)
+        want[key] = value
+        old = have.records.get(key)
+        if old is not None and old[0] == value:
+            out["unchanged"].append(object_name(d.obj))
+        else:
+            heading = "configured" if old is not None or key in have.refused else "created"
+            out[heading].append(object_name(d.obj))
+            puts[key] = value
+        after[key] = value
+    deletes: list[bytes] = []
+    if prune:
+        for key in sorted(set(have.records) | set(have.refused)):
+            if key not in want:
+                deletes.append(key)
+                after.pop(key, None)
+                obj = have.records.get(key)
+                out["pruned"].append(object_name(obj[1]) if obj else key.decode(errors="replace"))
+    return Plan(out, puts, deletes, set_hash(after, tenant))
+
+
 async def apply(
     store: Store, tenant: str, docs: list[Document], *, prune: bool = False
 ) -> dict[str, list[str]]:
@@ -295,29 +337,12 @@ async def apply(
     records not in ``docs`` are deleted (the file is the whole set). Returns
     the object names by what happened: created, configured, unchanged, pruned."""
     check_tenant(tenant)
-    have = await read(store, tenant)
-    out: dict[str, list[str]] = {"created": [], "configured": [], "unchanged": [], "pruned": []}
-    want: dict[bytes, bytes] = {}
-    for d in docs:
-        want[record_key(tenant, d.obj)] = record_value(d)
-    for d in docs:
-        key = record_key(tenant, d.obj)
-        value = want[key]
-        old = have.records.get(key)
-        if old is not None and old[0] == value:
-            out["unchanged"].append(object_name(d.obj))
-            continue
+    p = plan(await read(store, tenant), docs, prune=prune)
+    for key, value in p.puts.items():
         await store.put(key, value)
-        out["configured" if old is not None or key in have.refused else "created"].append(
-            object_name(d.obj)
-        )
-    if prune:
-        for key in sorted(set(have.records) | set(have.refused)):
-            if key not in want:
-                await store.delete(key)
-                obj = have.records.get(key)
-                out["pruned"].append(object_name(obj[1]) if obj else key.decode(errors="replace"))
-    return out
+    for key in p.deletes:
+        await store.delete(key)
+    return p.result
 
 
 def kind_name(kind: str) -> str:

@@ -54,7 +54,6 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from overlay.control import policies
-from overlay.control.policies import TenantSet
 from overlay.daemon.api import Unavailable
 from overlay.daemon.parts import Parts
 from overlay.daemon.rooms import Room, handles
@@ -73,37 +72,6 @@ DELETE_KEYS = frozenset({"tenant", "kind", "name", "namespace", "manifest", "obj
 
 
 # -- what the handlers and the CLI share --------------------------------------------
-
-
-def plan(
-    have: TenantSet, docs: Iterable[Document], *, prune: bool = False
-) -> tuple[dict[str, list[str]], str]:
-    """What ``policies.apply(store, have.tenant, docs, prune=prune)`` would do
-    to the set ``have`` (the same names under the same headings), and the hash
-    the tenant's set would then have; nothing is written."""
-    tenant = have.tenant
-    out: dict[str, list[str]] = {"created": [], "configured": [], "unchanged": [], "pruned": []}
-    after = {k: v for k, (v, _, _) in have.records.items()}
-    want: dict[bytes, bytes] = {}
-    for d in docs:
-        key, value = policies.record_key(tenant, d.obj), policies.record_value(d)
-        want[key] = value
-        old = have.records.get(key)
-        if old is not None and old[0] == value:
-            out["unchanged"].append(policies.object_name(d.obj))
-        elif old is not None or key in have.refused:
-            out["configured"].append(policies.object_name(d.obj))
-        else:
-            out["created"].append(policies.object_name(d.obj))
-        after[key] = value
-    if prune:
-        for key in sorted(set(have.records) | set(have.refused)):
-            if key not in want:
-                after.pop(key, None)
-                obj = have.records.get(key)
-                name = policies.object_name(obj[1]) if obj else key.decode(errors="replace")
-                out["pruned"].append(name)
-    return out, policies.set_hash(after, tenant)
 
 
 def verify_summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -314,7 +282,8 @@ class PolicyRoom(Room):
         store = self._store()
         async with self._lock:
             if dry_run:
-                result, digest = plan(await policies.read(store, tenant), docs, prune=prune)
+                p = policies.plan(await policies.read(store, tenant), docs, prune=prune)
+                result, digest = p.result, p.hash
             else:
                 result = await policies.apply(store, tenant, docs, prune=prune)
                 digest = (await policies.read(store, tenant)).hash
@@ -555,4 +524,4 @@ class PolicyRoom(Room):
         }
 
 
-__all__ = ["RING", "PolicyRoom", "plan", "verify_summary"]
+__all__ = ["RING", "PolicyRoom", "verify_summary"]
