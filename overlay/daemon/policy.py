@@ -17,7 +17,7 @@ Design notes.
   anything is written (``policies.parse``); a refusal is a 400 naming the
   document and the field, and the store is untouched. ``manifest`` is always
   text here, never a path: the daemon reads no file a client names.
-  ``dry_run`` answers what an apply would do (``plan``) without writing.
+  ``dry_run`` answers what an apply would do (``overlay.control.policies.plan``) without writing.
 - **Which tenant.** A request that names none means the one tenant of the
   networks this node hosts; with several, it is refused naming ``tenant``
   and listing them (the status and verify views default to every tenant).
